@@ -1,0 +1,131 @@
+"""Frame sampling and decoding with decord.
+
+Two sampling modes, both inside an optional ``[start, end]`` window (seconds):
+
+- ``fps``: ``fps`` frames per second, each taken in the middle of its interval (at 1 fps: t = 0.5 s, 1.5 s, ...),
+  so a D-second video gives one frame per second of its duration; when that exceeds ``max_frames`` the frames
+  are thinned uniformly over the whole window (never truncated to the first ``max_frames``, the VideoLLaMA2 bug);
+- ``uniform``: ``num_frames`` frames at the midpoints of equal segments of the window (VideoLLaMA2's convention);
+  a window holding fewer frames than that gives each of its frames once.
+
+A reader is opened per call with one thread and dropped after it (decord's advice against worker deadlocks).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Literal
+
+import numpy as np
+
+from datamodules.errors import SampleError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
+
+
+def sample_times(
+    duration: float,
+    mode: Literal["fps", "uniform"] = "fps",
+    fps: float = 1.0,
+    num_frames: int = 16,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> np.ndarray:
+    """Timestamps (seconds, float64, increasing) to decode from a video of ``duration`` seconds."""
+    t0 = max(0.0, start or 0.0)
+    t1 = duration if end is None else min(end, duration)
+    if t1 <= t0:
+        raise SampleError("bad_entry", "start/end", f"window [{start}, {end}] is empty for a {duration:.2f} s video")
+    span = t1 - t0
+    if mode == "fps":
+        if fps <= 0:
+            raise ValueError(f"--data.fps must be > 0, got {fps}")
+        count = max(1, math.ceil(span * fps - 0.5 - 1e-9))  # k with t0 + (k + 0.5)/fps < t1
+        times = t0 + (np.arange(count) + 0.5) / fps
+        if max_frames is not None and count > max_frames:
+            times = times[np.linspace(0, count - 1, max_frames).round().astype(np.int64)]
+        return times
+    if mode == "uniform":
+        return t0 + (np.arange(num_frames) + 0.5) * span / num_frames
+    raise ValueError(f"--data.frame_mode must be 'fps' or 'uniform', got '{mode}'")
+
+
+def times_to_indices(times: np.ndarray, native_fps: float, num_frames: int) -> np.ndarray:
+    """Frame index shown at each time; repeated indices collapse, so every returned frame is distinct."""
+    idx = np.clip(np.floor(times * native_fps + 1e-6).astype(np.int64), 0, num_frames - 1)
+    return np.unique(idx)
+
+
+def read_video(
+    path: str,
+    mode: Literal["fps", "uniform"] = "fps",
+    fps: float = 1.0,
+    num_frames: int = 16,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Decode the sampled frames of ``path``.
+
+    Returns:
+        frames ``(T, H, W, 3)`` uint8 RGB, their timestamps ``(T,)`` in seconds, and the video's duration.
+    Raises:
+        SampleError: ``missing_file``, ``empty_video`` or ``decode_error``.
+    """
+    import decord
+
+    if not os.path.isfile(path):
+        raise SampleError("missing_file", "video", f"'{path}' does not exist")
+    if os.path.getsize(path) == 0:
+        raise SampleError("empty_video", "video", f"'{path}' is 0 bytes")
+    try:
+        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        total, native_fps = len(vr), float(vr.get_avg_fps())
+        if total == 0 or native_fps <= 0:
+            raise SampleError("empty_video", "video", f"'{path}' has {total} frames at {native_fps} fps")
+        duration = total / native_fps
+        times = sample_times(duration, mode, fps, num_frames, max_frames, start, end)
+        idx = times_to_indices(times, native_fps, total)
+        frames = vr.get_batch(idx.tolist()).asnumpy()
+    except SampleError:
+        raise
+    except Exception as e:  # decord raises RuntimeError / DECORDError for corrupt and truncated files
+        raise SampleError("decode_error", "video", f"'{path}' cannot be decoded ({type(e).__name__}: {str(e)[:200]})") from None
+    finally:
+        vr = None
+    return frames, idx / native_fps, duration
+
+
+def read_image(path: str) -> np.ndarray:
+    """An image as a 1-frame video ``(1, H, W, 3)`` uint8 RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise SampleError("missing_file", "image", f"'{path}' does not exist")
+    if os.path.getsize(path) == 0:
+        raise SampleError("empty_video", "image", f"'{path}' is 0 bytes")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))[None]
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise SampleError("decode_error", "image", f"'{path}' cannot be decoded ({e})") from None
+
+
+def probe_video(path: str) -> tuple[int, float]:
+    """Open the header only: ``(num_frames, fps)``; raises :class:`SampleError` like :func:`read_video`."""
+    import decord
+
+    if not os.path.isfile(path):
+        raise SampleError("missing_file", "video", f"'{path}' does not exist")
+    if os.path.getsize(path) == 0:
+        raise SampleError("empty_video", "video", f"'{path}' is 0 bytes")
+    try:
+        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        total, native_fps = len(vr), float(vr.get_avg_fps())
+    except Exception as e:
+        raise SampleError("decode_error", "video", f"'{path}' cannot be opened ({type(e).__name__}: {str(e)[:200]})") from None
+    if total == 0 or native_fps <= 0:
+        raise SampleError("empty_video", "video", f"'{path}' has {total} frames at {native_fps} fps")
+    return total, native_fps

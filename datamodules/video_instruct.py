@@ -1,0 +1,227 @@
+"""Video-instruction data: LLaVA-schema annotation files (or a weighted YAML mixture of them) to padded batches.
+
+A batch (see :class:`VideoInstructCollator`)::
+
+    frames        (B, T_max, 3, S, S) float32   padded with zeros; T_max may be 0 (text-only batch)
+    frame_mask    (B, T_max) bool               True where a real frame is
+    frame_times   (B, T_max) float32            seconds from the start of the video
+    input_ids     (B, L) int64                  text with one placeholder token per media sample
+    attention_mask(B, L) int64
+    labels        (B, L) int64                  -100 outside assistant spans
+    question_ids  (B, Q) int64                  the first human turn without its tag, for text-conditioned reducers
+    question_mask (B, Q) int64
+    meta          list of dicts                 id, source file, entry index, media kind, duration, truncated
+    skipped       list of dicts                 bad entries this batch replaced: reason, file, index, id
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.annotations import AnnotationFile, Source, load_sources, mixture_index
+from datamodules.conversation import IGNORE_INDEX, parse_entry, tokenize
+from datamodules.errors import STRICT_HINT, DataError, SampleError, describe
+from datamodules.transforms import FrameTransform
+from datamodules.video import IMAGE_SUFFIXES, read_image, read_video
+
+log = logging.getLogger("lit_bvllm.data")
+
+
+def resolve_media(root: str, rel: str, field: str) -> str:
+    """``root/rel``, refusing paths that leave ``root`` (``..`` or absolute paths elsewhere)."""
+    path = os.path.normpath(os.path.join(root, rel))
+    if os.path.commonpath([path, os.path.normpath(root)]) != os.path.normpath(root):
+        raise SampleError("path_escape", field, f"'{rel}' resolves outside the data root '{root}'")
+    return path
+
+
+def load_blocklist(path: str | None) -> set[tuple[str, int]]:
+    """``(annotation file, entry index)`` pairs listed as bad in a ``lit_bvllm scan`` report."""
+    if path is None:
+        return set()
+    report = json.loads(Path(path).read_text())
+    return {(str(Path(b["file"]).resolve()), int(b["index"])) for b in report.get("bad_entries", [])}
+
+
+class VideoInstructDataset(Dataset):
+    """Entries of one or more annotation files, decoded, transformed and tokenized.
+
+    A bad entry raises :class:`DataError` when ``strict``; otherwise it is replaced by a deterministic
+    pseudo-random other entry (at most ``max_retries`` tries) and reported in the sample's ``skipped`` list.
+    """
+
+    def __init__(
+        self,
+        sources: list[Source],
+        tokenizer,
+        transform: FrameTransform,
+        template: Literal["chat", "plain"] = "chat",
+        frame_mode: Literal["fps", "uniform"] = "fps",
+        fps: float = 1.0,
+        num_frames: int = 16,
+        max_frames: int | None = 128,
+        max_length: int = 2048,
+        visual_tokens: int = 256,
+        question_tokenizer=None,
+        max_question_length: int = 64,
+        strict: bool = False,
+        max_retries: int = 3,
+        blocklist: set[tuple[str, int]] | None = None,
+        seed: int = 0,
+        video_token: str = "<video>",
+    ):
+        if visual_tokens >= max_length:
+            raise ValueError(f"--data.visual_tokens ({visual_tokens}) must be smaller than --data.max_length ({max_length})")
+        self.sources, self.tokenizer, self.transform = sources, tokenizer, transform
+        self.template, self.frame_mode, self.fps, self.num_frames, self.max_frames = template, frame_mode, fps, num_frames, max_frames
+        self.max_length, self.visual_tokens = max_length, visual_tokens
+        self.question_tokenizer = question_tokenizer or tokenizer
+        self.max_question_length, self.strict, self.max_retries, self.seed = max_question_length, strict, max_retries, seed
+        self.video_token = video_token
+        self.files = [AnnotationFile(s.path) for s in sources]
+        blocked = blocklist or set()
+        sizes, weights, keep = [], [], []
+        for f, s in zip(self.files, sources):
+            ok = np.ones(len(f), bool)
+            for path, idx in blocked:
+                if path == str(f.path) and idx < len(f):
+                    ok[idx] = False
+            keep.append(np.flatnonzero(ok))
+            sizes.append(int(ok.sum()))
+            weights.append(s.weight)
+        src, pos = mixture_index(sizes, weights, seed)
+        self.source_of = src  # (N,) int32: source of each sample of the pass
+        self.entry_of = np.empty_like(pos)  # (N,) int64: entry index inside its source file
+        for s, kept in enumerate(keep):
+            sel = src == s
+            self.entry_of[sel] = kept[pos[sel]]
+        self.num_blocked = sum(len(f) for f in self.files) - sum(sizes)
+
+    def __len__(self) -> int:
+        return len(self.entry_of)
+
+    def __getitem__(self, i: int) -> dict:
+        skipped = []
+        j = i
+        for attempt in range(self.max_retries + 1):
+            try:
+                sample = self.load(j)
+                sample["skipped"] = skipped
+                return sample
+            except SampleError as err:
+                file, index = str(self.files[self.source_of[j]].path), int(self.entry_of[j])
+                entry_id = self._entry_id(j)
+                if self.strict:
+                    raise DataError(f"{describe(err, file, index, entry_id)}. {STRICT_HINT}") from None
+                log.warning("skipping %s", describe(err, file, index, entry_id))
+                skipped.append({"reason": err.reason, "file": file, "index": index, "id": entry_id})
+                if len(self) < 2:
+                    break
+                j = (j + 1 + int(np.random.default_rng([self.seed, i, attempt]).integers(len(self) - 1))) % len(self)
+        raise DataError(
+            f"{len(skipped)} bad entries in a row starting at sample {i} (last: {skipped[-1]}); the data is "
+            "mostly broken: run `lit_bvllm scan` and pass its report as --data.blocklist, or raise --data.max_retries"
+        )
+
+    def _entry_id(self, j: int) -> str | None:
+        try:
+            eid = self.files[self.source_of[j]][int(self.entry_of[j])].get("id")
+            return None if eid is None else str(eid)
+        except SampleError:
+            return None
+
+    def load(self, j: int) -> dict:
+        """Sample ``j`` of the mixture, or :class:`SampleError`."""
+        src = self.sources[self.source_of[j]]
+        index = int(self.entry_of[j])
+        entry = self.files[self.source_of[j]][index]
+        conv = parse_entry(entry, self.video_token)
+        ids, labels, truncated = tokenize(
+            self.tokenizer, conv, self.template, self.video_token, self.max_length, self.visual_tokens
+        )
+        q = self.question_tokenizer(conv.question, add_special_tokens=True, truncation=True, max_length=self.max_question_length)
+        frames = np.zeros((0, 1, 1, 3), np.uint8)
+        times, duration = np.zeros(0), 0.0
+        if conv.media is not None:
+            path = resolve_media(src.root, conv.media_path, conv.media)
+            if conv.media == "image" or path.lower().endswith(IMAGE_SUFFIXES):
+                frames, times = read_image(path), np.zeros(1)
+            else:
+                start, end = entry.get("start"), entry.get("end")
+                if not all(v is None or isinstance(v, (int, float)) for v in (start, end)):
+                    raise SampleError("bad_entry", "start/end", f"expected seconds, got {start!r}, {end!r}")
+                frames, times, duration = read_video(
+                    path, self.frame_mode, self.fps, self.num_frames, self.max_frames, start, end
+                )
+        return {
+            "frames": self.transform(frames),
+            "frame_times": torch.as_tensor(times, dtype=torch.float32),
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "question_ids": torch.tensor(q["input_ids"], dtype=torch.long),
+            "meta": {
+                "id": None if entry.get("id") is None else str(entry.get("id")),
+                "source": src.path,
+                "index": index,
+                "media": conv.media,
+                "duration": duration,
+                "truncated": truncated,
+                "question": conv.question,
+            },
+        }
+
+
+class VideoInstructCollator:
+    """Pads a list of samples into a batch (layout in the module docstring).
+
+    Args:
+        pad_id: token id used to pad ``input_ids`` and ``question_ids``.
+        image_size: frame side S, for the shape of an all-text batch's empty frame tensor.
+        padding_side: ``right`` for training, ``left`` for batched generation.
+    """
+
+    def __init__(self, pad_id: int, image_size: int, padding_side: Literal["left", "right"] = "right"):
+        self.pad_id, self.image_size, self.padding_side = pad_id, image_size, padding_side
+
+    def _pad(self, seqs: list[torch.Tensor], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = max((len(s) for s in seqs), default=0)
+        out = torch.full((len(seqs), n), value, dtype=torch.long)
+        mask = torch.zeros((len(seqs), n), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            sl = slice(n - len(s), n) if self.padding_side == "left" else slice(0, len(s))
+            out[b, sl], mask[b, sl] = s, 1
+        return out, mask
+
+    def __call__(self, samples: list[dict]) -> dict:
+        B = len(samples)
+        t_max = max(len(s["frames"]) for s in samples)
+        S = self.image_size
+        frames = torch.zeros(B, t_max, 3, S, S)
+        frame_mask = torch.zeros(B, t_max, dtype=torch.bool)
+        frame_times = torch.zeros(B, t_max)
+        for b, s in enumerate(samples):
+            t = len(s["frames"])
+            frames[b, :t], frame_mask[b, :t], frame_times[b, :t] = s["frames"], True, s["frame_times"]
+        input_ids, attention_mask = self._pad([s["input_ids"] for s in samples], self.pad_id)
+        labels, _ = self._pad([s["labels"] for s in samples], IGNORE_INDEX)
+        question_ids, question_mask = self._pad([s["question_ids"] for s in samples], self.pad_id)
+        return {
+            "frames": frames,
+            "frame_mask": frame_mask,
+            "frame_times": frame_times,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "question_ids": question_ids,
+            "question_mask": question_mask,
+            "meta": [s["meta"] for s in samples],
+            "skipped": [k for s in samples for k in s.get("skipped", [])],
+        }

@@ -1,0 +1,119 @@
+"""``VideoInstructDataModule``: the training data of both stages (LightningDataModule around the dataset)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.annotations import load_sources
+from datamodules.transforms import FrameTransform
+from datamodules.video_instruct import VideoInstructCollator, VideoInstructDataset, load_blocklist
+
+
+class VideoInstructDataModule(L.LightningDataModule):
+    """Video/image/text instruction data in the LLaVA schema (VideoLLaMA2, Valley and LLaMA-VID files).
+
+    Args:
+        train: annotation file(s) (``.json`` list or ``.jsonl``) or a mixture YAML (``datasets: [{path, root, weight}]``).
+        tokenizer: local folder of the LLM's tokenizer (the LLM checkpoint folder).
+        val: validation annotation file(s) or mixture; none by default.
+        vision_tower: local folder of the vision tower; its image processor sets frame size, mean and std.
+        transform: ``processor`` (the tower's HF image processor) or ``plain`` (batched torch resize + normalise).
+        image_size: frame side when no vision tower is given.
+        resize_mode: ``crop``, ``pad`` or ``squash``, for ``transform=plain``.
+        template: ``chat`` (the tokenizer's chat template, finetuning) or ``plain`` (placeholder + caption, pretraining).
+        frame_mode: ``fps`` (``fps`` frames per second, mid-interval) or ``uniform`` (``num_frames`` frames).
+        fps: frames per second in ``fps`` mode.
+        num_frames: frames per video in ``uniform`` mode.
+        max_frames: cap in ``fps`` mode; longer videos are thinned uniformly.
+        max_length: longest LLM sequence after visual tokens are spliced in.
+        visual_tokens: the reducer's budget θ: most visual tokens one sample can get (reserved out of max_length).
+        question_tokenizer: local folder of the tokenizer for the question fed to text-conditioned reducers
+            (e.g. BERT's for an InstructBLIP Q-Former); default: the LLM's.
+        max_question_length: question tokens kept.
+        batch_size: samples per batch and device.
+        num_workers: DataLoader worker processes.
+        strict: raise on the first bad entry (naming file, entry and field) instead of skipping and counting it.
+        max_retries: replacement tries for a bad entry before the run stops.
+        blocklist: a ``lit_bvllm scan`` report; its bad entries are left out.
+        seed: seed of the mixture subsampling, the shuffling and the replacement choice.
+        video_token: placeholder token marking where visual tokens go.
+        pin_memory: pin batches in page-locked memory (for GPU training).
+    """
+
+    def __init__(
+        self,
+        train: str | list[str],
+        tokenizer: str,
+        val: str | list[str] | None = None,
+        vision_tower: str | None = None,
+        transform: Literal["processor", "plain"] = "processor",
+        image_size: int = 224,
+        resize_mode: Literal["crop", "pad", "squash"] = "crop",
+        template: Literal["chat", "plain"] = "chat",
+        frame_mode: Literal["fps", "uniform"] = "fps",
+        fps: float = 1.0,
+        num_frames: int = 16,
+        max_frames: int | None = 128,
+        max_length: int = 2048,
+        visual_tokens: int = 256,
+        question_tokenizer: str | None = None,
+        max_question_length: int = 64,
+        batch_size: int = 2,
+        num_workers: int = 2,
+        strict: bool = False,
+        max_retries: int = 3,
+        blocklist: str | None = None,
+        seed: int = 0,
+        video_token: str = "<video>",
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer = None
+        self.train_set: VideoInstructDataset | None = None
+        self.val_set: VideoInstructDataset | None = None
+
+    def _dataset(self, spec: str | list[str]) -> VideoInstructDataset:
+        h = self.hparams
+        return VideoInstructDataset(
+            load_sources(spec), self.tokenizer, self.transform, h.template, h.frame_mode, h.fps, h.num_frames,
+            h.max_frames, h.max_length, h.visual_tokens, self.question_tokenizer, h.max_question_length, h.strict,
+            h.max_retries, load_blocklist(h.blocklist), h.seed, h.video_token,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        from lit_bvllm.backbones import load_tokenizer
+
+        h = self.hparams
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(h.tokenizer, h.video_token)
+            self.question_tokenizer = load_tokenizer(h.question_tokenizer, h.video_token) if h.question_tokenizer else None
+            self.transform = FrameTransform(h.transform, h.vision_tower, h.image_size, resize_mode=h.resize_mode)
+            self.collator = VideoInstructCollator(self.tokenizer.pad_token_id, self.transform.image_size)
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self._dataset(h.train)
+        if stage in (None, "fit", "validate") and h.val is not None and self.val_set is None:
+            self.val_set = self._dataset(h.val)
+
+    def _loader(self, dataset: VideoInstructDataset, shuffle: bool) -> DataLoader:
+        h = self.hparams
+        return DataLoader(
+            dataset,
+            batch_size=h.batch_size,
+            shuffle=shuffle,
+            num_workers=h.num_workers,
+            collate_fn=self.collator,
+            pin_memory=h.pin_memory,
+            persistent_workers=h.num_workers > 0,
+            generator=torch.Generator().manual_seed(h.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []

@@ -1,0 +1,80 @@
+"""Loading backbones, tokenizers and image processors from local folders.
+
+Every loader goes through the Hugging Face ``from_pretrained(local_path)`` path, so the tiny backbones written by
+``lit_bvllm make-tiny`` and a real checkpoint (Qwen2-7B-Instruct, CLIP, SigLIP) load the same way. Nothing here
+reaches a model hub: a path that is not a local folder is an error, not a download.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+VIDEO_TOKEN = "<video>"
+"""The placeholder the suite splices visual tokens at. Media tags in annotations (``<video>``, ``<image>``) map to it."""
+
+
+def _local_dir(path: str | Path, what: str, flag: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise FileNotFoundError(
+            f"{what} folder '{p}' does not exist. lit_bvllm only loads local checkpoints (no hub downloads): "
+            f"set {flag} to a folder written by `save_pretrained`, or run `lit_bvllm make-tiny --out DIR`."
+        )
+    return p
+
+
+def load_tokenizer(path: str | Path, video_token: str = VIDEO_TOKEN) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local folder and make sure it has the video placeholder and a pad token.
+
+    A real checkpoint's tokenizer (Qwen2) does not know ``video_token``; it is added as a special token, so
+    ``len(tokenizer)`` grows by one and the model must resize its embeddings to ``len(tokenizer)``.
+    """
+    tok = AutoTokenizer.from_pretrained(_local_dir(path, "tokenizer", "--data.tokenizer"), local_files_only=True)
+    if video_token not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [video_token]}, replace_extra_special_tokens=False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        raise ValueError(
+            f"tokenizer at '{path}' has no chat template; use a chat checkpoint (e.g. Qwen2-7B-Instruct) "
+            "or set --data.template=plain"
+        )
+    return tok
+
+
+def load_image_processor(path: str | Path):
+    """The vision tower's own ``AutoImageProcessor`` (resize, crop, normalise), from a local folder."""
+    return AutoImageProcessor.from_pretrained(_local_dir(path, "vision tower", "--model.vision_tower"), local_files_only=True)
+
+
+def load_vision_tower(path: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """An HF vision model (CLIP / SigLIP vision tower) from a local folder.
+
+    A full CLIP checkpoint (text + vision) loads its vision half; a vision-only folder loads as is.
+    """
+    p = _local_dir(path, "vision tower", "--model.vision_tower")
+    config = AutoConfig.from_pretrained(p, local_files_only=True)
+    vision_config = getattr(config, "vision_config", None)
+    if vision_config is not None:  # full CLIP/SigLIP checkpoint: take its vision model class
+        from transformers import CLIPVisionModel, SiglipVisionModel
+
+        cls = SiglipVisionModel if "siglip" in config.model_type else CLIPVisionModel
+        return cls.from_pretrained(p, dtype=dtype, local_files_only=True)
+    return AutoModel.from_pretrained(p, dtype=dtype, local_files_only=True)
+
+
+def load_llm(path: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """An HF causal LM (Qwen2 by default) from a local folder."""
+    p = _local_dir(path, "LLM", "--model.llm")
+    return AutoModelForCausalLM.from_pretrained(p, dtype=dtype, local_files_only=True)
