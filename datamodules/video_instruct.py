@@ -138,29 +138,36 @@ class VideoInstructDataset(Dataset):
         except SampleError:
             return None
 
-    def load(self, j: int) -> dict:
-        """Sample ``j`` of the mixture, or :class:`SampleError`."""
-        src = self.sources[self.source_of[j]]
-        index = int(self.entry_of[j])
-        entry = self.files[self.source_of[j]][index]
+    def prepare(self, source: int, index: int) -> tuple[dict, object, list[int], list[int], bool, str | None]:
+        """Parse, validate and tokenize entry ``index`` of source ``source`` (no decoding).
+
+        Returns ``(entry, conversation, input_ids, labels, truncated, media_path)``; raises :class:`SampleError`.
+        """
+        entry = self.files[source][index]
         conv = parse_entry(entry, self.video_token)
         ids, labels, truncated = tokenize(
             self.tokenizer, conv, self.template, self.video_token, self.max_length, self.visual_tokens
         )
+        path = resolve_media(self.sources[source].root, conv.media_path, conv.media) if conv.media else None
+        return entry, conv, ids, labels, truncated, path
+
+    def decode(self, entry: dict, media: str | None, path: str | None) -> tuple[np.ndarray, np.ndarray, float]:
+        """Frames ``(T, H, W, 3)`` uint8, their times and the duration; ``T = 0`` for a text-only entry."""
+        if media is None:
+            return np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0), 0.0
+        if media == "image" or path.lower().endswith(IMAGE_SUFFIXES):
+            return read_image(path), np.zeros(1), 0.0
+        start, end = entry.get("start"), entry.get("end")
+        if not all(v is None or isinstance(v, (int, float)) for v in (start, end)):
+            raise SampleError("bad_entry", "start/end", f"expected seconds, got {start!r}, {end!r}")
+        return read_video(path, self.frame_mode, self.fps, self.num_frames, self.max_frames, start, end)
+
+    def load(self, j: int) -> dict:
+        """Sample ``j`` of the mixture, or :class:`SampleError`."""
+        source, index = int(self.source_of[j]), int(self.entry_of[j])
+        entry, conv, ids, labels, truncated, path = self.prepare(source, index)
         q = self.question_tokenizer(conv.question, add_special_tokens=True, truncation=True, max_length=self.max_question_length)
-        frames = np.zeros((0, 1, 1, 3), np.uint8)
-        times, duration = np.zeros(0), 0.0
-        if conv.media is not None:
-            path = resolve_media(src.root, conv.media_path, conv.media)
-            if conv.media == "image" or path.lower().endswith(IMAGE_SUFFIXES):
-                frames, times = read_image(path), np.zeros(1)
-            else:
-                start, end = entry.get("start"), entry.get("end")
-                if not all(v is None or isinstance(v, (int, float)) for v in (start, end)):
-                    raise SampleError("bad_entry", "start/end", f"expected seconds, got {start!r}, {end!r}")
-                frames, times, duration = read_video(
-                    path, self.frame_mode, self.fps, self.num_frames, self.max_frames, start, end
-                )
+        frames, times, duration = self.decode(entry, conv.media, path)
         return {
             "frames": self.transform(frames),
             "frame_times": torch.as_tensor(times, dtype=torch.float32),
@@ -169,7 +176,7 @@ class VideoInstructDataset(Dataset):
             "question_ids": torch.tensor(q["input_ids"], dtype=torch.long),
             "meta": {
                 "id": None if entry.get("id") is None else str(entry.get("id")),
-                "source": src.path,
+                "source": self.sources[source].path,
                 "index": index,
                 "media": conv.media,
                 "duration": duration,

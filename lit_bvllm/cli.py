@@ -1,0 +1,124 @@
+"""The ``lit_bvllm`` command.
+
+Subcommands::
+
+    lit_bvllm make-tiny --out DIR                 tiny local vision tower, LLM and tokenizer
+    lit_bvllm make-synthetic --out DIR            synthetic mp4 videos and annotations in the public formats
+    lit_bvllm scan --config CFG [--out FILE]      validate a training set before a long run (report = blocklist)
+    lit_bvllm preview --config CFG                decode and print one training batch
+
+``--config`` files hold a ``data:`` section (a ``VideoInstructDataModule``); ``--data.<arg>`` overrides one value.
+Flags accept dashes or underscores (``--num-videos`` = ``--num_videos``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub: every checkpoint is a local folder
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from datamodules import VideoInstructDataModule  # noqa: E402
+
+
+def scan(data: VideoInstructDataModule, out: str = "scan_report.json", workers: int = 2, decode: bool = False) -> None:
+    """Validate every entry of the training (and validation) set and write a report usable as --data.blocklist.
+
+    Args:
+        data: the data section of a training config.
+        out: report path (JSON).
+        workers: parallel processes.
+        decode: decode every sampled frame, not only headers (slower, catches mid-file corruption).
+    """
+    from datamodules.scan import scan_dataset, write_report
+
+    data.hparams.blocklist = None  # a scan looks at every entry
+    data.setup("fit")
+    reports = [scan_dataset(d, workers, decode) for d in (data.train_set, data.val_set) if d is not None]
+    report = reports[0]
+    for r in reports[1:]:
+        report = {
+            **report,
+            "sources": report["sources"] + r["sources"],
+            "entries": report["entries"] + r["entries"],
+            "ok": report["ok"] + r["ok"],
+            "bad": report["bad"] + r["bad"],
+            "counts": {k: report["counts"].get(k, 0) + r["counts"].get(k, 0) for k in {*report["counts"], *r["counts"]}},
+            "bad_entries": report["bad_entries"] + r["bad_entries"],
+        }
+    path = write_report(report, out)
+    print(f"scanned {report['entries']} entries in {report['seconds']} s: {report['ok']} ok, {report['bad']} bad "
+          f"{report['counts']}; report: {path}" + (f" (use --data.blocklist={path})" if report["bad"] else ""))
+
+
+def preview(data: VideoInstructDataModule, num_samples: int = 4) -> None:
+    """Decode one training batch and print it: shapes, frames and times, and the text with supervised spans in [[ ]].
+
+    Args:
+        data: the data section of a training config.
+        num_samples: samples printed (the batch size is set to this).
+    """
+    from datamodules.conversation import IGNORE_INDEX
+
+    data.hparams.batch_size, data.hparams.num_workers = num_samples, 0
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    tok = data.tokenizer
+    print(f"train set: {len(data.train_set)} samples from {len(data.train_set.files)} file(s)")
+    for k, v in batch.items():
+        if hasattr(v, "shape"):
+            print(f"  {k:<14} {tuple(v.shape)} {v.dtype}")
+    for b, meta in enumerate(batch["meta"]):
+        n = int(batch["frame_mask"][b].sum())
+        times = ", ".join(f"{t:.1f}" for t in batch["frame_times"][b, :n].tolist()[:12]) + (" ..." if n > 12 else "")
+        print(f"\n[{b}] id={meta['id']} media={meta['media']} frames={n} duration={meta['duration']:.1f}s "
+              f"truncated={meta['truncated']} ({os.path.basename(meta['source'])}#{meta['index']})")
+        if n:
+            print(f"    frame times: {times}")
+        print(f"    question: {meta['question']!r}")
+        ids, labels = batch["input_ids"][b], batch["labels"][b]
+        keep = batch["attention_mask"][b].bool()
+        text, sup = [], False
+        for i, l in zip(ids[keep].tolist(), labels[keep].tolist()):
+            if (l != IGNORE_INDEX) != sup:
+                text.append("[[" if not sup else "]]")
+                sup = not sup
+            text.append(tok.decode([i]))
+        print("    " + "".join(text + (["]]"] if sup else [])).replace("\n", "\n    "))
+    print(f"\nskipped entries in this batch: {len(batch['skipped'])}")
+
+
+def _commands() -> dict:
+    from lit_bvllm.synthetic import make_synthetic
+    from lit_bvllm.tiny import make_tiny
+
+    return {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "scan": scan, "preview": preview}
+
+
+COMMANDS = ("make-tiny", "make-synthetic", "scan", "preview")
+
+
+def _underscore_flags(argv: list[str]) -> list[str]:
+    return [a.split("=", 1)[0].replace("-", "_").replace("__", "--", 1) + ("=" + a.split("=", 1)[1] if "=" in a else "")
+            if a.startswith("--") else a for a in argv]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from jsonargparse import auto_cli
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            raise SystemExit(f"unknown command '{argv[0]}'; choose one of: {', '.join(COMMANDS)}")
+        return
+    result = auto_cli(_commands()[argv[0]], args=_underscore_flags(argv[1:]), as_positional=False)
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

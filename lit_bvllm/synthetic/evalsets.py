@@ -1,0 +1,87 @@
+"""Held-out eval annotations: VNBench (4-option needle QA, circular tries) and MSVD-QA (one-word answers).
+
+Both are derived from eval video records (scenes.py) that have >= 2 needle events and >= 2 distinct needles.
+"""
+
+import itertools
+
+import numpy as np
+
+from lit_bvllm.synthetic.describe import NUMBER_WORDS, article, count_of, distinct_needles, needle_name
+from lit_bvllm.synthetic.scenes import NEEDLE_COLOURS, NEEDLE_SHAPES
+
+ALL_NEEDLES = [f"{c} {s}" for s in NEEDLE_SHAPES for c in NEEDLE_COLOURS]  # "red triangle", ...
+
+
+def _options(rng: np.random.Generator, gt: str, wrong: list[str]) -> list[str]:
+    """gt plus 3 distinct wrong options drawn from `wrong` (duplicates and gt removed), shuffled."""
+    wrong = list(dict.fromkeys(w for w in wrong if w != gt))
+    picked = [wrong[i] for i in rng.choice(len(wrong), size=3, replace=False)]
+    return [([gt] + picked)[i] for i in rng.permutation(4)]
+
+
+def _ordering_wrong(rng: np.random.Generator, sequence: list[str], absent: list[str]) -> list[str]:
+    """Up to 2 other orders of `sequence`, then orders with one needle swapped for an absent one."""
+    perms = list(dict.fromkeys(", then ".join(p) for p in itertools.permutations(sequence)))
+    perms = [perms[i] for i in rng.permutation(len(perms)) if perms[i] != ", then ".join(sequence)][:2]
+    subs = [", then ".join(sequence[:i] + [a] + sequence[i + 1:]) for i in range(len(sequence)) for a in absent]
+    return perms + [subs[i] for i in rng.permutation(len(subs))]
+
+
+def vnbench_questions(record: dict, rng: np.random.Generator) -> list[tuple[str, str, list[str], str]]:
+    """(type, question, options, gt) for retrieval, ordering and counting about one eval video."""
+    present = [needle_name(n) for n in distinct_needles(record)]
+    absent = [name for name in ALL_NEEDLES if name not in present]
+    sequence = [needle_name(n) for n in record["needles"]]
+    target = max(present, key=lambda name: (count_of(record, name), -present.index(name)))  # the repeated one
+    count = count_of(record, target)
+    gt_ret = article(present[int(rng.integers(len(present)))])
+    return [
+        ("ret_insert1", "Which of these shapes briefly appears in the video?",
+         _options(rng, gt_ret, [article(a) for a in absent]), gt_ret),
+        ("ord_insert1", "In which order do the briefly shown shapes appear?",
+         _options(rng, ", then ".join(sequence), _ordering_wrong(rng, sequence, absent)), ", then ".join(sequence)),
+        ("cnt_insert1", f"How many times does {article(target)} appear?",
+         _options(rng, str(count), [str(c) for c in range(1, 6)]), str(count)),
+    ]
+
+
+def vnbench_entries(records: list[dict], rng: np.random.Generator) -> list[dict]:
+    """VNBench_qa.json entries: per (video, type) 4 tries, try k rotates the options left by k."""
+    entries = []
+    for record in records:
+        stem = record["id"]
+        for kind, question, options, gt in vnbench_questions(record, rng):
+            for k in range(4):
+                entries.append({"video": f"videos/{stem}.mp4", "question": question, "options": options[k:] + options[:k],
+                                "gt": gt, "type": kind, "try": k, "question_id": f"{stem}_{kind}_{k}"})
+    return entries
+
+
+def msvd_questions(record: dict, rng: np.random.Generator) -> list[tuple[str, str, str]]:
+    """(question, one-word answer, answer_type) about one eval video, all lower case."""
+    bg, needles = record["background"], record["needles"]
+    where = {"solid": "the background", "vertical": "the top of the background", "horizontal": "the left side of the background"}
+    distinct = distinct_needles(record)
+    pick = distinct[int(rng.integers(len(distinct)))]
+    return [
+        (f"what color is {where[bg['direction']]}?", bg["colours"][0], "what"),
+        ("how many circles and squares move around?", NUMBER_WORDS[len(record["distractors"])], "how many"),
+        ("how many times does a shape briefly appear?", NUMBER_WORDS[len(needles)], "how many"),
+        ("what shape appears first?", needles[0]["shape"], "what"),
+        ("what shape appears last?", needles[-1]["shape"], "what"),
+        (f"what color is the {pick['shape']} that appears?", pick["colour"], "what"),
+        (f"how many times does the {needle_name(pick)} appear?", NUMBER_WORDS[count_of(record, needle_name(pick))], "how many"),
+    ]
+
+
+def msvd_files(records: list[dict], rng: np.random.Generator) -> tuple[list[dict], list[dict], list[dict]]:
+    """(test_qa, test_q, test_a): MSVD-QA entries and the Video-ChatGPT question/answer pair files, same order."""
+    qa, q, a = [], [], []
+    for record in records:
+        for k, (question, answer, kind) in enumerate(msvd_questions(record, rng)):
+            qid = f"{record['id']}_{k}"
+            qa.append({"video_id": record["id"], "question": question, "id": len(qa), "answer": answer, "answer_type": kind})
+            q.append({"video_name": record["id"], "question": question, "question_id": qid})
+            a.append({"answer": answer, "type": kind, "question_id": qid})
+    return qa, q, a

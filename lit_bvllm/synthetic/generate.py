@@ -1,0 +1,140 @@
+"""make_synthetic: write a deterministic synthetic video-LLM dataset (videos, images, train and eval annotations)."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from lit_bvllm.synthetic.annotations import finetune_entries, pretrain_entries, to_llamavid
+from lit_bvllm.synthetic.evalsets import msvd_files, vnbench_entries
+from lit_bvllm.synthetic.render import write_jpg, write_mp4
+from lit_bvllm.synthetic.scenes import sample_image, sample_video
+
+# Independent random streams: numpy.random.default_rng([seed, stream, index]).
+TRAIN_VIDEOS, EVAL_VIDEOS, IMAGES, PRETRAIN, FINETUNE, VNBENCH, MSVD = range(7)
+MIN_DURATION = 8  # seconds: room for two needle events of up to 2 s, 1 s apart, 1 s clear of both ends
+
+
+def validate(seed: int, num_videos: int, num_eval_videos: int, min_duration: float, max_duration: float,
+             min_fps: int, max_fps: int, width: int, height: int) -> None:
+    """Raise ValueError naming the flag to change when the arguments of make_synthetic cannot work."""
+    checks = [
+        (seed >= 0, f"--seed must be >= 0, got {seed}"),
+        (num_videos >= 1, f"--num-videos must be >= 1, got {num_videos}"),
+        (num_eval_videos >= 1, f"--num-eval-videos must be >= 1, got {num_eval_videos}"),
+        (min_duration >= MIN_DURATION, f"--min-duration must be >= {MIN_DURATION} s (two needle events with gaps), got {min_duration}"),
+        (min_duration <= max_duration, f"--min-duration ({min_duration}) must be <= --max-duration ({max_duration})"),
+        (math.ceil(min_duration) <= math.floor(max_duration),
+         f"no whole number of seconds lies in [--min-duration, --max-duration] = [{min_duration}, {max_duration}]"),
+        (min_fps >= 2, f"--min-fps must be >= 2: videos must encode above 1 fps, got {min_fps}"),
+        (min_fps <= max_fps, f"--min-fps ({min_fps}) must be <= --max-fps ({max_fps})"),
+        (width >= 32 and height >= 32, f"--width and --height must be >= 32 px, got {width}x{height}"),
+        (width % 2 == 0 and height % 2 == 0, f"--width and --height must be even for yuv420p, got {width}x{height}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def _write_json(path: Path, obj: object, sort_keys: bool = False) -> None:
+    """Write `obj` as indented UTF-8 JSON with a trailing newline (byte-identical for equal objects)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _prune(folder: Path, pattern: str, keep: set[str]) -> None:
+    """Delete files of ours (`pattern`) left in `folder` by an earlier, larger run."""
+    for path in folder.glob(pattern):
+        if path.name not in keep:
+            path.unlink()
+
+
+def make_synthetic(
+    out: str | Path,
+    seed: int = 0,
+    num_videos: int = 24,
+    num_eval_videos: int = 12,
+    min_duration: float = 8.0,
+    max_duration: float = 128.0,
+    min_fps: int = 4,
+    max_fps: int = 8,
+    width: int = 128,
+    height: int = 96,
+) -> dict:
+    """Write a deterministic synthetic dataset of H.264 videos with timed "needle" shapes and their annotations.
+
+    Writes under `out`: videos/, images/, metadata.json, pretrain.json, finetune.json, finetune_llamavid.json,
+    eval/vnbench/{VNBench_qa.json,videos/} and eval/msvd/{test_qa.json,test_q.json,test_a.json,videos/}.
+    The same seed gives byte-identical JSON and identical decoded frames.
+
+    Args:
+        out: folder to write the dataset into (created if missing; our own files in it are overwritten).
+        seed: random seed (>= 0); every video, image and annotation file has its own stream derived from it.
+        num_videos: number of training videos (videos/vid_XXXX.mp4).
+        num_eval_videos: number of held-out eval videos, disjoint from training, shared by VNBench and MSVD.
+        min_duration: shortest video in seconds (>= 8); durations are whole seconds drawn uniformly.
+        max_duration: longest video in seconds.
+        min_fps: lowest frame rate (>= 2); each video's fps is an integer drawn uniformly.
+        max_fps: highest frame rate.
+        width: frame width in pixels (even).
+        height: frame height in pixels (even).
+
+    Returns:
+        A summary: counts of videos, images and entries per annotation file, total seconds, files written.
+    """
+    validate(seed, num_videos, num_eval_videos, min_duration, max_duration, min_fps, max_fps, width, height)
+    root = Path(out)
+    durations, fps_range = (math.ceil(min_duration), math.floor(max_duration)), (min_fps, max_fps)
+    for folder in ("videos", "images", "eval/vnbench/videos", "eval/msvd/videos"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+
+    def rng(stream: int, index: int = 0) -> np.random.Generator:
+        """The random stream of one file or record: depends only on (seed, stream, index)."""
+        return np.random.default_rng([seed, stream, index])
+
+    videos = [sample_video(rng(TRAIN_VIDEOS, i), f"vid_{i:04d}", f"videos/vid_{i:04d}.mp4", "train",
+                           durations, fps_range, width, height, min_needles=0) for i in range(num_videos)]
+    evals = [sample_video(rng(EVAL_VIDEOS, i), f"eval_{i:04d}", f"eval/vnbench/videos/eval_{i:04d}.mp4", "eval",
+                          durations, fps_range, width, height, min_needles=2) for i in range(num_eval_videos)]
+    images = [sample_image(rng(IMAGES, i), f"img_{i:04d}", f"images/img_{i:04d}.jpg", width, height)
+              for i in range(max(2, num_videos // 4))]
+    for record in videos + evals:
+        write_mp4(record, root / record["path"])
+    for record in evals:
+        record["copies"] = [f"eval/msvd/videos/{record['id']}.mp4"]
+        shutil.copyfile(root / record["path"], root / record["copies"][0])
+    for record in images:
+        write_jpg(record, root / record["path"])
+    _prune(root / "videos", "vid_*.mp4", {Path(r["path"]).name for r in videos})
+    _prune(root / "images", "img_*.jpg", {Path(r["path"]).name for r in images})
+    for folder in ("eval/vnbench/videos", "eval/msvd/videos"):
+        _prune(root / folder, "eval_*.mp4", {f"{r['id']}.mp4" for r in evals})
+
+    finetune = finetune_entries(videos, images, rng(FINETUNE))
+    msvd_qa, msvd_q, msvd_a = msvd_files(evals, rng(MSVD))
+    files = {
+        "pretrain.json": pretrain_entries(videos, images, rng(PRETRAIN)),
+        "finetune.json": finetune,
+        "finetune_llamavid.json": to_llamavid(finetune),
+        "eval/vnbench/VNBench_qa.json": vnbench_entries(evals, rng(VNBENCH)),
+        "eval/msvd/test_qa.json": msvd_qa,
+        "eval/msvd/test_q.json": msvd_q,
+        "eval/msvd/test_a.json": msvd_a,
+    }
+    config = {"seed": seed, "num_videos": num_videos, "num_eval_videos": num_eval_videos, "min_duration": min_duration,
+              "max_duration": max_duration, "min_fps": min_fps, "max_fps": max_fps, "width": width, "height": height}
+    _write_json(root / "metadata.json", {"config": config, "videos": videos + evals, "images": images}, sort_keys=True)
+    for name, entries in files.items():
+        _write_json(root / name, entries)
+    return {
+        "out": str(root),
+        "videos": len(videos),
+        "eval_videos": len(evals),
+        "images": len(images),
+        "seconds": sum(r["duration"] for r in videos),
+        "eval_seconds": sum(r["duration"] for r in evals),
+        "entries": {name: len(entries) for name, entries in files.items()},
+        "files": ["metadata.json", *files],
+    }
