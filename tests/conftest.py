@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny backbones and a small synthetic set built once per session; no network, no hub."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import socket  # noqa: E402
+
+import pytest  # noqa: E402
+
+_LOCAL = ("127.", "::1", "localhost", "/")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any connection to a non-local address fails the test (the suite must never reach a hub)."""
+    real_connect = socket.socket.connect
+
+    def guarded(self, address):
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if not str(host).startswith(_LOCAL):
+            raise AssertionError(f"test tried to reach the network: {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("index_cache")
+    os.environ["LIT_BVLLM_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Tiny vision tower + LLM + tokenizer written by make-tiny: ``{"vision": dir, "llm": dir}``."""
+    from lit_bvllm.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """A small synthetic set (4 training videos of 8-12 s, 4 eval videos)."""
+    from lit_bvllm.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic(root, seed=0, num_videos=4, num_eval_videos=4, max_duration=12)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny):
+    from lit_bvllm.backbones import load_tokenizer
+
+    return load_tokenizer(tiny["llm"])

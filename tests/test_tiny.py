@@ -1,0 +1,88 @@
+"""make-tiny: backbones and tokenizer written with save_pretrained load back through from_pretrained(local_path)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, Qwen2ForCausalLM
+
+from lit_bvllm.backbones import VIDEO_TOKEN, load_image_processor, load_llm, load_tokenizer, load_vision_tower
+from lit_bvllm.tiny import CHATML_TEMPLATE, build_tokenizer
+
+
+def test_files_are_save_pretrained_folders(tiny):
+    vision, llm = Path(tiny["vision"]), Path(tiny["llm"])
+    for f in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        assert (vision / f).is_file()
+    for f in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (llm / f).is_file()
+    assert json.loads((llm / "config.json").read_text())["model_type"] == "qwen2"
+    assert json.loads((vision / "config.json").read_text())["model_type"] == "clip_vision_model"
+
+
+def test_plain_hf_auto_classes_load_them(tiny):
+    """The very entry points a real Qwen2 / CLIP checkpoint goes through."""
+    assert isinstance(AutoModel.from_pretrained(tiny["vision"], local_files_only=True), CLIPVisionModel)
+    assert isinstance(AutoModelForCausalLM.from_pretrained(tiny["llm"], local_files_only=True), Qwen2ForCausalLM)
+    tok = AutoTokenizer.from_pretrained(tiny["llm"], local_files_only=True)
+    assert tok.chat_template == CHATML_TEMPLATE
+
+
+def test_vision_tower_has_cls_and_patches(tiny):
+    tower = load_vision_tower(tiny["vision"])
+    proc = load_image_processor(tiny["vision"])
+    import numpy as np
+
+    pixels = proc(images=[np.zeros((96, 128, 3), np.uint8)] * 2, return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (2, 3, 32, 32)
+    out = tower(pixels, output_hidden_states=True)
+    assert out.last_hidden_state.shape == (2, 1 + 16, 64)  # [CLS] + (32/8)^2 patches
+    assert len(out.hidden_states) == 3  # embeddings + 2 layers: a penultimate layer exists
+
+
+def test_llm_vocab_covers_tokenizer_and_runs(tiny, tokenizer):
+    llm = load_llm(tiny["llm"])
+    assert llm.config.vocab_size >= len(tokenizer) and llm.config.vocab_size % 64 == 0
+    assert llm.config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = torch.tensor([tokenizer("What colour is the red star?")["input_ids"]])
+    logits = llm(ids).logits
+    assert logits.shape == (1, ids.shape[1], llm.config.vocab_size) and torch.isfinite(logits).all()
+
+
+def test_tokenizer_special_tokens_and_chatml(tokenizer):
+    for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", VIDEO_TOKEN):
+        assert len(tokenizer(t, add_special_tokens=False)["input_ids"]) == 1, t
+    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.eos_token == "<|im_end|>"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"{VIDEO_TOKEN}\nHi"}, {"role": "assistant", "content": "Hello."}], tokenize=False
+    )
+    assert text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<video>\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello.<|im_end|>\n"
+    )
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text  # byte-level BPE round-trips any text
+    assert tokenizer.decode(tokenizer("naïve 東京 ✓")["input_ids"]) == "naïve 東京 ✓"
+
+
+def test_tokenizer_build_is_deterministic():
+    assert build_tokenizer().backend_tokenizer.to_str() == build_tokenizer().backend_tokenizer.to_str()
+
+
+def test_placeholder_added_to_a_tokenizer_without_it(tmp_path):
+    """A real checkpoint's tokenizer lacks the placeholder: it is added as one special token."""
+    tok = build_tokenizer()
+    tok.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path, video_token="<vid_pad>")
+    assert len(loaded) == len(tok) + 1
+    vid = loaded.convert_tokens_to_ids("<vid_pad>")
+    assert vid == len(tok)
+    assert loaded("a <vid_pad> b", add_special_tokens=False)["input_ids"].count(vid) == 1
+
+
+def test_missing_local_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no hub downloads"):
+        load_llm(tmp_path / "Qwen2-7B-Instruct")
+    with pytest.raises(FileNotFoundError, match="--data.tokenizer"):
+        load_tokenizer("Qwen/Qwen2-7B-Instruct")

@@ -1,0 +1,104 @@
+"""Frame sampling (fps with a uniform cap, uniform, windows) and decoding synthetic videos with decord."""
+
+import json
+
+import numpy as np
+import pytest
+
+from datamodules.errors import SampleError
+from datamodules.transforms import FrameTransform
+from datamodules.video import read_image, read_video, sample_times, times_to_indices
+
+
+def test_fps_mode_takes_the_middle_of_each_second():
+    np.testing.assert_allclose(sample_times(10.0), np.arange(10) + 0.5)
+    assert len(sample_times(10.3)) == 10 and len(sample_times(10.6)) == 11
+    assert len(sample_times(0.2)) == 1  # a very short clip still gives a frame
+    np.testing.assert_allclose(sample_times(4.0, fps=2.0), [0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.25, 3.75])
+
+
+def test_max_frames_thins_uniformly_over_the_whole_video():
+    t = sample_times(3600.0, max_frames=64)
+    assert len(t) == 64
+    assert t[0] == 0.5 and t[-1] == 3599.5  # covers the end, not only the first 64 seconds
+    gaps = np.diff(t)
+    assert gaps.max() - gaps.min() <= 1.0
+
+
+def test_uniform_mode_midpoints_and_window():
+    np.testing.assert_allclose(sample_times(16.0, "uniform", num_frames=4), [2, 6, 10, 14])
+    np.testing.assert_allclose(sample_times(100.0, "uniform", num_frames=2, start=10, end=20), [12.5, 17.5])
+    np.testing.assert_allclose(sample_times(100.0, start=10, end=13), [10.5, 11.5, 12.5])
+    with pytest.raises(SampleError, match="window"):
+        sample_times(10.0, start=12, end=15)
+
+
+def test_indices_are_distinct_and_clipped():
+    assert times_to_indices(np.array([0.1, 0.2, 0.9, 5.0]), native_fps=4, num_frames=8).tolist() == [0, 3, 7]
+
+
+def _train_videos(root):
+    meta = json.loads((root / "metadata.json").read_text())
+    return [r for r in meta["videos"] if r["split"] == "train"]
+
+
+def test_one_frame_per_second_of_a_synthetic_video(synthetic):
+    rec = _train_videos(synthetic)[0]
+    assert rec["fps"] > 1  # encoded above 1 fps, so 1-fps sampling really drops frames
+    frames, times, duration = read_video(str(synthetic / rec["path"]))
+    assert duration == pytest.approx(rec["duration"])
+    assert frames.shape == (rec["duration"], rec["height"], rec["width"], 3) and frames.dtype == np.uint8
+    np.testing.assert_allclose(times, np.floor((np.arange(rec["duration"]) + 0.5) * rec["fps"]) / rec["fps"])
+
+
+def test_decoded_frames_match_decord_directly(synthetic):
+    import decord
+
+    rec = _train_videos(synthetic)[1]
+    path = str(synthetic / rec["path"])
+    frames, times, _ = read_video(path, "uniform", num_frames=5)
+    idx = np.round(times * rec["fps"]).astype(int)
+    direct = decord.VideoReader(path, num_threads=1).get_batch(idx.tolist()).asnumpy()
+    np.testing.assert_array_equal(frames, direct)
+
+
+def test_window_and_uniform_on_a_video(synthetic):
+    rec = _train_videos(synthetic)[0]
+    path = str(synthetic / rec["path"])
+    frames, times, _ = read_video(path, start=2, end=5)
+    assert len(frames) == 3 and times.min() >= 2 and times.max() < 5
+    frames, times, _ = read_video(path, "uniform", num_frames=6)
+    assert len(frames) == 6 and np.all(np.diff(times) > 0)
+
+
+def test_image_is_a_one_frame_video(synthetic):
+    meta = json.loads((synthetic / "metadata.json").read_text())
+    img = read_image(str(synthetic / meta["images"][0]["path"]))
+    assert img.shape[0] == 1 and img.shape[-1] == 3
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad", "squash"])
+def test_plain_transform_shapes_and_normalisation(mode):
+    tf = FrameTransform("plain", image_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode=mode)
+    white = np.full((3, 24, 40, 3), 255, np.uint8)
+    out = tf(white)
+    assert out.shape == (3, 3, 16, 16) and out.dtype.is_floating_point
+    if mode != "pad":
+        assert torch_allclose(out, 1.0)
+    else:  # padded bands hold the mean colour, i.e. 0 after normalisation
+        assert out[:, :, 0].abs().max() < 0.05 and out[:, :, 8].min() > 0.95
+    assert tf(np.zeros((0, 8, 8, 3), np.uint8)).shape == (0, 3, 16, 16)
+
+
+def torch_allclose(t, value):
+    return bool((t - value).abs().max() < 1e-3)
+
+
+def test_processor_and_plain_policies_agree(tiny):
+    """Both policies read size, mean and std from the tower's processor, so they feed the same input."""
+    rng = np.random.default_rng(0)
+    frames = (rng.random((2, 64, 64, 3)) * 255).astype(np.uint8)
+    hf = FrameTransform("processor", tiny["vision"])(frames)
+    plain = FrameTransform("plain", tiny["vision"], resize_mode="crop")(frames)
+    assert hf.shape == plain.shape == (2, 3, 32, 32)
+    assert (hf - plain).abs().mean() < 0.1  # PIL vs torch bicubic differ slightly
