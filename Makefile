@@ -29,7 +29,7 @@ install: $(BIN)/.installed  ## create .venv and install the suite (CPU torch by 
 demo: install  ## tiny local backbones + synthetic videos, scan, then the main job on them
 	$(BIN)/lit_bvllm make-tiny --out $(ART)/tiny
 	$(BIN)/lit_bvllm make-synthetic --out $(ART)/synthetic --seed 0
-	$(BIN)/lit_bvllm scan --data experiments/data/synthetic_finetune.yaml --out $(ART)/scan_finetune.json
+	$(BIN)/lit_bvllm scan --config experiments/data/synthetic_finetune.yaml --out $(ART)/scan_finetune.json
 	$(BIN)/lit_bvllm preview --config experiments/data/synthetic_finetune.yaml
 
 test: install  ## the test suite (no network, no GPU; slow and gpu tests excluded)

@@ -1,0 +1,390 @@
+"""Data-loading benchmark: pipeline throughput against raw decord, and DataLoader worker memory on a 1M-entry file.
+
+Usage::
+
+    python benchmarks/bench_dataloading.py --out artifacts/bench [--quick]
+
+Every ratio is taken within one run, on one machine:
+
+1. **throughput**: ``VideoInstructDataModule`` over the video entries of the synthetic ``finetune.json`` (fps mode,
+   1 fps, batch 4), ``transform=processor`` and ``plain``, 0 and 2 workers; a warm-up pass (which also starts the
+   persistent workers) is excluded from the timed passes;
+2. **baseline**: ``decord.VideoReader(path, num_threads=1).get_batch(indices)`` on exactly the indices the dataset
+   computes (``sample_times`` / ``times_to_indices``), one process; plus the time of each stage (tokenize, decode,
+   transform) on the same samples, in-process;
+3. **memory**: a 1M-entry LLaVA-schema file (JSON list and JSONL) behind the byte-offset index, against a naive
+   dataset that ``json.load``\\ s the file into a list of dicts; each case runs in a fresh interpreter and its
+   DataLoader workers are forked (the Linux default). Worker USS/PSS come from psutil ``memory_full_info()``.
+
+The tiny backbones and the synthetic set are generated under ``OUT/data`` when missing; the big annotation files
+and the index cache (``$LIT_BVLLM_CACHE``) live in a temporary folder under ``OUT`` that is deleted at the end.
+Writes ``OUT/dataloading.json`` (every number and the machine) and ``OUT/dataloading.md`` (the printed tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+import decord  # noqa: E402
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+from datamodules import VideoInstructDataModule  # noqa: E402
+from datamodules.annotations import AnnotationFile  # noqa: E402
+from datamodules.video import sample_times, times_to_indices  # noqa: E402
+
+MB = 2**20
+FPS, MAX_FRAMES, BATCH = 1.0, 128, 4
+_WORDS = ("red green blue yellow circle square triangle star moving left right appears briefly second frame video "
+          "background shape colour bright dark twice once before after during count how many what which object "
+          "order first last ring heart box ball gradient still static").split()
+
+
+def machine() -> dict:
+    """Cores, memory and library versions of this machine."""
+    import tokenizers
+    import transformers
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "gpu": torch.cuda.is_available(),
+        "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "decord": decord.__version__, "numpy": np.__version__, "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__, "psutil": psutil.__version__,
+        "start_method": multiprocessing.get_start_method(), "platform": platform.platform(),
+    }
+
+
+def prepare_data(root: Path) -> tuple[Path, Path]:
+    """The tiny backbones and synthetic set under ``root`` (generated when missing) and the video-only finetune file."""
+    from lit_bvllm.synthetic import make_synthetic
+    from lit_bvllm.tiny import make_tiny
+
+    if not (root / "tiny" / "llm").is_dir() or not (root / "tiny" / "vision").is_dir():
+        make_tiny(root / "tiny")
+    synthetic = root / "synthetic"
+    if not (synthetic / "finetune.json").is_file():
+        make_synthetic(synthetic, seed=0)
+    entries = [e for e in json.loads((synthetic / "finetune.json").read_text()) if "video" in e]
+    videos_only = synthetic / "finetune_videos.json"
+    videos_only.write_text(json.dumps(entries, indent=1) + "\n")
+    return root / "tiny", videos_only
+
+
+def datamodule(train: str, tiny: Path, transform: str, workers: int, **overrides) -> VideoInstructDataModule:
+    """The suite's DataModule on the tiny backbones, set up for fitting; ``overrides`` are DataModule arguments."""
+    args = dict(frame_mode="fps", fps=FPS, max_frames=MAX_FRAMES, batch_size=BATCH, max_length=1024, visual_tokens=64)
+    dm = VideoInstructDataModule(train=train, tokenizer=str(tiny / "llm"), vision_tower=str(tiny / "vision"),
+                                 transform=transform, num_workers=workers, **{**args, **overrides})
+    dm.setup("fit")
+    return dm
+
+
+def one_pass(loader: DataLoader) -> tuple[int, int, int]:
+    """Iterate ``loader`` once: (videos, frames, skipped entries)."""
+    videos = frames = skipped = 0
+    for batch in loader:
+        videos += sum(m["media"] == "video" for m in batch["meta"])
+        frames += int(batch["frame_mask"].sum())
+        skipped += len(batch["skipped"])
+    return videos, frames, skipped
+
+
+def rate(videos: int, frames: int, seconds: float) -> dict:
+    return {"videos": videos, "frames": frames, "seconds": round(seconds, 3),
+            "videos_per_s": videos / seconds, "frames_per_s": frames / seconds}
+
+
+def time_pipeline(train: Path, tiny: Path, transform: str, workers: int, passes: int) -> dict:
+    """Videos/s and frames/s of the full pipeline over ``passes`` passes, after one untimed warm-up pass."""
+    loader = datamodule(str(train), tiny, transform, workers).train_dataloader()
+    one_pass(loader)  # warm-up: starts the persistent workers, fills the page cache and the tokenizer's caches
+    videos = frames = skipped = 0
+    t0 = time.perf_counter()
+    for _ in range(passes):
+        v, f, s = one_pass(loader)
+        videos, frames, skipped = videos + v, frames + f, skipped + s
+    out = rate(videos, frames, time.perf_counter() - t0)
+    del loader
+    gc.collect()  # shuts the persistent workers down
+    return {**out, "transform": transform, "workers": workers, "passes": passes, "skipped": skipped}
+
+
+def time_decord(train: Path, passes: int) -> dict:
+    """Decode the frames the dataset would decode, with decord alone, in this process (warm-up pass excluded)."""
+    root = train.parent
+    entries = json.loads(train.read_text())
+
+    def decode_all() -> tuple[int, int]:
+        frames = 0
+        for e in entries:
+            vr = decord.VideoReader(str(root / e["video"]), num_threads=1)
+            total, native_fps = len(vr), float(vr.get_avg_fps())
+            times = sample_times(total / native_fps, "fps", FPS, max_frames=MAX_FRAMES, start=e.get("start"), end=e.get("end"))
+            frames += len(vr.get_batch(times_to_indices(times, native_fps, total).tolist()).asnumpy())
+            del vr
+        return len(entries), frames
+
+    decode_all()
+    t0 = time.perf_counter()
+    videos = frames = 0
+    for _ in range(passes):
+        v, f = decode_all()
+        videos, frames = videos + v, frames + f
+    return {**rate(videos, frames, time.perf_counter() - t0), "passes": passes}
+
+
+def time_stages(train: Path, tiny: Path) -> dict:
+    """Seconds per pass spent in each stage of ``VideoInstructDataset`` on the same samples, in this process."""
+    dm = datamodule(str(train), tiny, "processor", 0)
+    ds, plain = dm.train_set, datamodule(str(train), tiny, "plain", 0).transform
+    clock = dict(tokenize=0.0, decode=0.0, transform_processor=0.0, transform_plain=0.0)
+    for warm in (True, False):
+        for j in range(len(ds)):
+            t0 = time.perf_counter()
+            entry, conv, *_, path = ds.prepare(int(ds.source_of[j]), int(ds.entry_of[j]))
+            ds.question_tokenizer(conv.question, add_special_tokens=True, truncation=True, max_length=ds.max_question_length)
+            t1 = time.perf_counter()
+            frames, _, _ = ds.decode(entry, conv.media, path)
+            t2 = time.perf_counter()
+            ds.transform(frames)
+            t3 = time.perf_counter()
+            plain(frames)
+            t4 = time.perf_counter()
+            if not warm:
+                for k, dt in zip(clock, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                    clock[k] += dt
+    return {**clock, "samples": len(ds)}
+
+
+def write_annotations(path_json: Path, path_jsonl: Path, n: int, videos: int, seed: int = 0) -> dict:
+    """``n`` LLaVA-schema video entries (id, video, 2 or 4 turns; ~300-600 bytes) as a JSON list and as JSONL."""
+    rng = np.random.default_rng(seed)
+
+    def sentences(count: int, lo: int, hi: int, end: str) -> list[str]:
+        return [" ".join(_WORDS[w] for w in rng.integers(len(_WORDS), size=k)).capitalize() + end
+                for k in rng.integers(lo, hi, size=count)]
+
+    questions, long_answers, short_answers = sentences(2048, 6, 12, "?"), sentences(2048, 24, 56, "."), sentences(2048, 8, 22, ".")
+    pairs, q, a, v = rng.integers(1, 3, n), rng.integers(2048, size=(n, 2)), rng.integers(2048, size=(n, 2)), rng.integers(videos, size=n)
+    sizes = np.empty(n, np.int64)
+    with open(path_json, "w") as fj, open(path_jsonl, "w") as fl:
+        fj.write("[\n")
+        for i in range(n):
+            answers = long_answers if pairs[i] == 1 else short_answers
+            turns = []
+            for k in range(pairs[i]):
+                turns += [{"from": "human", "value": ("<video>\n" if k == 0 else "") + questions[q[i, k]]},
+                          {"from": "gpt", "value": answers[a[i, k]]}]
+            line = json.dumps({"id": f"bench_{i:07d}", "video": f"videos/vid_{v[i]:04d}.mp4", "conversations": turns})
+            sizes[i] = len(line)
+            fj.write(line + (",\n" if i < n - 1 else "\n"))
+            fl.write(line + "\n")
+        fj.write("]\n")
+    return {"entries": n, "bytes_mean": float(sizes.mean()), "bytes_min": int(sizes.min()), "bytes_max": int(sizes.max()),
+            "json_mb": path_json.stat().st_size / MB, "jsonl_mb": path_jsonl.stat().st_size / MB}
+
+
+class InMemoryAnnotations:
+    """The naive store the index replaces: the whole file ``json.load``-ed into a list of dicts."""
+
+    def __init__(self, entries: list[dict], path: str):
+        self.entries, self.path = entries, Path(path)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.entries[index]
+
+
+class EntryTouch(Dataset):
+    """Item ``k`` reads ``chunk`` seeded-random entries of ``store`` (no decoding): worker memory per entry read."""
+
+    def __init__(self, store, chunks: int, chunk: int):
+        self.store, self.chunks, self.chunk = store, chunks, chunk
+
+    def __len__(self) -> int:
+        return self.chunks
+
+    def __getitem__(self, k: int) -> int:
+        idx = np.random.default_rng([1, k]).integers(len(self.store), size=self.chunk)
+        return sum(len(self.store[int(i)]["conversations"]) for i in idx)
+
+
+def process_memory(pids: list[int]) -> list[dict]:
+    """USS, PSS and RSS (MiB) of each process."""
+    out = []
+    for pid in pids:
+        m = psutil.Process(pid).memory_full_info()
+        out.append({"pid": pid, "uss_mb": m.uss / MB, "pss_mb": m.pss / MB, "rss_mb": m.rss / MB})
+    return out
+
+
+def memory_case(kind: str, path: str, mixture: str, tiny: str, samples: int, touches: int, chunk: int) -> dict:
+    """One memory case in this (fresh) interpreter: build the store, then read it from 2 forked workers."""
+    me = psutil.Process()
+    rss0 = me.memory_info().rss
+    out: dict = {"kind": kind, "file": Path(path).suffix}
+    if kind == "index":
+        t0 = time.perf_counter()
+        store = AnnotationFile(path)  # the cache folder is empty: a cold build
+        out["build_s"] = time.perf_counter() - t0
+        out["store_rss_delta_mb"] = (me.memory_info().rss - rss0) / MB
+        out["peak_rss_delta_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0 / MB
+        t0 = time.perf_counter()
+        store = AnnotationFile(path)
+        out["cache_hit_s"] = time.perf_counter() - t0
+    else:
+        t0 = time.perf_counter()
+        with open(path) as f:
+            entries = json.load(f) if path.endswith(".json") else [json.loads(line) for line in f if line.strip()]
+        out["build_s"] = time.perf_counter() - t0
+        out["store_rss_delta_mb"] = (me.memory_info().rss - rss0) / MB
+        out["peak_rss_delta_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0 / MB
+        store = InMemoryAnnotations(entries, path)
+    dm = datamodule(mixture, Path(tiny), "plain", 2, frame_mode="uniform", num_frames=2)
+    dm.train_set.files = [store]  # the index case: the same AnnotationFile; the naive case: the list of dicts
+    out["main_after_setup"] = process_memory([me.pid])[0]
+
+    # 1. the real pipeline (2 frames per video, so text handling dominates), shuffled over the whole file
+    before = {p.pid for p in me.children()}
+    loader = dm.train_dataloader()
+    batches, seen, skipped, checkpoints = iter(loader), 0, 0, []
+    for target in (BATCH, samples // 2, samples):
+        while seen < target:
+            batch = next(batches)
+            seen, skipped = seen + len(batch["meta"]), skipped + len(batch["skipped"])
+        workers = [p.pid for p in me.children() if p.pid not in before]
+        checkpoints.append({"samples": seen, "workers": process_memory(workers), "main": process_memory([me.pid])[0]})
+    out.update(pipeline=checkpoints, skipped=skipped)
+    del batches, loader
+    gc.collect()
+
+    # 2. entry reads only, many of them: how worker memory grows with the share of the file touched
+    before = {p.pid for p in me.children()}
+    touch = DataLoader(EntryTouch(store, touches // chunk, chunk), batch_size=None, num_workers=2, persistent_workers=True)
+    t0 = time.perf_counter()
+    for _ in touch:
+        pass
+    workers = [p.pid for p in me.children() if p.pid not in before]
+    out["touch"] = {"entries_read": touches // chunk * chunk, "seconds": time.perf_counter() - t0,
+                    "workers": process_memory(workers), "main": process_memory([me.pid])[0]}
+    return out
+
+
+def run_memory_case(**kwargs) -> dict:
+    """``memory_case`` in a fresh interpreter (so each case's main-process RSS starts from the same point)."""
+    cmd = [sys.executable, __file__, "--case", json.dumps(kwargs)]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def markdown(r: dict) -> str:
+    """The result tables."""
+    dec = r["decord"]
+    lines = ["### Throughput (video-only finetune set, fps=1, batch 4)", "",
+             "| pipeline | workers | videos/s | frames/s | / decord | / same transform, 0 workers |", "|---|---|---|---|---|---|"]
+    for p in r["pipeline"]:
+        base = next(q for q in r["pipeline"] if q["transform"] == p["transform"] and q["workers"] == 0)
+        lines.append(f"| transform={p['transform']} | {p['workers']} | {p['videos_per_s']:.1f} | {p['frames_per_s']:.0f} | "
+                     f"{p['videos_per_s'] / dec['videos_per_s']:.2f} | {p['videos_per_s'] / base['videos_per_s']:.2f} |")
+    lines.append(f"| decord get_batch only | 0 (1 process) | {dec['videos_per_s']:.1f} | {dec['frames_per_s']:.0f} | 1.00 | |")
+    st = r["stages"]
+    lines += ["", f"### Stage split, in-process, same {st['samples']} samples (share of tokenize + decode + transform)", "",
+              "| stage | ms/video | share (processor) | share (plain) |", "|---|---|---|---|"]
+    for name, key in (("tokenize (chat template + question)", "tokenize"), ("decode (read_video)", "decode"),
+                      ("transform=processor", "transform_processor"), ("transform=plain", "transform_plain")):
+        ms = 1000 * st[key] / st["samples"]
+        shares = [st[key] / (st["tokenize"] + st["decode"] + st[t]) if key in ("tokenize", "decode", t) else None
+                  for t in ("transform_processor", "transform_plain")]
+        lines.append(f"| {name} | {ms:.1f} | " + " | ".join("" if s is None else f"{100 * s:.0f}%" for s in shares) + " |")
+    m = r["memory"]
+    lines += ["", f"### Annotation store, {m['annotations']['entries']:,} entries "
+              f"(mean {m['annotations']['bytes_mean']:.0f} B/entry; JSON {m['annotations']['json_mb']:.0f} MiB)", "",
+              "| store | build s | cache hit s | main RSS delta MiB | peak RSS delta MiB |", "|---|---|---|---|---|"]
+    for c in m["cases"]:
+        hit = f"{c['cache_hit_s']:.3f}" if "cache_hit_s" in c else "n/a"
+        lines.append(f"| {c['kind']} {c['file']} | {c['build_s']:.2f} | {hit} | {c['store_rss_delta_mb']:.0f} | {c['peak_rss_delta_mb']:.0f} |")
+    lines += ["", "### DataLoader workers (2, forked), MiB; USS and PSS per worker, mean of the two", "",
+              "| store | samples or entries read | worker USS | worker PSS | main PSS | total PSS (main + workers) |",
+              "|---|---|---|---|---|---|"]
+    for c in m["cases"]:
+        rows = [(f"{cp['samples']} samples (pipeline)", cp) for cp in c["pipeline"]]
+        rows.append((f"{c['touch']['entries_read']:,} entries (reads only)", c["touch"]))
+        for label, cp in rows:
+            uss = np.mean([w["uss_mb"] for w in cp["workers"]])
+            pss = np.mean([w["pss_mb"] for w in cp["workers"]])
+            total = cp["main"]["pss_mb"] + sum(w["pss_mb"] for w in cp["workers"])
+            lines.append(f"| {c['kind']} {c['file']} | {label} | {uss:.0f} | {pss:.0f} | {cp['main']['pss_mb']:.0f} | {total:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output folder: dataloading.json, dataloading.md, data/")
+    parser.add_argument("--quick", action="store_true", help="100k entries, one timed pass (about 2 minutes)")
+    parser.add_argument("--entries", type=int, default=None, help="entries of the big annotation file (default 1M, quick 100k)")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one memory case, run in a child interpreter
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(memory_case(**json.loads(args.case))))
+        return
+    start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    passes = 1 if args.quick else 3
+    entries = args.entries or (100_000 if args.quick else 1_000_000)
+    results: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M"),
+                     "quick": args.quick, "machine": machine()}
+    with tempfile.TemporaryDirectory(dir=out, prefix="tmp_") as tmp:
+        os.environ["LIT_BVLLM_CACHE"] = str(Path(tmp) / "cache")  # the index cache, deleted with the big files
+        tiny, train = prepare_data(out / "data")
+        print(f"[1/3] throughput: {train} ({passes} timed pass(es) per setting)", flush=True)
+        results["pipeline"] = [time_pipeline(train, tiny, t, w, passes) for t in ("processor", "plain") for w in (0, 2)]
+        results["decord"] = time_decord(train, passes)
+        results["stages"] = time_stages(train, tiny)
+        for p in results["pipeline"]:  # the baseline must decode the very same frames
+            assert p["frames"] == results["decord"]["frames"], (p, results["decord"])
+
+        print(f"[2/3] writing {entries:,} annotation entries", flush=True)
+        big_json, big_jsonl = Path(tmp) / "annotations_big.json", Path(tmp) / "annotations_big.jsonl"
+        t0 = time.perf_counter()
+        stats = write_annotations(big_json, big_jsonl, entries, videos=len(list((train.parent / "videos").glob("vid_*.mp4"))))
+        stats["write_s"] = time.perf_counter() - t0
+        print("[3/3] worker memory: index .json, index .jsonl, naive json.load", flush=True)
+        cases = []
+        for kind, path in (("index", big_json), ("index", big_jsonl), ("naive", big_json)):
+            mixture = Path(tmp) / f"mixture_{path.suffix[1:]}.yaml"  # media paths resolve against the synthetic set
+            mixture.write_text(json.dumps({"datasets": [{"path": str(path), "root": str(train.parent)}]}))
+            cases.append(run_memory_case(kind=kind, path=str(path), mixture=str(mixture), tiny=str(tiny),
+                                         samples=200 if args.quick else 400, touches=entries // 4, chunk=2000))
+        results["memory"] = {"annotations": stats, "cases": cases}
+    results["total_s"] = time.perf_counter() - start
+    table = markdown(results)
+    print("\n" + table + f"\ntotal {results['total_s']:.0f} s")
+    (out / "dataloading.md").write_text(table)
+    (out / "dataloading.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
