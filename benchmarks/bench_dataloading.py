@@ -341,7 +341,7 @@ def markdown(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output folder: dataloading.json, dataloading.md, data/")
+    parser.add_argument("--out", help="output folder: dataloading.json, dataloading.md, data/ (required)")
     parser.add_argument("--quick", action="store_true", help="100k entries, one timed pass (about 2 minutes)")
     parser.add_argument("--entries", type=int, default=None, help="entries of the big annotation file (default 1M, quick 100k)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one memory case, run in a child interpreter
@@ -349,6 +349,8 @@ def main() -> None:
     if args.case:
         print(json.dumps(memory_case(**json.loads(args.case))))
         return
+    if args.out is None:
+        parser.error("--out is required")
     start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -58,6 +58,24 @@ def times_to_indices(times: np.ndarray, native_fps: float, num_frames: int) -> n
     return np.unique(idx)
 
 
+def _open(path: str):
+    """A decord reader with its frame count and fps, or :class:`SampleError` (missing / empty / undecodable)."""
+    import decord
+
+    if not os.path.isfile(path):
+        raise SampleError("missing_file", "video", f"'{path}' does not exist")
+    if os.path.getsize(path) == 0:
+        raise SampleError("empty_video", "video", f"'{path}' is 0 bytes")
+    try:
+        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        total, native_fps = len(vr), float(vr.get_avg_fps())
+    except Exception as e:  # decord raises RuntimeError / DECORDError for corrupt and truncated files
+        raise SampleError("decode_error", "video", f"'{path}' cannot be opened ({type(e).__name__}: {str(e)[:200]})") from None
+    if total == 0 or native_fps <= 0:
+        raise SampleError("empty_video", "video", f"'{path}' has {total} frames at {native_fps} fps")
+    return vr, total, native_fps
+
+
 def read_video(
     path: str,
     mode: Literal["fps", "uniform"] = "fps",
@@ -72,29 +90,17 @@ def read_video(
     Returns:
         frames ``(T, H, W, 3)`` uint8 RGB, their timestamps ``(T,)`` in seconds, and the video's duration.
     Raises:
-        SampleError: ``missing_file``, ``empty_video`` or ``decode_error``.
+        SampleError: ``missing_file``, ``empty_video``, ``decode_error`` (or ``bad_entry`` for an empty window).
     """
-    import decord
-
-    if not os.path.isfile(path):
-        raise SampleError("missing_file", "video", f"'{path}' does not exist")
-    if os.path.getsize(path) == 0:
-        raise SampleError("empty_video", "video", f"'{path}' is 0 bytes")
+    vr, total, native_fps = _open(path)
+    duration = total / native_fps
+    idx = times_to_indices(sample_times(duration, mode, fps, num_frames, max_frames, start, end), native_fps, total)
     try:
-        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-        total, native_fps = len(vr), float(vr.get_avg_fps())
-        if total == 0 or native_fps <= 0:
-            raise SampleError("empty_video", "video", f"'{path}' has {total} frames at {native_fps} fps")
-        duration = total / native_fps
-        times = sample_times(duration, mode, fps, num_frames, max_frames, start, end)
-        idx = times_to_indices(times, native_fps, total)
         frames = vr.get_batch(idx.tolist()).asnumpy()
-    except SampleError:
-        raise
-    except Exception as e:  # decord raises RuntimeError / DECORDError for corrupt and truncated files
+    except Exception as e:  # a header that opens over a body that does not decode
         raise SampleError("decode_error", "video", f"'{path}' cannot be decoded ({type(e).__name__}: {str(e)[:200]})") from None
     finally:
-        vr = None
+        del vr
     return frames, idx / native_fps, duration
 
 
@@ -115,17 +121,5 @@ def read_image(path: str) -> np.ndarray:
 
 def probe_video(path: str) -> tuple[int, float]:
     """Open the header only: ``(num_frames, fps)``; raises :class:`SampleError` like :func:`read_video`."""
-    import decord
-
-    if not os.path.isfile(path):
-        raise SampleError("missing_file", "video", f"'{path}' does not exist")
-    if os.path.getsize(path) == 0:
-        raise SampleError("empty_video", "video", f"'{path}' is 0 bytes")
-    try:
-        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-        total, native_fps = len(vr), float(vr.get_avg_fps())
-    except Exception as e:
-        raise SampleError("decode_error", "video", f"'{path}' cannot be opened ({type(e).__name__}: {str(e)[:200]})") from None
-    if total == 0 or native_fps <= 0:
-        raise SampleError("empty_video", "video", f"'{path}' has {total} frames at {native_fps} fps")
+    _, total, native_fps = _open(path)
     return total, native_fps

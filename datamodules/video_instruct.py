@@ -190,13 +190,21 @@ class VideoInstructCollator:
     """Pads a list of samples into a batch (layout in the module docstring).
 
     Args:
-        pad_id: token id used to pad ``input_ids`` and ``question_ids``.
+        pad_id: token id used to pad ``input_ids``.
         image_size: frame side S, for the shape of an all-text batch's empty frame tensor.
         padding_side: ``right`` for training, ``left`` for batched generation.
+        question_pad_id: token id used to pad ``question_ids`` (default ``pad_id``; differs with a Q-Former tokenizer).
     """
 
-    def __init__(self, pad_id: int, image_size: int, padding_side: Literal["left", "right"] = "right"):
+    def __init__(
+        self,
+        pad_id: int,
+        image_size: int,
+        padding_side: Literal["left", "right"] = "right",
+        question_pad_id: int | None = None,
+    ):
         self.pad_id, self.image_size, self.padding_side = pad_id, image_size, padding_side
+        self.question_pad_id = pad_id if question_pad_id is None else question_pad_id
 
     def _pad(self, seqs: list[torch.Tensor], value: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = max((len(s) for s in seqs), default=0)
@@ -219,7 +227,7 @@ class VideoInstructCollator:
             frames[b, :t], frame_mask[b, :t], frame_times[b, :t] = s["frames"], True, s["frame_times"]
         input_ids, attention_mask = self._pad([s["input_ids"] for s in samples], self.pad_id)
         labels, _ = self._pad([s["labels"] for s in samples], IGNORE_INDEX)
-        question_ids, question_mask = self._pad([s["question_ids"] for s in samples], self.pad_id)
+        question_ids, question_mask = self._pad([s["question_ids"] for s in samples], self.question_pad_id)
         return {
             "frames": frames,
             "frame_mask": frame_mask,

@@ -91,9 +91,12 @@ class VideoInstructDataModule(L.LightningDataModule):
         h = self.hparams
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(h.tokenizer, h.video_token)
-            self.question_tokenizer = load_tokenizer(h.question_tokenizer, h.video_token) if h.question_tokenizer else None
+            self.question_tokenizer = (
+                load_tokenizer(h.question_tokenizer, None, "--data.question_tokenizer") if h.question_tokenizer else None
+            )
             self.transform = FrameTransform(h.transform, h.vision_tower, h.image_size, resize_mode=h.resize_mode)
-            self.collator = VideoInstructCollator(self.tokenizer.pad_token_id, self.transform.image_size)
+            q_pad = self.question_tokenizer.pad_token_id if self.question_tokenizer is not None else None
+            self.collator = VideoInstructCollator(self.tokenizer.pad_token_id, self.transform.image_size, question_pad_id=q_pad)
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = self._dataset(h.train)
         if stage in (None, "fit", "validate") and h.val is not None and self.val_set is None:

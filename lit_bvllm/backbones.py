@@ -34,13 +34,16 @@ def _local_dir(path: str | Path, what: str, flag: str) -> Path:
     return p
 
 
-def load_tokenizer(path: str | Path, video_token: str = VIDEO_TOKEN) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a local folder and make sure it has the video placeholder and a pad token.
+def load_tokenizer(path: str | Path, video_token: str | None = VIDEO_TOKEN, flag: str = "--data.tokenizer") -> PreTrainedTokenizerBase:
+    """Load the LLM's tokenizer from a local folder and make sure it has the video placeholder and a pad token.
 
     A real checkpoint's tokenizer (Qwen2) does not know ``video_token``; it is added as a special token, so
     ``len(tokenizer)`` grows by one and the model must resize its embeddings to ``len(tokenizer)``.
+    ``video_token=None`` loads the tokenizer as it is (e.g. BERT's, for a Q-Former's question input).
     """
-    tok = AutoTokenizer.from_pretrained(_local_dir(path, "tokenizer", "--data.tokenizer"), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(_local_dir(path, "tokenizer", flag), local_files_only=True)
+    if video_token is None:
+        return tok
     if video_token not in tok.get_vocab():
         tok.add_special_tokens({"additional_special_tokens": [video_token]}, replace_extra_special_tokens=False)
     if tok.pad_token is None:

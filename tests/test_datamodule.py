@@ -220,3 +220,25 @@ def test_training_logs_data_skipped_and_writes_per_reason_counts(tiny, bad_root,
     report = json.loads((tmp_path / "lightning_logs" / "version_0" / "skipped_samples.json").read_text())
     assert report["skipped"] == 3 and report["per_reason"] == {"decode_error": 3}
     assert sorted(e["id"] for e in report["entries_rank0"]) == ["bad0", "bad3", "bad6"]
+
+
+def test_question_tokenizer_without_chat_template(tiny, synthetic, tmp_path):
+    """A Q-Former's own tokenizer (BERT-style, no chat template, no placeholder) tokenizes the question."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w.strip("?.,").lower() for e in json.loads((synthetic / "finetune.json").read_text())
+                    for w in e["conversations"][0]["value"].replace("<video>", " ").replace("<image>", " ").split()})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + words)}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    from tokenizers.processors import TemplateProcessing
+
+    raw.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(tmp_path / "bert")
+    d = dm(tiny, str(synthetic / "finetune.json"), question_tokenizer=str(tmp_path / "bert"), max_question_length=8)
+    batch = next(iter(d.train_dataloader()))
+    q = batch["question_ids"]
+    assert q.shape[1] <= 8 and (q[:, 0] == 2).all()  # [CLS] first: BERT-style ids, not the LLM's
+    assert batch["question_mask"].sum(1).min() >= 3
+    assert (q[batch["question_mask"] == 0] == 0).all()  # padded with the question tokenizer's [PAD]
