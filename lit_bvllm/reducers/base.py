@@ -1,0 +1,78 @@
+"""The contract every token-reduction strategy follows.
+
+A reducer is a plain ``nn.Module`` (no Lightning inside) mapping the frozen vision tower's output for a batch of
+videos to at most ``budget`` (θ) visual tokens per sample::
+
+    frames      (B, T, N, D)   per-frame patch tokens, [CLS] excluded
+    cls         (B, T, D)      the tower's [CLS] (or pooled) token per frame
+    frame_mask  (B, T) bool    False on padded frames
+    text_ids    (B, S) long    the question, tokenized with the reducer's tokenizer (text-conditioned reducers)
+    text_mask   (B, S)
+    cls_attn    (B, T, N)      [CLS]-to-patch attention of the tower (only reducers with ``needs_cls_attention``)
+  ->
+    ReducerOutput(tokens (B, M, D_out), token_mask (B, M) bool, info: dict)
+
+with ``token_mask.sum(1) <= budget`` for every input length. Valid tokens come first in each row; padded rows
+of ``tokens`` are zeros. ``info`` carries what a researcher wants to look at: selected frame indices and weights,
+merge groups, attention maps and token counts (tensors, detached).
+
+Before the vision tower runs, :meth:`Reducer.frames_to_encode` says which frames the reducer will look at, so a
+model never pays to encode frames a strategy drops (uniform-8 needs 8 frames encoded, not 3600). Reducers are
+idempotent on that selection: ``forward`` on the selected frames alone equals ``forward`` on all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class ReducerOutput:
+    """Visual tokens for the LLM: ``tokens (B, M, D_out)``, ``token_mask (B, M)`` and logging ``info``."""
+
+    tokens: Tensor
+    token_mask: Tensor
+    info: dict = field(default_factory=dict)
+
+
+class Reducer(nn.Module):
+    """Base class: subclasses set ``in_dim``, ``out_dim``, ``budget`` and implement ``forward``."""
+
+    in_dim: int
+    out_dim: int
+    budget: int
+    needs_text: bool = False
+    needs_cls_attention: bool = False
+
+    def frames_to_encode(self, frame_mask: Tensor) -> Tensor:
+        """``(B, T) bool``: the frames the vision tower must encode (default: every real frame)."""
+        return frame_mask
+
+    def forward(
+        self,
+        frames: Tensor,
+        cls: Tensor,
+        frame_mask: Tensor,
+        text_ids: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        cls_attn: Tensor | None = None,
+    ) -> ReducerOutput:
+        raise NotImplementedError
+
+
+def pack(tokens: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Move the kept tokens of each row to the front, in order: ``(B, L, D), (B, L) -> (B, M, D), (B, M)``.
+
+    ``M = keep.sum(1).max()``; dropped and padded positions become zeros with mask False. No per-sample loop:
+    a stable sort of ``~keep`` gives every row's gather order.
+    """
+    B, L, D = tokens.shape
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices  # kept first, original order
+    m = int(keep.sum(1).max()) if L else 0
+    order = order[:, :m]
+    mask = torch.gather(keep, 1, order)
+    out = torch.gather(tokens, 1, order[..., None].expand(B, m, D)) * mask[..., None]
+    return out, mask
