@@ -48,7 +48,7 @@ def bipartite_merge_rows(x: Tensor, r: Tensor, size: Tensor | None = None, mask:
     idx = node_idx[..., None]
     dst_sum = (b.float() * sb).scatter_add(1, idx.expand(-1, -1, D), a.float() * w)
     dst_size = sb.scatter_add(1, idx, w)
-    new_b = (dst_sum / dst_size).to(x.dtype)
+    new_b = (dst_sum / dst_size.clamp_min(1e-12)).to(x.dtype)  # padded B tokens have size 0
     out = torch.empty_like(x)
     out[:, ::2], out[:, 1::2] = a, new_b
     out_size = torch.empty_like(size)
@@ -167,3 +167,32 @@ def uniform_indices(num_valid: Tensor, n: int) -> tuple[Tensor, Tensor]:
     idx = torch.where(short, i[None].expand_as(idx), idx)
     valid = torch.where(short, i[None] < num_valid[:, None], torch.ones_like(idx, dtype=torch.bool))
     return idx.clamp_max((num_valid[:, None] - 1).clamp_min(0)), valid
+
+
+def merge_to_target(x: Tensor, target: Tensor, size: Tensor | None = None, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Progressive bipartite merging of each row down to exactly ``target`` tokens (B-VLLM §3.4).
+
+    While a row holds more than its target it is halved with :func:`bipartite_merge_rows` (sizes carried across
+    rounds); the round that would undershoot is replaced by one partial round that removes exactly the excess.
+    A loop over rounds (about log2 of the row length), batched over rows.
+
+    Args:
+        x: ``(B, N, D)`` tokens, valid ones a prefix of each row.
+        target: ``(B,)`` tokens to keep per row (>= 1; rows already at or below it are untouched).
+        size: ``(B, N, 1)`` token sizes (ones when None).
+        mask: ``(B, N)`` bool valid tokens (all when None).
+
+    Returns: ``(merged (B, N', D), size (B, N', 1), mask (B, N'))`` with ``mask.sum(1) == min(n, target)``.
+    """
+    B, N, _ = x.shape
+    size = torch.ones(B, N, 1, dtype=torch.float32, device=x.device) if size is None else size
+    mask = torch.ones(B, N, dtype=torch.bool, device=x.device) if mask is None else mask
+    target = target.to(x.device).clamp_min(1)
+    while True:
+        n = mask.sum(1)
+        over = n > target
+        if not over.any():
+            return x, size, mask
+        half = n // 2
+        r = torch.where(n - half >= target, half, n - target)  # a full halving, or the partial last round
+        x, size, mask = bipartite_merge_rows(x, torch.where(over, r, torch.zeros_like(r)), size, mask)

@@ -1,0 +1,222 @@
+"""B-VLLM: text-conditioned frame selection, temporal frame merging, spatial sampling and spatial merging.
+
+Lu et al., "B-VLLM: A Vision Large Language Model with Balanced Spatio-Temporal Tokens", §3. For a video of T
+frames (patch tokens V, [CLS] tokens V_cls) and a question:
+
+1. frame selection (§3.2, Eq. 1): a Q-Former reads the T [CLS] tokens and the question and makes L* queries Q;
+   ``S = GumbelSoftmax(Q V_clsᵀ, τ)`` is an L* x T matrix whose rows pick frames, and ``V* = S V``. Training uses
+   hard one-hot rows with straight-through gradients (``soft_selection=True`` keeps the soft mixture of the
+   released code); evaluation takes the noise-free argmax, so two evaluation passes agree. The selected frames
+   are put back in temporal order;
+2. temporal merging (§3.3, Eq. 2-5): rows of S whose cosine similarity is >= γ are duplicates; duplicate groups
+   are closed transitively (connected components) and each group's frame tokens are averaged, so no frame's
+   content is dropped (the released code keeps only one hop of a chain);
+3. spatial sampling (§3.4): a second Q-Former turns each kept frame's N patch tokens into R tokens, conditioned on
+   the question;
+4. spatial merging (§3.4): while a sample holds more than θ tokens, every frame is halved by ToMe bipartite
+   merging (sizes carried across rounds), and one partial round lands exactly on θ.
+
+Each step has a switch for the ablation of Table 3: ``frame_selection=False`` takes L* uniformly spaced frames,
+``temporal_merge=False`` keeps duplicates, ``spatial_sampling=False`` average-pools each frame to R tokens,
+``spatial_merge=False`` drops whole trailing frames past θ instead of merging (the budget holds either way).
+L*, R, θ, τ and γ are plain attributes: they may change on a trained model (L* and R up to the trained number
+of queries; fewer uses the first ones).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
+from lit_bvllm.reducers.merging import gumbel_select, merge_to_target, uniform_indices
+from lit_bvllm.reducers.qformer import TextQFormer
+
+
+class BVLLM(Reducer):
+    """B-VLLM's balanced spatio-temporal token reduction (module docstring for the algorithm).
+
+    Args:
+        in_dim: vision tower width D.
+        num_frames: L*, frames selected per video.
+        num_tokens: R, tokens sampled per kept frame.
+        budget: θ, the most visual tokens a sample may get.
+        tau: Gumbel-softmax temperature τ.
+        gamma: cosine-similarity threshold γ above which two selections are duplicates.
+        num_queries: learned queries of each Q-Former (the largest L* and R usable later).
+        hidden_size: Q-Former width (the output width of this reducer when spatial sampling is on).
+        num_layers: Q-Former layers.
+        num_heads: Q-Former attention heads.
+        vocab_size: vocabulary of the question tokenizer.
+        qformer: local InstructBLIP checkpoint that both Q-Formers start from (random initialisation when None).
+        soft_selection: train with the soft Gumbel-softmax mixture (the released code) instead of hard rows.
+        frame_selection: text-conditioned selection (True) or L* uniformly spaced frames (False).
+        temporal_merge: merge duplicate selections (Eq. 2-5).
+        spatial_sampling: spatial Q-Former (True) or average pooling to R tokens (False).
+        spatial_merge: bipartite merging down to θ (True) or dropping frames past θ (False).
+    """
+
+    needs_text = True
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_frames: int = 32,
+        num_tokens: int = 32,
+        budget: int = 768,
+        tau: float = 0.1,
+        gamma: float = 0.75,
+        num_queries: int = 32,
+        hidden_size: int = 768,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        vocab_size: int = 30523,
+        qformer: str | None = None,
+        soft_selection: bool = False,
+        frame_selection: bool = True,
+        temporal_merge: bool = True,
+        spatial_sampling: bool = True,
+        spatial_merge: bool = True,
+    ):
+        super().__init__()
+        self.in_dim, self.num_frames, self.num_tokens, self.budget = in_dim, num_frames, num_tokens, budget
+        self.tau, self.gamma, self.soft_selection = tau, gamma, soft_selection
+        self.frame_selection, self.temporal_merge = frame_selection, temporal_merge
+        self.spatial_sampling, self.spatial_merge = spatial_sampling, spatial_merge
+        self.ln_vision = nn.LayerNorm(in_dim)
+        qf = dict(encoder_width=in_dim, num_queries=num_queries, hidden_size=hidden_size, num_layers=num_layers,
+                  num_heads=num_heads, vocab_size=vocab_size, pretrained=qformer)
+        if frame_selection:
+            self.temporal_qformer = TextQFormer(**qf)
+            self.temporal_proj = nn.Linear(self.temporal_qformer.hidden_size, in_dim)  # Q into [CLS] space
+        if spatial_sampling:
+            self.spatial_qformer = TextQFormer(**qf)
+        self.out_dim = self.spatial_qformer.hidden_size if spatial_sampling else in_dim
+        self.generator: torch.Generator | None = None  # optional RNG for the Gumbel noise
+
+    # ------------------------------------------------------------------ selection
+
+    def frames_to_encode(self, frame_mask: Tensor) -> Tensor:
+        if self.frame_selection:
+            return frame_mask  # every frame's [CLS] is needed to choose
+        idx, valid = uniform_indices(frame_mask.sum(1), self.num_frames)
+        keep = torch.zeros_like(frame_mask)
+        return keep.scatter(1, idx, valid) & frame_mask
+
+    def select(self, cls: Tensor, frame_mask: Tensor, text_ids: Tensor, text_mask: Tensor) -> Tensor:
+        """Selection matrix ``S (B, L*, T)`` (Eq. 1), rows one-hot except with soft training selection."""
+        B, T, _ = cls.shape
+        if not self.frame_selection:
+            idx, valid = uniform_indices(frame_mask.sum(1), self.num_frames)
+            return F.one_hot(idx, T).float() * valid[..., None]
+        q = self.temporal_qformer(self.num_frames, self.ln_vision(cls), frame_mask, text_ids, text_mask)  # (B, L*, H)
+        logits = torch.einsum("bkd,btd->bkt", self.temporal_proj(q).float(), cls.float()) / math.sqrt(self.in_dim)
+        any_frame = frame_mask.any(1)
+        safe_mask = frame_mask | ~any_frame[:, None]  # a sample without frames selects nothing (zeroed below)
+        s = gumbel_select(logits, safe_mask, self.tau, self.training, hard=not self.soft_selection, generator=self.generator)
+        return s * any_frame[:, None, None]
+
+    # ------------------------------------------------------------------ temporal
+
+    def order_and_group(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Temporal order and duplicate groups of the selected rows (Eq. 2-5, transitive).
+
+        Returns ``s`` with rows sorted by selected frame, the group matrix ``G (B, L, L)`` (``G[b, g, i] = 1`` when
+        row i belongs to the group represented by row g, the group's earliest row) and ``keep (B, L)`` (the
+        representatives).
+        """
+        B, L, T = s.shape
+        valid = s.detach().sum(-1) > 0  # (B, L): rows that select something
+        frame = s.detach().argmax(-1).masked_fill(~valid, T)  # padded rows sort last
+        order = torch.sort(frame, dim=1, stable=True).indices
+        s = torch.gather(s, 1, order[..., None].expand(B, L, T))
+        valid = torch.gather(valid, 1, order)
+        eye = torch.eye(L, dtype=torch.bool, device=s.device).expand(B, L, L)
+        if self.temporal_merge:
+            with torch.no_grad():
+                u = F.normalize(s.float(), dim=-1)
+                adj = (u @ u.transpose(1, 2) >= self.gamma - 1e-6) & valid[:, :, None] & valid[:, None, :]
+                reach = adj | eye
+                for _ in range(max(1, math.ceil(math.log2(max(L, 2))))):  # transitive closure by squaring
+                    reach = reach | ((reach.float() @ reach.float()) > 0)
+        else:
+            reach = eye
+        rep = torch.where(reach, torch.arange(L, device=s.device), L).min(-1).values  # (B, L) earliest row of the group
+        groups = F.one_hot(rep, L).transpose(1, 2).float()  # (B, L, L): groups[b, g, i] = rep[b, i] == g
+        keep = (rep == torch.arange(L, device=s.device)) & valid
+        return s, groups, keep
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, frames, cls, frame_mask, text_ids=None, text_mask=None, cls_attn=None) -> ReducerOutput:
+        if text_ids is None:
+            raise ValueError("BVLLM is text-conditioned: pass the question as text_ids/text_mask")
+        if text_mask is None:
+            text_mask = torch.ones_like(text_ids)
+        B, T, N, D = frames.shape
+        L = self.num_frames
+        s = self.select(cls, frame_mask, text_ids, text_mask)  # (B, L*, T)
+        s, groups, keep = self.order_and_group(s)
+        if self.training and (self.soft_selection or s.requires_grad):
+            picked = torch.einsum("blt,btnd->blnd", s.to(frames.dtype), frames)  # V* = S V (Eq. 1)
+        else:  # one-hot rows: gather instead of a (L*, T) x (T, N*D) product
+            idx = s.argmax(-1)  # (B, L*)
+            picked = torch.gather(frames, 1, idx[..., None, None].expand(B, L, N, D)) * s.amax(-1)[..., None, None].to(frames.dtype)
+        counts = groups.sum(-1, keepdim=True).clamp_min(1)  # (B, L, 1) group sizes
+        merged = torch.einsum("bgi,bind->bgnd", (groups / counts).to(frames.dtype), picked)  # Eq. 4: group means
+
+        # spatial sampling on the kept frames only: (B, L, N, D) -> (K, N, D) -> (K, R, H)
+        rows = keep.nonzero(as_tuple=True)
+        kept = merged[rows]
+        R = self.num_tokens
+        if self.spatial_sampling:
+            tokens = self.spatial_qformer(R, self.ln_vision(kept), torch.ones(kept.shape[:2], dtype=torch.bool, device=kept.device),
+                                          text_ids[rows[0]], text_mask[rows[0]])
+        else:
+            tokens = _pool(kept, R)
+        H = tokens.shape[-1]
+        per_frame = tokens.new_zeros(B, L, tokens.shape[1], H)
+        per_frame[rows] = tokens  # (K, R, H) -> (B, L, R, H)
+
+        # spatial merging to the budget θ: per-frame targets that sum exactly to θ
+        k = keep.sum(1)  # (B,) kept frames
+        rank = keep.cumsum(1) - 1  # position of a kept frame among its sample's kept frames
+        base, extra = self.budget // k.clamp_min(1), self.budget % k.clamp_min(1)
+        target = (base[:, None] + (rank < extra[:, None]).long()).clamp_min(1)  # (B, L)
+        if self.spatial_merge:
+            x, size, tmask = merge_to_target(tokens, target[rows])
+        else:
+            x, size, tmask = tokens, torch.ones(*tokens.shape[:2], 1, device=tokens.device), torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        frame_tokens = x.new_zeros(B, L, x.shape[1], H + 1)  # tokens and their sizes, (B, L, n, H+1)
+        frame_valid = torch.zeros(B, L, x.shape[1], dtype=torch.bool, device=x.device)
+        frame_tokens[rows], frame_valid[rows] = torch.cat([x, size.to(x.dtype)], -1), tmask
+        if not self.spatial_merge:  # no merging: whole trailing frames past θ are dropped
+            fits = frame_valid.sum(-1).cumsum(1) <= self.budget  # (B, L)
+            frame_valid = frame_valid & fits[..., None]
+        packed, out_mask = pack(frame_tokens.flatten(1, 2), frame_valid.flatten(1, 2))  # (B, L*n, H+1), time order
+        out, size = packed[..., :H], packed[..., H:].float()
+        if (out_mask.sum(1) > self.budget).any():  # θ below the kept frames: the last rounds merge across frames
+            out, _, out_mask = merge_to_target(out, torch.full((B,), self.budget, device=out.device), size, out_mask)
+            out = out * out_mask[..., None]
+        info = {
+            "selection": s.detach(),  # (B, L*, T) rows in temporal order
+            "frame_indices": torch.where(keep, s.detach().argmax(-1), -1),  # (B, L*) representative frame or -1
+            "group_sizes": torch.where(keep, counts.squeeze(-1).long(), 0),  # (B, L*) selections merged into each
+            "num_frames_kept": k,
+            "tokens_per_frame": frame_valid.sum(-1),  # (B, L*) after spatial merging
+            "num_tokens": out_mask.sum(1),
+        }
+        return ReducerOutput(out, out_mask, info)
+
+
+def _pool(x: Tensor, r: int) -> Tensor:
+    """Average-pool each frame's N tokens to r: 2-D on the patch grid when both are squares, else along the sequence."""
+    K, N, D = x.shape
+    g, h = math.isqrt(N), math.isqrt(r)
+    if g * g == N and h * h == r:
+        grid = x.transpose(1, 2).reshape(K, D, g, g)  # (K, N, D) -> (K, D, g, g)
+        return F.adaptive_avg_pool2d(grid, h).flatten(2).transpose(1, 2)  # -> (K, r, D)
+    return F.adaptive_avg_pool1d(x.transpose(1, 2), r).transpose(1, 2)
