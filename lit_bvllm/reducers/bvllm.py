@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
-from lit_bvllm.reducers.merging import gumbel_select, merge_to_target, uniform_indices
+from lit_bvllm.reducers.merging import gumbel_select, merge_to_target, select_uniform_frames, uniform_frame_mask
 from lit_bvllm.reducers.qformer import TextQFormer
 
 
@@ -102,16 +102,15 @@ class BVLLM(Reducer):
     def frames_to_encode(self, frame_mask: Tensor) -> Tensor:
         if self.frame_selection:
             return frame_mask  # every frame's [CLS] is needed to choose
-        idx, valid = uniform_indices(frame_mask.sum(1), self.num_frames)
-        keep = torch.zeros_like(frame_mask)
-        return keep.scatter(1, idx, valid) & frame_mask
+        return uniform_frame_mask(frame_mask, self.num_frames)
 
     def select(self, cls: Tensor, frame_mask: Tensor, text_ids: Tensor, text_mask: Tensor) -> Tensor:
         """Selection matrix ``S (B, L*, T)`` (Eq. 1), rows one-hot except with soft training selection."""
         B, T, _ = cls.shape
         if not self.frame_selection:
-            idx, valid = uniform_indices(frame_mask.sum(1), self.num_frames)
-            return F.one_hot(idx, T).float() * valid[..., None]
+            idx, valid = select_uniform_frames(frame_mask, self.num_frames)  # (B, min(L*, T))
+            s = F.one_hot(idx, T).float() * valid[..., None]
+            return F.pad(s, (0, 0, 0, self.num_frames - s.shape[1]))  # (B, L*, T): missing rows select nothing
         q = self.temporal_qformer(self.num_frames, self.ln_vision(cls), frame_mask, text_ids, text_mask)  # (B, L*, H)
         logits = torch.einsum("bkd,btd->bkt", self.temporal_proj(q).float(), cls.float()) / math.sqrt(self.in_dim)
         any_frame = frame_mask.any(1)

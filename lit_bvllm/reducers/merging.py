@@ -156,9 +156,13 @@ def gumbel_topk(
 
 
 def uniform_indices(num_valid: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """``n`` frame indices at the midpoints of equal segments of each row's ``num_valid`` frames (VideoLLaMA2).
+    """``n`` frame indices at the midpoints of equal segments of each row's ``num_valid`` frames.
 
-    Rows with fewer than ``n`` frames give each frame once. Returns ``(indices (B, n), valid (B, n))``.
+    Index i is ``floor((i + 0.5) * L / n)``, the frame shown at the middle of segment i (the rule the data
+    module's uniform sampling uses: 100 frames, n = 8 -> 6, 18, 31, 43, 56, 68, 81, 93). VideoLLaMA2 rounds
+    ``(L - 1) / n`` steps instead and differs by one frame in places. Rows with fewer than ``n`` frames give each
+    frame once; their invalid slots repeat the last index, so build masks with ``scatter_add``, not ``scatter``.
+    Returns ``(indices (B, n), valid (B, n))``.
     """
     i = torch.arange(n, device=num_valid.device)
     t = num_valid[:, None].clamp_min(1)
@@ -196,3 +200,26 @@ def merge_to_target(x: Tensor, target: Tensor, size: Tensor | None = None, mask:
         half = n // 2
         r = torch.where(n - half >= target, half, n - target)  # a full halving, or the partial last round
         x, size, mask = bipartite_merge_rows(x, torch.where(over, r, torch.zeros_like(r)), size, mask)
+
+
+def select_uniform_frames(frame_mask: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """``n`` uniformly spaced real frames per row: ``(B, T) bool -> indices, valid (B, n')``, ``n' = min(n, T)``.
+
+    Indices are absolute frame positions, ascending, at the segment midpoints of each row's real frames (which
+    need not be a prefix). Rows with fewer than ``n`` real frames give each of them once, then invalid slots.
+    On a row whose real frames are exactly a previous selection, it selects them all (idempotent).
+    """
+    n = min(n, frame_mask.shape[1])
+    real_first = torch.sort((~frame_mask).to(torch.int8), dim=1, stable=True).indices  # (B, T) real frames first
+    pos, valid = uniform_indices(frame_mask.sum(1), n)  # (B, n) positions among the real frames
+    return torch.gather(real_first, 1, pos), valid
+
+
+def uniform_frame_mask(frame_mask: Tensor, n: int | None) -> Tensor:
+    """``(B, T) bool``: the frames :func:`select_uniform_frames` picks (for ``frames_to_encode``); all when ``n`` is None."""
+    if n is None:
+        return frame_mask
+    idx, valid = select_uniform_frames(frame_mask, n)
+    hits = torch.zeros(frame_mask.shape, dtype=torch.long, device=frame_mask.device)
+    hits.scatter_add_(1, idx, valid.long())  # invalid slots repeat a real frame; they add 0
+    return (hits > 0) & frame_mask

@@ -1,0 +1,13 @@
+"""Token-reduction strategies behind one contract (:mod:`lit_bvllm.reducers.base`); pick one with
+``--model.reducer=<Name>`` and compare them at an equal budget θ."""
+
+from lit_bvllm.reducers.base import Reducer, ReducerOutput
+from lit_bvllm.reducers.bvllm import BVLLM
+from lit_bvllm.reducers.identity import Identity
+from lit_bvllm.reducers.meanpool import MeanPool
+from lit_bvllm.reducers.tokenlearner import TokenLearner
+from lit_bvllm.reducers.ttm import GroupedTTM
+from lit_bvllm.reducers.uniform import Uniform
+from lit_bvllm.reducers.weighted_sampler import WeightedSampler
+
+__all__ = ["BVLLM", "GroupedTTM", "Identity", "MeanPool", "Reducer", "ReducerOutput", "TokenLearner", "Uniform", "WeightedSampler"]

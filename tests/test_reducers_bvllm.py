@@ -1,0 +1,182 @@
+"""BVLLM: the contract, and each equation of the paper (§3) on hand-made inputs."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lit_bvllm.reducers.bvllm import BVLLM
+from reducer_contract import N, check_contract, inputs, run
+
+SMALL = dict(num_frames=4, num_tokens=4, budget=10, num_queries=6, hidden_size=16, num_layers=2, num_heads=2, vocab_size=50)
+
+
+def make(**kw) -> BVLLM:
+    torch.manual_seed(0)
+    return BVLLM(16, **{**SMALL, **kw}).eval()
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [{}, {"frame_selection": False}, {"temporal_merge": False}, {"spatial_sampling": False}, {"spatial_merge": False},
+     {"soft_selection": True}],
+)
+def test_contract(switches):
+    check_contract(lambda: make(**switches), text_conditioned=switches.get("spatial_sampling", True))
+
+
+def planted(reducer: BVLLM, frames_per_query: list[int], T: int):
+    """Make ``select`` return one-hot rows on the given frames (Eq. 1 with a planted score matrix)."""
+    s = F.one_hot(torch.tensor([frames_per_query]), T).float()
+    reducer.select = lambda *a, **k: s
+    return s
+
+
+def test_planted_scores_select_the_planted_frames_in_time_order():
+    r = make(spatial_sampling=False, num_tokens=N, budget=10_000, num_frames=4)  # pooling N -> N is the identity
+    batch = inputs(1, 10)
+    planted(r, [7, 2, 9, 4], 10)
+    out = run(r, batch)
+    expect = batch["frames"][0, [2, 4, 7, 9]].reshape(-1, 16)  # V* restored to temporal order
+    torch.testing.assert_close(out.tokens[0], expect)
+    assert out.info["frame_indices"][0].tolist() == [2, 4, 7, 9]
+
+
+def test_logits_select_frames_through_the_gumbel_argmax():
+    """Eq. 1 end to end: queries aligned with chosen [CLS] tokens pick those frames (evaluation: argmax)."""
+    r = make(spatial_sampling=False, num_tokens=N, budget=10_000, num_frames=2)
+    batch = inputs(1, 6)
+    cls = torch.zeros(1, 6, 16)
+    cls[0, 1, 0] = cls[0, 4, 1] = 10.0
+    batch["cls"] = cls
+    with torch.no_grad():
+        r.temporal_proj.weight.zero_()
+        r.temporal_proj.bias.copy_(torch.zeros(16))
+        r.temporal_proj.bias[[0, 1]] = 1.0  # every query scores frame 1 and frame 4 equally high ...
+    out = run(r, batch)
+    assert set(out.info["frame_indices"][0][out.info["frame_indices"][0] >= 0].tolist()) <= {1, 4}
+
+
+def test_duplicates_merge_and_chains_are_transitive():
+    r = make()
+    # soft rows: 0 ~ 1 and 1 ~ 2 (cos >= 0.75) but 0 !~ 2; row 3 unrelated
+    c, d = torch.cos(torch.deg2rad(torch.tensor([0.0, 40.0, 80.0]))), torch.sin(torch.deg2rad(torch.tensor([0.0, 40.0, 80.0])))
+    s = torch.zeros(1, 4, 6)
+    s[0, :3, 0], s[0, :3, 1], s[0, 3, 5] = c, d, 1.0  # rows at 0, 40 and 80 degrees, and an unrelated one
+    u = F.normalize(s, dim=-1)
+    sim = u @ u.transpose(1, 2)
+    assert sim[0, 0, 1] >= 0.75 and sim[0, 1, 2] >= 0.75 and sim[0, 0, 2] < 0.75
+    s_sorted, groups, keep = r.order_and_group(s)
+    assert keep[0].tolist() == [True, False, False, True]  # one group {0,1,2} (the released code drops row 2), and row 3
+    assert groups[0, 0].tolist() == [1.0, 1.0, 1.0, 0.0] and groups[0, 3].tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_duplicate_selections_are_averaged_once():
+    """Eq. 4: a group's tokens are the mean of its members; with identical rows that is the frame itself, once."""
+    r = make(spatial_sampling=False, num_tokens=N, budget=10_000, num_frames=4)
+    batch = inputs(1, 8)
+    planted(r, [5, 1, 5, 5], 8)
+    out = run(r, batch)
+    assert out.info["group_sizes"][0].tolist() == [1, 3, 0, 0]
+    torch.testing.assert_close(out.tokens[0], batch["frames"][0, [1, 5]].reshape(-1, 16))
+    r.temporal_merge = False  # the switch: duplicates stay
+    out = run(r, batch)
+    assert int(out.token_mask.sum()) == 4 * N
+
+
+@pytest.mark.parametrize("budget", [1, 3, 5, 7, 10, 12, 13, 40])
+def test_spatial_merging_lands_exactly_on_the_budget(budget):
+    r = make(budget=budget)
+    planted(r, [0, 2, 4, 6], 8)
+    out = run(r, inputs(1, 8))
+    assert int(out.token_mask.sum()) == min(budget, 4 * 4)
+    if 4 <= budget < 16:  # per-frame targets sum to θ and differ by at most one
+        per = out.info["tokens_per_frame"][0][out.info["tokens_per_frame"][0] > 0]
+        assert per.sum() == budget and per.max() - per.min() <= 1
+
+
+def test_spatial_merge_switch_drops_whole_frames_instead():
+    r = make(budget=10, spatial_merge=False)
+    planted(r, [0, 2, 4, 6], 8)
+    out = run(r, inputs(1, 8))
+    assert int(out.token_mask.sum()) == 8  # two whole frames of R = 4 fit under θ = 10
+
+
+def copy_into(dst: BVLLM, src: BVLLM) -> BVLLM:
+    dst.load_state_dict(src.state_dict(), strict=False)
+    return dst
+
+
+def test_each_switch_changes_only_its_own_component():
+    full = make(budget=10_000)
+    batch = inputs(2, 12)
+    ref = run(full, batch)
+    # temporal merge off, on a selection with no duplicates: identical output
+    planted(full, [1, 3, 5, 7], 12)
+    base = run(full, batch)
+    off = copy_into(make(budget=10_000, temporal_merge=False), full)
+    planted(off, [1, 3, 5, 7], 12)
+    torch.testing.assert_close(run(off, batch).tokens, base.tokens)
+    # spatial merge off under a budget that needs no merging: identical output
+    off = copy_into(make(budget=10_000, spatial_merge=False), full)
+    torch.testing.assert_close(run(off, batch).tokens, ref.tokens)
+    # spatial sampling off: same frames chosen, tokens become pooled patches
+    off = copy_into(make(budget=10_000, spatial_sampling=False), full)
+    pooled = run(off, batch)
+    assert torch.equal(pooled.info["frame_indices"], ref.info["frame_indices"])
+    assert pooled.tokens.shape[-1] == 16 and torch.equal(pooled.info["num_tokens"], ref.info["num_tokens"])
+    # frame selection off: uniform frames, then the very same spatial stage
+    off = copy_into(make(budget=10_000, frame_selection=False), full)
+    uni = run(off, batch)
+    assert uni.info["frame_indices"][0].tolist() == [1, 4, 7, 10]
+    planted(full, [1, 4, 7, 10], 12)
+    torch.testing.assert_close(uni.tokens[0], run(full, batch).tokens[0])
+
+
+def test_hyperparameters_change_on_a_trained_model():
+    r = make(budget=10_000)
+    r.num_frames, r.num_tokens = 2, 3
+    out = run(r, inputs(2, 12))
+    assert (out.info["num_frames_kept"] <= 2).all() and int(out.token_mask.sum(1).max()) <= 6
+    r.budget, r.tau, r.gamma = 4, 0.5, 0.9
+    assert (run(r, inputs(2, 12)).token_mask.sum(1) <= 4).all()
+    r.num_frames = 7  # more than the 6 trained queries
+    with pytest.raises(ValueError, match="6 were trained"):
+        run(r, inputs(2, 12))
+
+
+def test_more_queries_than_frames_and_padded_frames():
+    r = make(num_frames=6, budget=10_000)
+    out = run(r, inputs(3, 5, lengths=[2, 5, 1]))
+    idx = out.info["frame_indices"]
+    assert (out.info["num_frames_kept"] <= torch.tensor([2, 5, 1])).all()
+    assert idx[0].max() < 2 and idx[2].max() < 1  # padded frames never selected
+
+
+def test_training_rows_copy_frames_exactly():
+    r = make(spatial_sampling=False, num_tokens=N, budget=10_000).train()
+    batch = inputs(1, 10)
+    out = r(**batch)
+    kept = out.info["frame_indices"][0]
+    kept = kept[kept >= 0]
+    torch.testing.assert_close(out.tokens[0, : len(kept) * N].detach(), batch["frames"][0, kept].reshape(-1, 16))
+
+
+def test_qformer_from_a_local_instructblip_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    src = make()
+    qf = src.spatial_qformer
+    state = {f"qformer.{k}": v.contiguous() for k, v in qf.qformer.state_dict().items()}
+    state["query_tokens"] = qf.query_tokens.detach().clone()
+    state["language_model.lm_head.weight"] = torch.zeros(2, 2)  # the 7B part is never read
+    save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "instructblip", "qformer_config": qf.qformer.config.to_dict()}))
+    loaded = BVLLM(16, **{**SMALL, "qformer": str(tmp_path)}).eval()
+    for part in (loaded.spatial_qformer, loaded.temporal_qformer):
+        assert torch.equal(part.query_tokens, qf.query_tokens)
+        for (k, a), (_, b) in zip(part.qformer.state_dict().items(), qf.qformer.state_dict().items()):
+            assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="cross-attends to width 16"):
+        BVLLM(32, **{**SMALL, "qformer": str(tmp_path)})
