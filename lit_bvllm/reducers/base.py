@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor, nn
+
+from lit_bvllm.reducers.merging import pack, uniform_frame_mask  # noqa: F401  (pack: re-exported for reducers)
 
 
 @dataclass
@@ -46,10 +47,12 @@ class Reducer(nn.Module):
     budget: int
     needs_text: bool = False
     needs_cls_attention: bool = False
+    max_frames: int | None = None
+    """Frames read per sample, uniformly spaced; None reads every real frame."""
 
     def frames_to_encode(self, frame_mask: Tensor) -> Tensor:
-        """``(B, T) bool``: the frames the vision tower must encode (default: every real frame)."""
-        return frame_mask
+        """``(B, T) bool``: the frames the vision tower must encode (``max_frames`` uniformly spaced ones)."""
+        return uniform_frame_mask(frame_mask, self.max_frames)
 
     def forward(
         self,
@@ -61,18 +64,3 @@ class Reducer(nn.Module):
         cls_attn: Tensor | None = None,
     ) -> ReducerOutput:
         raise NotImplementedError
-
-
-def pack(tokens: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
-    """Move the kept tokens of each row to the front, in order: ``(B, L, D), (B, L) -> (B, M, D), (B, M)``.
-
-    ``M = keep.sum(1).max()``; dropped and padded positions become zeros with mask False. No per-sample loop:
-    a stable sort of ``~keep`` gives every row's gather order.
-    """
-    B, L, D = tokens.shape
-    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices  # kept first, original order
-    m = int(keep.sum(1).max()) if L else 0
-    order = order[:, :m]
-    mask = torch.gather(keep, 1, order)
-    out = torch.gather(tokens, 1, order[..., None].expand(B, m, D)) * mask[..., None]
-    return out, mask

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
-from lit_bvllm.reducers.merging import gumbel_select, merge_to_target, select_uniform_frames, uniform_frame_mask
+from lit_bvllm.reducers.merging import gumbel_select, merge_to_target, select_uniform_frames
 from lit_bvllm.reducers.qformer import TextQFormer
 
 
@@ -99,10 +99,9 @@ class BVLLM(Reducer):
 
     # ------------------------------------------------------------------ selection
 
-    def frames_to_encode(self, frame_mask: Tensor) -> Tensor:
-        if self.frame_selection:
-            return frame_mask  # every frame's [CLS] is needed to choose
-        return uniform_frame_mask(frame_mask, self.num_frames)
+    @property
+    def max_frames(self) -> int | None:
+        return None if self.frame_selection else self.num_frames  # selection needs every frame's [CLS]
 
     def select(self, cls: Tensor, frame_mask: Tensor, text_ids: Tensor, text_mask: Tensor) -> Tensor:
         """Selection matrix ``S (B, L*, T)`` (Eq. 1), rows one-hot except with soft training selection."""

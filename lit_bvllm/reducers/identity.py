@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
-from lit_bvllm.reducers.merging import select_uniform_frames, uniform_frame_mask
+from lit_bvllm.reducers.merging import select_uniform_frames
 from lit_bvllm.reducers.uniform import gather_frames
 
 
@@ -45,9 +45,6 @@ class Identity(Reducer):
         self.truncate = truncate
         self.num_patches = num_patches
         self.max_frames = budget // num_patches if truncate else None
-
-    def frames_to_encode(self, frame_mask: Tensor) -> Tensor:
-        return uniform_frame_mask(frame_mask, self.max_frames) if self.truncate else frame_mask
 
     def forward(
         self,

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
-from lit_bvllm.reducers.merging import select_uniform_frames, uniform_frame_mask
+from lit_bvllm.reducers.merging import select_uniform_frames
 from lit_bvllm.reducers.uniform import gather_frames
 
 
@@ -43,9 +43,6 @@ class MeanPool(Reducer):
         self.num_patches = num_patches
         self.budget = budget
         self.max_frames = budget - num_patches
-
-    def frames_to_encode(self, frame_mask: Tensor) -> Tensor:
-        return uniform_frame_mask(frame_mask, self.max_frames)
 
     def forward(
         self,

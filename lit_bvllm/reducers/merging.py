@@ -10,7 +10,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_bvllm.reducers.base import pack
+
+
+def pack(tokens: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Move the kept tokens of each row to the front, in order: ``(B, L, D), (B, L) -> (B, M, D), (B, M)``.
+
+    ``M = keep.sum(1).max()``; dropped and padded positions become zeros with mask False. No per-sample loop:
+    a stable sort of ``~keep`` gives every row's gather order.
+    """
+    B, L, D = tokens.shape
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices  # kept first, original order
+    m = int(keep.sum(1).max()) if L else 0
+    order = order[:, :m]
+    mask = torch.gather(keep, 1, order)
+    out = torch.gather(tokens, 1, order[..., None].expand(B, m, D)) * mask[..., None]
+    return out, mask
 
 
 def bipartite_merge_rows(x: Tensor, r: Tensor, size: Tensor | None = None, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput
-from lit_bvllm.reducers.merging import uniform_frame_mask
 
 
 def pack_frames(frames: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -104,10 +103,6 @@ class TokenLearner(Reducer):
         self.num_tokens = num_tokens
         self.max_frames = max_frames
         self.pool = TokenLearnerPool(in_dim, num_tokens)
-
-    def frames_to_encode(self, frame_mask: Tensor) -> Tensor:
-        """``max_frames`` uniformly spaced real frames per row (all real frames when None)."""
-        return uniform_frame_mask(frame_mask, self.max_frames)
 
     def forward(
         self,

@@ -21,7 +21,6 @@ import torch
 from torch import Tensor, nn
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput
-from lit_bvllm.reducers.merging import uniform_frame_mask
 from lit_bvllm.reducers.tokenlearner import TokenLearnerPool, pack_frames
 
 
@@ -139,10 +138,6 @@ class GroupedTTM(Reducer):
         self.blocks = nn.ModuleList(ProcessorBlock(in_dim, num_heads) for _ in range(num_layers))
         self.write = TokenLearnerPool(in_dim, memory_slots)
         self.pool = TokenLearnerPool(in_dim, num_tokens) if final_pool == "tokenlearner" else None
-
-    def frames_to_encode(self, frame_mask: Tensor) -> Tensor:
-        """``max_frames`` uniformly spaced real frames per row (all real frames when None)."""
-        return uniform_frame_mask(frame_mask, self.max_frames)
 
     def process(self, memory: Tensor, x: Tensor) -> Tensor:
         """The processor on every group: ``memory (B, n, G, D), x (B, n, D) -> processed (B, n, G+1, D)``."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
-from lit_bvllm.reducers.merging import select_uniform_frames, uniform_frame_mask
+from lit_bvllm.reducers.merging import select_uniform_frames
 
 
 def gather_frames(x: Tensor, idx: Tensor) -> Tensor:
@@ -74,8 +74,9 @@ class Uniform(Reducer):
         self.pool = pool
         self.budget = budget
 
-    def frames_to_encode(self, frame_mask: Tensor) -> Tensor:
-        return uniform_frame_mask(frame_mask, self.num_frames)
+    @property
+    def max_frames(self) -> int:
+        return self.num_frames
 
     def forward(
         self,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
-from lit_bvllm.reducers.merging import select_uniform_frames, uniform_frame_mask
+from lit_bvllm.reducers.merging import select_uniform_frames
 from lit_bvllm.reducers.uniform import gather_frames
 
 
@@ -79,9 +79,6 @@ class WeightedSampler(Reducer):
         if score == "learned":
             self.norm = nn.LayerNorm(in_dim, elementwise_affine=False)
             self.scorer = nn.Linear(in_dim, 1, bias=False)
-
-    def frames_to_encode(self, frame_mask: Tensor) -> Tensor:
-        return uniform_frame_mask(frame_mask, self.max_frames)
 
     def forward(
         self,
