@@ -4,10 +4,11 @@
 from lit_bvllm.reducers.base import Reducer, ReducerOutput
 from lit_bvllm.reducers.bvllm import BVLLM
 from lit_bvllm.reducers.identity import Identity
+from lit_bvllm.reducers.llamavid import LLaMAVID
 from lit_bvllm.reducers.meanpool import MeanPool
 from lit_bvllm.reducers.tokenlearner import TokenLearner
 from lit_bvllm.reducers.ttm import GroupedTTM
 from lit_bvllm.reducers.uniform import Uniform
 from lit_bvllm.reducers.weighted_sampler import WeightedSampler
 
-__all__ = ["BVLLM", "GroupedTTM", "Identity", "MeanPool", "Reducer", "ReducerOutput", "TokenLearner", "Uniform", "WeightedSampler"]
+__all__ = ["BVLLM", "GroupedTTM", "Identity", "LLaMAVID", "MeanPool", "Reducer", "ReducerOutput", "TokenLearner", "Uniform", "WeightedSampler"]

@@ -237,3 +237,18 @@ def uniform_frame_mask(frame_mask: Tensor, n: int | None) -> Tensor:
     hits = torch.zeros(frame_mask.shape, dtype=torch.long, device=frame_mask.device)
     hits.scatter_add_(1, idx, valid.long())  # invalid slots repeat a real frame; they add 0
     return (hits > 0) & frame_mask
+
+
+def pack_frames(frames: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Move each row's kept frames to the front, in time order: ``(B, T, N, D), (B, T) -> (B, T', N, D)``.
+
+    ``T' = keep.sum(1).max()``. Returns ``(frames (B, T', N, D), valid (B, T') bool, index (B, T') long)``; padded
+    slots are zeros with ``valid`` False and ``index`` -1, so nothing from a dropped frame is carried forward.
+    """
+    B, T, N, D = frames.shape
+    t = int(keep.sum(1).max()) if T else 0
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :t]  # (B, T') kept first
+    valid = torch.gather(keep, 1, order)
+    out = torch.gather(frames, 1, order[:, :, None, None].expand(B, t, N, D))
+    out = out.masked_fill(~valid[:, :, None, None], 0)
+    return out, valid, order.masked_fill(~valid, -1)

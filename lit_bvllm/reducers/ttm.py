@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput
-from lit_bvllm.reducers.tokenlearner import TokenLearnerPool, pack_frames
+from lit_bvllm.reducers.merging import pack_frames
+from lit_bvllm.reducers.tokenlearner import TokenLearnerPool
 
 
 def timestamp_encoding(positions: Tensor, dim: int) -> Tensor:
