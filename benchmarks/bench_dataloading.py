@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -53,6 +54,8 @@ from datamodules.video import sample_times, times_to_indices  # noqa: E402
 
 MB = 2**20
 FPS, MAX_FRAMES, BATCH = 1.0, 128, 4
+WORKERS = (0, 1, 2)
+STAGES = ("tokenize", "decode", "transform_processor", "transform_plain")
 _WORDS = ("red green blue yellow circle square triangle star moving left right appears briefly second frame video "
           "background shape colour bright dark twice once before after during count how many what which object "
           "order first last ring heart box ball gradient still static").split()
@@ -99,81 +102,91 @@ def datamodule(train: str, tiny: Path, transform: str, workers: int, **overrides
     return dm
 
 
-def one_pass(loader: DataLoader) -> tuple[int, int, int]:
-    """Iterate ``loader`` once: (videos, frames, skipped entries)."""
+def one_pass(loader: DataLoader) -> dict:
+    """Iterate ``loader`` once: videos, frames and skipped entries."""
     videos = frames = skipped = 0
     for batch in loader:
         videos += sum(m["media"] == "video" for m in batch["meta"])
         frames += int(batch["frame_mask"].sum())
         skipped += len(batch["skipped"])
-    return videos, frames, skipped
+    return {"videos": videos, "frames": frames, "skipped": skipped}
 
 
-def rate(videos: int, frames: int, seconds: float) -> dict:
-    return {"videos": videos, "frames": frames, "seconds": round(seconds, 3),
-            "videos_per_s": videos / seconds, "frames_per_s": frames / seconds}
+def decode_entries(jobs: list[tuple[str, float | None, float | None]]) -> dict:
+    """decord alone on the frames the dataset decodes for each ``(path, start, end)``: same sampling, same indices."""
+    frames = 0
+    for path, start, end in jobs:
+        vr = decord.VideoReader(path, num_threads=1)
+        total, native_fps = len(vr), float(vr.get_avg_fps())
+        times = sample_times(total / native_fps, "fps", FPS, max_frames=MAX_FRAMES, start=start, end=end)
+        frames += len(vr.get_batch(times_to_indices(times, native_fps, total).tolist()).asnumpy())
+        del vr
+    return {"videos": len(jobs), "frames": frames}
 
 
-def time_pipeline(train: Path, tiny: Path, transform: str, workers: int, passes: int) -> dict:
-    """Videos/s and frames/s of the full pipeline over ``passes`` passes, after one untimed warm-up pass."""
-    loader = datamodule(str(train), tiny, transform, workers).train_dataloader()
-    one_pass(loader)  # warm-up: starts the persistent workers, fills the page cache and the tokenizer's caches
-    videos = frames = skipped = 0
-    t0 = time.perf_counter()
-    for _ in range(passes):
-        v, f, s = one_pass(loader)
-        videos, frames, skipped = videos + v, frames + f, skipped + s
-    out = rate(videos, frames, time.perf_counter() - t0)
-    del loader
-    gc.collect()  # shuts the persistent workers down
-    return {**out, "transform": transform, "workers": workers, "passes": passes, "skipped": skipped}
+class StageClock:
+    """Seconds spent in each stage of ``VideoInstructDataset.load`` over one pass, in this process.
 
+    Args:
+        dataset: the dataset (its transform is the ``processor`` one).
+        plain: the ``plain`` transform, timed on the same decoded frames.
+    """
 
-def time_decord(train: Path, passes: int) -> dict:
-    """Decode the frames the dataset would decode, with decord alone, in this process (warm-up pass excluded)."""
-    root = train.parent
-    entries = json.loads(train.read_text())
+    def __init__(self, dataset, plain):
+        self.ds, self.plain = dataset, plain
 
-    def decode_all() -> tuple[int, int]:
-        frames = 0
-        for e in entries:
-            vr = decord.VideoReader(str(root / e["video"]), num_threads=1)
-            total, native_fps = len(vr), float(vr.get_avg_fps())
-            times = sample_times(total / native_fps, "fps", FPS, max_frames=MAX_FRAMES, start=e.get("start"), end=e.get("end"))
-            frames += len(vr.get_batch(times_to_indices(times, native_fps, total).tolist()).asnumpy())
-            del vr
-        return len(entries), frames
-
-    decode_all()
-    t0 = time.perf_counter()
-    videos = frames = 0
-    for _ in range(passes):
-        v, f = decode_all()
-        videos, frames = videos + v, frames + f
-    return {**rate(videos, frames, time.perf_counter() - t0), "passes": passes}
-
-
-def time_stages(train: Path, tiny: Path) -> dict:
-    """Seconds per pass spent in each stage of ``VideoInstructDataset`` on the same samples, in this process."""
-    dm = datamodule(str(train), tiny, "processor", 0)
-    ds, plain = dm.train_set, datamodule(str(train), tiny, "plain", 0).transform
-    clock = dict(tokenize=0.0, decode=0.0, transform_processor=0.0, transform_plain=0.0)
-    for warm in (True, False):
+    def __call__(self) -> dict:
+        ds, clock = self.ds, dict.fromkeys(STAGES, 0.0)
         for j in range(len(ds)):
             t0 = time.perf_counter()
-            entry, conv, *_, path = ds.prepare(int(ds.source_of[j]), int(ds.entry_of[j]))
+            entry, conv, *_, path = ds.prepare(int(ds.source_of[j]), int(ds.entry_of[j]))  # parse + chat template
             ds.question_tokenizer(conv.question, add_special_tokens=True, truncation=True, max_length=ds.max_question_length)
             t1 = time.perf_counter()
             frames, _, _ = ds.decode(entry, conv.media, path)
             t2 = time.perf_counter()
             ds.transform(frames)
             t3 = time.perf_counter()
-            plain(frames)
-            t4 = time.perf_counter()
-            if not warm:
-                for k, dt in zip(clock, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                    clock[k] += dt
-    return {**clock, "samples": len(ds)}
+            self.plain(frames)
+            for k, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)):
+                clock[k] += dt
+        return {"videos": len(ds), **clock}
+
+
+def throughput(train: Path, tiny: Path, passes: int) -> dict:
+    """Every setting timed once per round, ``passes`` rounds after a warm-up round; medians per setting.
+
+    Settings take turns inside a round, so drift of a shared machine hits them alike. The warm-up round starts the
+    persistent workers and fills the page cache and the tokenizer's caches.
+    """
+    jobs = [(str(train.parent / e["video"]), e.get("start"), e.get("end")) for e in json.loads(train.read_text())]
+    dms = {(t, w): datamodule(str(train), tiny, t, w) for t in ("processor", "plain") for w in WORKERS}
+    runs = {("pipeline", t, w): partial(one_pass, dm.train_dataloader()) for (t, w), dm in dms.items()}
+    pool = multiprocessing.get_context("fork").Pool(2)
+    runs["decord", None, 1] = partial(decode_entries, jobs)
+    runs["decord", None, 2] = lambda: {k: sum(r[k] for r in pool.map(decode_entries, [jobs[0::2], jobs[1::2]]))
+                                       for k in ("videos", "frames")}
+    runs["stages", None, 0] = StageClock(dms["processor", 0].train_set, dms["plain", 0].transform)
+    seconds: dict = {key: [] for key in runs}
+    counts: dict = {key: [] for key in runs}
+    for r in range(passes + 1):
+        for key, run in runs.items():
+            t0 = time.perf_counter()
+            c = run()
+            if r:
+                seconds[key].append(time.perf_counter() - t0)
+                counts[key].append(c)
+    pool.close()
+    del runs, dms
+    gc.collect()  # shuts the persistent workers down
+    out: dict = {"passes": passes, "settings": []}
+    for (kind, transform, workers), secs in seconds.items():
+        c, median = counts[kind, transform, workers][-1], float(np.median(secs))
+        row = {"kind": kind, "transform": transform, "workers": workers, "pass_s": secs, "median_s": median, **c}
+        if kind == "stages":  # per-stage medians over the passes
+            out["stages"] = {**row, **{k: float(np.median([p[k] for p in counts[kind, None, 0]])) for k in STAGES}}
+        else:
+            out["settings"].append({**row, "videos_per_s": c["videos"] / median, "frames_per_s": c["frames"] / median})
+    return out
 
 
 def write_annotations(path_json: Path, path_jsonl: Path, n: int, videos: int, seed: int = 0) -> dict:
@@ -301,23 +314,34 @@ def run_memory_case(**kwargs) -> dict:
 
 def markdown(r: dict) -> str:
     """The result tables."""
-    dec = r["decord"]
-    lines = ["### Throughput (video-only finetune set, fps=1, batch 4)", "",
-             "| pipeline | workers | videos/s | frames/s | / decord | / same transform, 0 workers |", "|---|---|---|---|---|---|"]
-    for p in r["pipeline"]:
-        base = next(q for q in r["pipeline"] if q["transform"] == p["transform"] and q["workers"] == 0)
-        lines.append(f"| transform={p['transform']} | {p['workers']} | {p['videos_per_s']:.1f} | {p['frames_per_s']:.0f} | "
-                     f"{p['videos_per_s'] / dec['videos_per_s']:.2f} | {p['videos_per_s'] / base['videos_per_s']:.2f} |")
-    lines.append(f"| decord get_batch only | 0 (1 process) | {dec['videos_per_s']:.1f} | {dec['frames_per_s']:.0f} | 1.00 | |")
-    st = r["stages"]
-    lines += ["", f"### Stage split, in-process, same {st['samples']} samples (share of tokenize + decode + transform)", "",
-              "| stage | ms/video | share (processor) | share (plain) |", "|---|---|---|---|"]
-    for name, key in (("tokenize (chat template + question)", "tokenize"), ("decode (read_video)", "decode"),
-                      ("transform=processor", "transform_processor"), ("transform=plain", "transform_plain")):
-        ms = 1000 * st[key] / st["samples"]
-        shares = [st[key] / (st["tokenize"] + st["decode"] + st[t]) if key in ("tokenize", "decode", t) else None
-                  for t in ("transform_processor", "transform_plain")]
-        lines.append(f"| {name} | {ms:.1f} | " + " | ".join("" if s is None else f"{100 * s:.0f}%" for s in shares) + " |")
+    tp = r["throughput"]
+    rows = {(s["kind"], s["transform"], s["workers"]): s for s in tp["settings"]}
+    dec1, dec2 = rows["decord", None, 1], rows["decord", None, 2]
+    first = tp["settings"][0]
+    lines = [f"### Throughput: {first['videos']} videos, {first['frames']} frames per pass (fps=1, batch 4); "
+             f"median of {tp['passes']} passes", "",
+             "| setting | workers | videos/s | frames/s | / decord (1 process) | / decord (2 processes) |",
+             "|---|---|---|---|---|---|"]
+    for (kind, transform, workers), s in rows.items():
+        name = f"pipeline, transform={transform}" if kind == "pipeline" else "decord get_batch only"
+        procs = workers if kind == "pipeline" else f"({workers} process{'es' if workers > 1 else ''})"
+        lines.append(f"| {name} | {procs} | {s['videos_per_s']:.1f} | {s['frames_per_s']:.0f} | "
+                     f"{s['videos_per_s'] / dec1['videos_per_s']:.2f} | {s['videos_per_s'] / dec2['videos_per_s']:.2f} |")
+    st = tp["stages"]
+    lines += ["", f"### Where the 0-worker pipeline's time goes (in-process, same {st['videos']} videos, one pass timed "
+              "stage by stage; rest = pipeline minus the stages: collate, DataLoader, tensor copies)", "",
+              "| stage | ms/video, processor | share | ms/video, plain | share |", "|---|---|---|---|---|"]
+    per_video = {k: 1000 * st[k] / st["videos"] for k in STAGES}  # medians over the passes
+    pipe = {t: 1000 * rows["pipeline", t, 0]["median_s"] / rows["pipeline", t, 0]["videos"] for t in ("processor", "plain")}
+    for name, keys in (("tokenize (parse, chat template, question)", ("tokenize", "tokenize")),
+                       ("decode (read_video)", ("decode", "decode")),
+                       ("transform", ("transform_processor", "transform_plain"))):
+        cells = [f"{per_video[k]:.1f} | {100 * per_video[k] / pipe[t]:.0f}%" for k, t in zip(keys, ("processor", "plain"))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    rest = [pipe[t] - per_video["tokenize"] - per_video["decode"] - per_video[k]
+            for t, k in (("processor", "transform_processor"), ("plain", "transform_plain"))]
+    lines.append("| rest | " + " | ".join(f"{x:.1f} | {100 * x / pipe[t]:.0f}%" for x, t in zip(rest, ("processor", "plain"))) + " |")
+    lines.append("| pipeline, 0 workers (median pass) | " + " | ".join(f"{pipe[t]:.1f} | 100%" for t in ("processor", "plain")) + " |")
     m = r["memory"]
     lines += ["", f"### Annotation store, {m['annotations']['entries']:,} entries "
               f"(mean {m['annotations']['bytes_mean']:.0f} B/entry; JSON {m['annotations']['json_mb']:.0f} MiB)", "",
@@ -329,9 +353,9 @@ def markdown(r: dict) -> str:
               "| store | samples or entries read | worker USS | worker PSS | main PSS | total PSS (main + workers) |",
               "|---|---|---|---|---|---|"]
     for c in m["cases"]:
-        rows = [(f"{cp['samples']} samples (pipeline)", cp) for cp in c["pipeline"]]
-        rows.append((f"{c['touch']['entries_read']:,} entries (reads only)", c["touch"]))
-        for label, cp in rows:
+        rows_m = [(f"{cp['samples']} samples (pipeline)", cp) for cp in c["pipeline"]]
+        rows_m.append((f"{c['touch']['entries_read']:,} entries (reads only)", c["touch"]))
+        for label, cp in rows_m:
             uss = np.mean([w["uss_mb"] for w in cp["workers"]])
             pss = np.mean([w["pss_mb"] for w in cp["workers"]])
             total = cp["main"]["pss_mb"] + sum(w["pss_mb"] for w in cp["workers"])
@@ -362,11 +386,9 @@ def main() -> None:
         os.environ["LIT_BVLLM_CACHE"] = str(Path(tmp) / "cache")  # the index cache, deleted with the big files
         tiny, train = prepare_data(out / "data")
         print(f"[1/3] throughput: {train} ({passes} timed pass(es) per setting)", flush=True)
-        results["pipeline"] = [time_pipeline(train, tiny, t, w, passes) for t in ("processor", "plain") for w in (0, 2)]
-        results["decord"] = time_decord(train, passes)
-        results["stages"] = time_stages(train, tiny)
-        for p in results["pipeline"]:  # the baseline must decode the very same frames
-            assert p["frames"] == results["decord"]["frames"], (p, results["decord"])
+        results["throughput"] = throughput(train, tiny, passes)
+        frames = {s["frames"] for s in results["throughput"]["settings"]}
+        assert len(frames) == 1, f"the pipeline and the decord baseline decoded different frame counts: {frames}"
 
         print(f"[2/3] writing {entries:,} annotation entries", flush=True)
         big_json, big_jsonl = Path(tmp) / "annotations_big.json", Path(tmp) / "annotations_big.jsonl"

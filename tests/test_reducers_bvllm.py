@@ -180,3 +180,17 @@ def test_qformer_from_a_local_instructblip_checkpoint(tmp_path):
             assert torch.equal(a, b), k
     with pytest.raises(ValueError, match="cross-attends to width 16"):
         BVLLM(32, **{**SMALL, "qformer": str(tmp_path)})
+
+
+def test_spatial_attention_maps_for_visualisation():
+    r = make(budget=10_000)
+    batch = inputs(2, 8, lengths=[8, 3])
+    plain = run(r, batch)
+    r.record_attention = True
+    out = run(r, batch)
+    torch.testing.assert_close(out.tokens, plain.tokens, atol=1e-5, rtol=1e-5)  # eager vs fused: same tokens
+    maps = out.info["spatial_attention"]
+    assert maps.shape == (2, 4, 4, N)
+    kept = out.info["frame_indices"] >= 0
+    torch.testing.assert_close(maps[kept].sum(-1), torch.ones(int(kept.sum()), 4))  # rows are distributions
+    assert (maps[~kept] == 0).all()

@@ -57,6 +57,8 @@ class BVLLM(Reducer):
         temporal_merge: merge duplicate selections (Eq. 2-5).
         spatial_sampling: spatial Q-Former (True) or average pooling to R tokens (False).
         spatial_merge: bipartite merging down to θ (True) or dropping frames past θ (False).
+        record_attention: put the spatial Q-Former's cross-attention maps in ``info["spatial_attention"]``
+            (B, L*, R, N) for visualisation (slower: eager attention).
     """
 
     needs_text = True
@@ -80,12 +82,14 @@ class BVLLM(Reducer):
         temporal_merge: bool = True,
         spatial_sampling: bool = True,
         spatial_merge: bool = True,
+        record_attention: bool = False,
     ):
         super().__init__()
         self.in_dim, self.num_frames, self.num_tokens, self.budget = in_dim, num_frames, num_tokens, budget
         self.tau, self.gamma, self.soft_selection = tau, gamma, soft_selection
         self.frame_selection, self.temporal_merge = frame_selection, temporal_merge
         self.spatial_sampling, self.spatial_merge = spatial_sampling, spatial_merge
+        self.record_attention = record_attention
         self.ln_vision = nn.LayerNorm(in_dim)
         qf = dict(encoder_width=in_dim, num_queries=num_queries, hidden_size=hidden_size, num_layers=num_layers,
                   num_heads=num_heads, vocab_size=vocab_size, pretrained=qformer)
@@ -170,9 +174,14 @@ class BVLLM(Reducer):
         rows = keep.nonzero(as_tuple=True)
         kept = merged[rows]
         R = self.num_tokens
+        attention = None
         if self.spatial_sampling:
             tokens = self.spatial_qformer(R, self.ln_vision(kept), torch.ones(kept.shape[:2], dtype=torch.bool, device=kept.device),
-                                          text_ids[rows[0]], text_mask[rows[0]])
+                                          text_ids[rows[0]], text_mask[rows[0]], return_attention=self.record_attention)
+            if self.record_attention:
+                tokens, maps = tokens
+                attention = maps.new_zeros(B, L, R, N)
+                attention[rows] = maps.detach()  # (K, R, N) -> (B, L*, R, N)
         else:
             tokens = _pool(kept, R)
         H = tokens.shape[-1]
@@ -207,6 +216,8 @@ class BVLLM(Reducer):
             "tokens_per_frame": frame_valid.sum(-1),  # (B, L*) after spatial merging
             "num_tokens": out_mask.sum(1),
         }
+        if attention is not None:
+            info["spatial_attention"] = attention
         return ReducerOutput(out, out_mask, info)
 
 

@@ -74,21 +74,44 @@ class TextQFormer(nn.Module):
         for p in [*last.intermediate.parameters(), *last.output.parameters()]:
             p.requires_grad_(False)
 
-    def forward(self, num_queries: int, visual: Tensor, visual_mask: Tensor, text_ids: Tensor, text_mask: Tensor) -> Tensor:
-        """``visual (R, L, D)``, ``visual_mask (R, L)``, question ``(R, S)`` -> query outputs ``(R, num_queries, H)``."""
+    def forward(
+        self,
+        num_queries: int,
+        visual: Tensor,
+        visual_mask: Tensor,
+        text_ids: Tensor,
+        text_mask: Tensor,
+        return_attention: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """``visual (R, L, D)``, ``visual_mask (R, L)``, question ``(R, S)`` -> query outputs ``(R, num_queries, H)``.
+
+        With ``return_attention`` also the last cross-attention map, averaged over heads, ``(R, num_queries, L)``
+        (computed with eager attention for that call, since fused kernels do not return weights).
+        """
         if num_queries > self.query_tokens.shape[1]:
             raise ValueError(f"{num_queries} queries requested but only {self.query_tokens.shape[1]} were trained")
         R = visual.shape[0]
         queries = self.query_tokens[:, :num_queries].expand(R, -1, -1)
         attn = torch.cat([torch.ones(R, num_queries, dtype=text_mask.dtype, device=text_mask.device), text_mask], 1)
-        out = self.qformer(
-            input_ids=text_ids,
-            attention_mask=attn,
-            query_embeds=queries,
-            encoder_hidden_states=visual,
-            encoder_attention_mask=visual_mask.long(),
-        ).last_hidden_state
-        return out[:, :num_queries]  # (R, num_queries + S, H) -> the query positions
+        impl = self.qformer.config._attn_implementation
+        if return_attention:
+            self.qformer.set_attn_implementation("eager")
+        try:
+            out = self.qformer(
+                input_ids=text_ids,
+                attention_mask=attn,
+                query_embeds=queries,
+                encoder_hidden_states=visual,
+                encoder_attention_mask=visual_mask.long(),
+                output_attentions=return_attention,
+            )
+        finally:
+            if return_attention:
+                self.qformer.set_attn_implementation(impl)
+        queries_out = out.last_hidden_state[:, :num_queries]  # (R, num_queries + S, H) -> the query positions
+        if not return_attention:
+            return queries_out
+        return queries_out, out.cross_attentions[-1][:, :, :num_queries].float().mean(1)  # (R, heads, Q, L) -> (R, Q, L)
 
     def _load(self, path: str, num_queries: int) -> None:
         from safetensors import safe_open
