@@ -7,14 +7,14 @@ Usage::
 Every ratio is taken within one run, on one machine:
 
 1. **throughput**: ``VideoInstructDataModule`` over the video entries of the synthetic ``finetune.json`` (fps mode,
-   1 fps, batch 4), ``transform=processor`` and ``plain``, 0 and 2 workers; a warm-up pass (which also starts the
-   persistent workers) is excluded from the timed passes;
-2. **baseline**: ``decord.VideoReader(path, num_threads=1).get_batch(indices)`` on exactly the indices the dataset
-   computes (``sample_times`` / ``times_to_indices``), one process; plus the time of each stage (tokenize, decode,
-   transform) on the same samples, in-process;
-3. **memory**: a 1M-entry LLaVA-schema file (JSON list and JSONL) behind the byte-offset index, against a naive
-   dataset that ``json.load``\\ s the file into a list of dicts; each case runs in a fresh interpreter and its
-   DataLoader workers are forked (the Linux default). Worker USS/PSS come from psutil ``memory_full_info()``.
+   1 fps, batch 4), ``transform=processor`` and ``plain``, 0, 1 and 2 workers (persistent); every setting is timed
+   once per round, a warm-up round first, and the median pass is kept;
+2. **baselines**: ``decord.VideoReader(path, num_threads=1).get_batch(indices)`` on exactly the indices the dataset
+   computes (``sample_times`` / ``times_to_indices``): in this process, in 2 forked processes, and in 1 process
+   pinned to 1 core; plus the time of each stage (tokenize, decode, transform) on the same samples, in-process;
+3. **memory**: an N-entry LLaVA-schema file (1M; JSON list and JSONL) behind the byte-offset index, against a naive
+   store that ``json.load``-s the file into a list of dicts; each case runs in a fresh interpreter and its 2
+   DataLoader workers are forked (the Linux default); their USS/PSS come from psutil ``memory_full_info()``.
 
 The tiny backbones and the synthetic set are generated under ``OUT/data`` when missing; the big annotation files
 and the index cache (``$LIT_BVLLM_CACHE``) live in a temporary folder under ``OUT`` that is deleted at the end.
@@ -29,7 +29,6 @@ import json
 import multiprocessing
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -48,13 +47,15 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from datamodules import VideoInstructDataModule  # noqa: E402
+from datamodules import VideoInstructDataModule, VideoInstructDataset  # noqa: E402
 from datamodules.annotations import AnnotationFile  # noqa: E402
+from datamodules.transforms import FrameTransform  # noqa: E402
 from datamodules.video import sample_times, times_to_indices  # noqa: E402
 
 MB = 2**20
 FPS, MAX_FRAMES, BATCH = 1.0, 128, 4
 WORKERS = (0, 1, 2)
+TRANSFORMS = ("processor", "plain")
 STAGES = ("tokenize", "decode", "transform_processor", "transform_plain")
 _WORDS = ("red green blue yellow circle square triangle star moving left right appears briefly second frame video "
           "background shape colour bright dark twice once before after during count how many what which object "
@@ -74,6 +75,7 @@ def machine() -> dict:
         "decord": decord.__version__, "numpy": np.__version__, "transformers": transformers.__version__,
         "tokenizers": tokenizers.__version__, "psutil": psutil.__version__,
         "start_method": multiprocessing.get_start_method(), "platform": platform.platform(),
+        "loadavg_at_start": os.getloadavg(),
     }
 
 
@@ -93,11 +95,13 @@ def prepare_data(root: Path) -> tuple[Path, Path]:
     return root / "tiny", videos_only
 
 
-def datamodule(train: str, tiny: Path, transform: str, workers: int, **overrides) -> VideoInstructDataModule:
-    """The suite's DataModule on the tiny backbones, set up for fitting; ``overrides`` are DataModule arguments."""
-    args = dict(frame_mode="fps", fps=FPS, max_frames=MAX_FRAMES, batch_size=BATCH, max_length=1024, visual_tokens=64)
+def datamodule(train: str, tiny: Path, transform: str, workers: int, frame_mode: str = "fps",
+               num_frames: int = 16) -> VideoInstructDataModule:
+    """The suite's DataModule on the tiny backbones (1 fps in ``fps`` mode, batch 4), set up for fitting."""
     dm = VideoInstructDataModule(train=train, tokenizer=str(tiny / "llm"), vision_tower=str(tiny / "vision"),
-                                 transform=transform, num_workers=workers, **{**args, **overrides})
+                                 transform=transform, frame_mode=frame_mode, fps=FPS, num_frames=num_frames,
+                                 max_frames=MAX_FRAMES, max_length=1024, visual_tokens=64, batch_size=BATCH,
+                                 num_workers=workers)
     dm.setup("fit")
     return dm
 
@@ -132,7 +136,7 @@ class StageClock:
         plain: the ``plain`` transform, timed on the same decoded frames.
     """
 
-    def __init__(self, dataset, plain):
+    def __init__(self, dataset: VideoInstructDataset, plain: FrameTransform):
         self.ds, self.plain = dataset, plain
 
     def __call__(self) -> dict:
@@ -140,7 +144,8 @@ class StageClock:
         for j in range(len(ds)):
             t0 = time.perf_counter()
             entry, conv, *_, path = ds.prepare(int(ds.source_of[j]), int(ds.entry_of[j]))  # parse + chat template
-            ds.question_tokenizer(conv.question, add_special_tokens=True, truncation=True, max_length=ds.max_question_length)
+            ds.question_tokenizer(conv.question, add_special_tokens=True, truncation=True,
+                                  max_length=ds.max_question_length)
             t1 = time.perf_counter()
             frames, _, _ = ds.decode(entry, conv.media, path)
             t2 = time.perf_counter()
@@ -152,40 +157,72 @@ class StageClock:
         return {"videos": len(ds), **clock}
 
 
-def throughput(train: Path, tiny: Path, passes: int) -> dict:
-    """Every setting timed once per round, ``passes`` rounds after a warm-up round; medians per setting.
+def rounds(runs: dict, passes: int) -> dict:
+    """Call every entry of ``runs`` once per round: one warm-up round, then ``passes`` timed rounds.
 
-    Settings take turns inside a round, so drift of a shared machine hits them alike. The warm-up round starts the
-    persistent workers and fills the page cache and the tokenizer's caches.
+    Settings take turns inside a round, so drift of a shared machine hits them alike. The warm-up round starts
+    persistent workers and fills the page cache and the tokenizer's caches. Returns ``{key: (seconds, results)}``,
+    each result with the CPU seconds its call used (``cpu_s``, this process and its children).
     """
-    jobs = [(str(train.parent / e["video"]), e.get("start"), e.get("end")) for e in json.loads(train.read_text())]
-    dms = {(t, w): datamodule(str(train), tiny, t, w) for t in ("processor", "plain") for w in WORKERS}
-    runs = {("pipeline", t, w): partial(one_pass, dm.train_dataloader()) for (t, w), dm in dms.items()}
-    pool = multiprocessing.get_context("fork").Pool(2)
-    runs["decord", None, 1] = partial(decode_entries, jobs)
-    runs["decord", None, 2] = lambda: {k: sum(r[k] for r in pool.map(decode_entries, [jobs[0::2], jobs[1::2]]))
-                                       for k in ("videos", "frames")}
-    runs["stages", None, 0] = StageClock(dms["processor", 0].train_set, dms["plain", 0].transform)
-    seconds: dict = {key: [] for key in runs}
-    counts: dict = {key: [] for key in runs}
+    out: dict = {key: ([], []) for key in runs}
     for r in range(passes + 1):
         for key, run in runs.items():
-            t0 = time.perf_counter()
-            c = run()
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            result = run()
             if r:
-                seconds[key].append(time.perf_counter() - t0)
-                counts[key].append(c)
-    pool.close()
-    del runs, dms
+                out[key][0].append(time.perf_counter() - t0)
+                out[key][1].append({**result, "cpu_s": cpu_seconds() - c0})
+    return out
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system, all threads) used so far by this process and its live children (workers, pools)."""
+    procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def throughput(train: Path, tiny: Path, passes: int) -> dict:
+    """Median seconds per pass of the pipeline settings and of the decord baselines, and the stage split.
+
+    The in-process settings are timed first, before any process is forked: decord's reader works in two threads
+    (the caller and a decoder thread) and runs several times slower when they share one core (the ``pinned``
+    baseline); in trials, in-process decoding right after multi-process runs was slowed that way for seconds.
+    """
+    jobs = [(str(train.parent / e["video"]), e.get("start"), e.get("end")) for e in json.loads(train.read_text())]
+    dms = {(t, w): datamodule(str(train), tiny, t, w) for t in TRANSFORMS for w in WORKERS}
+    loaders = {key: dm.train_dataloader() for key, dm in dms.items()}
+    runs = {("pipeline", t, 0): partial(one_pass, loaders[t, 0]) for t in TRANSFORMS}
+    runs["decord", "1 process", 1] = partial(decode_entries, jobs)
+    runs["stages", None, 0] = StageClock(dms["processor", 0].train_set, dms["plain", 0].transform)
+    timed = rounds(runs, passes)
+    core = min(os.sched_getaffinity(0))
+    with multiprocessing.get_context("fork").Pool(2) as pool, \
+            multiprocessing.get_context("fork").Pool(1, os.sched_setaffinity, (0, {core})) as pinned:
+        runs = {("pipeline", t, w): partial(one_pass, loaders[t, w]) for t in TRANSFORMS for w in WORKERS if w}
+        halves = [jobs[0::2], jobs[1::2]]
+        runs["decord", "2 processes", 2] = lambda: {k: sum(r[k] for r in pool.map(decode_entries, halves))
+                                                    for k in ("videos", "frames")}
+        runs["decord", "1 process pinned to 1 core", 1] = lambda: pinned.apply(decode_entries, (jobs,))
+        timed.update(rounds(runs, passes))
+    del loaders, runs, dms
     gc.collect()  # shuts the persistent workers down
     out: dict = {"passes": passes, "settings": []}
-    for (kind, transform, workers), secs in seconds.items():
-        c, median = counts[kind, transform, workers][-1], float(np.median(secs))
-        row = {"kind": kind, "transform": transform, "workers": workers, "pass_s": secs, "median_s": median, **c}
+    for (kind, label, workers), (secs, results) in timed.items():
+        median = float(np.median(secs))
+        row = {"kind": kind, "label": label, "workers": workers, "pass_s": secs, "median_s": median, **results[-1],
+               "cpu_s": float(np.median([r["cpu_s"] for r in results]))}
         if kind == "stages":  # per-stage medians over the passes
-            out["stages"] = {**row, **{k: float(np.median([p[k] for p in counts[kind, None, 0]])) for k in STAGES}}
+            out["stages"] = {**row, **{k: float(np.median([r[k] for r in results])) for k in STAGES}}
         else:
-            out["settings"].append({**row, "videos_per_s": c["videos"] / median, "frames_per_s": c["frames"] / median})
+            rates = {"videos_per_s": row["videos"] / median, "frames_per_s": row["frames"] / median}
+            out["settings"].append({**row, **rates})
     return out
 
 
@@ -197,8 +234,10 @@ def write_annotations(path_json: Path, path_jsonl: Path, n: int, videos: int, se
         return [" ".join(_WORDS[w] for w in rng.integers(len(_WORDS), size=k)).capitalize() + end
                 for k in rng.integers(lo, hi, size=count)]
 
-    questions, long_answers, short_answers = sentences(2048, 6, 12, "?"), sentences(2048, 24, 56, "."), sentences(2048, 8, 22, ".")
-    pairs, q, a, v = rng.integers(1, 3, n), rng.integers(2048, size=(n, 2)), rng.integers(2048, size=(n, 2)), rng.integers(videos, size=n)
+    questions = sentences(2048, 6, 12, "?")
+    long_answers, short_answers = sentences(2048, 24, 56, "."), sentences(2048, 8, 22, ".")  # for 1 and 2 QA pairs
+    pairs, video = rng.integers(1, 3, n), rng.integers(videos, size=n)  # QA pairs per entry: 2 or 4 turns
+    q, a = rng.integers(2048, size=(n, 2)), rng.integers(2048, size=(n, 2))
     sizes = np.empty(n, np.int64)
     with open(path_json, "w") as fj, open(path_jsonl, "w") as fl:
         fj.write("[\n")
@@ -208,13 +247,15 @@ def write_annotations(path_json: Path, path_jsonl: Path, n: int, videos: int, se
             for k in range(pairs[i]):
                 turns += [{"from": "human", "value": ("<video>\n" if k == 0 else "") + questions[q[i, k]]},
                           {"from": "gpt", "value": answers[a[i, k]]}]
-            line = json.dumps({"id": f"bench_{i:07d}", "video": f"videos/vid_{v[i]:04d}.mp4", "conversations": turns})
+            entry = {"id": f"bench_{i:07d}", "video": f"videos/vid_{video[i]:04d}.mp4", "conversations": turns}
+            line = json.dumps(entry)
             sizes[i] = len(line)
             fj.write(line + (",\n" if i < n - 1 else "\n"))
             fl.write(line + "\n")
         fj.write("]\n")
-    return {"entries": n, "bytes_mean": float(sizes.mean()), "bytes_min": int(sizes.min()), "bytes_max": int(sizes.max()),
-            "json_mb": path_json.stat().st_size / MB, "jsonl_mb": path_jsonl.stat().st_size / MB}
+    return {"entries": n, "bytes_mean": float(sizes.mean()), "bytes_min": int(sizes.min()),
+            "bytes_max": int(sizes.max()), "json_mb": path_json.stat().st_size / MB,
+            "jsonl_mb": path_jsonl.stat().st_size / MB}
 
 
 class InMemoryAnnotations:
@@ -233,7 +274,7 @@ class InMemoryAnnotations:
 class EntryTouch(Dataset):
     """Item ``k`` reads ``chunk`` seeded-random entries of ``store`` (no decoding): worker memory per entry read."""
 
-    def __init__(self, store, chunks: int, chunk: int):
+    def __init__(self, store: AnnotationFile | InMemoryAnnotations, chunks: int, chunk: int):
         self.store, self.chunks, self.chunk = store, chunks, chunk
 
     def __len__(self) -> int:
@@ -242,6 +283,17 @@ class EntryTouch(Dataset):
     def __getitem__(self, k: int) -> int:
         idx = np.random.default_rng([1, k]).integers(len(self.store), size=self.chunk)
         return sum(len(self.store[int(i)]["conversations"]) for i in idx)
+
+
+def reset_peak_rss() -> None:
+    """Reset this process's peak RSS (``VmHWM``; Linux >= 4.0) so that :func:`peak_rss_mb` measures from here."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS since the last :func:`reset_peak_rss` (MiB)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def process_memory(pids: list[int]) -> list[dict]:
@@ -257,13 +309,14 @@ def memory_case(kind: str, path: str, mixture: str, tiny: str, samples: int, tou
     """One memory case in this (fresh) interpreter: build the store, then read it from 2 forked workers."""
     me = psutil.Process()
     rss0 = me.memory_info().rss
+    reset_peak_rss()
     out: dict = {"kind": kind, "file": Path(path).suffix}
     if kind == "index":
         t0 = time.perf_counter()
         store = AnnotationFile(path)  # the cache folder is empty: a cold build
         out["build_s"] = time.perf_counter() - t0
         out["store_rss_delta_mb"] = (me.memory_info().rss - rss0) / MB
-        out["peak_rss_delta_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0 / MB
+        out["peak_rss_delta_mb"] = peak_rss_mb() - rss0 / MB
         t0 = time.perf_counter()
         store = AnnotationFile(path)
         out["cache_hit_s"] = time.perf_counter() - t0
@@ -273,7 +326,7 @@ def memory_case(kind: str, path: str, mixture: str, tiny: str, samples: int, tou
             entries = json.load(f) if path.endswith(".json") else [json.loads(line) for line in f if line.strip()]
         out["build_s"] = time.perf_counter() - t0
         out["store_rss_delta_mb"] = (me.memory_info().rss - rss0) / MB
-        out["peak_rss_delta_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0 / MB
+        out["peak_rss_delta_mb"] = peak_rss_mb() - rss0 / MB
         store = InMemoryAnnotations(entries, path)
     dm = datamodule(mixture, Path(tiny), "plain", 2, frame_mode="uniform", num_frames=2)
     dm.train_set.files = [store]  # the index case: the same AnnotationFile; the naive case: the list of dicts
@@ -295,7 +348,8 @@ def memory_case(kind: str, path: str, mixture: str, tiny: str, samples: int, tou
 
     # 2. entry reads only, many of them: how worker memory grows with the share of the file touched
     before = {p.pid for p in me.children()}
-    touch = DataLoader(EntryTouch(store, touches // chunk, chunk), batch_size=None, num_workers=2, persistent_workers=True)
+    touch = DataLoader(EntryTouch(store, touches // chunk, chunk), batch_size=None, num_workers=2,
+                       persistent_workers=True)
     t0 = time.perf_counter()
     for _ in touch:
         pass
@@ -312,62 +366,75 @@ def run_memory_case(**kwargs) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def markdown(r: dict) -> str:
-    """The result tables."""
-    tp = r["throughput"]
-    rows = {(s["kind"], s["transform"], s["workers"]): s for s in tp["settings"]}
-    dec1, dec2 = rows["decord", None, 1], rows["decord", None, 2]
+def throughput_tables(tp: dict) -> list[str]:
+    """Markdown: videos/s and frames/s of every setting and their ratios to decord; the stage split."""
+    rows = {(s["kind"], s["label"], s["workers"]): s for s in tp["settings"]}
+    dec1, dec2 = rows["decord", "1 process", 1], rows["decord", "2 processes", 2]
     first = tp["settings"][0]
     lines = [f"### Throughput: {first['videos']} videos, {first['frames']} frames per pass (fps=1, batch 4); "
-             f"median of {tp['passes']} passes", "",
-             "| setting | workers | videos/s | frames/s | / decord (1 process) | / decord (2 processes) |",
-             "|---|---|---|---|---|---|"]
-    for (kind, transform, workers), s in rows.items():
-        name = f"pipeline, transform={transform}" if kind == "pipeline" else "decord get_batch only"
-        procs = workers if kind == "pipeline" else f"({workers} process{'es' if workers > 1 else ''})"
-        lines.append(f"| {name} | {procs} | {s['videos_per_s']:.1f} | {s['frames_per_s']:.0f} | "
-                     f"{s['videos_per_s'] / dec1['videos_per_s']:.2f} | {s['videos_per_s'] / dec2['videos_per_s']:.2f} |")
+             f"median of {tp['passes']} timed passes", "",
+             "| setting | workers | videos/s (min-max) | frames/s | / decord, 1 process | / decord, 2 processes "
+             "| CPU s/pass |",
+             "|---|---|---|---|---|---|---|"]
+    for kind, label, workers in sorted(rows, key=lambda k: (k[0] != "pipeline", k[1] != "processor", k[2])):
+        s = rows[kind, label, workers]
+        lo, hi = s["videos"] / max(s["pass_s"]), s["videos"] / min(s["pass_s"])
+        name = f"pipeline, transform={label}" if kind == "pipeline" else f"decord get_batch only, {label}"
+        lines.append(f"| {name} | {workers if kind == 'pipeline' else ''} | {s['videos_per_s']:.1f} ({lo:.1f}-{hi:.1f}) "
+                     "| "
+                     f"{s['frames_per_s']:.0f} | {s['videos_per_s'] / dec1['videos_per_s']:.2f} | "
+                     f"{s['videos_per_s'] / dec2['videos_per_s']:.2f} | {s['cpu_s']:.1f} |")
     st = tp["stages"]
-    lines += ["", f"### Where the 0-worker pipeline's time goes (in-process, same {st['videos']} videos, one pass timed "
-              "stage by stage; rest = pipeline minus the stages: collate, DataLoader, tensor copies)", "",
-              "| stage | ms/video, processor | share | ms/video, plain | share |", "|---|---|---|---|---|"]
-    per_video = {k: 1000 * st[k] / st["videos"] for k in STAGES}  # medians over the passes
-    pipe = {t: 1000 * rows["pipeline", t, 0]["median_s"] / rows["pipeline", t, 0]["videos"] for t in ("processor", "plain")}
-    for name, keys in (("tokenize (parse, chat template, question)", ("tokenize", "tokenize")),
-                       ("decode (read_video)", ("decode", "decode")),
-                       ("transform", ("transform_processor", "transform_plain"))):
-        cells = [f"{per_video[k]:.1f} | {100 * per_video[k] / pipe[t]:.0f}%" for k, t in zip(keys, ("processor", "plain"))]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    rest = [pipe[t] - per_video["tokenize"] - per_video["decode"] - per_video[k]
-            for t, k in (("processor", "transform_processor"), ("plain", "transform_plain"))]
-    lines.append("| rest | " + " | ".join(f"{x:.1f} | {100 * x / pipe[t]:.0f}%" for x, t in zip(rest, ("processor", "plain"))) + " |")
-    lines.append("| pipeline, 0 workers (median pass) | " + " | ".join(f"{pipe[t]:.1f} | 100%" for t in ("processor", "plain")) + " |")
-    m = r["memory"]
-    lines += ["", f"### Annotation store, {m['annotations']['entries']:,} entries "
-              f"(mean {m['annotations']['bytes_mean']:.0f} B/entry; JSON {m['annotations']['json_mb']:.0f} MiB)", "",
-              "| store | build s | cache hit s | main RSS delta MiB | peak RSS delta MiB |", "|---|---|---|---|---|"]
+    ms = {k: 1000 * st[k] / st["videos"] for k in STAGES}  # per-stage medians over the passes
+    lines += ["", f"### Stage split: the same {st['videos']} samples timed stage by stage in-process (median of "
+              f"{tp['passes']} passes)", "",
+              "| stage | ms/video | share, transform=processor | share, transform=plain |", "|---|---|---|---|"]
+    total = {t: ms["tokenize"] + ms["decode"] + ms[f"transform_{t}"] for t in TRANSFORMS}
+    for name, key in (("tokenize (parse, chat template, question)", "tokenize"), ("decode (read_video)", "decode"),
+                      ("transform=processor", "transform_processor"), ("transform=plain", "transform_plain")):
+        shares = [f"{100 * ms[key] / total[t]:.0f}%" if not key.startswith("transform") or key.endswith(t) else ""
+                  for t in TRANSFORMS]
+        lines.append(f"| {name} | {ms[key]:.1f} | " + " | ".join(shares) + " |")
+    pipe = {t: 1000 * rows["pipeline", t, 0]["median_s"] / rows["pipeline", t, 0]["videos"] for t in TRANSFORMS}
+    lines.append("| sum of the stages | | " + " | ".join(f"{total[t]:.1f} ms" for t in TRANSFORMS) + " |")
+    lines.append("| pipeline, 0 workers (incl. collate, DataLoader) | | "
+                 + " | ".join(f"{pipe[t]:.1f} ms" for t in TRANSFORMS) + " |")
+    return lines
+
+
+def memory_tables(m: dict) -> list[str]:
+    """Markdown: build cost of each annotation store and the USS/PSS of the DataLoader workers reading it."""
+    a = m["annotations"]
+    lines = [f"### Annotation store: {a['entries']:,} entries, {a['bytes_min']}-{a['bytes_max']} B each (mean "
+             f"{a['bytes_mean']:.0f}); JSON {a['json_mb']:.0f} MiB, JSONL {a['jsonl_mb']:.0f} MiB", "",
+             "| store | build s | index cache hit s | main RSS delta MiB | peak RSS delta MiB |", "|---|---|---|---|---|"]
     for c in m["cases"]:
         hit = f"{c['cache_hit_s']:.3f}" if "cache_hit_s" in c else "n/a"
-        lines.append(f"| {c['kind']} {c['file']} | {c['build_s']:.2f} | {hit} | {c['store_rss_delta_mb']:.0f} | {c['peak_rss_delta_mb']:.0f} |")
-    lines += ["", "### DataLoader workers (2, forked), MiB; USS and PSS per worker, mean of the two", "",
-              "| store | samples or entries read | worker USS | worker PSS | main PSS | total PSS (main + workers) |",
-              "|---|---|---|---|---|---|"]
+        lines.append(f"| {c['kind']} {c['file']} | {c['build_s']:.2f} | {hit} | {c['store_rss_delta_mb']:.0f} | "
+                     f"{c['peak_rss_delta_mb']:.0f} |")
+    lines += ["", "### DataLoader with 2 forked workers (MiB; per worker: worker 0 / worker 1)", "",
+              "| store | after | worker USS | worker PSS | main PSS | total PSS, main + workers |", "|---|---|---|---|---|---|"]
     for c in m["cases"]:
-        rows_m = [(f"{cp['samples']} samples (pipeline)", cp) for cp in c["pipeline"]]
-        rows_m.append((f"{c['touch']['entries_read']:,} entries (reads only)", c["touch"]))
-        for label, cp in rows_m:
-            uss = np.mean([w["uss_mb"] for w in cp["workers"]])
-            pss = np.mean([w["pss_mb"] for w in cp["workers"]])
+        points = [(f"{cp['samples']} samples (pipeline)", cp) for cp in c["pipeline"]]
+        points.append((f"{c['touch']['entries_read']:,} entry reads (no decoding)", c["touch"]))
+        for label, cp in points:
+            uss = " / ".join(f"{w['uss_mb']:.0f}" for w in cp["workers"])
+            pss = " / ".join(f"{w['pss_mb']:.0f}" for w in cp["workers"])
             total = cp["main"]["pss_mb"] + sum(w["pss_mb"] for w in cp["workers"])
-            lines.append(f"| {c['kind']} {c['file']} | {label} | {uss:.0f} | {pss:.0f} | {cp['main']['pss_mb']:.0f} | {total:.0f} |")
-    return "\n".join(lines) + "\n"
+            lines.append(f"| {c['kind']} {c['file']} | {label} | {uss} | {pss} | {cp['main']['pss_mb']:.0f} | {total:.0f} |")
+    return lines
+
+
+def markdown(r: dict) -> str:
+    """The result tables."""
+    return "\n".join(throughput_tables(r["throughput"]) + [""] + memory_tables(r["memory"])) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="output folder: dataloading.json, dataloading.md, data/ (required)")
     parser.add_argument("--quick", action="store_true", help="100k entries, one timed pass (about 2 minutes)")
-    parser.add_argument("--entries", type=int, default=None, help="entries of the big annotation file (default 1M, quick 100k)")
+    parser.add_argument("--entries", type=int, help="entries of the big annotation file (default 1M; quick: 100k)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one memory case, run in a child interpreter
     args = parser.parse_args()
     if args.case:
@@ -376,12 +443,12 @@ def main() -> None:
     if args.out is None:
         parser.error("--out is required")
     start = time.perf_counter()
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    passes = 1 if args.quick else 3
+    passes = 1 if args.quick else 5
     entries = args.entries or (100_000 if args.quick else 1_000_000)
-    results: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M"),
-                     "quick": args.quick, "machine": machine()}
+    results: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+                     "date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick, "machine": machine()}
     with tempfile.TemporaryDirectory(dir=out, prefix="tmp_") as tmp:
         os.environ["LIT_BVLLM_CACHE"] = str(Path(tmp) / "cache")  # the index cache, deleted with the big files
         tiny, train = prepare_data(out / "data")
@@ -393,7 +460,8 @@ def main() -> None:
         print(f"[2/3] writing {entries:,} annotation entries", flush=True)
         big_json, big_jsonl = Path(tmp) / "annotations_big.json", Path(tmp) / "annotations_big.jsonl"
         t0 = time.perf_counter()
-        stats = write_annotations(big_json, big_jsonl, entries, videos=len(list((train.parent / "videos").glob("vid_*.mp4"))))
+        videos = len(list((train.parent / "videos").glob("vid_*.mp4")))
+        stats = write_annotations(big_json, big_jsonl, entries, videos)
         stats["write_s"] = time.perf_counter() - t0
         print("[3/3] worker memory: index .json, index .jsonl, naive json.load", flush=True)
         cases = []
@@ -401,7 +469,8 @@ def main() -> None:
             mixture = Path(tmp) / f"mixture_{path.suffix[1:]}.yaml"  # media paths resolve against the synthetic set
             mixture.write_text(json.dumps({"datasets": [{"path": str(path), "root": str(train.parent)}]}))
             cases.append(run_memory_case(kind=kind, path=str(path), mixture=str(mixture), tiny=str(tiny),
-                                         samples=200 if args.quick else 400, touches=entries // 4, chunk=2000))
+                                         samples=200 if args.quick else 400, touches=entries // 4,
+                                         chunk=max(1, min(2000, entries // 4))))
         results["memory"] = {"annotations": stats, "cases": cases}
     results["total_s"] = time.perf_counter() - start
     table = markdown(results)
