@@ -51,8 +51,8 @@ def _jsonl_offsets(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _json_list_offsets(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Start and length (in bytes) of every element of a top-level JSON list.
 
-    Each element is parsed once to find where it ends and then dropped, so peak memory is the file's text,
-    in this process only.
+    Each element is parsed once to find where it ends and then dropped. Peak memory is about twice the file's size
+    (its bytes and its text), once, in the main process; the offsets are then cached, and JSONL avoids the peak.
     """
     text = path.read_bytes().decode("utf-8")
     decoder = json.JSONDecoder()

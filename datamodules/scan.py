@@ -6,6 +6,7 @@ detail}``; pass it to training as ``--data.blocklist`` to leave those entries ou
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -21,6 +22,16 @@ _DATASET: VideoInstructDataset | None = None
 _CHUNK = 256
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _probe(path: str, image: bool) -> tuple[str, str, str] | None:
+    """Open one media file's header (cached per process: QA sets ask many questions about one video)."""
+    try:
+        read_image(path) if image else probe_video(path)
+    except SampleError as err:
+        return err.reason, err.field, err.detail
+    return None
+
+
 def _check(dataset: VideoInstructDataset, source: int, index: int, decode: bool) -> dict | None:
     entry_id = None
     try:
@@ -30,10 +41,8 @@ def _check(dataset: VideoInstructDataset, source: int, index: int, decode: bool)
             return None
         if decode:
             dataset.decode(entry, conv.media, path)
-        elif conv.media == "image" or path.lower().endswith(IMAGE_SUFFIXES):
-            read_image(path)
-        else:
-            probe_video(path)
+        elif (bad := _probe(path, conv.media == "image" or path.lower().endswith(IMAGE_SUFFIXES))) is not None:
+            raise SampleError(*bad)
         return None
     except SampleError as err:
         return {
@@ -58,6 +67,7 @@ def scan_dataset(dataset: VideoInstructDataset, workers: int = 2, decode: bool =
     """
     global _DATASET
     _DATASET = dataset
+    _probe.cache_clear()  # files may have changed since an earlier scan in this process
     jobs = [(s, lo, min(lo + _CHUNK, len(f)), decode) for s, f in enumerate(dataset.files) for lo in range(0, len(f), _CHUNK)]
     t0 = time.perf_counter()
     if workers > 1:

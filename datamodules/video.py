@@ -114,7 +114,7 @@ def read_image(path: str) -> np.ndarray:
         raise SampleError("empty_video", "image", f"'{path}' is 0 bytes")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))[None]
+            return np.array(im.convert("RGB"))[None]  # a writable copy
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise SampleError("decode_error", "image", f"'{path}' cannot be decoded ({e})") from None
 
