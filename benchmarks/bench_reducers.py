@@ -78,12 +78,12 @@ def one(name: str, T: int, reps: int, device: str) -> dict:
     torch.manual_seed(0)
     reducer = build(name).to(device).train()
     x = {k: v.to(device) for k, v in encoded(reducer, batch(T)).items()}
-    fwd_bwd(reducer, x)  # warm-up
-    reducer.zero_grad(set_to_none=True)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # after building model and inputs, before any pass
+    fwd_bwd(reducer, x)  # warm-up
+    reducer.zero_grad(set_to_none=True)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
