@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.annotations import load_sources
+from datamodules.sampler import ResumableSampler
 from datamodules.transforms import FrameTransform
 from datamodules.video_instruct import VideoInstructCollator, VideoInstructDataset, load_blocklist
 
@@ -104,15 +105,22 @@ class VideoInstructDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: VideoInstructDataset, shuffle: bool) -> DataLoader:
         h = self.hparams
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = ResumableSampler(len(dataset), shuffle, h.seed, rank, world)
+        if shuffle:
+            self.train_sampler = sampler
+            if self._resume is not None:
+                sampler.resume(*self._resume)
+                self._resume = None
         return DataLoader(
             dataset,
             batch_size=h.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=h.num_workers,
             collate_fn=self.collator,
             pin_memory=h.pin_memory,
             persistent_workers=h.num_workers > 0,
-            generator=torch.Generator().manual_seed(h.seed) if shuffle else None,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -120,3 +128,17 @@ class VideoInstructDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+
+    # Data position in checkpoints: how far into its epoch the training data was (per rank: all ranks move in step).
+    _resume: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        if trainer is None or getattr(self, "train_sampler", None) is None:
+            return {}
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return {"epoch": trainer.current_epoch, "samples": batches * self.hparams.batch_size}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict:
+            self._resume = (int(state_dict["epoch"]), int(state_dict["samples"]))

@@ -2,6 +2,7 @@
 
 Subcommands::
 
+    lit_bvllm fit --config experiments/pretrain.yaml      train (LightningCLI: also validate, test, predict)
     lit_bvllm make-tiny --out DIR                 tiny local vision tower, LLM and tokenizer
     lit_bvllm make-synthetic --out DIR            synthetic mp4 videos and annotations in the public formats
     lit_bvllm scan --config CFG [--out FILE]      validate a training set before a long run (report = blocklist)
@@ -99,6 +100,56 @@ def _commands() -> dict:
 
 
 COMMANDS = ("make-tiny", "make-synthetic", "scan", "preview")
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def lightning_cli(args: list[str] | None = None, run: bool = True):
+    """The LightningCLI over :class:`~lit_bvllm.model.VideoLLM` and any LightningDataModule (``class_path``)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+
+    from datamodules import SkippedSamplesLogger
+    from lit_bvllm.callbacks import RunSummary
+    from lit_bvllm.checkpointing import AtomicCheckpointIO
+    from lit_bvllm.model import VideoLLM
+
+    class VideoCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.link_arguments("model.llm", "data.init_args.tokenizer")
+            parser.link_arguments("model.vision_tower", "data.init_args.vision_tower")
+
+        def before_instantiate_classes(self) -> None:
+            cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+            if cfg.trainer.get("precision") is None:  # bf16-mixed where the hardware has it
+                bf16 = torch_cuda_bf16()
+                cfg.trainer.precision = "bf16-mixed" if bf16 else "32-true"
+
+    return VideoCLI(
+        VideoLLM,
+        L.LightningDataModule,
+        subclass_mode_data=True,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "callbacks": [
+                ModelCheckpoint(filename="step{step}", save_last=True, save_top_k=-1, every_n_train_steps=500,
+                                auto_insert_metric_name=False),
+                SkippedSamplesLogger(),
+                RunSummary(),
+                LearningRateMonitor(logging_interval="step"),
+            ],
+            "plugins": [AtomicCheckpointIO()],
+            "use_distributed_sampler": False,  # the data module shards with its own resumable sampler
+        },
+    )
+
+
+def torch_cuda_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def _underscore_flags(argv: list[str]) -> list[str]:
@@ -110,10 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     from jsonargparse import auto_cli
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TRAINER_COMMANDS:
+        lightning_cli(argv)
+        return
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__.strip())
         if argv and argv[0] not in ("-h", "--help"):
-            raise SystemExit(f"unknown command '{argv[0]}'; choose one of: {', '.join(COMMANDS)}")
+            raise SystemExit(f"unknown command '{argv[0]}'; choose one of: {', '.join(TRAINER_COMMANDS + COMMANDS)}")
         return
     result = auto_cli(_commands()[argv[0]], args=_underscore_flags(argv[1:]), as_positional=False)
     if result is not None:

@@ -1,0 +1,221 @@
+"""``VideoLLM``: frozen vision tower -> token reducer -> projector -> LLM, with loss, generation and optimisation.
+
+The reducer is any strategy of :mod:`lit_bvllm.reducers`, given as a class path; it is built with the vision
+tower's width (``--model.reducer=BVLLM --model.reducer.num_frames=16``). Training stages are configs:
+``experiments/pretrain.yaml`` trains reducer + projector with the LLM frozen; ``experiments/finetune.yaml`` adds
+LoRA on the LLM's linear layers and starts every reducer and projector tensor from the pretrain checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from lit_bvllm.backbones import VIDEO_TOKEN, load_llm, load_tokenizer
+from lit_bvllm.reducers.base import Reducer
+from lit_bvllm.splice import splice
+from lit_bvllm.vision import VisionEncoder
+
+
+class Projector(nn.Module):
+    """Two-layer MLP with GELU from the reducer's width to the LLM's (LLaVA-1.5's ``mlp2x_gelu``)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class VideoLLM(L.LightningModule):
+    """A video LLM whose visual tokens pass through a token-reduction strategy.
+
+    Args:
+        llm: local folder of the causal LM (and its tokenizer): Qwen2 by default.
+        vision_tower: local folder of the HF vision tower (CLIP / SigLIP).
+        reducer: the token-reduction strategy, a ``Reducer`` class built with the tower's width.
+        feature_layer: vision layer whose tokens feed the reducer (-2: penultimate).
+        vision_chunk: frames per vision-tower call.
+        lora_r: LoRA rank on the LLM's linear layers; 0 keeps the LLM frozen (pretraining).
+        lora_alpha: LoRA alpha.
+        lora_dropout: LoRA dropout.
+        init_from: a pretrain checkpoint whose reducer and projector tensors start this run (all must be present).
+        lr: learning rate of the reducer and projector.
+        lr_llm: learning rate of the LoRA weights (default: ``lr``).
+        weight_decay: AdamW weight decay.
+        warmup_ratio: share of the training steps spent warming up linearly.
+        schedule: decay after warm-up: ``linear`` or ``cosine`` (to 0), or ``constant``.
+        gradient_checkpointing: recompute the LLM's activations in backward.
+        video_token: the placeholder token the data module writes.
+        max_new_tokens: generation length in ``predict``/``test``.
+    """
+
+    def __init__(
+        self,
+        llm: str,
+        vision_tower: str,
+        reducer: Callable[[int], Reducer],
+        feature_layer: int = -2,
+        vision_chunk: int = 64,
+        lora_r: int = 0,
+        lora_alpha: int = 256,
+        lora_dropout: float = 0.05,
+        init_from: str | None = None,
+        lr: float = 1e-3,
+        lr_llm: float | None = None,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.03,
+        schedule: Literal["linear", "cosine", "constant"] = "linear",
+        gradient_checkpointing: bool = False,
+        video_token: str = VIDEO_TOKEN,
+        max_new_tokens: int = 32,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["reducer"])
+        self.reducer_spec = _spec(reducer)
+        self.hparams["reducer"] = self.reducer_spec
+        self.tokenizer = load_tokenizer(llm, video_token)
+        self.placeholder_id = self.tokenizer.convert_tokens_to_ids(video_token)
+        self.vision = VisionEncoder(vision_tower, feature_layer, vision_chunk)
+        self.reducer = reducer(self.vision.width)
+        self.llm = load_llm(llm)
+        if self.llm.get_input_embeddings().num_embeddings < len(self.tokenizer):
+            self.llm.resize_token_embeddings(len(self.tokenizer))
+        self.llm.requires_grad_(False)
+        hidden = self.llm.config.hidden_size
+        self.projector = Projector(self.reducer.out_dim, hidden)
+        if lora_r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            # "all-linear" on the LLM alone: every nn.Linear of the language model except the output head
+            cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules="all-linear")
+            self.llm = get_peft_model(self.llm, cfg)
+        if gradient_checkpointing:
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.llm.enable_input_require_grads()
+        if init_from is not None:
+            from lit_bvllm.checkpointing import load_visual_weights
+
+            load_visual_weights(self, init_from)
+        self.strict_loading = False  # checkpoints hold the trainable tensors only (see on_save_checkpoint)
+
+    # ------------------------------------------------------------------ forward
+
+    def visual_tokens(self, batch: dict) -> tuple[Tensor, Tensor, dict]:
+        """Frames -> (visual tokens in LLM space ``(B, M, H)``, mask ``(B, M)``, reducer info)."""
+        r = self.reducer
+        keep = r.frames_to_encode(batch["frame_mask"])
+        enc = self.vision(batch["frames"], batch["frame_mask"], keep, attention=r.needs_cls_attention)
+        out = r(
+            enc["frames"], enc["cls"], enc["frame_mask"],
+            text_ids=batch.get("question_ids"), text_mask=batch.get("question_mask"), cls_attn=enc.get("cls_attn"),
+        )
+        tokens = self.projector(out.tokens.to(self.projector.net[0].weight.dtype)) * out.token_mask[..., None]
+        return tokens, out.token_mask, {**out.info, "frames_encoded": enc["frame_mask"].sum(1)}
+
+    def embed(self, batch: dict, padding_side: str = "right", with_labels: bool = True):
+        """Spliced ``inputs_embeds``, ``attention_mask`` and labels for the LLM."""
+        text = self.llm.get_input_embeddings()(batch["input_ids"].clamp_min(0))
+        visual, vmask, info = self.visual_tokens(batch)
+        embeds, mask, labels = splice(
+            text, batch["input_ids"], batch["attention_mask"], visual.to(text.dtype), vmask, self.placeholder_id,
+            batch["labels"] if with_labels else None, padding_side,
+        )
+        # text-only batches still touch every trainable visual parameter, so DDP never sees an unused one
+        anchor = sum(p.view(-1)[0] for p in self._visual_params()) * 0.0
+        return embeds + anchor, mask, labels, info
+
+    def _visual_params(self) -> list[nn.Parameter]:
+        return [p for m in (self.reducer, self.projector) for p in m.parameters() if p.requires_grad]
+
+    def forward(self, batch: dict) -> tuple[Tensor, dict]:
+        embeds, mask, labels, info = self.embed(batch)
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False)
+        return out.loss, info
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss, info = self(batch)
+        B = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        self.log("train/visual_tokens", info["num_tokens"].float().mean(), batch_size=B)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, _ = self(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate(self, batch: dict, max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers for a batch of prompts (``input_ids`` ending with the assistant header), with the KV cache."""
+        embeds, mask, _, _ = self.embed(batch, padding_side="left", with_labels=False)
+        out = self.llm.generate(
+            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens or self.hparams.max_new_tokens,
+            do_sample=False, num_beams=1, use_cache=True,
+            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        answers = self.generate(batch)
+        return [{"id": m["id"], "question": m["question"], "answer": a.strip()} for m, a in zip(batch["meta"], answers)]
+
+    # ------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self):
+        h = self.hparams
+        visual = self._visual_params()
+        llm = [p for p in self.llm.parameters() if p.requires_grad]
+        groups = [{"params": visual, "lr": h.lr, "name": "visual"}]
+        if llm:
+            groups.append({"params": llm, "lr": h.lr_llm or h.lr, "name": "llm"})
+        opt = torch.optim.AdamW(groups, weight_decay=h.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(h.warmup_ratio * total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            if h.schedule == "linear":
+                return max(0.0, 1.0 - progress)
+            if h.schedule == "cosine":
+                return 0.5 * (1.0 + torch.cos(torch.tensor(torch.pi * min(progress, 1.0))).item())
+            return 1.0
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the reducer and projector whole and the LLM's trainable (LoRA) tensors; the frozen tower and LLM
+        come back from their folders."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in trainable or k.startswith(("reducer.", "projector."))
+        }
+        checkpoint["reducer_spec"] = self.reducer_spec
+
+    def train(self, mode: bool = True) -> "VideoLLM":
+        super().train(mode)
+        self.vision.train(False)
+        return self
+
+
+def _spec(factory) -> dict:
+    """``{"class_path", "init_args"}`` of a reducer factory (a jsonargparse partial or a class)."""
+    import functools
+
+    if isinstance(factory, functools.partial):
+        cls = factory.func if isinstance(factory.func, type) else next(a for a in factory.args if isinstance(a, type))
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(factory.keywords)}
+    if isinstance(factory, type):
+        return {"class_path": f"{factory.__module__}.{factory.__qualname__}", "init_args": {}}
+    raise TypeError("reducer must be a Reducer class or a class path with init_args (a callable taking the tower width)")
