@@ -166,6 +166,52 @@ class VideoLLM(L.LightningModule):
         answers = self.generate(batch)
         return [{"id": m["id"], "question": m["question"], "answer": a.strip()} for m, a in zip(batch["meta"], answers)]
 
+    # ------------------------------------------------------------------ evaluation
+
+    def on_test_epoch_start(self) -> None:
+        self._records: list[dict] = []
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        from lit_bvllm.scoring import option_scores
+
+        scores = option_scores(self, batch)
+        pred = scores.argmax(1)
+        for b, meta in enumerate(batch["meta"]):
+            answer = int(batch["answers"][b])
+            ok = meta["error"] is None and answer >= 0 and int(pred[b]) == answer
+            self._records.append({
+                "id": meta["id"], "group": meta["group"], "category": meta["category"], "question": meta["question"],
+                "options": meta["options"], "scores": scores[b, : len(meta["options"])].tolist(),
+                "pred": int(pred[b]), "answer": answer, "correct": ok, "error": meta["error"],
+            })
+
+    def on_test_epoch_end(self) -> None:
+        import json
+        from pathlib import Path
+
+        import torch.distributed as dist
+
+        from lit_bvllm.scoring import circular_accuracy
+
+        records = self._records
+        if dist.is_available() and dist.is_initialized():  # shards -> one list, each id once
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, records)
+            records = list({r["id"]: r for part in gathered for r in part}.values())
+        name = getattr(self.trainer.datamodule, "name", "test")
+        result = circular_accuracy(records)
+        for k, v in result.items():
+            self.log(f"test/{name}/{k}", float(v), rank_zero_only=True)
+        if self.trainer.is_global_zero and self.trainer.log_dir:
+            out = Path(self.trainer.log_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / f"{name}_predictions.jsonl", "w") as f:
+                for r in sorted(records, key=lambda r: r["id"]):
+                    f.write(json.dumps(r) + "\n")
+            (out / f"{name}_results.json").write_text(json.dumps({"benchmark": name, "scoring": "option likelihood",
+                                                                  **result}, indent=2))
+        self.results = result
+
     # ------------------------------------------------------------------ optimisation
 
     def configure_optimizers(self):

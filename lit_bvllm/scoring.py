@@ -1,0 +1,50 @@
+"""Scoring multiple-choice items by option likelihood, and VNBench-style circular aggregation."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from datamodules.conversation import IGNORE_INDEX
+from lit_bvllm.splice import splice
+
+
+@torch.no_grad()
+def option_scores(model, batch: dict) -> Tensor:
+    """Mean token log-likelihood of every option continuation: ``(B, K_max)``, ``-inf`` where a sample has fewer."""
+    visual, vmask, _ = model.visual_tokens(batch)  # computed once per item, shared by its K options
+    k = batch["num_options"]
+    owner = torch.repeat_interleave(torch.arange(len(k), device=k.device), k)  # (B*K,) item of each option row
+    ids = batch["option_ids"]
+    text = model.llm.get_input_embeddings()(ids)
+    embeds, mask, labels = splice(text, ids, batch["option_mask"], visual[owner].to(text.dtype), vmask[owner],
+                                  model.placeholder_id, batch["option_labels"])
+    logits = model.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+    targets = labels[:, 1:]
+    scored = targets != IGNORE_INDEX
+    logp = F.log_softmax(logits[:, :-1].float(), -1).gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
+    mean = (logp * scored).sum(1) / scored.sum(1).clamp_min(1)  # (B*K,)
+    out = torch.full((len(k), int(k.max())), float("-inf"), device=mean.device)
+    slot = torch.arange(len(owner), device=k.device) - torch.repeat_interleave(torch.cumsum(k, 0) - k, k)
+    out[owner, slot] = mean
+    return out
+
+
+def circular_accuracy(records: list[dict]) -> dict[str, float]:
+    """VNBench scoring: a group counts as right only if every item in it is right; accuracy per category, and
+    ``overall`` = the unweighted mean over categories. Also the plain per-item accuracy."""
+    groups: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    for r in records:
+        groups[(r["category"], r["group"])].append(bool(r["correct"]))
+    per_cat: dict[str, list[bool]] = defaultdict(list)
+    for (cat, _), oks in groups.items():
+        per_cat[cat].append(all(oks))
+    result = {cat: sum(v) / len(v) for cat, v in sorted(per_cat.items())}
+    result["overall"] = sum(result.values()) / len(result) if result else 0.0
+    result["item_accuracy"] = sum(bool(r["correct"]) for r in records) / max(1, len(records))
+    result["errors"] = sum(r.get("error") is not None for r in records)
+    result["items"] = len(records)
+    return result
