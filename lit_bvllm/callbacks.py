@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import lightning as L
 import torch
 
@@ -9,7 +12,8 @@ import torch
 class RunSummary(L.Callback):
     """Parameter counts at fit start; frames and visual tokens per sample, before and after reduction, on the first batch.
 
-    Everything goes to stdout and, as hyperparameters (``derived/...``), to the logger.
+    Everything goes to stdout, to the logger as hyperparameters (``derived/...``) and to ``run_summary.json`` in the
+    run directory.
     """
 
     def __init__(self):
@@ -52,3 +56,7 @@ class RunSummary(L.Callback):
                                               for k, v in self.stats.items()), flush=True)
         for logger in trainer.loggers:
             logger.log_hyperparams(self.stats)
+        if trainer.is_global_zero and trainer.log_dir:
+            path = Path(trainer.log_dir) / "run_summary.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.stats, indent=2))

@@ -3,6 +3,7 @@
 Subcommands::
 
     lit_bvllm fit --config experiments/pretrain.yaml      train (LightningCLI: also validate, test, predict)
+    lit_bvllm export --config CFG --ckpt_path CKPT --out DIR [--merge_lora true]   a folder that loads without Lightning
     lit_bvllm make-tiny --out DIR                 tiny local vision tower, LLM and tokenizer
     lit_bvllm make-synthetic --out DIR            synthetic mp4 videos and annotations in the public formats
     lit_bvllm scan --config CFG [--out FILE]      validate a training set before a long run (report = blocklist)
@@ -99,7 +100,7 @@ def _commands() -> dict:
     return {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "scan": scan, "preview": preview}
 
 
-COMMANDS = ("make-tiny", "make-synthetic", "scan", "preview")
+COMMANDS = ("make-tiny", "make-synthetic", "scan", "preview", "export")
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -146,6 +147,27 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
     )
 
 
+def export_command(argv: list[str]) -> None:
+    """``export --config ... --ckpt_path CKPT --out DIR [--merge_lora true]``: the model of the config with the
+    checkpoint's weights, written by :func:`lit_bvllm.export.export`."""
+    import argparse
+
+    import torch
+
+    from lit_bvllm.export import export
+
+    ap = argparse.ArgumentParser(prog="lit_bvllm export", description=export_command.__doc__)
+    ap.add_argument("--ckpt_path", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--merge_lora", default="false", choices=["true", "false"])
+    ours, rest = ap.parse_known_args(_underscore_flags(argv))
+    cli = lightning_cli(rest + ["--trainer.logger", "false"], run=False)
+    state = torch.load(ours.ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    cli.model.load_state_dict(state, strict=False)
+    path = export(cli.model, ours.out, merge_lora=ours.merge_lora == "true")
+    print(f"exported {len(state)} trained tensors to {path}")
+
+
 def torch_cuda_bf16() -> bool:
     import torch
 
@@ -161,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     from jsonargparse import auto_cli
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "export":
+        export_command(argv[1:])
+        return
     if argv and argv[0] in TRAINER_COMMANDS:
         lightning_cli(argv)
         return

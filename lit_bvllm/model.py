@@ -17,19 +17,9 @@ from torch import Tensor, nn
 
 from lit_bvllm.backbones import VIDEO_TOKEN, load_llm, load_tokenizer
 from lit_bvllm.reducers.base import Reducer
-from lit_bvllm.splice import splice
+from lit_bvllm import pipeline
+from lit_bvllm.projector import Projector
 from lit_bvllm.vision import VisionEncoder
-
-
-class Projector(nn.Module):
-    """Two-layer MLP with GELU from the reducer's width to the LLM's (LLaVA-1.5's ``mlp2x_gelu``)."""
-
-    def __init__(self, in_dim: int, out_dim: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
 
 
 class VideoLLM(L.LightningModule):
@@ -108,24 +98,11 @@ class VideoLLM(L.LightningModule):
 
     def visual_tokens(self, batch: dict) -> tuple[Tensor, Tensor, dict]:
         """Frames -> (visual tokens in LLM space ``(B, M, H)``, mask ``(B, M)``, reducer info)."""
-        r = self.reducer
-        keep = r.frames_to_encode(batch["frame_mask"])
-        enc = self.vision(batch["frames"], batch["frame_mask"], keep, attention=r.needs_cls_attention)
-        out = r(
-            enc["frames"], enc["cls"], enc["frame_mask"],
-            text_ids=batch.get("question_ids"), text_mask=batch.get("question_mask"), cls_attn=enc.get("cls_attn"),
-        )
-        tokens = self.projector(out.tokens.to(self.projector.net[0].weight.dtype)) * out.token_mask[..., None]
-        return tokens, out.token_mask, {**out.info, "frames_encoded": enc["frame_mask"].sum(1)}
+        return pipeline.visual_tokens(self, batch)
 
     def embed(self, batch: dict, padding_side: str = "right", with_labels: bool = True):
         """Spliced ``inputs_embeds``, ``attention_mask`` and labels for the LLM."""
-        text = self.llm.get_input_embeddings()(batch["input_ids"].clamp_min(0))
-        visual, vmask, info = self.visual_tokens(batch)
-        embeds, mask, labels = splice(
-            text, batch["input_ids"], batch["attention_mask"], visual.to(text.dtype), vmask, self.placeholder_id,
-            batch["labels"] if with_labels else None, padding_side,
-        )
+        embeds, mask, labels, info = pipeline.embed(self, batch, padding_side, with_labels)
         # text-only batches still touch every trainable visual parameter, so DDP never sees an unused one
         anchor = sum(p.view(-1)[0] for p in self._visual_params()) * 0.0
         return embeds + anchor, mask, labels, info
@@ -151,16 +128,9 @@ class VideoLLM(L.LightningModule):
 
     # ------------------------------------------------------------------ generation
 
-    @torch.no_grad()
     def generate(self, batch: dict, max_new_tokens: int | None = None) -> list[str]:
         """Greedy answers for a batch of prompts (``input_ids`` ending with the assistant header), with the KV cache."""
-        embeds, mask, _, _ = self.embed(batch, padding_side="left", with_labels=False)
-        out = self.llm.generate(
-            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens or self.hparams.max_new_tokens,
-            do_sample=False, num_beams=1, use_cache=True,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-        )
-        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return pipeline.generate(self, batch, max_new_tokens or self.hparams.max_new_tokens)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         answers = self.generate(batch)
@@ -248,6 +218,20 @@ class VideoLLM(L.LightningModule):
             k: v for k, v in checkpoint["state_dict"].items() if k in trainable or k.startswith(("reducer.", "projector."))
         }
         checkpoint["reducer_spec"] = self.reducer_spec
+        checkpoint["rng"] = {"torch": torch.get_rng_state(),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the RNG streams (Gumbel noise, dropout) so a resumed run draws what the uninterrupted one would."""
+        self._pending_rng = checkpoint.get("rng")  # applied at the first batch: starting a DataLoader draws from it
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        rng = getattr(self, "_pending_rng", None)
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self._pending_rng = None
 
     def train(self, mode: bool = True) -> "VideoLLM":
         super().train(mode)

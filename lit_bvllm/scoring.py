@@ -9,13 +9,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from datamodules.conversation import IGNORE_INDEX
+from lit_bvllm import pipeline
 from lit_bvllm.splice import splice
 
 
 @torch.no_grad()
 def option_scores(model, batch: dict) -> Tensor:
     """Mean token log-likelihood of every option continuation: ``(B, K_max)``, ``-inf`` where a sample has fewer."""
-    visual, vmask, _ = model.visual_tokens(batch)  # computed once per item, shared by its K options
+    visual, vmask, _ = pipeline.visual_tokens(model, batch)  # computed once per item, shared by its K options
     k = batch["num_options"]
     owner = torch.repeat_interleave(torch.arange(len(k), device=k.device), k)  # (B*K,) item of each option row
     ids = batch["option_ids"]

@@ -1,0 +1,209 @@
+"""VideoLLM end to end on the tiny backbones: fit with every reducer, stage hand-over, LoRA placement, resume,
+export/reload, generation, atomic checkpoints."""
+
+import functools
+import json
+import sys
+
+import lightning as L
+import pytest
+import torch
+
+from datamodules import VideoInstructDataModule
+from lit_bvllm.checkpointing import AtomicCheckpointIO
+from lit_bvllm.cli import lightning_cli
+from lit_bvllm.model import VideoLLM
+from lit_bvllm.reducers import BVLLM
+
+QF = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "vocab_size": 2048}
+REDUCERS = {
+    "BVLLM": {"num_frames": 4, "num_tokens": 4, "budget": 16, "num_queries": 4, **QF},
+    "Uniform": {"num_frames": 1, "budget": 16},
+    "LLaMAVID": {"budget": 16, "num_queries": 4, **QF},
+    "MeanPool": {"num_patches": 16, "budget": 24},
+    "TokenLearner": {"num_tokens": 8},
+    "GroupedTTM": {"tokens_per_frame": 16, "num_tokens": 8, "memory_slots": 2, "num_layers": 1, "num_heads": 2, "max_frames": 4},
+    "WeightedSampler": {"tokens_per_frame": 4, "max_frames": 4},
+    "Identity": {"budget": 32, "truncate": True, "num_patches": 16},
+}
+
+
+def cli_args(tiny, synthetic, tmp_path, reducer="BVLLM", steps=2, extra=()):
+    args = ["fit", "--config", "experiments/pretrain.yaml",
+            "--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"],
+            f"--model.reducer=lit_bvllm.reducers.{reducer}",
+            "--data.train", str(synthetic / "finetune.json"), "--data.template", "chat", "--data.num_frames", "6",
+            "--data.num_workers", "0", "--data.batch_size", "2", "--data.visual_tokens", "48",
+            "--trainer.max_steps", str(steps), "--trainer.logger.init_args.save_dir", str(tmp_path),
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    for k, v in REDUCERS[reducer].items():
+        args += [f"--model.reducer.{k}", str(v).lower() if isinstance(v, bool) else str(v)]
+    return args + list(extra)
+
+
+@pytest.fixture(autouse=True)
+def repo_root(monkeypatch):
+    import pathlib
+
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize("reducer", sorted(REDUCERS))
+def test_two_step_fit_with_each_reducer(reducer, tiny, synthetic, tmp_path):
+    cli = lightning_cli(cli_args(tiny, synthetic, tmp_path, reducer))
+    assert cli.trainer.global_step == 2
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    run = tmp_path / "pretrain" / "tiny"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "config.yaml").is_file()
+    snapshot = (run / "config.yaml").read_text()
+    assert f"lit_bvllm.reducers.{reducer}" in snapshot and "seed_everything: 0" in snapshot
+    summary = json.loads((run / "run_summary.json").read_text())
+    assert summary["derived/params_trainable"] > 0 and summary["derived/params_frozen"] > 0
+    assert summary["derived/visual_tokens_before"] > 0
+    assert 0 < summary["derived/visual_tokens_after"] <= cli.model.reducer.budget
+
+
+def test_pretrain_to_finetune_carries_every_visual_tensor(tiny, synthetic, tmp_path):
+    pre = lightning_cli(cli_args(tiny, synthetic, tmp_path))
+    ckpt = tmp_path / "pretrain" / "tiny" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)["state_dict"]
+    fin = lightning_cli(cli_args(tiny, synthetic, tmp_path, steps=1, extra=[
+        "--config", "experiments/finetune.yaml", "--model.init_from", str(ckpt), "--model.lora_r", "8",
+        "--model.lora_alpha", "16", "--trainer.max_steps", "0", "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--data.train", str(synthetic / "finetune.json")]))
+    visual = {k: v for k, v in fin.model.state_dict().items() if k.startswith(("reducer.", "projector."))}
+    assert visual and set(visual) == {k for k in saved if k.startswith(("reducer.", "projector."))}
+    for k, v in visual.items():
+        assert torch.equal(v, saved[k]), k
+    # a different reducer configuration is refused, not silently re-initialised
+    with pytest.raises(ValueError, match="does not match"):
+        lightning_cli(cli_args(tiny, synthetic, tmp_path, steps=0, extra=["--model.init_from", str(ckpt), "--model.reducer.num_tokens", "2",
+                                                                          "--model.reducer.num_queries", "2"])[1:], run=False)
+
+
+def small_model(tiny, lora_r=0, reducer=BVLLM, **kw):
+    torch.manual_seed(0)
+    red = functools.partial(reducer, **REDUCERS[reducer.__name__])
+    return VideoLLM(tiny["llm"], tiny["vision"], red, lora_r=lora_r, lora_alpha=16, **kw)
+
+
+def test_lora_sits_on_the_llm_linear_layers_only(tiny):
+    m = small_model(tiny, lora_r=4)
+    lora = [n for n, _ in m.named_modules() if n.endswith("lora_A")]
+    assert lora and all(n.startswith("llm.") for n in lora)
+    layers = m.llm.base_model.model.config.num_hidden_layers
+    assert len(lora) == layers * 7  # q, k, v, o, gate, up, down in every Qwen2 layer; never lm_head
+    assert not any("lm_head" in n for n in lora)
+    trainable_llm = [n for n, p in m.llm.named_parameters() if p.requires_grad]
+    assert trainable_llm and all("lora_" in n for n in trainable_llm)
+    assert not any(p.requires_grad for p in m.vision.parameters())
+
+
+def data(tiny, synthetic, **kw):
+    d = VideoInstructDataModule(train=str(synthetic / "finetune.json"), tokenizer=tiny["llm"], vision_tower=tiny["vision"],
+                                num_workers=0, batch_size=2, visual_tokens=16, max_length=256, frame_mode="uniform",
+                                num_frames=6, **kw)
+    d.setup("fit")
+    return d
+
+
+class SeenIds(L.Callback):
+    def __init__(self):
+        self.ids = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.ids.append([m["id"] for m in batch["meta"]])
+
+
+def trainer(root, steps, seen, ckpt_every=2):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return L.Trainer(default_root_dir=root, max_steps=steps, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
+                     callbacks=[seen, ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=ckpt_every)])
+
+
+@pytest.mark.parametrize("reducer", ["Uniform", "BVLLM"])
+def test_resume_continues_step_optimizer_schedule_and_data_position(tiny, synthetic, tmp_path, reducer):
+    from lit_bvllm import reducers
+
+    small = functools.partial(small_model, tiny, reducer=getattr(reducers, reducer), lr=1e-2)
+    straight = SeenIds()
+    m1 = small()
+    trainer(tmp_path / "a", 6, straight).fit(m1, datamodule=data(tiny, synthetic))
+    first = SeenIds()
+    crashing = trainer(tmp_path / "b", 6, first)
+    crashing.callbacks.append(Crash(at_step=3))  # killed after step 3; the last checkpoint is from step 2
+    with pytest.raises(RuntimeError, match="killed"):
+        crashing.fit(small(), datamodule=data(tiny, synthetic))
+    assert torch.load(tmp_path / "b" / "last.ckpt", weights_only=False)["global_step"] == 2
+    resumed_seen = SeenIds()
+    m2 = small()
+    t = trainer(tmp_path / "b", 6, resumed_seen)
+    t.fit(m2, datamodule=data(tiny, synthetic), ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    assert t.global_step == 6
+    assert first.ids == straight.ids[:3], (first.ids, straight.ids)
+    assert resumed_seen.ids == straight.ids[2:6], (resumed_seen.ids, straight.ids)  # from the checkpoint on
+    for (k, a), (_, b) in zip(m1.projector.state_dict().items(), m2.projector.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)  # same optimizer, schedule and RNG state -> same weights
+
+
+class Crash(L.Callback):
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            raise RuntimeError("killed")
+
+
+def test_atomic_checkpoint_survives_a_crash_while_writing(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False) == {"step": 1}
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_export_reloads_without_lightning_with_identical_logits(tiny, synthetic, tmp_path, merge):
+    from lit_bvllm import pipeline
+    from lit_bvllm.export import export, load_exported
+
+    m = small_model(tiny, lora_r=4)
+    with torch.no_grad():  # make LoRA non-trivial
+        for n, p in m.llm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    m.eval()
+    batch = next(iter(data(tiny, synthetic).train_dataloader()))
+    with torch.no_grad():
+        embeds, mask, _, _ = pipeline.embed(m, batch, with_labels=False)
+        want = m.llm(inputs_embeds=embeds, attention_mask=mask).logits
+    export(m, tmp_path / "export", merge_lora=merge)
+    cfg = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert (cfg["adapter"] is None) == merge
+    reloaded = load_exported(tmp_path / "export")
+    got = reloaded(batch)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert "lightning" not in sys.modules["lit_bvllm.export"].__dict__
+
+
+def test_generation_is_greedy_batched_and_deterministic(tiny, synthetic):
+    m = small_model(tiny).eval()
+    d = data(tiny, synthetic)
+    d.collator.padding_side = "left"
+    samples = [d.train_set[i] for i in range(3)]
+    batch = d.collator(samples)
+    a, b = m.generate(batch, 6), m.generate(batch, 6)
+    assert a == b and len(a) == 3
+    single = [m.generate(d.collator([s]), 6)[0] for s in samples]
+    assert single == a  # left padding: batching does not change the answers
