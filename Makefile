@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install demo test test-slow bench clean
+.PHONY: help install demo test test-slow bench bench-reducers clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,11 +26,21 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed  ## create .venv and install the suite (CPU torch by default)
 
-demo: install  ## tiny local backbones + synthetic videos, scan, then the main job on them
+demo: install  ## tiny backbones + synthetic videos, pretrain, finetune (LoRA), needle evaluation; prints the results
 	$(BIN)/lit_bvllm make-tiny --out $(ART)/tiny
 	$(BIN)/lit_bvllm make-synthetic --out $(ART)/synthetic --seed 0
 	$(BIN)/lit_bvllm scan --config experiments/data/synthetic_finetune.yaml --out $(ART)/scan_finetune.json
-	$(BIN)/lit_bvllm preview --config experiments/data/synthetic_finetune.yaml
+	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml
+	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml --config experiments/finetune.yaml
+	$(BIN)/lit_bvllm test --config experiments/pretrain.yaml --config experiments/finetune.yaml \
+		--config experiments/eval/needle.yaml --ckpt_path runs/finetune/tiny/checkpoints/last.ckpt
+	$(BIN)/lit_bvllm test --config experiments/pretrain.yaml --config experiments/finetune.yaml \
+		--config experiments/eval/needle.yaml --ckpt_path runs/finetune/tiny/checkpoints/last.ckpt \
+		--data.blind true --trainer.logger.init_args.version tiny_blind
+	@echo; echo "Synthetic needle set (VNBench format, option likelihood, circular scoring):"
+	@$(BIN)/python -m lit_bvllm.report model=runs/eval_needle/tiny/vnbench_results.json \
+		blind=runs/eval_needle/tiny_blind/vnbench_results.json
+	@echo; echo "Look at the runs: $(BIN)/tensorboard --logdir runs"
 
 test: install  ## the test suite (no network, no GPU; slow and gpu tests excluded)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu" -p no:cacheprovider
@@ -40,6 +50,9 @@ test-slow:  install ## only the slow tests
 
 bench: install  ## data-loading benchmark (writes numbers to stdout; see benchmarks/RESULTS.md)
 	$(BIN)/python benchmarks/bench_dataloading.py --out $(ART)/bench
+
+bench-reducers: install  ## reducer cost against video length (see benchmarks/RESULTS.md)
+	$(BIN)/python benchmarks/bench_reducers.py --out $(ART)/bench
 
 clean:  ## remove generated artifacts (keeps .venv)
 	rm -rf $(ART) runs lightning_logs

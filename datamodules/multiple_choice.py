@@ -67,10 +67,10 @@ class MultipleChoiceDataset(Dataset):
 
     def __init__(self, items: list[MCItem], tokenizer, transform: FrameTransform, frame_mode: str = "fps",
                  fps: float = 1.0, num_frames: int = 16, max_frames: int | None = 128, video_token: str = "<video>",
-                 max_question_length: int = 64):
+                 max_question_length: int = 64, blind: bool = False):
         self.items, self.tokenizer, self.transform = items, tokenizer, transform
         self.frame_mode, self.fps, self.num_frames, self.max_frames = frame_mode, fps, num_frames, max_frames
-        self.video_token, self.max_question_length = video_token, max_question_length
+        self.video_token, self.max_question_length, self.blind = video_token, max_question_length, blind
 
     def __len__(self) -> int:
         return len(self.items)
@@ -79,7 +79,10 @@ class MultipleChoiceDataset(Dataset):
         item = self.items[i]
         error = None
         try:
-            frames, times, duration = read_video(item.video, self.frame_mode, self.fps, self.num_frames, self.max_frames)
+            if self.blind:  # the language-prior baseline: the placeholder gets no visual tokens
+                frames, times, duration = read_video_empty(), torch.zeros(0), 0.0
+            else:
+                frames, times, duration = read_video(item.video, self.frame_mode, self.fps, self.num_frames, self.max_frames)
         except SampleError as err:  # reported per id in the results; the run goes on
             log.warning("item %s: %s", item.id, err)
             frames, times, duration, error = read_video_empty(), torch.zeros(0), 0.0, f"{err.reason}: {err.detail}"
@@ -138,6 +141,7 @@ class VNBenchDataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
         limit: evaluate only the first ``limit`` items (quick checks).
         video_token: placeholder token.
+        blind: give the model no frames (the language-prior baseline a score should beat).
     """
 
     name = "vnbench"
@@ -145,7 +149,7 @@ class VNBenchDataModule(L.LightningDataModule):
     def __init__(self, root: str, tokenizer: str, annotation: str = "VNBench_qa.json", vision_tower: str | None = None,
                  transform: str = "processor", frame_mode: str = "fps", fps: float = 1.0, num_frames: int = 16,
                  max_frames: int | None = 128, batch_size: int = 4, num_workers: int = 1, limit: int | None = None,
-                 video_token: str = "<video>"):
+                 video_token: str = "<video>", blind: bool = False):
         super().__init__()
         self.save_hyperparameters()
 
@@ -157,7 +161,7 @@ class VNBenchDataModule(L.LightningDataModule):
         transform = FrameTransform(h.transform, h.vision_tower)
         items = read_vnbench(h.root, h.annotation)[: h.limit]
         self.test_set = MultipleChoiceDataset(items, self.tokenizer, transform, h.frame_mode, h.fps, h.num_frames,
-                                              h.max_frames, h.video_token)
+                                              h.max_frames, h.video_token, blind=h.blind)
         self.collator = MultipleChoiceCollator(self.tokenizer.pad_token_id, transform.image_size)
 
     def test_dataloader(self) -> DataLoader:

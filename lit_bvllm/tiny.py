@@ -89,6 +89,52 @@ def build_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
     return fast
 
 
+def lm_corpus(num_texts: int, seed: int) -> list[str]:
+    """Text in the synthetic data's language (captions and ChatML question/answer turns about random scenes).
+
+    Only words and grammar: the scenes are drawn here, never rendered, so nothing about a video's content leaks.
+    """
+    import numpy as np
+
+    from lit_bvllm.synthetic.describe import caption, text_qa, video_qa
+    from lit_bvllm.synthetic.scenes import sample_video
+
+    rng = np.random.default_rng(seed)
+    texts = []
+    for i in range(num_texts):
+        record = sample_video(rng, f"lm_{i}", "", "train", (8, 128), (4, 8), 128, 96, 0)
+        texts.append(caption(record) + IM_END)
+        q, a = video_qa(record, rng)[0] if i % 4 else text_qa(rng)
+        texts.append(f"{IM_START}user\n{q}{IM_END}\n{IM_START}assistant\n{a}{IM_END}\n")
+    return texts
+
+
+def warm_up_lm(llm: Qwen2ForCausalLM, tokenizer, steps: int, seed: int, batch_size: int = 32) -> list[float]:
+    """A short next-token warm-up on :func:`lm_corpus`, so the tiny LLM is a (very small) pretrained language
+    model, as a real checkpoint is. Returns the loss every 50 steps."""
+    if steps <= 0:
+        return []
+    g = torch.Generator().manual_seed(seed)
+    texts = lm_corpus(steps * batch_size // 4 + batch_size, seed)
+    enc = tokenizer(texts, add_special_tokens=False, padding=True, truncation=True, max_length=96, return_tensors="pt")
+    opt = torch.optim.AdamW(llm.parameters(), lr=3e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    llm.train()
+    losses = []
+    for step in range(steps):  # a training loop over steps, not over samples: every step is one batch
+        idx = torch.randint(len(texts), (batch_size,), generator=g)
+        ids, mask = enc["input_ids"][idx], enc["attention_mask"][idx]
+        labels = ids.masked_fill(mask == 0, -100)
+        loss = llm(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(llm.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == steps - 1:
+            losses.append(round(loss.item(), 3))
+    llm.eval()
+    return losses
+
+
 def make_tiny(
     out: str | Path,
     seed: int = 0,
@@ -97,6 +143,7 @@ def make_tiny(
     vision_width: int = 64,
     llm_width: int = 64,
     num_layers: int = 2,
+    lm_steps: int = 300,
 ) -> dict[str, str]:
     """Write the tiny vision tower, LLM and tokenizer under ``out`` and return their folders.
 
@@ -108,6 +155,7 @@ def make_tiny(
         vision_width: hidden size of the vision tower.
         llm_width: hidden size of the LLM.
         num_layers: transformer layers in each backbone.
+        lm_steps: language-model warm-up steps on synthetic-style text (0: a randomly initialised LLM).
     """
     if image_size % patch_size:
         raise ValueError(f"--image_size {image_size} must be a multiple of --patch_size {patch_size}")
@@ -149,6 +197,7 @@ def make_tiny(
     llm.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
     )
+    lm_losses = warm_up_lm(llm, tokenizer, lm_steps, seed)
     llm.save_pretrained(llm_dir)
     tokenizer.save_pretrained(llm_dir)
-    return {"vision": str(vision_dir), "llm": str(llm_dir), "tokenizer": str(llm_dir)}
+    return {"vision": str(vision_dir), "llm": str(llm_dir), "tokenizer": str(llm_dir), "lm_warmup_loss": lm_losses}

@@ -39,7 +39,7 @@ def tiny(tmp_path_factory):
     """Tiny vision tower + LLM + tokenizer written by make-tiny: ``{"vision": dir, "llm": dir}``."""
     from lit_bvllm.tiny import make_tiny
 
-    return make_tiny(tmp_path_factory.mktemp("tiny"))
+    return make_tiny(tmp_path_factory.mktemp("tiny"), lm_steps=0)  # the LM warm-up has its own test
 
 
 @pytest.fixture(scope="session")

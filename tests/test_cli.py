@@ -14,7 +14,7 @@ def test_make_commands_accept_dashed_flags(tmp_path, capsys):
           "--max-duration", "9", "--seed", "5"])
     summary = json.loads(capsys.readouterr().out)
     assert summary["videos"] == 2 and (tmp_path / "syn" / "finetune.json").is_file()
-    main(["make-tiny", "--out", str(tmp_path / "tiny")])
+    main(["make-tiny", "--out", str(tmp_path / "tiny"), "--lm-steps", "2"])
     paths = json.loads(capsys.readouterr().out)
     assert (tmp_path / "tiny" / "llm" / "tokenizer.json").is_file() and paths["vision"].endswith("vision")
 

@@ -86,3 +86,19 @@ def test_missing_local_folder_is_a_clear_error(tmp_path):
         load_llm(tmp_path / "Qwen2-7B-Instruct")
     with pytest.raises(FileNotFoundError, match="--data.tokenizer"):
         load_tokenizer("Qwen/Qwen2-7B-Instruct")
+
+
+def test_lm_warm_up_teaches_the_tiny_llm_its_language():
+    from lit_bvllm.tiny import lm_corpus, warm_up_lm
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    from transformers import Qwen2Config
+
+    llm = Qwen2ForCausalLM(Qwen2Config(vocab_size=2048, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256))
+    losses = warm_up_lm(llm, tok, steps=60, seed=0, batch_size=8)
+    assert losses[0] > 6.0 and losses[-1] < 0.6 * losses[0]
+    texts = lm_corpus(8, seed=0)
+    assert any("<|im_start|>assistant" in t for t in texts) and all(t.strip() for t in texts)
+    assert lm_corpus(8, seed=0) == texts  # deterministic
