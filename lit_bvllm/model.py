@@ -94,6 +94,16 @@ class VideoLLM(L.LightningModule):
             load_visual_weights(self, init_from)
         self.strict_loading = False  # checkpoints hold the trainable tensors only (see on_save_checkpoint)
 
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        reserved = getattr(getattr(dm, "hparams", None), "visual_tokens", None)
+        if reserved is not None and reserved < self.reducer.budget:
+            raise ValueError(
+                f"the data module reserves --data.visual_tokens={reserved} tokens per sample for visual tokens, but the "
+                f"reducer may emit up to its budget θ={self.reducer.budget}: set --data.visual_tokens={self.reducer.budget} "
+                "or lower the reducer's budget (--model.reducer.budget / num_tokens / max_frames)"
+            )
+
     # ------------------------------------------------------------------ forward
 
     def visual_tokens(self, batch: dict) -> tuple[Tensor, Tensor, dict]:

@@ -91,6 +91,10 @@ def video_qa(record: dict, rng: np.random.Generator) -> list[tuple[str, str]]:
     pairs.append((f"At about what second does the {needle_name(n)} appear?",
                   f"At about second {n['start']}" + (f", and {NUMBER_WORDS[count]} times in total." if count > 1 else ".")))
     pairs.append((f"How many times does the {needle_name(n)} appear?", f"{NUMBER_WORDS[count].capitalize()}."))
+    # the needle benchmark's own question forms (VNBench: retrieval, counting, ordering), answered plainly
+    pairs.append(("Which of these shapes briefly appears in the video?", article(needle_name(n))))
+    pairs.append((f"How many times does {article(needle_name(n))} appear?", str(count)))
+    pairs.append(("In which order do the briefly shown shapes appear?", ", then ".join(needle_name(x) for x in needles)))
     if len(distinct) > 1:
         a, b = (distinct[i] for i in rng.choice(len(distinct), size=2, replace=False))
         first = a if a["start"] < b["start"] else b
