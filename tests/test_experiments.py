@@ -41,3 +41,28 @@ def test_reducer_config_binds_to_its_class(path):
     if name in CHEAP:
         reducer = cls(in_dim=16, **spec["init_args"])
         assert reducer.budget >= 1 and reducer.out_dim == 16
+
+
+COMPOSED = [
+    ["pretrain.yaml"],
+    ["pretrain.yaml", "finetune.yaml"],
+    ["pretrain.yaml", "finetune.yaml", "eval/needle.yaml"],
+    ["pretrain.yaml", "backbones/qwen2_7b_clip336.yaml", "reducers/bvllm.yaml", "reducers/bvllm_no_temporal_merge.yaml"],
+    *[["pretrain.yaml", f"strategies/{p.name}"] for p in sorted((EXPERIMENTS / "strategies").glob("*.yaml"))],
+    *[["pretrain.yaml", f"reducers/{p.name}"] for p in REDUCERS if not p.stem.startswith("bvllm_")],
+]
+
+
+@pytest.mark.parametrize("configs", COMPOSED, ids=lambda c: "+".join(Path(x).stem for x in c))
+def test_composed_configs_parse_with_the_cli(configs, capsys, monkeypatch):
+    """Every composition the README and the configs' comments show parses with the real `lit_bvllm fit` parser."""
+    from lit_bvllm.cli import main
+
+    monkeypatch.chdir(EXPERIMENTS.parent)
+    args = ["fit"] + [a for c in configs for a in ("--config", f"experiments/{c}")] + ["--print_config"]
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["reducer"]["class_path"].startswith("lit_bvllm.reducers.")
+    assert printed["model"]["llm"] and printed["data"]["class_path"].startswith("datamodules.")
