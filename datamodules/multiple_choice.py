@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.conversation import IGNORE_INDEX
 from datamodules.errors import SampleError
 from datamodules.transforms import FrameTransform
-from datamodules.video import read_video
+from datamodules.video import no_frames, read_video
 from datamodules.video_instruct import VideoInstructCollator
 
 log = logging.getLogger("lit_bvllm.data")
@@ -80,12 +80,12 @@ class MultipleChoiceDataset(Dataset):
         error = None
         try:
             if self.blind:  # the language-prior baseline: the placeholder gets no visual tokens
-                frames, times, duration = read_video_empty(), torch.zeros(0), 0.0
+                frames, times, duration = no_frames(), torch.zeros(0), 0.0
             else:
                 frames, times, duration = read_video(item.video, self.frame_mode, self.fps, self.num_frames, self.max_frames)
         except SampleError as err:  # reported per id in the results; the run goes on
             log.warning("item %s: %s", item.id, err)
-            frames, times, duration, error = read_video_empty(), torch.zeros(0), 0.0, f"{err.reason}: {err.detail}"
+            frames, times, duration, error = no_frames(), torch.zeros(0), 0.0, f"{err.reason}: {err.detail}"
         tok = self.tokenizer
         prompt = tok.apply_chat_template([{"role": "user", "content": f"{self.video_token}\n{item.question}"}],
                                          tokenize=False, add_generation_prompt=True)
@@ -103,12 +103,6 @@ class MultipleChoiceDataset(Dataset):
             "meta": {"id": item.id, "group": item.group, "category": item.category, "error": error,
                      "question": item.question, "options": item.options, "duration": duration},
         }
-
-
-def read_video_empty():
-    import numpy as np
-
-    return np.zeros((0, 1, 1, 3), np.uint8)
 
 
 class MultipleChoiceCollator(VideoInstructCollator):

@@ -7,7 +7,6 @@ detail}``; pass it to training as ``--data.blocklist`` to leave those entries ou
 from __future__ import annotations
 
 import functools
-import json
 import multiprocessing as mp
 import os
 import time
@@ -17,8 +16,9 @@ from pathlib import Path
 from datamodules.errors import SampleError
 from datamodules.video import IMAGE_SUFFIXES, probe_video, read_image
 from datamodules.video_instruct import VideoInstructDataset
+from lit_bvllm.io import write_json
 
-_DATASET: VideoInstructDataset | None = None
+_DATASETS: list[VideoInstructDataset] = []
 _CHUNK = 256
 
 
@@ -52,23 +52,27 @@ def _check(dataset: VideoInstructDataset, source: int, index: int, decode: bool)
         }
 
 
-def _check_chunk(args: tuple[int, int, int, bool]) -> list[dict]:
-    source, lo, hi, decode = args
-    return [bad for i in range(lo, hi) if (bad := _check(_DATASET, source, i, decode)) is not None]
+def _check_chunk(args: tuple[int, int, int, int, bool]) -> list[dict]:
+    d, source, lo, hi, decode = args
+    return [bad for i in range(lo, hi) if (bad := _check(_DATASETS[d], source, i, decode)) is not None]
 
 
-def scan_dataset(dataset: VideoInstructDataset, workers: int = 2, decode: bool = False) -> dict:
-    """Check every entry of every source file of ``dataset`` (weights and blocklist ignored).
+def scan_dataset(
+    dataset: VideoInstructDataset | list[VideoInstructDataset], workers: int = 2, decode: bool = False
+) -> dict:
+    """Check every entry of every source file of ``dataset`` (weights and blocklist ignored); one report for all.
 
     Args:
-        dataset: the dataset whose files, roots, template and budgets define what "valid" means.
+        dataset: the dataset(s) whose files, roots, template and budgets define what "valid" means.
         workers: processes (each entry is independent).
         decode: decode every sampled frame instead of opening headers only (slower, catches mid-file corruption).
     """
-    global _DATASET
-    _DATASET = dataset
+    global _DATASETS
+    _DATASETS = [dataset] if isinstance(dataset, VideoInstructDataset) else list(dataset)
     _probe.cache_clear()  # files may have changed since an earlier scan in this process
-    jobs = [(s, lo, min(lo + _CHUNK, len(f)), decode) for s, f in enumerate(dataset.files) for lo in range(0, len(f), _CHUNK)]
+    files = [f for ds in _DATASETS for f in ds.files]
+    jobs = [(d, s, lo, min(lo + _CHUNK, len(f)), decode)
+            for d, ds in enumerate(_DATASETS) for s, f in enumerate(ds.files) for lo in range(0, len(f), _CHUNK)]
     t0 = time.perf_counter()
     if workers > 1:
         with mp.get_context("fork").Pool(workers) as pool:
@@ -76,9 +80,9 @@ def scan_dataset(dataset: VideoInstructDataset, workers: int = 2, decode: bool =
     else:
         chunks = [_check_chunk(j) for j in jobs]
     bad = sorted((b for c in chunks for b in c), key=lambda b: (b["file"], b["index"]))
-    total = sum(len(f) for f in dataset.files)
+    total = sum(len(f) for f in files)
     return {
-        "sources": [str(f.path) for f in dataset.files],
+        "sources": [str(f.path) for f in files],
         "entries": total,
         "ok": total - len(bad),
         "bad": len(bad),
@@ -90,10 +94,5 @@ def scan_dataset(dataset: VideoInstructDataset, workers: int = 2, decode: bool =
 
 
 def write_report(report: dict, out: str | os.PathLike) -> Path:
-    """Write ``report`` atomically (a crash never leaves half a report)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out)
-    return out
+    """Write ``report`` to ``out`` atomically (a crash never leaves half a report)."""
+    return write_json(out, report)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from pathlib import Path
 
 import lightning as L
 import torch
 
 from datamodules.errors import REASONS
+from lit_bvllm.io import write_json
 
 
 class SkippedSamplesLogger(L.Callback):
@@ -43,11 +42,7 @@ class SkippedSamplesLogger(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         report = self.report(trainer)
         if trainer.is_global_zero and trainer.log_dir is not None:
-            path = Path(trainer.log_dir) / "skipped_samples.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(report, indent=2))
-            tmp.replace(path)
+            write_json(Path(trainer.log_dir) / "skipped_samples.json", report)
 
     def state_dict(self) -> dict:
         return {"counts": self.counts.tolist(), "entries": self.entries}

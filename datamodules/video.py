@@ -24,6 +24,11 @@ from datamodules.errors import SampleError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 
 
+def no_frames() -> np.ndarray:
+    """The frames of an entry without media: ``(0, 1, 1, 3)`` uint8."""
+    return np.zeros((0, 1, 1, 3), np.uint8)
+
+
 def sample_times(
     duration: float,
     mode: Literal["fps", "uniform"] = "fps",

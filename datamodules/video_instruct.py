@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.annotations import AnnotationFile, Source, load_sources, mixture_index
+from datamodules.annotations import AnnotationFile, Source, mixture_index
 from datamodules.conversation import IGNORE_INDEX, parse_entry, tokenize
 from datamodules.errors import STRICT_HINT, DataError, SampleError, describe
 from datamodules.transforms import FrameTransform
-from datamodules.video import IMAGE_SUFFIXES, read_image, read_video
+from datamodules.video import IMAGE_SUFFIXES, no_frames, read_image, read_video
 
 log = logging.getLogger("lit_bvllm.data")
 
@@ -154,7 +154,7 @@ class VideoInstructDataset(Dataset):
     def decode(self, entry: dict, media: str | None, path: str | None) -> tuple[np.ndarray, np.ndarray, float]:
         """Frames ``(T, H, W, 3)`` uint8, their times and the duration; ``T = 0`` for a text-only entry."""
         if media is None:
-            return np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0), 0.0
+            return no_frames(), np.zeros(0), 0.0
         if media == "image" or path.lower().endswith(IMAGE_SUFFIXES):
             return read_image(path), np.zeros(1), 0.0
         start, end = entry.get("start"), entry.get("end")

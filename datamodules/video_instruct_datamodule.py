@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 
 from datamodules.annotations import load_sources

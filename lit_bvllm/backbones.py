@@ -7,6 +7,7 @@ reaches a model hub: a path that is not a local folder is an error, not a downlo
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -75,6 +76,21 @@ def load_vision_tower(path: str | Path, dtype: torch.dtype | None = None) -> Pre
         cls = SiglipVisionModel if "siglip" in config.model_type else CLIPVisionModel
         return cls.from_pretrained(p, dtype=dtype, local_files_only=True)
     return AutoModel.from_pretrained(p, dtype=dtype, local_files_only=True)
+
+
+@contextmanager
+def eager_attention(model: PreTrainedModel, enabled: bool = True):
+    """Run ``model`` with eager attention inside the block (fused kernels return no attention weights), then
+    restore the implementation it had."""
+    if not enabled:
+        yield
+        return
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
 
 
 def load_llm(path: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:

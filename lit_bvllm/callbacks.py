@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
 import torch
+
+from lit_bvllm.io import write_json
 
 
 class RunSummary(L.Callback):
@@ -57,6 +58,4 @@ class RunSummary(L.Callback):
         for logger in trainer.loggers:
             logger.log_hyperparams(self.stats)
         if trainer.is_global_zero and trainer.log_dir:
-            path = Path(trainer.log_dir) / "run_summary.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.stats, indent=2))
+            write_json(Path(trainer.log_dir) / "run_summary.json", self.stats)

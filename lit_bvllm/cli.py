@@ -39,18 +39,7 @@ def scan(data: VideoInstructDataModule, out: str = "scan_report.json", workers: 
 
     data.hparams.blocklist = None  # a scan looks at every entry
     data.setup("fit")
-    reports = [scan_dataset(d, workers, decode) for d in (data.train_set, data.val_set) if d is not None]
-    report = reports[0]
-    for r in reports[1:]:
-        report = {
-            **report,
-            "sources": report["sources"] + r["sources"],
-            "entries": report["entries"] + r["entries"],
-            "ok": report["ok"] + r["ok"],
-            "bad": report["bad"] + r["bad"],
-            "counts": {k: report["counts"].get(k, 0) + r["counts"].get(k, 0) for k in {*report["counts"], *r["counts"]}},
-            "bad_entries": report["bad_entries"] + r["bad_entries"],
-        }
+    report = scan_dataset([d for d in (data.train_set, data.val_set) if d is not None], workers, decode)
     path = write_report(report, out)
     print(f"scanned {report['entries']} entries in {report['seconds']} s: {report['ok']} ok, {report['bad']} bad "
           f"{report['counts']}; report: {path}" + (f" (use --data.blocklist={path})" if report["bad"] else ""))
@@ -121,9 +110,11 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
             parser.link_arguments("model.vision_tower", "data.init_args.vision_tower")
 
         def before_instantiate_classes(self) -> None:
+            import torch
+
             cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
             if cfg.trainer.get("precision") is None:  # bf16-mixed where the hardware has it
-                bf16 = torch_cuda_bf16()
+                bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
                 cfg.trainer.precision = "bf16-mixed" if bf16 else "32-true"
 
     return VideoCLI(
@@ -166,12 +157,6 @@ def export_command(argv: list[str]) -> None:
     cli.model.load_state_dict(state, strict=False)
     path = export(cli.model, ours.out, merge_lora=ours.merge_lora == "true")
     print(f"exported {len(state)} trained tensors to {path}")
-
-
-def torch_cuda_bf16() -> bool:
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def _underscore_flags(argv: list[str]) -> list[str]:

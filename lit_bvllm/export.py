@@ -12,6 +12,7 @@ Layout::
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 from pathlib import Path
@@ -21,9 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lit_bvllm import pipeline
-from lit_bvllm.backbones import load_llm, load_tokenizer
-from lit_bvllm.projector import Projector
-from lit_bvllm.vision import VisionEncoder
+from lit_bvllm.backbones import load_tokenizer
 
 
 def export(model, out: str | Path, merge_lora: bool = False) -> Path:
@@ -38,8 +37,7 @@ def export(model, out: str | Path, merge_lora: bool = False) -> Path:
         "vision_tower": str(Path(h.vision_tower).resolve()),
         "feature_layer": h.feature_layer,
         "vision_chunk": h.vision_chunk,
-        "reducer": model.reducer_spec,
-        "reducer_out_dim": model.reducer.out_dim,
+        "reducer": model.hparams.reducer,
         "video_token": h.video_token,
         "max_new_tokens": h.max_new_tokens,
     }
@@ -66,20 +64,15 @@ class ExportedVideoLLM(nn.Module):
         path = Path(path)
         cfg = json.loads((path / "config.json").read_text())
         llm_dir = path / cfg["llm"] if cfg["adapter"] is None else Path(cfg["llm"])
-        tok_dir = path / (cfg["adapter"] or cfg["llm"])
-        self.tokenizer = load_tokenizer(tok_dir, cfg["video_token"])
-        self.placeholder_id = self.tokenizer.convert_tokens_to_ids(cfg["video_token"])
-        self.vision = VisionEncoder(cfg["vision_tower"], cfg["feature_layer"], cfg["vision_chunk"])
         module, name = cfg["reducer"]["class_path"].rsplit(".", 1)
-        self.reducer = getattr(importlib.import_module(module), name)(self.vision.width, **cfg["reducer"]["init_args"])
-        self.llm = load_llm(llm_dir)
-        if self.llm.get_input_embeddings().num_embeddings < len(self.tokenizer):
-            self.llm.resize_token_embeddings(len(self.tokenizer))
+        reducer = functools.partial(getattr(importlib.import_module(module), name), **cfg["reducer"]["init_args"])
+        pipeline.build(self, str(llm_dir), cfg["vision_tower"], reducer, cfg["feature_layer"], cfg["vision_chunk"],
+                       cfg["video_token"])
         if cfg["adapter"] is not None:
             from peft import PeftModel
 
+            self.tokenizer = load_tokenizer(path / cfg["adapter"], cfg["video_token"])  # the one saved with the adapter
             self.llm = PeftModel.from_pretrained(self.llm, path / cfg["adapter"])
-        self.projector = Projector(cfg["reducer_out_dim"], self.llm.config.hidden_size)
         missing, unexpected = self.load_state_dict(load_file(str(path / "visual.safetensors")), strict=False)
         bad = [k for k in missing if k.startswith(("reducer.", "projector."))]
         if bad or unexpected:

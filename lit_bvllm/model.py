@@ -8,6 +8,7 @@ LoRA on the LLM's linear layers and starts every reducer and projector tensor fr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -15,11 +16,10 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from lit_bvllm.backbones import VIDEO_TOKEN, load_llm, load_tokenizer
-from lit_bvllm.reducers.base import Reducer
 from lit_bvllm import pipeline
-from lit_bvllm.projector import Projector
-from lit_bvllm.vision import VisionEncoder
+from lit_bvllm.backbones import VIDEO_TOKEN
+from lit_bvllm.io import write_json
+from lit_bvllm.reducers.base import Reducer
 
 
 class VideoLLM(L.LightningModule):
@@ -67,18 +67,9 @@ class VideoLLM(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["reducer"])
-        self.reducer_spec = _spec(reducer)
-        self.hparams["reducer"] = self.reducer_spec
-        self.tokenizer = load_tokenizer(llm, video_token)
-        self.placeholder_id = self.tokenizer.convert_tokens_to_ids(video_token)
-        self.vision = VisionEncoder(vision_tower, feature_layer, vision_chunk)
-        self.reducer = reducer(self.vision.width)
-        self.llm = load_llm(llm)
-        if self.llm.get_input_embeddings().num_embeddings < len(self.tokenizer):
-            self.llm.resize_token_embeddings(len(self.tokenizer))
+        self.hparams["reducer"] = _spec(reducer)  # class path + init args: what export and the checkpoint record
+        pipeline.build(self, llm, vision_tower, reducer, feature_layer, vision_chunk, video_token)
         self.llm.requires_grad_(False)
-        hidden = self.llm.config.hidden_size
-        self.projector = Projector(self.reducer.out_dim, hidden)
         if lora_r > 0:
             from peft import LoraConfig, get_peft_model
 
@@ -188,8 +179,7 @@ class VideoLLM(L.LightningModule):
             with open(out / f"{name}_predictions.jsonl", "w") as f:
                 for r in sorted(records, key=lambda r: r["id"]):
                     f.write(json.dumps(r) + "\n")
-            (out / f"{name}_results.json").write_text(json.dumps({"benchmark": name, "scoring": "option likelihood",
-                                                                  **result}, indent=2))
+            write_json(out / f"{name}_results.json", {"benchmark": name, "scoring": "option likelihood", **result})
         self.results = result
 
     # ------------------------------------------------------------------ optimisation
@@ -212,7 +202,7 @@ class VideoLLM(L.LightningModule):
             if h.schedule == "linear":
                 return max(0.0, 1.0 - progress)
             if h.schedule == "cosine":
-                return 0.5 * (1.0 + torch.cos(torch.tensor(torch.pi * min(progress, 1.0))).item())
+                return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
             return 1.0
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
@@ -227,7 +217,6 @@ class VideoLLM(L.LightningModule):
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if k in trainable or k.startswith(("reducer.", "projector."))
         }
-        checkpoint["reducer_spec"] = self.reducer_spec
         checkpoint["rng"] = {"torch": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
@@ -242,11 +231,6 @@ class VideoLLM(L.LightningModule):
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
             self._pending_rng = None
-
-    def train(self, mode: bool = True) -> "VideoLLM":
-        super().train(mode)
-        self.vision.train(False)
-        return self
 
 
 def _spec(factory) -> dict:

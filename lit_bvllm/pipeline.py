@@ -1,15 +1,33 @@
-"""The forward path shared by the Lightning ``VideoLLM`` and an exported model: no Lightning imported here.
+"""The parts and the forward path shared by the Lightning ``VideoLLM`` and an exported model (no Lightning here).
 
-``m`` is any object with ``vision`` (:class:`~lit_bvllm.vision.VisionEncoder`), ``reducer``, ``projector``,
-``llm``, ``tokenizer`` and ``placeholder_id``.
+``m`` is any ``nn.Module`` that :func:`build` filled in: ``vision`` (:class:`~lit_bvllm.vision.VisionEncoder`),
+``reducer``, ``projector``, ``llm``, ``tokenizer`` and ``placeholder_id``.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from collections.abc import Callable
 
+import torch
+from torch import Tensor, nn
+
+from lit_bvllm.backbones import load_llm, load_tokenizer
+from lit_bvllm.projector import Projector
 from lit_bvllm.splice import splice
+from lit_bvllm.vision import VisionEncoder
+
+
+def build(m: nn.Module, llm: str, vision_tower: str, reducer: Callable[[int], nn.Module], feature_layer: int,
+          vision_chunk: int, video_token: str) -> None:
+    """Load the tokenizer, tower and LLM from local folders and build the reducer and projector onto ``m``."""
+    m.tokenizer = load_tokenizer(llm, video_token)
+    m.placeholder_id = m.tokenizer.convert_tokens_to_ids(video_token)
+    m.vision = VisionEncoder(vision_tower, feature_layer, vision_chunk)
+    m.reducer = reducer(m.vision.width)
+    m.llm = load_llm(llm)
+    if m.llm.get_input_embeddings().num_embeddings < len(m.tokenizer):  # the placeholder was added to the vocabulary
+        m.llm.resize_token_embeddings(len(m.tokenizer))
+    m.projector = Projector(m.reducer.out_dim, m.llm.config.hidden_size)
 
 
 def visual_tokens(m, batch: dict) -> tuple[Tensor, Tensor, dict]:
@@ -30,12 +48,19 @@ def visual_tokens(m, batch: dict) -> tuple[Tensor, Tensor, dict]:
     return tokens, out.token_mask, {**out.info, "frames_encoded": enc["frame_mask"].sum(1)}
 
 
+def splice_text(m, input_ids: Tensor, attention_mask: Tensor, visual: Tensor, visual_mask: Tensor,
+                labels: Tensor | None = None, padding_side: str = "right"):
+    """Embed ``input_ids`` and put each row's visual tokens at its placeholder: ``(embeds, mask, labels)``."""
+    text = m.llm.get_input_embeddings()(input_ids.clamp_min(0))
+    return splice(text, input_ids, attention_mask, visual.to(text.dtype), visual_mask, m.placeholder_id, labels,
+                  padding_side)
+
+
 def embed(m, batch: dict, padding_side: str = "right", with_labels: bool = True):
     """Spliced ``inputs_embeds``, ``attention_mask`` and labels (or None) for the LLM, and the reducer info."""
-    text = m.llm.get_input_embeddings()(batch["input_ids"].clamp_min(0))
     visual, vmask, info = visual_tokens(m, batch)
-    embeds, mask, labels = splice(text, batch["input_ids"], batch["attention_mask"], visual.to(text.dtype), vmask,
-                                  m.placeholder_id, batch["labels"] if with_labels else None, padding_side)
+    embeds, mask, labels = splice_text(m, batch["input_ids"], batch["attention_mask"], visual, vmask,
+                                       batch["labels"] if with_labels else None, padding_side)
     return embeds, mask, labels, info
 
 

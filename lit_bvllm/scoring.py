@@ -10,7 +10,6 @@ from torch import Tensor
 
 from datamodules.conversation import IGNORE_INDEX
 from lit_bvllm import pipeline
-from lit_bvllm.splice import splice
 
 
 @torch.no_grad()
@@ -19,10 +18,8 @@ def option_scores(model, batch: dict) -> Tensor:
     visual, vmask, _ = pipeline.visual_tokens(model, batch)  # computed once per item, shared by its K options
     k = batch["num_options"]
     owner = torch.repeat_interleave(torch.arange(len(k), device=k.device), k)  # (B*K,) item of each option row
-    ids = batch["option_ids"]
-    text = model.llm.get_input_embeddings()(ids)
-    embeds, mask, labels = splice(text, ids, batch["option_mask"], visual[owner].to(text.dtype), vmask[owner],
-                                  model.placeholder_id, batch["option_labels"])
+    embeds, mask, labels = pipeline.splice_text(model, batch["option_ids"], batch["option_mask"], visual[owner],
+                                                vmask[owner], batch["option_labels"])
     logits = model.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
     targets = labels[:, 1:]
     scored = targets != IGNORE_INDEX

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lit_bvllm.backbones import load_vision_tower
+from lit_bvllm.backbones import eager_attention, load_vision_tower
 from lit_bvllm.reducers.merging import pack_frames
 
 
@@ -42,8 +42,6 @@ class VisionEncoder(nn.Module):
         feats = out.hidden_states[self.feature_layer]  # (k, [1+]N, D)
         attn = None
         if attention:
-            if not self.has_cls:
-                raise ValueError("[CLS] attention needs a tower with a [CLS] token (CLIP); use score=learned for SigLIP")
             attn = out.attentions[self.feature_layer][:, :, 0, 1:].float().mean(1)  # (k, heads, 1+N, 1+N) -> (k, N)
         return feats, attn
 
@@ -59,17 +57,14 @@ class VisionEncoder(nn.Module):
         packed, valid, index = pack_frames(frames.flatten(2)[:, :, None], keep)  # (B, T, 1, 3*H*W) -> (B, T', 1, 3*H*W)
         rows = valid.nonzero(as_tuple=True)
         pixels = packed[rows].view(-1, *frames.shape[2:])  # (K, 3, H, W): real frames only
-        if attention:
-            self.tower.set_attn_implementation("eager")
+        if attention and not self.has_cls:
+            raise ValueError("[CLS] attention needs a tower with a [CLS] token (CLIP); use score=learned for SigLIP")
         feats, attns = [], []
-        try:
+        with eager_attention(self.tower, attention):
             for i in range(0, pixels.shape[0], self.chunk):  # chunks of frames, not a per-frame loop
                 f, a = self._encode(pixels[i : i + self.chunk], attention)
                 feats.append(f)
                 attns.append(a)
-        finally:
-            if attention:
-                self.tower.set_attn_implementation("sdpa")
         T, N, D = packed.shape[1], self.num_patches, self.width  # T' frames kept per row
         dtype = next(self.tower.parameters()).dtype
         tokens = torch.zeros(B, T, N, D, dtype=dtype, device=frames.device)

@@ -64,7 +64,7 @@ def test_two_step_fit_with_each_reducer(reducer, tiny, synthetic, tmp_path):
 
 
 def test_pretrain_to_finetune_carries_every_visual_tensor(tiny, synthetic, tmp_path):
-    pre = lightning_cli(cli_args(tiny, synthetic, tmp_path))
+    lightning_cli(cli_args(tiny, synthetic, tmp_path))  # the pretrain run that writes the checkpoint
     ckpt = tmp_path / "pretrain" / "tiny" / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=False)["state_dict"]
     fin = lightning_cli(cli_args(tiny, synthetic, tmp_path, steps=1, extra=[

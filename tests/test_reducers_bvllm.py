@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from reducer_contract import N, check_contract, inputs, run
 
 from lit_bvllm.reducers.bvllm import BVLLM
-from reducer_contract import N, check_contract, inputs, run
 
 SMALL = dict(num_frames=4, num_tokens=4, budget=10, num_queries=6, hidden_size=16, num_layers=2, num_heads=2, vocab_size=50)
 

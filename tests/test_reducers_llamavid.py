@@ -1,9 +1,9 @@
 """LLaMAVID: the contract, 2 tokens per frame, and the context attention's identity collapse (LLaMA-VID §3.1)."""
 
 import torch
+from reducer_contract import check_contract, inputs, run
 
 from lit_bvllm.reducers import LLaMAVID
-from reducer_contract import check_contract, inputs, run
 
 SMALL = dict(num_queries=4, hidden_size=16, num_layers=2, num_heads=2, vocab_size=50)
 

@@ -185,15 +185,11 @@ class BVLLM(Reducer):
         else:
             tokens = _pool(kept, R)
         H = tokens.shape[-1]
-        per_frame = tokens.new_zeros(B, L, tokens.shape[1], H)
-        per_frame[rows] = tokens  # (K, R, H) -> (B, L, R, H)
-
-        # spatial merging to the budget θ: per-frame targets that sum exactly to θ
         k = keep.sum(1)  # (B,) kept frames
-        rank = keep.cumsum(1) - 1  # position of a kept frame among its sample's kept frames
-        base, extra = self.budget // k.clamp_min(1), self.budget % k.clamp_min(1)
-        target = (base[:, None] + (rank < extra[:, None]).long()).clamp_min(1)  # (B, L)
-        if self.spatial_merge:
+        if self.spatial_merge:  # spatial merging to the budget θ: per-frame targets that sum exactly to θ
+            rank = keep.cumsum(1) - 1  # position of a kept frame among its sample's kept frames
+            base, extra = self.budget // k.clamp_min(1), self.budget % k.clamp_min(1)
+            target = (base[:, None] + (rank < extra[:, None]).long()).clamp_min(1)  # (B, L)
             x, size, tmask = merge_to_target(tokens, target[rows])
         else:
             x, size, tmask = tokens, torch.ones(*tokens.shape[:2], 1, device=tokens.device), torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)

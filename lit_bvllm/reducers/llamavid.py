@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput
 from lit_bvllm.reducers.merging import pack, pack_frames

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-
 def pack(tokens: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
     """Move the kept tokens of each row to the front, in order: ``(B, L, D), (B, L) -> (B, M, D), (B, M)``.
 

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from transformers import InstructBlipQFormerConfig, InstructBlipQFormerModel
 
+from lit_bvllm.backbones import eager_attention
+
 
 class TextQFormer(nn.Module):
     """``num_queries`` learned queries that read visual tokens, conditioned on a tokenized question.
@@ -93,10 +95,7 @@ class TextQFormer(nn.Module):
         R = visual.shape[0]
         queries = self.query_tokens[:, :num_queries].expand(R, -1, -1)
         attn = torch.cat([torch.ones(R, num_queries, dtype=text_mask.dtype, device=text_mask.device), text_mask], 1)
-        impl = self.qformer.config._attn_implementation
-        if return_attention:
-            self.qformer.set_attn_implementation("eager")
-        try:
+        with eager_attention(self.qformer, return_attention):
             out = self.qformer(
                 input_ids=text_ids,
                 attention_mask=attn,
@@ -105,9 +104,6 @@ class TextQFormer(nn.Module):
                 encoder_attention_mask=visual_mask.long(),
                 output_attentions=return_attention,
             )
-        finally:
-            if return_attention:
-                self.qformer.set_attn_implementation(impl)
         queries_out = out.last_hidden_state[:, :num_queries]  # (R, num_queries + S, H) -> the query positions
         if not return_attention:
             return queries_out
