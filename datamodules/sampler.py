@@ -26,16 +26,15 @@ class ResumableSampler(Sampler[int]):
         self.n, self.shuffle, self.seed, self.rank, self.num_replicas = n, shuffle, seed, rank, num_replicas
         self.epoch = 0
         self.skip = 0  # samples of the current epoch to skip once (set when resuming)
-        self.resumed_at = 0  # where the current epoch was resumed (for the next checkpoint's position)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
-            self.skip = self.resumed_at = 0  # a resume offset only applies to the epoch it was saved in
+            self.skip = 0  # a resume offset only applies to the epoch it was saved in
         self.epoch = epoch
 
     def resume(self, epoch: int, samples: int) -> None:
         """Continue epoch ``epoch`` after its first ``samples`` samples (per rank)."""
-        self.epoch, self.skip, self.resumed_at = epoch, samples, samples
+        self.epoch, self.skip = epoch, samples
 
     def _indices(self) -> list[int]:
         if self.shuffle:

@@ -135,12 +135,10 @@ class VideoInstructDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None or getattr(self, "train_sampler", None) is None:
             return {}
-        # batches fetched in this epoch since the loop (re)started; checkpoints are written after a batch is
-        # processed, and a resumed loop counts from 0 again, so add the offset this epoch was resumed at
+        # batches of this epoch processed so far (checkpoints are written after a batch); Lightning restores this
+        # counter on resume and keeps counting, so it is the position in the epoch however often the run resumed
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        sampler = self.train_sampler
-        offset = sampler.resumed_at if sampler.epoch == trainer.current_epoch else 0
-        return {"epoch": trainer.current_epoch, "samples": offset + batches * self.hparams.batch_size}
+        return {"epoch": trainer.current_epoch, "samples": batches * self.hparams.batch_size}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict:

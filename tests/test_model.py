@@ -148,6 +148,27 @@ def test_resume_continues_step_optimizer_schedule_and_data_position(tiny, synthe
         torch.testing.assert_close(a, b, msg=k)  # same optimizer, schedule and RNG state -> same weights
 
 
+def test_resuming_twice_keeps_the_data_position(tiny, synthetic, tmp_path):
+    from lit_bvllm import reducers
+
+    small = functools.partial(small_model, tiny, reducer=reducers.Uniform, lr=1e-2)
+    straight = SeenIds()
+    trainer(tmp_path / "a", 8, straight).fit(small(), datamodule=data(tiny, synthetic))
+    runs = []
+    for crash_at in (3, 5, None):  # killed at 3 (checkpoint 2), resumed and killed at 5 (checkpoint 4), resumed
+        seen = SeenIds()
+        t = trainer(tmp_path / "b", 8, seen)
+        if crash_at is not None:
+            t.callbacks.append(Crash(at_step=crash_at))
+        last = tmp_path / "b" / "last.ckpt"
+        try:
+            t.fit(small(), datamodule=data(tiny, synthetic), ckpt_path=str(last) if last.exists() else None)
+        except RuntimeError:
+            pass
+        runs.append(seen.ids)
+    assert runs == [straight.ids[:3], straight.ids[2:5], straight.ids[4:8]]
+
+
 class Crash(L.Callback):
     def __init__(self, at_step: int):
         self.at_step = at_step
