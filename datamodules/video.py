@@ -9,12 +9,15 @@ Two sampling modes, both inside an optional ``[start, end]`` window (seconds):
   a window holding fewer frames than that gives each of its frames once.
 
 A reader is opened per call with one thread and dropped after it (decord's advice against worker deadlocks).
+A folder of frame images (MVBench's episodic reasoning: TVQA frames at 3 fps) is sampled the same way, frame
+``i`` of the naturally sorted image files standing at time ``i / frame_fps``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Literal
 
 import numpy as np
@@ -22,6 +25,7 @@ import numpy as np
 from datamodules.errors import SampleError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
+FRAME_FOLDER_FPS = 3.0  # MVBench's TVQA frames (tvqa/frames_fps3_hq)
 
 
 def no_frames() -> np.ndarray:
@@ -89,14 +93,20 @@ def read_video(
     max_frames: int | None = None,
     start: float | None = None,
     end: float | None = None,
+    frame_fps: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Decode the sampled frames of ``path``.
+    """Decode the sampled frames of ``path``, a video file or a folder of frames (see :func:`read_frame_folder`).
 
+    Args:
+        frame_fps: frames per second of a frame folder (3.0 when None, MVBench's TVQA frames); unused for files.
     Returns:
         frames ``(T, H, W, 3)`` uint8 RGB, their timestamps ``(T,)`` in seconds, and the video's duration.
     Raises:
         SampleError: ``missing_file``, ``empty_video``, ``decode_error`` (or ``bad_entry`` for an empty window).
     """
+    if os.path.isdir(path):
+        return read_frame_folder(path, mode, fps, num_frames, max_frames, start, end,
+                                 FRAME_FOLDER_FPS if frame_fps is None else frame_fps)
     vr, total, native_fps = _open(path)
     duration = total / native_fps
     idx = times_to_indices(sample_times(duration, mode, fps, num_frames, max_frames, start, end), native_fps, total)
@@ -107,6 +117,48 @@ def read_video(
     finally:
         del vr
     return frames, idx / native_fps, duration
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders digit runs by value: ``frame2.jpg`` before ``frame10.jpg``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def read_frame_folder(
+    path: str,
+    mode: Literal["fps", "uniform"] = "fps",
+    fps: float = 1.0,
+    num_frames: int = 16,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    frame_fps: float = FRAME_FOLDER_FPS,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The sampled frames of a folder of images, as :func:`read_video` gives them for a video file.
+
+    The image files (:data:`IMAGE_SUFFIXES`, naturally sorted, other files ignored) are the frames of a video of
+    ``len(files) / frame_fps`` seconds, file ``i`` (from 0) showing time ``i / frame_fps``. (VideoLLaMA2 opens
+    ``{k:05d}.jpg`` from k = 1 at ``round(t * 3)``: the same frames up to one step at the window edges.)
+
+    Returns:
+        frames ``(T, H, W, 3)`` uint8 RGB, their timestamps ``(T,)`` in seconds, and the folder's duration.
+    Raises:
+        SampleError: ``missing_file`` (no such folder), ``empty_video`` (no image in it), ``decode_error``
+        (an unreadable image, or frames of different sizes), ``bad_entry`` (an empty window).
+    """
+    if frame_fps <= 0:
+        raise ValueError(f"frame_fps must be > 0, got {frame_fps}")
+    if not os.path.isdir(path):
+        raise SampleError("missing_file", "video", f"frame folder '{path}' does not exist")
+    files = sorted((f for f in os.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES)), key=natural_key)
+    if not files:
+        raise SampleError("empty_video", "video", f"frame folder '{path}' holds no {'/'.join(IMAGE_SUFFIXES)} image")
+    duration = len(files) / frame_fps
+    idx = times_to_indices(sample_times(duration, mode, fps, num_frames, max_frames, start, end), frame_fps, len(files))
+    frames = [read_image(os.path.join(path, files[i]))[0] for i in idx]
+    if len({f.shape for f in frames}) > 1:
+        raise SampleError("decode_error", "video", f"frames of '{path}' differ in size: {sorted({f.shape for f in frames})}")
+    return np.stack(frames), idx / frame_fps, duration  # (T, H, W, 3)
 
 
 def read_image(path: str) -> np.ndarray:

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from lit_bvllm.synthetic.annotations import finetune_entries, pretrain_entries, to_llamavid
+from lit_bvllm.synthetic.benchmarks import write_benchmark_fixtures
 from lit_bvllm.synthetic.evalsets import msvd_files, vnbench_entries
 from lit_bvllm.synthetic.render import write_jpg, write_mp4
 from lit_bvllm.synthetic.scenes import sample_image, sample_video
 
 # Independent random streams: numpy.random.default_rng([seed, stream, index]).
-TRAIN_VIDEOS, EVAL_VIDEOS, IMAGES, PRETRAIN, FINETUNE, VNBENCH, MSVD = range(7)
+TRAIN_VIDEOS, EVAL_VIDEOS, IMAGES, PRETRAIN, FINETUNE, VNBENCH, MSVD, BENCHMARKS = range(8)
 MIN_DURATION = 8  # seconds: room for two needle events of up to 2 s, 1 s apart, 1 s clear of both ends
 
 
@@ -66,14 +67,16 @@ def make_synthetic(
     """Write a deterministic synthetic dataset of H.264 videos with timed "needle" shapes and their annotations.
 
     Writes under `out`: videos/, images/, metadata.json, pretrain.json, finetune.json, finetune_llamavid.json,
-    eval/vnbench/{VNBench_qa.json,videos/} and eval/msvd/{test_qa.json,test_q.json,test_a.json,videos/}.
-    The same seed gives byte-identical JSON and identical decoded frames.
+    eval/vnbench/{VNBench_qa.json,videos/} and eval/msvd/{test_qa.json,test_q.json,test_a.json,videos/}, then
+    the other benchmarks' eval sets in their official formats (benchmarks.py): eval/mvbench, eval/videomme,
+    eval/egoschema, eval/perception_test, eval/nextqa, eval/msrvtt_qa and eval/activitynet_qa, their videos hard
+    links to (or copies of) the eval mp4s. The same seed gives byte-identical JSON and identical decoded frames.
 
     Args:
         out: folder to write the dataset into (created if missing; our own files in it are overwritten).
         seed: random seed (>= 0); every video, image and annotation file has its own stream derived from it.
         num_videos: number of training videos (videos/vid_XXXX.mp4).
-        num_eval_videos: number of held-out eval videos, disjoint from training, shared by VNBench and MSVD.
+        num_eval_videos: number of held-out eval videos, disjoint from training, shared by every eval set.
         min_duration: shortest video in seconds (>= 8); durations are whole seconds drawn uniformly.
         max_duration: longest video in seconds.
         min_fps: lowest frame rate (>= 2); each video's fps is an integer drawn uniformly.
@@ -82,7 +85,8 @@ def make_synthetic(
         height: frame height in pixels (even).
 
     Returns:
-        A summary: counts of videos, images and entries per annotation file, total seconds, files written.
+        A summary: counts of videos, images and entries per annotation file, total seconds, files written;
+        ``benchmark_entries`` counts the questions of each benchmark fixture file (benchmarks.py).
     """
     validate(seed, num_videos, num_eval_videos, min_duration, max_duration, min_fps, max_fps, width, height)
     root = Path(out)
@@ -128,6 +132,7 @@ def make_synthetic(
     _write_json(root / "metadata.json", {"config": config, "videos": videos + evals, "images": images}, sort_keys=True)
     for name, entries in files.items():
         _write_json(root / name, entries)
+    benchmarks = write_benchmark_fixtures(root, evals, lambda index: rng(BENCHMARKS, index), _write_json)
     return {
         "out": str(root),
         "videos": len(videos),
@@ -136,5 +141,6 @@ def make_synthetic(
         "seconds": sum(r["duration"] for r in videos),
         "eval_seconds": sum(r["duration"] for r in evals),
         "entries": {name: len(entries) for name, entries in files.items()},
-        "files": ["metadata.json", *files],
+        "benchmark_entries": benchmarks,
+        "files": ["metadata.json", *files, *benchmarks],
     }
