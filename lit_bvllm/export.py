@@ -6,6 +6,8 @@ Layout::
     DIR/visual.safetensors   every reducer and projector tensor
     DIR/llm/                 the LLM (LoRA merged in) and its tokenizer          -- merge_lora=True
     DIR/adapter/             the LoRA adapter in peft format + tokenizer         -- merge_lora=False (base LLM by path)
+    DIR/model.yaml           the same model as a ``lit_bvllm`` config: ``lit_bvllm test --config
+                             experiments/eval/<benchmark>.yaml --config DIR/model.yaml`` evaluates the export
 
 :func:`load_exported` rebuilds the model from that folder with transformers, peft and safetensors only.
 """
@@ -53,7 +55,28 @@ def export(model, out: str | Path, merge_lora: bool = False) -> Path:
         if has_lora:  # merge_and_unload changed the module in place: keep the caller's model usable
             model.llm = llm
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    (out / "model.yaml").write_text(_model_yaml(out.resolve(), cfg))
     return out
+
+
+def _model_yaml(out: Path, cfg: dict) -> str:
+    """The export as the ``model:`` section of a ``lit_bvllm`` config (the reducer and projector come from
+    ``init_from``, the LoRA weights from the merged LLM or ``lora_adapter``)."""
+    import yaml
+
+    model = {
+        "llm": str(out / cfg["llm"]) if cfg["adapter"] is None else cfg["llm"],
+        "vision_tower": cfg["vision_tower"],
+        "reducer": cfg["reducer"],
+        "feature_layer": cfg["feature_layer"],
+        "vision_chunk": cfg["vision_chunk"],
+        "video_token": cfg["video_token"],
+        "max_new_tokens": cfg["max_new_tokens"],
+        "lora_r": 0,
+        "init_from": str(out),
+        "lora_adapter": None if cfg["adapter"] is None else str(out / cfg["adapter"]),
+    }
+    return "# written by lit_bvllm export\n" + yaml.safe_dump({"model": model}, sort_keys=False)
 
 
 class ExportedVideoLLM(nn.Module):

@@ -34,7 +34,10 @@ class VideoLLM(L.LightningModule):
         lora_r: LoRA rank on the LLM's linear layers; 0 keeps the LLM frozen (pretraining).
         lora_alpha: LoRA alpha.
         lora_dropout: LoRA dropout.
-        init_from: a pretrain checkpoint whose reducer and projector tensors start this run (all must be present).
+        init_from: a pretrain checkpoint (or an export folder) whose reducer and projector tensors start this run
+            (all must be present).
+        lora_adapter: a peft LoRA adapter folder (an export's ``adapter/``) loaded onto the LLM, frozen: evaluation
+            of an exported model.
         lr: learning rate of the reducer and projector.
         lr_llm: learning rate of the LoRA weights (default: ``lr``).
         weight_decay: AdamW weight decay.
@@ -56,6 +59,7 @@ class VideoLLM(L.LightningModule):
         lora_alpha: int = 256,
         lora_dropout: float = 0.05,
         init_from: str | None = None,
+        lora_adapter: str | None = None,
         lr: float = 1e-3,
         lr_llm: float | None = None,
         weight_decay: float = 0.0,
@@ -70,7 +74,11 @@ class VideoLLM(L.LightningModule):
         self.hparams["reducer"] = _spec(reducer)  # class path + init args: what export and the checkpoint record
         pipeline.build(self, llm, vision_tower, reducer, feature_layer, vision_chunk, video_token)
         self.llm.requires_grad_(False)
-        if lora_r > 0:
+        if lora_adapter is not None:
+            from peft import PeftModel
+
+            self.llm = PeftModel.from_pretrained(self.llm, lora_adapter)
+        elif lora_r > 0:
             from peft import LoraConfig, get_peft_model
 
             # "all-linear" on the LLM alone: every nn.Linear of the language model except the output head
@@ -135,51 +143,62 @@ class VideoLLM(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         answers = self.generate(batch)
-        return [{"id": m["id"], "question": m["question"], "answer": a.strip()} for m, a in zip(batch["meta"], answers)]
+        return [{"id": m["id"], "prompt": m.get("prompt", m.get("question")), "answer": a.strip()}
+                for m, a in zip(batch["meta"], answers)]
 
     # ------------------------------------------------------------------ evaluation
 
+    def _evaluator(self):
+        ev = getattr(self.trainer.datamodule, "evaluator", None)
+        if ev is None:
+            raise ValueError("`lit_bvllm test` needs a benchmark data module (experiments/eval/*.yaml), e.g. "
+                             "--data=datamodules.benchmarks.VNBenchDataModule")
+        return ev
+
     def on_test_epoch_start(self) -> None:
         self._records: list[dict] = []
+        self._scores = self._evaluator().new_metric().to(self.device)  # not a child module: never checkpointed
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         from lit_bvllm.scoring import option_scores
 
-        scores = option_scores(self, batch)
-        pred = scores.argmax(1)
-        for b, meta in enumerate(batch["meta"]):
-            answer = int(batch["answers"][b])
-            ok = meta["error"] is None and answer >= 0 and int(pred[b]) == answer
-            self._records.append({
-                "id": meta["id"], "group": meta["group"], "category": meta["category"], "question": meta["question"],
-                "options": meta["options"], "scores": scores[b, : len(meta["options"])].tolist(),
-                "pred": int(pred[b]), "answer": answer, "correct": ok, "error": meta["error"],
-            })
+        ev = self._evaluator()
+        out = option_scores(self, batch) if batch["mode"] == "likelihood" else self.generate(batch)
+        records, update = ev.score(batch, out)
+        self._scores.update(**update)
+        self._records += records
 
     def on_test_epoch_end(self) -> None:
-        import json
+        """Sync the metric states, gather the records (each id once), aggregate, log and write the run's files:
+        ``<benchmark>_results.json``, ``<benchmark>_predictions.jsonl`` and a submission file where answers are hidden."""
         from pathlib import Path
 
         import torch.distributed as dist
 
-        from lit_bvllm.scoring import circular_accuracy
-
+        ev = self._evaluator()
+        states = self._scores.compute()  # summed over ranks
         records = self._records
-        if dist.is_available() and dist.is_initialized():  # shards -> one list, each id once
+        if dist.is_available() and dist.is_initialized():
             gathered = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, records)
-            records = list({r["id"]: r for part in gathered for r in part}.values())
-        name = getattr(self.trainer.datamodule, "name", "test")
-        result = circular_accuracy(records)
-        for k, v in result.items():
-            self.log(f"test/{name}/{k}", float(v), rank_zero_only=True)
-        if self.trainer.is_global_zero and self.trainer.log_dir:
-            out = Path(self.trainer.log_dir)
+            records = [r for part in gathered for r in part]
+        records.sort(key=lambda r: r["index"])
+        name = self.trainer.datamodule.name
+        out = Path(self.trainer.log_dir or ".")
+        result = ev.aggregate(states, records, out) if self.trainer.is_global_zero else {}
+        for key, value in _flatten(result).items():
+            self.log(f"test/{name}/{key}", value, rank_zero_only=True)
+        if self.trainer.is_global_zero:
+            import json
+
             out.mkdir(parents=True, exist_ok=True)
             with open(out / f"{name}_predictions.jsonl", "w") as f:
-                for r in sorted(records, key=lambda r: r["id"]):
+                for r in records:
                     f.write(json.dumps(r) + "\n")
-            write_json(out / f"{name}_results.json", {"benchmark": name, "scoring": "option likelihood", **result})
+            if (sub := ev.submission(records)) is not None:
+                (out / sub[0]).write_text(sub[1])
+                result["submission"] = sub[0]
+            write_json(out / f"{name}_results.json", {**result, "protocol": ev.describe(self.hparams.max_new_tokens)})
         self.results = result
 
     # ------------------------------------------------------------------ optimisation
@@ -231,6 +250,17 @@ class VideoLLM(L.LightningModule):
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
             self._pending_rng = None
+
+
+def _flatten(result: dict, prefix: str = "") -> dict[str, float]:
+    """The numbers of a (nested) results dict as ``{"a/b": float}``, for logging."""
+    flat = {}
+    for k, v in result.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            flat[f"{prefix}{k}"] = float(v)
+    return flat
 
 
 def _spec(factory) -> dict:

@@ -6,18 +6,34 @@ import json
 import sys
 from pathlib import Path
 
+# rows of the table, in order: per-category scores first, then the headline numbers, then the counts
+SCORES = ("circular_per_category", "per_category", "per_duration", "circular_accuracy", "accuracy",
+          "accuracy_answered", "mean_over_tasks", "exact_match", "token_f1", "contains", "judge_accuracy", "judge_score")
+COUNTS = ("items", "unparsed", "errors")
+
+
+def _rows(result: dict) -> dict[str, float]:
+    rows = {}
+    for key in SCORES:
+        value = result.get(key)
+        if isinstance(value, dict):
+            rows.update({f"{key.replace('_per_category', '').replace('per_', '')}/{k}": v for k, v in value.items()})
+        elif isinstance(value, (int, float)):
+            rows[key] = value
+    return rows
+
 
 def table(runs: dict[str, dict]) -> str:
-    """A markdown table: one row per metric (categories, overall, item accuracy), one column per run, plus chance."""
-    keys = sorted({k for r in runs.values() for k in r if isinstance(r[k], float) and k not in ("errors", "items")},
-                  key=lambda k: (k in ("overall", "item_accuracy"), k))
-    head = "| metric | " + " | ".join(runs) + " | chance |"
-    lines = [head, "|" + "---|" * (len(runs) + 2)]
+    """A markdown table: one row per metric, one column per run, plus chance (the mean of 1 / options per item)."""
+    rows = {name: _rows(r) for name, r in runs.items()}
+    keys = list(dict.fromkeys(k for r in rows.values() for k in r))
+    chance = next((r["chance"] for r in runs.values() if "chance" in r), None)
+    lines = ["| metric | " + " | ".join(runs) + " | chance |", "|" + "---|" * (len(runs) + 2)]
     for k in keys:
-        cells = [f"{r[k]:.3f}" if k in r else "" for r in runs.values()]
-        lines.append(f"| {k} | " + " | ".join(cells) + " | 0.250 |")
-    n = [str(r.get("items", "")) for r in runs.values()]
-    lines.append("| items | " + " | ".join(n) + " | |")
+        cells = [f"{r[k]:.3f}" if r.get(k) is not None else "" for r in rows.values()]
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {'' if chance is None else f'{chance:.3f}'} |")
+    for k in COUNTS:
+        lines.append(f"| {k} | " + " | ".join(str(r.get(k, "")) for r in runs.values()) + " | |")
     return "\n".join(lines)
 
 

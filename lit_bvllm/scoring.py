@@ -1,8 +1,6 @@
-"""Scoring multiple-choice items by option likelihood, and VNBench-style circular aggregation."""
+"""Scoring multiple-choice items by option likelihood (lmms-eval's ``mcppl``): one forward pass over every option."""
 
 from __future__ import annotations
-
-from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
@@ -29,20 +27,3 @@ def option_scores(model, batch: dict) -> Tensor:
     slot = torch.arange(len(owner), device=k.device) - torch.repeat_interleave(torch.cumsum(k, 0) - k, k)
     out[owner, slot] = mean
     return out
-
-
-def circular_accuracy(records: list[dict]) -> dict[str, float]:
-    """VNBench scoring: a group counts as right only if every item in it is right; accuracy per category, and
-    ``overall`` = the unweighted mean over categories. Also the plain per-item accuracy."""
-    groups: dict[tuple[str, str], list[bool]] = defaultdict(list)
-    for r in records:
-        groups[(r["category"], r["group"])].append(bool(r["correct"]))
-    per_cat: dict[str, list[bool]] = defaultdict(list)
-    for (cat, _), oks in groups.items():
-        per_cat[cat].append(all(oks))
-    result = {cat: sum(v) / len(v) for cat, v in sorted(per_cat.items())}
-    result["overall"] = sum(result.values()) / len(result) if result else 0.0
-    result["item_accuracy"] = sum(bool(r["correct"]) for r in records) / max(1, len(records))
-    result["errors"] = sum(r.get("error") is not None for r in records)
-    result["items"] = len(records)
-    return result

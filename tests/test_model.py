@@ -216,6 +216,15 @@ def test_export_reloads_without_lightning_with_identical_logits(tiny, synthetic,
     got = reloaded(batch)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert "lightning" not in sys.modules["lit_bvllm.export"].__dict__
+    # the export's model.yaml evaluates through the CLI: same logits, results written
+    cli = lightning_cli(["test", "--config", "experiments/eval/vnbench.yaml", "--config", str(tmp_path / "export" / "model.yaml"),
+                         "--data.root", str(synthetic / "eval" / "vnbench"), "--data.limit", "2", "--data.num_workers", "0",
+                         "--data.vision_tower", tiny["vision"], "--trainer.logger.init_args.save_dir", str(tmp_path),
+                         "--trainer.enable_progress_bar", "false"])
+    with torch.no_grad():
+        embeds, mask, _, _ = pipeline.embed(cli.model.eval(), batch, with_labels=False)
+        torch.testing.assert_close(cli.model.llm(inputs_embeds=embeds, attention_mask=mask).logits, want, atol=1e-4, rtol=1e-4)
+    assert json.loads((tmp_path / "eval_vnbench" / "tiny" / "vnbench_results.json").read_text())["evaluated"] == 2
 
 
 def test_generation_is_greedy_batched_and_deterministic(tiny, synthetic):
