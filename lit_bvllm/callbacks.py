@@ -59,3 +59,24 @@ class RunSummary(L.Callback):
             logger.log_hyperparams(self.stats)
         if trainer.is_global_zero and trainer.log_dir:
             write_json(Path(trainer.log_dir) / "run_summary.json", self.stats)
+
+
+class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
+    """``lit_bvllm predict``: each rank appends its generations to ``predictions.rank<r>.jsonl`` in the run dir as
+    batches finish (nothing is held in memory, and a crash keeps what was written)."""
+
+    def __init__(self):
+        super().__init__(write_interval="batch")
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+        import json
+
+        out = Path(trainer.log_dir or ".")
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / f"predictions.rank{trainer.global_rank}.jsonl", "a") as f:
+            for record in prediction:
+                f.write(json.dumps(record) + "\n")
+
+    def on_predict_start(self, trainer, pl_module) -> None:  # a rerun into the same dir starts the file afresh
+        out = Path(trainer.log_dir or ".") / f"predictions.rank{trainer.global_rank}.jsonl"
+        out.unlink(missing_ok=True)

@@ -100,7 +100,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
     from lightning.pytorch.cli import LightningCLI
 
     from datamodules import SkippedSamplesLogger
-    from lit_bvllm.callbacks import RunSummary
+    from lit_bvllm.callbacks import PredictionWriter, RunSummary
     from lit_bvllm.checkpointing import AtomicCheckpointIO
     from lit_bvllm.model import VideoLLM
 
@@ -130,6 +130,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
                                 auto_insert_metric_name=False),
                 SkippedSamplesLogger(),
                 RunSummary(),
+                PredictionWriter(),
                 LearningRateMonitor(logging_interval="step"),
             ],
             "plugins": [AtomicCheckpointIO()],

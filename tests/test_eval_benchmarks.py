@@ -247,3 +247,19 @@ def test_open_ended_with_a_local_judge(model, tiny, synthetic, tmp_path):
 def test_every_reader_is_reachable(synthetic):
     for name, folder in ROOTS.items():
         assert READERS[name](synthetic / "eval" / folder), name
+
+
+def test_predict_writes_generations(tiny, synthetic, tmp_path, monkeypatch):
+    import pathlib
+
+    from lit_bvllm.cli import lightning_cli
+
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
+    lightning_cli(["predict", "--config", "experiments/pretrain.yaml", "--config", "experiments/eval/msvd_qa.yaml",
+                   "--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.max_new_tokens", "3",
+                   "--data.root", str(synthetic / "eval" / "msvd"), "--data.limit", "5", "--data.num_workers", "0",
+                   "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
+    lines = (tmp_path / "eval_msvd_qa" / "tiny" / "predictions.rank0.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 5 and len({r["id"] for r in records}) == 5
+    assert all(r["prompt"] and isinstance(r["answer"], str) for r in records)
