@@ -28,7 +28,7 @@ install: $(BIN)/.installed  ## create .venv and install the suite (CPU torch by 
 
 demo: install  ## tiny backbones + synthetic videos, pretrain, finetune (LoRA), needle evaluation; prints the results
 	$(BIN)/lit_bvllm make-tiny --out $(ART)/tiny
-	$(BIN)/lit_bvllm make-synthetic --out $(ART)/synthetic --seed 0
+	$(BIN)/lit_bvllm make-synthetic --out $(ART)/synthetic --seed 0 --num-videos 400 --max-duration 32 --min-fps 2 --max-fps 4
 	$(BIN)/lit_bvllm scan --config experiments/data/synthetic_finetune.yaml --out $(ART)/scan_finetune.json
 	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml
 	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml --config experiments/finetune.yaml

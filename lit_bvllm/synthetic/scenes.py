@@ -148,8 +148,10 @@ def sample_video(rng: np.random.Generator, video_id: str, path: str, split: str,
 
 
 def _needle_place(rng: np.random.Generator, width: int, height: int) -> dict:
-    """A large needle's half-size and a centre that keeps it fully inside the frame."""
-    size = int(round(min(width, height) * rng.uniform(0.17, 0.24)))
+    """A large needle's half-size (a third or more of the frame's height) and a centre that keeps it fully inside
+    the frame. The size is what a small vision tower sees: the tiny tower's 32 px input turns a needle of half the
+    frame's height into a few 8-px patches; at 0.17-0.24 (one patch) the tiny demo model never learned its colour."""
+    size = int(round(min(width, height) * rng.uniform(0.32, 0.42)))
     return {"position": [int(rng.integers(size, width - size + 1)), int(rng.integers(size, height - size + 1))],
             "size": size}
 
