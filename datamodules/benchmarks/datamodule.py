@@ -12,7 +12,7 @@ A batch holds the frame fields of :class:`~datamodules.video_instruct.VideoInstr
 for batched generation), plus ``index`` (each item's position in the benchmark, for the metric states),
 ``mode`` and, in likelihood mode, the option continuations of
 ``option_ids`` / ``option_mask`` / ``option_labels`` ``(sum_b K_b, L)`` (prompt + option k, right-padded, labels
--100 except on the option's tokens), ``num_options`` ``(B,)`` and ``answers`` ``(B,)``.
+-100 except on the option's tokens), and ``num_options`` ``(B,)``.
 
 Multi-process evaluation shards the items without padding (rank ``r`` of ``W`` gets items ``r, r + W, ...``), so
 no item is scored twice and none is lost; the model gathers the shards (``VideoLLM.on_test_epoch_end``).
@@ -70,20 +70,20 @@ class BenchmarkDataset(Dataset):
         return len(self.items)
 
     def frames(self, item: EvalItem):
-        """``(frames, times, duration, error)``; a missing or undecodable video gives no frames and an error string."""
+        """``(frames, times, error)``; a missing or undecodable video gives no frames and an error string."""
         if self.blind:
-            return no_frames(), torch.zeros(0), 0.0, None
+            return no_frames(), torch.zeros(0), None
         try:
-            frames, times, duration = read_video(item.video, self.frame_mode, self.fps, self.num_frames,
-                                                 self.max_frames, item.start, item.end, frame_fps=item.frame_fps)
-            return frames, torch.as_tensor(times, dtype=torch.float32), duration, None
+            frames, times, _ = read_video(item.video, self.frame_mode, self.fps, self.num_frames, self.max_frames,
+                                          item.start, item.end, frame_fps=item.frame_fps)
+            return frames, torch.as_tensor(times, dtype=torch.float32), None
         except SampleError as err:  # reported per id in the results; the run goes on
             log.warning("item %s: %s", item.id, err)
-            return no_frames(), torch.zeros(0), 0.0, f"{err.reason}: {err.detail}"
+            return no_frames(), torch.zeros(0), f"{err.reason}: {err.detail}"
 
     def prompt(self, item: EvalItem, times) -> str:
         """The user turn after the placeholder: the reference prompt, or the bare question in likelihood mode."""
-        from lit_bvllm.evaluation.prompts import build_prompt
+        from lit_bvllm.evaluation.prompts import SUBTITLES, build_prompt
 
         subs = None
         if self.subtitles and item.subtitles:
@@ -91,13 +91,12 @@ class BenchmarkDataset(Dataset):
 
             subs = subtitles_at(read_srt(item.subtitles), times.tolist())
         if self.mode == "likelihood":
-            q = item.question
-            return q if not subs else f"This video's subtitles are listed below:\n" + "\n".join(subs) + f"\n{q}"
+            return item.question if not subs else SUBTITLES.format(subtitles="\n".join(subs)) + item.question
         return build_prompt(self.benchmark, item, subtitles=subs, short_answer=self.short_answer)
 
     def __getitem__(self, i: int) -> dict:
         item = self.items[i]
-        frames, times, duration, error = self.frames(item)
+        frames, times, error = self.frames(item)
         tok = self.tokenizer
         text = self.prompt(item, times)
         chat = tok.apply_chat_template([{"role": "user", "content": f"{self.video_token}\n{text}"}],
@@ -112,8 +111,7 @@ class BenchmarkDataset(Dataset):
             "labels": torch.full((len(ids),), IGNORE_INDEX),
             "question_ids": torch.tensor(q),
             "index": i,
-            "answer": item.answer if item.multiple_choice else -1,
-            "meta": {"id": item.id, "error": error, "prompt": text, "duration": duration, "frames": len(times)},
+            "meta": {"id": item.id, "error": error, "prompt": text},
         }
         if self.mode == "likelihood":
             options = [tok(o + tok.eos_token, add_special_tokens=False)["input_ids"] for o in item.options]
@@ -130,7 +128,6 @@ class OptionsCollator(VideoInstructCollator):
         batch["option_ids"], batch["option_mask"] = self._pad([a for a, _ in seqs], self.pad_id)
         batch["option_labels"], _ = self._pad([b for _, b in seqs], IGNORE_INDEX)
         batch["num_options"] = torch.tensor([len(s["options"]) for s in samples])
-        batch["answers"] = torch.tensor([s["answer"] for s in samples])
         return batch
 
 

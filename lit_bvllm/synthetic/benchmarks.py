@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from lit_bvllm.synthetic.describe import NUMBER_WORDS, article, distinct_needles, needle_name
-from lit_bvllm.synthetic.evalsets import ALL_NEEDLES, _ordering_wrong, msvd_questions
+from lit_bvllm.synthetic.evalsets import ALL_NEEDLES, _options, _ordering_wrong, msvd_questions
 from lit_bvllm.synthetic.render import render_frames
 from lit_bvllm.synthetic.scenes import BACKGROUNDS, NEEDLE_COLOURS
 
@@ -44,10 +44,8 @@ WriteJson = Callable[[Path, object], None]
 
 
 def _choices(rng: np.random.Generator, gt: str, wrong: list[str], n: int) -> tuple[list[str], int]:
-    """`gt` and n - 1 distinct wrong options drawn from `wrong` (duplicates and gt removed), shuffled; gt's index."""
-    wrong = list(dict.fromkeys(w for w in wrong if w != gt))
-    picked = [wrong[i] for i in rng.choice(len(wrong), size=n - 1, replace=False)]
-    options = [([gt] + picked)[i] for i in rng.permutation(n)]
+    """`gt` and n - 1 distinct wrong options drawn from `wrong`, shuffled (:func:`evalsets._options`); gt's index."""
+    options = _options(rng, gt, wrong, n)
     return options, options.index(gt)
 
 

@@ -13,11 +13,11 @@ from lit_bvllm.synthetic.scenes import NEEDLE_COLOURS, NEEDLE_SHAPES
 ALL_NEEDLES = [f"{c} {s}" for s in NEEDLE_SHAPES for c in NEEDLE_COLOURS]  # "red triangle", ...
 
 
-def _options(rng: np.random.Generator, gt: str, wrong: list[str]) -> list[str]:
-    """gt plus 3 distinct wrong options drawn from `wrong` (duplicates and gt removed), shuffled."""
+def _options(rng: np.random.Generator, gt: str, wrong: list[str], n: int = 4) -> list[str]:
+    """gt plus n - 1 distinct wrong options drawn from `wrong` (duplicates and gt removed), shuffled."""
     wrong = list(dict.fromkeys(w for w in wrong if w != gt))
-    picked = [wrong[i] for i in rng.choice(len(wrong), size=3, replace=False)]
-    return [([gt] + picked)[i] for i in rng.permutation(4)]
+    picked = [wrong[i] for i in rng.choice(len(wrong), size=n - 1, replace=False)]
+    return [([gt] + picked)[i] for i in rng.permutation(n)]
 
 
 def _ordering_wrong(rng: np.random.Generator, sequence: list[str], absent: list[str]) -> list[str]:
