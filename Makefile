@@ -28,7 +28,9 @@ install: $(BIN)/.installed  ## create .venv and install the suite (CPU torch by 
 
 demo: install  ## tiny backbones + synthetic videos, pretrain, finetune (LoRA), needle evaluation; prints the results
 	$(BIN)/lit_bvllm make-tiny --out $(ART)/tiny
-	$(BIN)/lit_bvllm make-synthetic --out $(ART)/synthetic --seed 0 --num-videos 400 --max-duration 32 --min-fps 2 --max-fps 4
+	$(BIN)/lit_bvllm make-synthetic --out $(ART)/synthetic --seed 0 --num-videos 400 --max-duration 32 --min-fps 2 --max-fps 4 \
+		--num-eval-videos 48 --eval-min-duration 64 --eval-max-duration 128
+	$(BIN)/lit_bvllm probe-tower --vision_tower $(ART)/tiny/vision --data $(ART)/synthetic --out $(ART)/probe_tiny_clip.json
 	$(BIN)/lit_bvllm scan --config experiments/data/synthetic_finetune.yaml --out $(ART)/scan_finetune.json
 	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml
 	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml --config experiments/finetune.yaml

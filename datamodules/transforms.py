@@ -30,7 +30,9 @@ class FrameTransform:
         image_size: output size S when no vision tower is given (``plain`` only).
         mean: normalisation mean when no vision tower is given.
         std: normalisation std when no vision tower is given.
-        resize_mode: ``crop``, ``pad`` or ``squash`` (``plain`` only).
+        resize_mode: ``crop``, ``pad`` or ``squash`` (``plain`` only); None follows the vision tower's processor
+            (``crop`` when it centre-crops, as CLIP's does; ``squash`` when it resizes to a square, as SigLIP's and
+            the tiny CLIP's do), or ``crop`` without a tower.
     """
 
     def __init__(
@@ -40,20 +42,24 @@ class FrameTransform:
         image_size: int = 224,
         mean: tuple[float, float, float] = CLIP_MEAN,
         std: tuple[float, float, float] = CLIP_STD,
-        resize_mode: Literal["crop", "pad", "squash"] = "crop",
+        resize_mode: Literal["crop", "pad", "squash"] | None = None,
     ):
-        self.policy, self.resize_mode = policy, resize_mode
+        self.policy = policy
         self.processor = None
         if vision_tower is not None:
             from lit_bvllm.backbones import load_image_processor
 
             proc = load_image_processor(vision_tower)
-            crop = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}
-            image_size = int(crop.get("height") or crop.get("shortest_edge") or image_size)
+            crops = getattr(proc, "do_center_crop", True)
+            size = (getattr(proc, "crop_size", None) if crops else None) or getattr(proc, "size", None) or {}
+            image_size = int(size.get("height") or size.get("shortest_edge") or image_size)
+            if resize_mode is None:
+                resize_mode = "crop" if crops else "squash"
             mean, std = tuple(proc.image_mean), tuple(proc.image_std)
             self.processor = proc
         elif policy == "processor":
             raise ValueError("--data.transform=processor needs --data.vision_tower (a local folder); or use plain")
+        self.resize_mode = resize_mode or "crop"
         self.image_size = image_size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)

@@ -23,7 +23,7 @@ class VideoInstructDataModule(L.LightningDataModule):
         vision_tower: local folder of the vision tower; its image processor sets frame size, mean and std.
         transform: ``processor`` (the tower's HF image processor) or ``plain`` (batched torch resize + normalise).
         image_size: frame side when no vision tower is given.
-        resize_mode: ``crop``, ``pad`` or ``squash``, for ``transform=plain``.
+        resize_mode: ``crop``, ``pad`` or ``squash``, for ``transform=plain``; None: the vision tower's own policy.
         template: ``chat`` (the tokenizer's chat template, finetuning) or ``plain`` (placeholder + caption, pretraining).
         frame_mode: ``fps`` (``fps`` frames per second, mid-interval) or ``uniform`` (``num_frames`` frames).
         fps: frames per second in ``fps`` mode.
@@ -52,7 +52,7 @@ class VideoInstructDataModule(L.LightningDataModule):
         vision_tower: str | None = None,
         transform: Literal["processor", "plain"] = "processor",
         image_size: int = 224,
-        resize_mode: Literal["crop", "pad", "squash"] = "crop",
+        resize_mode: Literal["crop", "pad", "squash"] | None = None,
         template: Literal["chat", "plain"] = "chat",
         frame_mode: Literal["fps", "uniform"] = "fps",
         fps: float = 1.0,

@@ -70,12 +70,26 @@ def load_vision_tower(path: str | Path, dtype: torch.dtype | None = None) -> Pre
     p = _local_dir(path, "vision tower", "--model.vision_tower")
     config = AutoConfig.from_pretrained(p, local_files_only=True)
     vision_config = getattr(config, "vision_config", None)
-    if vision_config is not None:  # full CLIP/SigLIP checkpoint: take its vision model class
-        from transformers import CLIPVisionModel, SiglipVisionModel
+    if vision_config is None:
+        return AutoModel.from_pretrained(p, dtype=dtype, local_files_only=True)
+    # a full CLIP/SigLIP checkpoint (as released, and as make-tiny writes it): load its vision half. The text
+    # tower's weights are expected leftovers, so transformers' load report is silenced; a missing vision weight
+    # would leave a randomly initialised tower, so that is an error instead.
+    from transformers import CLIPVisionModel, SiglipVisionModel
+    from transformers.utils import logging as hf_logging
 
-        cls = SiglipVisionModel if "siglip" in config.model_type else CLIPVisionModel
-        return cls.from_pretrained(p, dtype=dtype, local_files_only=True)
-    return AutoModel.from_pretrained(p, dtype=dtype, local_files_only=True)
+    cls = SiglipVisionModel if "siglip" in config.model_type else CLIPVisionModel
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = cls.from_pretrained(p, dtype=dtype, local_files_only=True, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if info["missing_keys"] or info["mismatched_keys"]:
+        raise ValueError(f"vision tower '{p}' ({config.model_type}) lacks weights of its vision model: "
+                         f"missing {sorted(info['missing_keys'])[:5]}, mismatched {list(info['mismatched_keys'])[:5]}; "
+                         "check --model.vision_tower")
+    return model
 
 
 @contextmanager

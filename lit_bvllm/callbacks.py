@@ -80,3 +80,44 @@ class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
     def on_predict_start(self, trainer, pl_module) -> None:  # a rerun into the same dir starts the file afresh
         out = Path(trainer.log_dir or ".") / f"predictions.rank{trainer.global_rank}.jsonl"
         out.unlink(missing_ok=True)
+
+
+class TemperatureSchedule(L.Callback):
+    """Anneal the reducer's Gumbel-softmax temperature τ during training, from ``start`` down to the reducer's own τ.
+
+    B-VLLM samples frames with a hard straight-through Gumbel-softmax at τ = 0.1 (Eq. 1, §3.2). At that temperature
+    the noisy softmax is one-hot from the first step, whatever the logits: its Jacobian, and so the gradient that
+    reaches the frame-selection Q-Former, is ~0, and the selector stays as initialised (measured on the embedded
+    default: every query picked the same frame, 1.4 frames kept of up to 128). Annealing τ from a warm start is the
+    Gumbel-softmax's own recipe (Jang et al., ICLR 2017, §3.2 and §4): soft samples explore and carry gradient early,
+    and training ends at the paper's τ, the value evaluation uses. τ is a function of the global step, so a resumed
+    run anneals exactly as an uninterrupted one.
+
+    Args:
+        start: τ at step 0.
+        anneal_ratio: share of the training steps over which τ decays (exponentially) to the reducer's τ.
+    """
+
+    def __init__(self, start: float = 1.0, anneal_ratio: float = 0.5):
+        if start <= 0 or not 0 < anneal_ratio <= 1:
+            raise ValueError(f"TemperatureSchedule needs start > 0 and 0 < anneal_ratio <= 1, got {start}, {anneal_ratio}")
+        self.start, self.anneal_ratio = start, anneal_ratio
+        self.target: float | None = None
+
+    def tau(self, step: int, total: int) -> float:
+        """τ at ``step`` of ``total``: ``start * (target / start) ** progress``, then the target."""
+        progress = min(1.0, step / max(1.0, self.anneal_ratio * total))
+        return self.start * (self.target / self.start) ** progress
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.target = getattr(pl_module.reducer, "tau", None)  # the configured τ (hparams), not a value left by a run
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.target is None:
+            return
+        pl_module.reducer.tau = self.tau(trainer.global_step, int(trainer.estimated_stepping_batches))
+        pl_module.log("train/tau", pl_module.reducer.tau, batch_size=batch["input_ids"].shape[0])
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.target is not None:
+            pl_module.reducer.tau = self.target

@@ -6,6 +6,7 @@ Subcommands::
     lit_bvllm export --config CFG --ckpt_path CKPT --out DIR [--merge_lora true]   a folder that loads without Lightning
     lit_bvllm make-tiny --out DIR                 tiny local vision tower, LLM and tokenizer
     lit_bvllm make-synthetic --out DIR            synthetic mp4 videos and annotations in the public formats
+    lit_bvllm probe-tower --vision_tower DIR --data DIR   linear probes: does the tower's [CLS] see the needle?
     lit_bvllm scan --config CFG [--out FILE]      validate a training set before a long run (report = blocklist)
     lit_bvllm preview --config CFG                decode and print one training batch
 
@@ -83,13 +84,16 @@ def preview(data: VideoInstructDataModule, num_samples: int = 4) -> None:
 
 
 def _commands() -> dict:
+    from lit_bvllm.probe import probe_tower
     from lit_bvllm.synthetic import make_synthetic
     from lit_bvllm.tiny import make_tiny
 
-    return {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "scan": scan, "preview": preview}
+    return {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "probe-tower": probe_tower, "scan": scan,
+            "preview": preview}
 
 
-COMMANDS = ("make-tiny", "make-synthetic", "scan", "preview", "export")
+COMMANDS = ("make-tiny", "make-synthetic", "probe-tower", "scan", "preview", "export")
+REPORTING = ("probe-tower",)  # commands that print their own report (a table) instead of their return value
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"unknown command '{argv[0]}'; choose one of: {', '.join(TRAINER_COMMANDS + COMMANDS)}")
         return
     result = auto_cli(_commands()[argv[0]], args=_underscore_flags(argv[1:]), as_positional=False)
-    if result is not None:
+    if result is not None and argv[0] not in REPORTING:
         print(json.dumps(result, indent=2, default=str))
 
 

@@ -44,6 +44,9 @@ class VideoLLM(L.LightningModule):
         warmup_ratio: share of the training steps spent warming up linearly.
         schedule: decay after warm-up: ``linear`` or ``cosine`` (to 0), or ``constant``.
         gradient_checkpointing: recompute the LLM's activations in backward.
+        freeze: name prefixes of reducer/projector parameters kept frozen in this stage (e.g.
+            ``["reducer.temporal_qformer", "reducer.temporal_proj"]``: the official B-VLLM pretraining likewise
+            freezes its spatial Q-Former); they are still saved, so the next stage starts from them.
         video_token: the placeholder token the data module writes.
         max_new_tokens: generation length in ``predict``/``test``.
     """
@@ -66,6 +69,7 @@ class VideoLLM(L.LightningModule):
         warmup_ratio: float = 0.03,
         schedule: Literal["linear", "cosine", "constant"] = "linear",
         gradient_checkpointing: bool = False,
+        freeze: list[str] | None = None,
         video_token: str = VIDEO_TOKEN,
         max_new_tokens: int = 32,
     ):
@@ -74,6 +78,8 @@ class VideoLLM(L.LightningModule):
         self.hparams["reducer"] = _spec(reducer)  # class path + init args: what export and the checkpoint record
         pipeline.build(self, llm, vision_tower, reducer, feature_layer, vision_chunk, video_token)
         self.llm.requires_grad_(False)
+        if freeze:
+            self._freeze(freeze)
         if lora_adapter is not None:
             from peft import PeftModel
 
@@ -92,6 +98,22 @@ class VideoLLM(L.LightningModule):
 
             load_visual_weights(self, init_from)
         self.strict_loading = False  # checkpoints hold the trainable tensors only (see on_save_checkpoint)
+
+    def _freeze(self, prefixes: list[str]) -> None:
+        """Freeze the reducer/projector parameters under ``prefixes``. A stage config names its reducer's modules, and
+        swapping the reducer must not break it: a prefix the reducer does not have is reported, not an error."""
+        import warnings
+
+        for prefix in prefixes:
+            if not prefix.startswith(("reducer.", "projector.")):
+                raise ValueError(f"--model.freeze: '{prefix}' must start with 'reducer.' or 'projector.' (the LLM and the "
+                                 "vision tower are frozen already; LoRA is --model.lora_r)")
+            params = [p for n, p in self.named_parameters() if n.startswith(prefix)]
+            if not params:
+                warnings.warn(f"--model.freeze: this reducer ({type(self.reducer).__name__}) has no parameters under "
+                              f"'{prefix}'; nothing frozen for it", stacklevel=2)
+            for p in params:
+                p.requires_grad_(False)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -163,8 +185,11 @@ class VideoLLM(L.LightningModule):
         from lit_bvllm.scoring import option_scores
 
         ev = self._evaluator()
-        out = option_scores(self, batch) if batch["mode"] == "likelihood" else self.generate(batch)
-        records, update = ev.score(batch, out)
+        if batch["mode"] == "likelihood":
+            out, info = option_scores(self, batch)
+        else:
+            out, info = pipeline.generate(self, batch, self.hparams.max_new_tokens, return_info=True)
+        records, update = ev.score(batch, out, info)
         self._scores.update(**update)
         self._records += records
 

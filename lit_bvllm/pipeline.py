@@ -45,7 +45,21 @@ def visual_tokens(m, batch: dict) -> tuple[Tensor, Tensor, dict]:
     out = r(enc["frames"], enc["cls"], enc["frame_mask"], text_ids=batch.get("question_ids"),
             text_mask=batch.get("question_mask"), cls_attn=enc.get("cls_attn"))
     tokens = m.projector(out.tokens.to(weight.dtype)) * out.token_mask[..., None]
-    return tokens, out.token_mask, {**out.info, "frames_encoded": enc["frame_mask"].sum(1)}
+    info = {**out.info, "frames_encoded": enc["frame_mask"].sum(1)}
+    if "frame_indices" in out.info:  # the frames whose content reaches the LLM, as positions in batch["frames"]
+        info["kept_frames"] = kept_frames(out.info, enc["frame_index"])
+    return tokens, out.token_mask, info
+
+
+def kept_frames(info: dict, frame_index: Tensor) -> Tensor:
+    """``(B, n)`` positions in the batch's frames of a reducer's ``frame_indices`` (positions among the encoded
+    frames, ``frame_index (B, T')`` maps them back), -1 where a slot holds no frame."""
+    idx = info["frame_indices"].long()
+    valid = (idx >= 0) & info.get("frame_valid", torch.ones_like(idx, dtype=torch.bool)).bool()
+    if frame_index.shape[1] == 0:
+        return torch.full_like(idx, -1)
+    source = torch.gather(frame_index, 1, idx.clamp(0, frame_index.shape[1] - 1))
+    return torch.where(valid & (source >= 0), source, -1)
 
 
 def splice_text(m, input_ids: Tensor, attention_mask: Tensor, visual: Tensor, visual_mask: Tensor,
@@ -65,10 +79,12 @@ def embed(m, batch: dict, padding_side: str = "right", with_labels: bool = True)
 
 
 @torch.no_grad()
-def generate(m, batch: dict, max_new_tokens: int) -> list[str]:
-    """Greedy, batched answers with the KV cache, from prompts ending with the assistant header."""
-    embeds, mask, _, _ = embed(m, batch, padding_side="left", with_labels=False)
+def generate(m, batch: dict, max_new_tokens: int, return_info: bool = False) -> list[str] | tuple[list[str], dict]:
+    """Greedy, batched answers with the KV cache, from prompts ending with the assistant header (and the reducer
+    info with ``return_info``)."""
+    embeds, mask, _, info = embed(m, batch, padding_side="left", with_labels=False)
     out = m.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                          num_beams=1, use_cache=True, eos_token_id=m.tokenizer.eos_token_id,
                          pad_token_id=m.tokenizer.pad_token_id)
-    return m.tokenizer.batch_decode(out, skip_special_tokens=True)
+    texts = m.tokenizer.batch_decode(out, skip_special_tokens=True)
+    return (texts, info) if return_info else texts

@@ -12,6 +12,9 @@ SCORES = ("circular_per_category", "per_category", "per_duration", "circular_acc
 COUNTS = ("items", "unparsed", "errors")
 
 
+SELECTION = ("hit_rate", "uniform_hit_rate", "event_recall", "uniform_event_recall", "frames_kept")
+
+
 def _rows(result: dict) -> dict[str, float]:
     rows = {}
     for key in SCORES:
@@ -20,18 +23,26 @@ def _rows(result: dict) -> dict[str, float]:
             rows.update({f"{key.replace('_per_category', '').replace('per_', '')}/{k}": v for k, v in value.items()})
         elif isinstance(value, (int, float)):
             rows[key] = value
+    selection = result.get("selection") or {}  # which frames the reducer kept (lit_bvllm.evaluation.selection)
+    for cat, values in selection.get("per_category", {}).items():
+        rows[f"selection/{cat}/hit_rate"] = values["hit_rate"]
+        rows[f"selection/{cat}/uniform_hit_rate"] = values["uniform_hit_rate"]
+    rows.update({f"selection/{k}": selection[k] for k in SELECTION if k in selection})
     return rows
 
 
 def table(runs: dict[str, dict]) -> str:
-    """A markdown table: one row per metric, one column per run, plus chance (the mean of 1 / options per item)."""
+    """A markdown table: one row per metric, one column per run, plus chance (the mean of 1 / options per item).
+    ``selection/*`` rows: the share of needle questions whose needle a kept frame shows, and the same for a uniform
+    pick of as many frames (``uniform_hit_rate``), its control."""
     rows = {name: _rows(r) for name, r in runs.items()}
     keys = list(dict.fromkeys(k for r in rows.values() for k in r))
     chance = next((r["chance"] for r in runs.values() if "chance" in r), None)
     lines = ["| metric | " + " | ".join(runs) + " | chance |", "|" + "---|" * (len(runs) + 2)]
     for k in keys:
         cells = [f"{r[k]:.3f}" if r.get(k) is not None else "" for r in rows.values()]
-        lines.append(f"| {k} | " + " | ".join(cells) + f" | {'' if chance is None else f'{chance:.3f}'} |")
+        chance_cell = "" if chance is None or k.startswith("selection/") else f"{chance:.3f}"
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {chance_cell} |")
     for k in COUNTS:
         lines.append(f"| {k} | " + " | ".join(str(r.get(k, "")) for r in runs.values()) + " | |")
     return "\n".join(lines)

@@ -11,9 +11,10 @@ from lit_bvllm import pipeline
 
 
 @torch.no_grad()
-def option_scores(model, batch: dict) -> Tensor:
-    """Mean token log-likelihood of every option continuation: ``(B, K_max)``, ``-inf`` where a sample has fewer."""
-    visual, vmask, _ = pipeline.visual_tokens(model, batch)  # computed once per item, shared by its K options
+def option_scores(model, batch: dict) -> tuple[Tensor, dict]:
+    """Mean token log-likelihood of every option continuation: ``(B, K_max)``, ``-inf`` where a sample has fewer;
+    and the reducer's info."""
+    visual, vmask, info = pipeline.visual_tokens(model, batch)  # computed once per item, shared by its K options
     k = batch["num_options"]
     owner = torch.repeat_interleave(torch.arange(len(k), device=k.device), k)  # (B*K,) item of each option row
     embeds, mask, labels = pipeline.splice_text(model, batch["option_ids"], batch["option_mask"], visual[owner],
@@ -26,4 +27,4 @@ def option_scores(model, batch: dict) -> Tensor:
     out = torch.full((len(k), int(k.max())), float("-inf"), device=mean.device)
     slot = torch.arange(len(owner), device=k.device) - torch.repeat_interleave(torch.cumsum(k, 0) - k, k)
     out[owner, slot] = mean
-    return out
+    return out, info

@@ -2,9 +2,12 @@
 
 ``lit_bvllm make-tiny --out DIR`` writes
 
-- ``DIR/vision``: a CLIP-style vision tower with a [CLS] token (``CLIPVisionModel``) and its image processor;
-- ``DIR/llm``: a Qwen2 causal LM and, beside it as in a real Qwen2 checkpoint, a byte-level BPE tokenizer trained
-  here with the ``tokenizers`` library, with a ChatML chat template and the special tokens the suite needs.
+- ``DIR/vision``: a CLIP checkpoint (``CLIPModel``: vision tower with a [CLS] token, text tower, their image
+  processor and text tokenizer), pretrained contrastively on synthetic frames (:mod:`lit_bvllm.tiny_clip`), laid
+  out as a released CLIP is; the suite reads its vision half as ``--model.vision_tower``;
+- ``DIR/llm``: a Qwen2 causal LM, warmed up on synthetic-style text, and, beside it as in a real Qwen2 checkpoint,
+  a byte-level BPE tokenizer trained here with the ``tokenizers`` library, with a ChatML chat template and the
+  special tokens the suite needs.
 
 Everything is written with ``save_pretrained`` and is meant to be read back with the loaders of
 :mod:`lit_bvllm.backbones` — the same ``from_pretrained(local_path)`` path a real checkpoint takes.
@@ -18,9 +21,6 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    CLIPVisionModel,
     GenerationConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -90,12 +90,16 @@ def build_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
 
 
 def lm_corpus(num_texts: int, seed: int) -> list[str]:
-    """Text in the synthetic data's language (captions and ChatML question/answer turns about random scenes).
+    """Text in the synthetic data's language: captions of random scenes, and ChatML reading comprehension, where the
+    user turn holds a scene's description and a question about it and the assistant answers from it.
 
-    Only words and grammar: the scenes are drawn here, never rendered, so nothing about a video's content leaks.
+    A real LLM reads its context; this is how the tiny one learns to, so that visual tokens put where the description
+    was (the projector's job) can be read the same way. Only words and grammar: the scenes are drawn here from their
+    own random stream, never rendered, so nothing about a video's content leaks.
     """
     import numpy as np
 
+    from lit_bvllm.synthetic.annotations import CAPTION_PROMPTS
     from lit_bvllm.synthetic.describe import caption, text_qa, video_qa
     from lit_bvllm.synthetic.scenes import sample_video
 
@@ -103,9 +107,21 @@ def lm_corpus(num_texts: int, seed: int) -> list[str]:
     texts = []
     for i in range(num_texts):
         record = sample_video(rng, f"lm_{i}", "", "train", (8, 128), (4, 8), 128, 96, 0)
-        texts.append(caption(record) + IM_END)
-        q, a = video_qa(record, rng)[0] if i % 4 else text_qa(rng)
-        texts.append(f"{IM_START}user\n{q}{IM_END}\n{IM_START}assistant\n{a}{IM_END}\n")
+        scene = caption(record)
+        kind = i % 4
+        if kind == 0:  # a caption, as the pretraining stage's targets read
+            texts.append(scene + IM_END)
+            continue
+        if kind == 1:  # describe what the context shows
+            q, a = CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))], scene
+        elif rng.random() < 0.1:
+            q, a = text_qa(rng)
+            scene = ""
+        else:  # answer a question about it
+            pairs = video_qa(record, rng)
+            q, a = pairs[int(rng.integers(len(pairs)))]
+        context = f"{scene}\n" if scene else ""
+        texts.append(f"{IM_START}user\n{context}{q}{IM_END}\n{IM_START}assistant\n{a}{IM_END}\n")
     return texts
 
 
@@ -116,7 +132,7 @@ def warm_up_lm(llm: Qwen2ForCausalLM, tokenizer, steps: int, seed: int, batch_si
         return []
     g = torch.Generator().manual_seed(seed)
     texts = lm_corpus(steps * batch_size // 4 + batch_size, seed)
-    enc = tokenizer(texts, add_special_tokens=False, padding=True, truncation=True, max_length=96, return_tensors="pt")
+    enc = tokenizer(texts, add_special_tokens=False, padding=True, truncation=True, max_length=160, return_tensors="pt")
     opt = torch.optim.AdamW(llm.parameters(), lr=3e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     llm.train()
@@ -124,6 +140,8 @@ def warm_up_lm(llm: Qwen2ForCausalLM, tokenizer, steps: int, seed: int, batch_si
     for step in range(steps):  # a training loop over steps, not over samples: every step is one batch
         idx = torch.randint(len(texts), (batch_size,), generator=g)
         ids, mask = enc["input_ids"][idx], enc["attention_mask"][idx]
+        n = int(mask.sum(1).max())  # right-padded: cut the batch to its longest text
+        ids, mask = ids[:, :n], mask[:, :n]
         labels = ids.masked_fill(mask == 0, -100)
         loss = llm(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
@@ -141,42 +159,40 @@ def make_tiny(
     image_size: int = 32,
     patch_size: int = 8,
     vision_width: int = 64,
+    vision_layers: int = 4,
+    clip_steps: int = 1000,
+    clip_frames: int = 20000,
+    clip_batch_size: int = 256,
     llm_width: int = 64,
     num_layers: int = 2,
-    lm_steps: int = 300,
-) -> dict[str, str]:
-    """Write the tiny vision tower, LLM and tokenizer under ``out`` and return their folders.
+    lm_steps: int = 500,
+) -> dict:
+    """Write the tiny CLIP, LLM and tokenizer under ``out`` and return their folders and training logs.
 
     Args:
         out: output folder; ``out/vision`` and ``out/llm`` are created (overwritten if present).
-        seed: seed of the random initialisation.
-        image_size: input resolution of the vision tower (square).
+        seed: seed of the random initialisation and of the pretraining data.
+        image_size: input resolution of the vision tower (square; frames are resized without cropping).
         patch_size: ViT patch size; the tower emits ``(image_size/patch_size)**2`` patch tokens plus [CLS].
-        vision_width: hidden size of the vision tower.
+        vision_width: hidden size of the vision (and text) tower.
+        vision_layers: transformer layers of the vision tower (the video LLM reads the penultimate).
+        clip_steps: contrastive pretraining steps of the tiny CLIP (0: a randomly initialised tower; a few: a
+            quick tower for tests).
+        clip_frames: synthetic frames rendered for the CLIP pretraining (at most ``clip_steps * clip_batch_size``).
+        clip_batch_size: frame/caption pairs per CLIP step.
         llm_width: hidden size of the LLM.
-        num_layers: transformer layers in each backbone.
+        num_layers: transformer layers of the LLM.
         lm_steps: language-model warm-up steps on synthetic-style text (0: a randomly initialised LLM).
     """
+    from lit_bvllm.tiny_clip import make_tiny_clip
+
     if image_size % patch_size:
         raise ValueError(f"--image_size {image_size} must be a multiple of --patch_size {patch_size}")
     out = Path(out)
     vision_dir, llm_dir = out / "vision", out / "llm"
+    clip = make_tiny_clip(vision_dir, seed, image_size, patch_size, vision_width, vision_layers, clip_steps,
+                          min(clip_frames, max(1, clip_steps) * clip_batch_size), clip_batch_size)
     torch.manual_seed(seed)
-
-    vision_cfg = CLIPVisionConfig(
-        hidden_size=vision_width,
-        intermediate_size=2 * vision_width,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=vision_width,
-    )
-    CLIPVisionModel(vision_cfg).save_pretrained(vision_dir)
-    CLIPImageProcessor(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-    ).save_pretrained(vision_dir)
 
     tokenizer = build_tokenizer()
     vocab = -(-len(tokenizer) // 64) * 64  # pad the embedding table to a multiple of 64, as Qwen2 does
@@ -200,4 +216,5 @@ def make_tiny(
     lm_losses = warm_up_lm(llm, tokenizer, lm_steps, seed)
     llm.save_pretrained(llm_dir)
     tokenizer.save_pretrained(llm_dir)
-    return {"vision": str(vision_dir), "llm": str(llm_dir), "tokenizer": str(llm_dir), "lm_warmup_loss": lm_losses}
+    return {"vision": str(vision_dir), "llm": str(llm_dir), "tokenizer": str(llm_dir), "clip_log": clip["log"],
+            "lm_warmup_loss": lm_losses}

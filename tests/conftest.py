@@ -39,7 +39,8 @@ def tiny(tmp_path_factory):
     """Tiny vision tower + LLM + tokenizer written by make-tiny: ``{"vision": dir, "llm": dir}``."""
     from lit_bvllm.tiny import make_tiny
 
-    return make_tiny(tmp_path_factory.mktemp("tiny"), lm_steps=0)  # the LM warm-up has its own test
+    # a few-step tower and no LM warm-up: both trainings have their own tests
+    return make_tiny(tmp_path_factory.mktemp("tiny"), lm_steps=0, clip_steps=3, clip_batch_size=32)
 
 
 @pytest.fixture(scope="session")

@@ -190,7 +190,7 @@ def test_vnbench(synthetic, tmp_path):
     assert len(items) == len(entries) == 4 * 3 * 4 and len({i.group for i in items}) == 4 * 3
     for item, e in zip(items, entries):
         assert item.options[item.answer] == e["gt"] and item.category == e["type"]
-        assert item.group == f"{Path(e['video']).stem}_{e['type']}" and item.extra == {"try": e["try"]}
+        assert item.group == f"{Path(e['video']).stem}_{e['type']}" and item.extra == {"try": e["try"], "needle_times": e["needle_times"]}
     # B-VLLM's gt_option letter and a gt index give the same answers
     letters = [{k: v for k, v in e.items() if k != "gt"} | {"gt_option": "ABCD"[e["options"].index(e["gt"])]} for e in entries]
     indices = [e | {"gt": e["options"].index(e["gt"])} for e in entries]

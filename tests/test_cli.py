@@ -14,8 +14,10 @@ def test_make_commands_accept_dashed_flags(tmp_path, capsys):
           "--max-duration", "9", "--seed", "5"])
     summary = json.loads(capsys.readouterr().out)
     assert summary["videos"] == 2 and (tmp_path / "syn" / "finetune.json").is_file()
-    main(["make-tiny", "--out", str(tmp_path / "tiny"), "--lm-steps", "2"])
-    paths = json.loads(capsys.readouterr().out)
+    main(["make-tiny", "--out", str(tmp_path / "tiny"), "--lm-steps", "2", "--clip-steps", "2", "--clip-batch-size", "8"])
+    out = capsys.readouterr().out
+    assert "tiny CLIP step     1: contrastive" in out  # the tower's losses are printed as it trains
+    paths = json.loads(out[out.index("\n{") + 1:])
     assert (tmp_path / "tiny" / "llm" / "tokenizer.json").is_file() and paths["vision"].endswith("vision")
 
 

@@ -77,6 +77,50 @@ def test_likelihood_mode_scores_every_option(model, tiny, synthetic, tmp_path):
     assert sorted(first[0]["scores"]) == pytest.approx(sorted(first[1]["scores"]), abs=1e-4)
 
 
+def test_needle_questions_report_the_selection_hit_rate(tiny, synthetic, tmp_path):
+    """A frame-selecting reducer's kept frames are checked against each needle question's needle times; the same
+    number of uniformly spaced frames is the control."""
+    import functools
+
+    from lit_bvllm.reducers import BVLLM
+
+    reducer = functools.partial(BVLLM, num_frames=3, num_tokens=2, budget=6, num_queries=4, hidden_size=32,
+                                num_layers=1, num_heads=2, vocab_size=2048)
+    m = VideoLLM(tiny["llm"], tiny["vision"], reducer).eval()
+    dm, result, records, _ = run_test(m, tiny, synthetic / "eval" / "vnbench", tmp_path, "vnbench", mode="likelihood",
+                                      limit=24)
+    sel = result["selection"]
+    assert sel["questions"] == 6 and set(sel["per_category"]) == {"ret_insert1", "ord_insert1", "cnt_insert1"}
+    for r in records:
+        item = dm.items[r["index"]]
+        s = r["selection"]
+        assert 1 <= s["frames_kept"] <= 3 and s["frames_kept"] == len(s["kept_times"])
+        hit = any(a <= t < b for t in s["kept_times"] for a, b in item.extra["needle_times"])
+        assert s["hit"] == hit
+    groups = {dm.items[r["index"]].group: r["selection"]["hit"] for r in records}
+    assert sel["hit_rate"] == pytest.approx(sum(groups.values()) / len(groups))
+    assert 0.0 <= sel["uniform_hit_rate"] <= 1.0
+
+
+def test_each_video_is_decoded_once_for_its_questions(tiny, synthetic, monkeypatch):
+    import datamodules.benchmarks.datamodule as dmod
+
+    calls = []
+    real = dmod.read_video
+    monkeypatch.setattr(dmod, "read_video", lambda path, *a, **k: calls.append(path) or real(path, *a, **k))
+    dm = BenchmarkDataModule(str(synthetic / "eval" / "vnbench"), tiny["llm"], vision_tower=tiny["vision"],
+                             mode="likelihood", limit=24, num_workers=0)
+    dm.setup("test")
+    samples = [dm.test_set[i] for i in range(24)]  # 2 videos x 3 questions x 4 tries
+    assert len(calls) == 2 and len(set(calls)) == 2
+    again = BenchmarkDataModule(str(synthetic / "eval" / "vnbench"), tiny["llm"], vision_tower=tiny["vision"],
+                                mode="likelihood", limit=24, num_workers=0)
+    again.setup("test")
+    fresh = again.test_set[13]  # decoded alone: the same frames as the cached ones
+    assert torch.equal(fresh["frames"], samples[13]["frames"])
+    assert torch.equal(fresh["frame_times"], samples[13]["frame_times"])
+
+
 def test_blind_mode_feeds_no_frames(model, tiny, synthetic, tmp_path):
     dm = BenchmarkDataModule(str(synthetic / "eval" / "vnbench"), tiny["llm"], vision_tower=tiny["vision"], blind=True,
                              limit=2, num_workers=0)

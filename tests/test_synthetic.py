@@ -281,7 +281,31 @@ def test_rerun_prunes_stale_files(tmp_path):
     assert summary["seconds"] == 8 and len(load(tmp_path, "pretrain.json")) == 1 + 2  # one video, two images
 
 
+def test_eval_videos_have_their_own_durations_and_needle_times(tmp_path):
+    """Eval videos may be longer than training ones (the needle set: 64-128 s against <= 32 s of training), and
+    every needle question says where its needles are."""
+    make_synthetic(tmp_path, num_videos=2, num_eval_videos=3, max_duration=10, eval_min_duration=40,
+                   eval_max_duration=44, min_fps=2, max_fps=2)
+    meta = load(tmp_path, "metadata.json")
+    assert all(8 <= r["duration"] <= 10 for r in meta["videos"] if r["split"] == "train")
+    assert all(40 <= r["duration"] <= 44 for r in meta["videos"] if r["split"] == "eval")
+    assert meta["config"]["eval_min_duration"] == 40 and meta["config"]["eval_max_duration"] == 44
+    records = {r["id"]: r for r in meta["videos"]}
+    for e in load(tmp_path, "eval/vnbench/VNBench_qa.json"):
+        r = records[Path(e["video"]).stem]
+        events = [[n["start"], n["end"]] for n in r["needles"]]
+        if e["type"] == "ord_insert1":
+            assert e["needle_times"] == events
+        else:
+            name = e["gt"] if e["type"] == "ret_insert1" else e["question"].split(" does ", 1)[1].removesuffix(" appear?")
+            name = name.split(" ", 1)[1]  # drop the article
+            assert e["needle_times"] == [[n["start"], n["end"]] for n in r["needles"] if f"{n['colour']} {n['shape']}" == name]
+            assert e["needle_times"] and all(t in events for t in e["needle_times"])
+
+
 @pytest.mark.parametrize("overrides, message", [
+    ({"eval_min_duration": 30, "eval_max_duration": 20}, "--eval-min-duration"),
+    ({"eval_min_duration": 4}, "--eval-min-duration must be >= 8"),
     ({"min_duration": 20, "max_duration": 10}, "--min-duration"),
     ({"min_duration": 4}, ">= 8"),
     ({"min_duration": 8.5, "max_duration": 8.9}, "whole number"),

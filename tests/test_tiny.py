@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, Qwen2ForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, CLIPModel, CLIPVisionModel, Qwen2ForCausalLM
 
 from lit_bvllm.backbones import VIDEO_TOKEN, load_image_processor, load_llm, load_tokenizer, load_vision_tower
 from lit_bvllm.tiny import CHATML_TEMPLATE, build_tokenizer
@@ -13,17 +13,19 @@ from lit_bvllm.tiny import CHATML_TEMPLATE, build_tokenizer
 
 def test_files_are_save_pretrained_folders(tiny):
     vision, llm = Path(tiny["vision"]), Path(tiny["llm"])
-    for f in ("config.json", "model.safetensors", "preprocessor_config.json"):
-        assert (vision / f).is_file()
+    for f in ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json"):
+        assert (vision / f).is_file()  # a CLIP checkpoint as released: both towers, image processor, tokenizer
     for f in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (llm / f).is_file()
     assert json.loads((llm / "config.json").read_text())["model_type"] == "qwen2"
-    assert json.loads((vision / "config.json").read_text())["model_type"] == "clip_vision_model"
+    assert json.loads((vision / "config.json").read_text())["model_type"] == "clip"
+    assert len(tiny["clip_log"]) >= 1 and tiny["clip_log"][-1]["step"] == 2  # the few-step tower of the tests
 
 
 def test_plain_hf_auto_classes_load_them(tiny):
     """The very entry points a real Qwen2 / CLIP checkpoint goes through."""
-    assert isinstance(AutoModel.from_pretrained(tiny["vision"], local_files_only=True), CLIPVisionModel)
+    assert isinstance(AutoModel.from_pretrained(tiny["vision"], local_files_only=True), CLIPModel)
+    assert isinstance(CLIPVisionModel.from_pretrained(tiny["vision"], local_files_only=True), CLIPVisionModel)
     assert isinstance(AutoModelForCausalLM.from_pretrained(tiny["llm"], local_files_only=True), Qwen2ForCausalLM)
     tok = AutoTokenizer.from_pretrained(tiny["llm"], local_files_only=True)
     assert tok.chat_template == CHATML_TEMPLATE
@@ -38,7 +40,7 @@ def test_vision_tower_has_cls_and_patches(tiny):
     assert pixels.shape == (2, 3, 32, 32)
     out = tower(pixels, output_hidden_states=True)
     assert out.last_hidden_state.shape == (2, 1 + 16, 64)  # [CLS] + (32/8)^2 patches
-    assert len(out.hidden_states) == 3  # embeddings + 2 layers: a penultimate layer exists
+    assert len(out.hidden_states) == 5  # embeddings + 4 layers: the LLM reads the penultimate
 
 
 def test_llm_vocab_covers_tokenizer_and_runs(tiny, tokenizer):

@@ -95,10 +95,15 @@ def torch_allclose(t, value):
 
 
 def test_processor_and_plain_policies_agree(tiny):
-    """Both policies read size, mean and std from the tower's processor, so they feed the same input."""
+    """Both policies read size, mean, std and the resize rule from the tower's processor, so they feed the same
+    input: the tiny CLIP resizes a 4:3 frame to a square without cropping, as SigLIP does."""
     rng = np.random.default_rng(0)
-    frames = (rng.random((2, 64, 64, 3)) * 255).astype(np.uint8)
+    frames = (rng.random((2, 48, 64, 3)) * 255).astype(np.uint8)
     hf = FrameTransform("processor", tiny["vision"])(frames)
-    plain = FrameTransform("plain", tiny["vision"], resize_mode="crop")(frames)
-    assert hf.shape == plain.shape == (2, 3, 32, 32)
-    assert (hf - plain).abs().mean() < 0.1  # PIL vs torch bicubic differ slightly
+    plain = FrameTransform("plain", tiny["vision"])
+    assert plain.resize_mode == "squash"
+    out = plain(frames)
+    assert hf.shape == out.shape == (2, 3, 32, 32)
+    assert (hf - out).abs().mean() < 0.1  # PIL vs torch bicubic differ slightly
+    cropped = FrameTransform("plain", tiny["vision"], resize_mode="crop")(frames)
+    assert (hf - cropped).abs().mean() > (hf - out).abs().mean()  # the crop policy would feed another picture

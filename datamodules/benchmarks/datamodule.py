@@ -65,21 +65,31 @@ class BenchmarkDataset(Dataset):
         self.subtitles, self.short_answer, self.blind = subtitles, short_answer, blind
         self.question_tokenizer = question_tokenizer or tokenizer
         self.max_question_length, self.video_token = max_question_length, video_token
+        self._last = None  # (key, frames) of the last video read: see frames()
 
     def __len__(self) -> int:
         return len(self.items)
 
     def frames(self, item: EvalItem):
-        """``(frames, times, error)``; a missing or undecodable video gives no frames and an error string."""
+        """``(tower input, times, error)``; a missing or undecodable video gives no frames and an error string.
+
+        The last video read is kept: a benchmark asks several questions about one video (VNBench's 4 circular tries
+        of 3 tasks; MVBench, Video-MME), and its items come in file order, so each video is decoded once, not once
+        per question."""
         if self.blind:
-            return no_frames(), torch.zeros(0), None
+            return self.transform(no_frames()), torch.zeros(0), None
+        key = (item.video, item.start, item.end, item.frame_fps)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         try:
             frames, times, _ = read_video(item.video, self.frame_mode, self.fps, self.num_frames, self.max_frames,
                                           item.start, item.end, frame_fps=item.frame_fps)
-            return frames, torch.as_tensor(times, dtype=torch.float32), None
+            out = self.transform(frames), torch.as_tensor(times, dtype=torch.float32), None
         except SampleError as err:  # reported per id in the results; the run goes on
             log.warning("item %s: %s", item.id, err)
-            return no_frames(), torch.zeros(0), f"{err.reason}: {err.detail}"
+            out = self.transform(no_frames()), torch.zeros(0), f"{err.reason}: {err.detail}"
+        self._last = (key, out)
+        return out
 
     def prompt(self, item: EvalItem, times) -> str:
         """The user turn after the placeholder: the reference prompt, or the bare question in likelihood mode."""
@@ -105,7 +115,7 @@ class BenchmarkDataset(Dataset):
         q = self.question_tokenizer(item.question, add_special_tokens=True, truncation=True,
                                     max_length=self.max_question_length)["input_ids"]
         sample = {
-            "frames": self.transform(frames),
+            "frames": frames,
             "frame_times": times,
             "input_ids": torch.tensor(ids),
             "labels": torch.full((len(ids),), IGNORE_INDEX),

@@ -361,6 +361,17 @@ def read_nextqa(root: str | Path, annotation: str = "MC/test.csv") -> list[EvalI
     return items
 
 
+def _spans(value, path: Path, where: str) -> list[list[float]]:
+    """``[[start, end], ...]`` seconds with start < end, or a ValueError naming the file and entry."""
+    ok = isinstance(value, list) and all(
+        isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) and v[0] < v[1]
+        for v in value)
+    if not ok:
+        raise ValueError(f"{path}, entry {where}: 'needle_times' must be a list of [start, end] seconds with start < end, "
+                         f"got {value!r}")
+    return [[float(a), float(b)] for a, b in value]
+
+
 def read_vnbench(root: str | Path, annotation: str = "VNBench_qa.json") -> list[EvalItem]:
     """VNBench (VideoNIAH ``VNBench_qa.json``): ``video (relative to root), question, options, gt, type, try,
     question_id``; ``gt`` is the answer text or its index, or B-VLLM's ``gt_option`` letter replaces it.
@@ -381,9 +392,12 @@ def read_vnbench(root: str | Path, annotation: str = "VNBench_qa.json") -> list[
             answer = _letter(_text(e, "gt_option", path, where), len(options), path, where, "gt_option")
         tries = e.get("try")
         group = qid.rsplit("_", 1)[0] if tries is not None and qid.endswith(f"_{tries}") else qid
+        extra = {"try": tries}
+        if e.get("needle_times") is not None:  # the synthetic needle set's evidence spans (selection hit rate)
+            extra["needle_times"] = _spans(e["needle_times"], path, where)
         items.append(EvalItem(id=qid, video=os.path.abspath(root / _text(e, "video", path, where)),
                               question=_text(e, "question", path, where), options=options, answer=answer,
-                              category=_text(e, "type", path, where), group=group, extra={"try": tries}))
+                              category=_text(e, "type", path, where), group=group, extra=extra))
     return items
 
 

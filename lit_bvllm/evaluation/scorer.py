@@ -83,9 +83,13 @@ class Evaluator:
 
     # ------------------------------------------------------------------ per batch
 
-    def score(self, batch: dict, output: list[str] | Tensor) -> tuple[list[dict], dict[str, Tensor]]:
-        """Records and metric updates for one batch: ``output`` is the generated texts or the option scores."""
+    def score(self, batch: dict, output: list[str] | Tensor, info: dict | None = None) -> tuple[list[dict], dict[str, Tensor]]:
+        """Records and metric updates for one batch: ``output`` is the generated texts or the option scores;
+        ``info`` the reducer's (its ``kept_frames`` give the selection record of items with needle times)."""
         records = [self._record(int(i), meta, output[b]) for b, (i, meta) in enumerate(zip(batch["index"], batch["meta"]))]
+        kept = (info or {}).get("kept_frames")
+        if kept is not None:
+            self._selection(batch, kept.cpu(), records)
         update = {
             "index": batch["index"].cpu(),
             "correct": torch.tensor([float(r.get("correct", False)) for r in records]),
@@ -95,6 +99,19 @@ class Evaluator:
         if self.open_ended:
             update["values"] = torch.tensor([[r[k] for k in OPEN_ENDED_METRICS] for r in records], dtype=torch.float64)
         return records, update
+
+    def _selection(self, batch: dict, kept: Tensor, records: list[dict]) -> None:
+        """Add the kept frames and their hit / event recall (and the uniform control's) to the records of items
+        that say where their needles are (``extra["needle_times"]``; :mod:`lit_bvllm.evaluation.selection`)."""
+        from lit_bvllm.evaluation.selection import selection_record
+
+        times, mask = batch["frame_times"].cpu(), batch["frame_mask"].cpu()
+        for b, record in enumerate(records):
+            spans = self.items[record["index"]].extra.get("needle_times")
+            if spans is None or record["error"] is not None:
+                continue
+            picked = kept[b][kept[b] >= 0]
+            record["selection"] = selection_record(times[b, picked].tolist(), times[b][mask[b]].tolist(), spans)
 
     def _record(self, index: int, meta: dict, out) -> dict:
         item = self.items[index]
@@ -150,6 +167,10 @@ class Evaluator:
         else:
             result.update(self._multiple_choice(states))
         result["error_ids"] = sorted(r["id"] for r in records if r["error"] is not None)
+        from lit_bvllm.evaluation.selection import aggregate as selection
+
+        if sel := selection(records, self.items):
+            result["selection"] = sel
         return result
 
     def _multiple_choice(self, states: dict[str, Tensor]) -> dict:

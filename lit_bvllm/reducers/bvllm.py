@@ -96,6 +96,10 @@ class BVLLM(Reducer):
         if frame_selection:
             self.temporal_qformer = TextQFormer(**qf)
             self.temporal_proj = nn.Linear(self.temporal_qformer.hidden_size, in_dim)  # Q into [CLS] space
+            # small start: every frame starts about equally likely, so early samples explore the video instead of
+            # every query taking the frame a random projection favours (the Q-Former's queries share a LayerNorm)
+            nn.init.normal_(self.temporal_proj.weight, std=0.02)
+            nn.init.zeros_(self.temporal_proj.bias)
         if spatial_sampling:
             self.spatial_qformer = TextQFormer(**qf)
         self.out_dim = self.spatial_qformer.hidden_size if spatial_sampling else in_dim

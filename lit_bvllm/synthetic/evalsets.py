@@ -28,33 +28,45 @@ def _ordering_wrong(rng: np.random.Generator, sequence: list[str], absent: list[
     return perms + [subs[i] for i in rng.permutation(len(subs))]
 
 
-def vnbench_questions(record: dict, rng: np.random.Generator) -> list[tuple[str, str, list[str], str]]:
-    """(type, question, options, gt) for retrieval, ordering and counting about one eval video."""
+def vnbench_questions(record: dict, rng: np.random.Generator) -> list[tuple[str, str, list[str], str, list[list[int]]]]:
+    """(type, question, options, gt, needle_times) for retrieval, ordering and counting about one eval video.
+
+    ``needle_times``: the ``[start, end)`` seconds of the needle events the question is about (retrieval: the answer's
+    needle; counting: the counted needle; ordering: every event), for the selection hit rate."""
     present = [needle_name(n) for n in distinct_needles(record)]
     absent = [name for name in ALL_NEEDLES if name not in present]
     sequence = [needle_name(n) for n in record["needles"]]
     target = max(present, key=lambda name: (count_of(record, name), -present.index(name)))  # the repeated one
     count = count_of(record, target)
-    gt_ret = article(present[int(rng.integers(len(present)))])
+    ret = present[int(rng.integers(len(present)))]
+    gt_ret = article(ret)
+
+    def times(name: str | None = None) -> list[list[int]]:
+        return [[n["start"], n["end"]] for n in record["needles"] if name is None or needle_name(n) == name]
+
     return [
         ("ret_insert1", "Which of these shapes briefly appears in the video?",
-         _options(rng, gt_ret, [article(a) for a in absent]), gt_ret),
+         _options(rng, gt_ret, [article(a) for a in absent]), gt_ret, times(ret)),
         ("ord_insert1", "In which order do the briefly shown shapes appear?",
-         _options(rng, ", then ".join(sequence), _ordering_wrong(rng, sequence, absent)), ", then ".join(sequence)),
+         _options(rng, ", then ".join(sequence), _ordering_wrong(rng, sequence, absent)), ", then ".join(sequence),
+         times()),
         ("cnt_insert1", f"How many times does {article(target)} appear?",
-         _options(rng, str(count), [str(c) for c in range(1, 6)]), str(count)),
+         _options(rng, str(count), [str(c) for c in range(1, 6)]), str(count), times(target)),
     ]
 
 
 def vnbench_entries(records: list[dict], rng: np.random.Generator) -> list[dict]:
-    """VNBench_qa.json entries: per (video, type) 4 tries, try k rotates the options left by k."""
+    """VNBench_qa.json entries: per (video, type) 4 tries, try k rotates the options left by k. Beside VNBench's own
+    fields, each entry carries ``needle_times`` (:func:`vnbench_questions`), which the reader keeps for the
+    selection hit rate."""
     entries = []
     for record in records:
         stem = record["id"]
-        for kind, question, options, gt in vnbench_questions(record, rng):
+        for kind, question, options, gt, spans in vnbench_questions(record, rng):
             for k in range(4):
                 entries.append({"video": f"videos/{stem}.mp4", "question": question, "options": options[k:] + options[:k],
-                                "gt": gt, "type": kind, "try": k, "question_id": f"{stem}_{kind}_{k}"})
+                                "gt": gt, "type": kind, "try": k, "question_id": f"{stem}_{kind}_{k}",
+                                "needle_times": spans})
     return entries
 
 

@@ -18,17 +18,26 @@ TRAIN_VIDEOS, EVAL_VIDEOS, IMAGES, PRETRAIN, FINETUNE, VNBENCH, MSVD, BENCHMARKS
 MIN_DURATION = 8  # seconds: room for two needle events of up to 2 s, 1 s apart, 1 s clear of both ends
 
 
+def _duration_checks(low: float, high: float, flag: str) -> list[tuple[bool, str]]:
+    return [
+        (low >= MIN_DURATION, f"--{flag}min-duration must be >= {MIN_DURATION} s (two needle events with gaps), got {low}"),
+        (low <= high, f"--{flag}min-duration ({low}) must be <= --{flag}max-duration ({high})"),
+        (math.ceil(low) <= math.floor(high),
+         f"no whole number of seconds lies in [--{flag}min-duration, --{flag}max-duration] = [{low}, {high}]"),
+    ]
+
+
 def validate(seed: int, num_videos: int, num_eval_videos: int, min_duration: float, max_duration: float,
-             min_fps: int, max_fps: int, width: int, height: int) -> None:
+             min_fps: int, max_fps: int, width: int, height: int, eval_min_duration: float | None = None,
+             eval_max_duration: float | None = None) -> None:
     """Raise ValueError naming the flag to change when the arguments of make_synthetic cannot work."""
     checks = [
         (seed >= 0, f"--seed must be >= 0, got {seed}"),
         (num_videos >= 1, f"--num-videos must be >= 1, got {num_videos}"),
         (num_eval_videos >= 1, f"--num-eval-videos must be >= 1, got {num_eval_videos}"),
-        (min_duration >= MIN_DURATION, f"--min-duration must be >= {MIN_DURATION} s (two needle events with gaps), got {min_duration}"),
-        (min_duration <= max_duration, f"--min-duration ({min_duration}) must be <= --max-duration ({max_duration})"),
-        (math.ceil(min_duration) <= math.floor(max_duration),
-         f"no whole number of seconds lies in [--min-duration, --max-duration] = [{min_duration}, {max_duration}]"),
+        *_duration_checks(min_duration, max_duration, ""),
+        *_duration_checks(min_duration if eval_min_duration is None else eval_min_duration,
+                          max_duration if eval_max_duration is None else eval_max_duration, "eval-"),
         (min_fps >= 2, f"--min-fps must be >= 2: videos must encode above 1 fps, got {min_fps}"),
         (min_fps <= max_fps, f"--min-fps ({min_fps}) must be <= --max-fps ({max_fps})"),
         (width >= 32 and height >= 32, f"--width and --height must be >= 32 px, got {width}x{height}"),
@@ -63,6 +72,8 @@ def make_synthetic(
     max_fps: int = 8,
     width: int = 128,
     height: int = 96,
+    eval_min_duration: float | None = None,
+    eval_max_duration: float | None = None,
 ) -> dict:
     """Write a deterministic synthetic dataset of H.264 videos with timed "needle" shapes and their annotations.
 
@@ -83,14 +94,21 @@ def make_synthetic(
         max_fps: highest frame rate.
         width: frame width in pixels (even).
         height: frame height in pixels (even).
+        eval_min_duration: shortest eval video in seconds (default: ``min_duration``); eval videos may be longer
+            than training ones, as benchmark videos are (the needle set: 64-128 s against <= 32 s of training).
+        eval_max_duration: longest eval video in seconds (default: ``max_duration``).
 
     Returns:
         A summary: counts of videos, images and entries per annotation file, total seconds, files written;
         ``benchmark_entries`` counts the questions of each benchmark fixture file (benchmarks.py).
     """
-    validate(seed, num_videos, num_eval_videos, min_duration, max_duration, min_fps, max_fps, width, height)
+    validate(seed, num_videos, num_eval_videos, min_duration, max_duration, min_fps, max_fps, width, height,
+             eval_min_duration, eval_max_duration)
     root = Path(out)
     durations, fps_range = (math.ceil(min_duration), math.floor(max_duration)), (min_fps, max_fps)
+    eval_min = min_duration if eval_min_duration is None else eval_min_duration
+    eval_max = max_duration if eval_max_duration is None else eval_max_duration
+    eval_durations = (math.ceil(eval_min), math.floor(eval_max))
     for folder in ("videos", "images", "eval/vnbench/videos", "eval/msvd/videos"):
         (root / folder).mkdir(parents=True, exist_ok=True)
 
@@ -101,7 +119,7 @@ def make_synthetic(
     videos = [sample_video(rng(TRAIN_VIDEOS, i), f"vid_{i:04d}", f"videos/vid_{i:04d}.mp4", "train",
                            durations, fps_range, width, height, min_needles=0) for i in range(num_videos)]
     evals = [sample_video(rng(EVAL_VIDEOS, i), f"eval_{i:04d}", f"eval/vnbench/videos/eval_{i:04d}.mp4", "eval",
-                          durations, fps_range, width, height, min_needles=2) for i in range(num_eval_videos)]
+                          eval_durations, fps_range, width, height, min_needles=2) for i in range(num_eval_videos)]
     images = [sample_image(rng(IMAGES, i), f"img_{i:04d}", f"images/img_{i:04d}.jpg", width, height)
               for i in range(max(2, num_videos // 4))]
     for record in videos + evals:
@@ -128,7 +146,8 @@ def make_synthetic(
         "eval/msvd/test_a.json": msvd_a,
     }
     config = {"seed": seed, "num_videos": num_videos, "num_eval_videos": num_eval_videos, "min_duration": min_duration,
-              "max_duration": max_duration, "min_fps": min_fps, "max_fps": max_fps, "width": width, "height": height}
+              "max_duration": max_duration, "min_fps": min_fps, "max_fps": max_fps, "width": width, "height": height,
+              "eval_min_duration": eval_min, "eval_max_duration": eval_max}
     _write_json(root / "metadata.json", {"config": config, "videos": videos + evals, "images": images}, sort_keys=True)
     for name, entries in files.items():
         _write_json(root / name, entries)
