@@ -19,7 +19,7 @@ import itertools
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     GenerationConfig,
     PreTrainedTokenizerFast,
@@ -27,7 +27,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from lit_bvllm.backbones import VIDEO_TOKEN
+from lit_bvllm.backbones import VIDEO_TOKEN, load_tokenizer
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [PAD, IM_START, IM_END, VIDEO_TOKEN]
@@ -66,9 +66,21 @@ def _corpus(num_lines: int = 4000) -> list[str]:
 
 
 def build_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (Qwen2's kind: any text encodes, no unknown token) with a ChatML template."""
+    """A byte-level BPE tokenizer of Qwen2's kind (NFC, Qwen2's pre-tokenizer: digits one by one; any text encodes,
+    no unknown token) with a ChatML template.
+
+    The pre-tokenizer must be Qwen2's own: the saved folder is read back as a ``Qwen2Tokenizer`` (its config says
+    ``qwen2``), which rebuilds the pipeline from the vocabulary and merges with Qwen2's rules. With GPT-2's byte-level
+    regex the tiny LLM learnt " 27" as one token during its warm-up and read "Ġ", "2", "7" everywhere after.
+    """
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -89,13 +101,17 @@ def build_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
     return fast
 
 
-def lm_corpus(num_texts: int, seed: int) -> list[str]:
-    """Text in the synthetic data's language: captions of random scenes, and ChatML reading comprehension, where the
-    user turn holds a scene's description and a question about it and the assistant answers from it.
+def lm_corpus(num_texts: int, seed: int, tokenizer) -> list[str]:
+    """Text in the synthetic data's language, in the two formats the training stages feed the LLM:
 
-    A real LLM reads its context; this is how the tiny one learns to, so that visual tokens put where the description
-    was (the projector's job) can be read the same way. Only words and grammar: the scenes are drawn here from their
-    own random stream, never rendered, so nothing about a video's content leaks.
+    - LLaVA's ``plain`` format (stage 1), as repetition: a scene's description, a newline, the description again;
+    - ChatML conversations rendered by ``tokenizer``'s own chat template (stage 2, so with its default system
+      turn): the user's first turn holds a scene's description and a question, the assistant answers from it, and
+      one or two more questions about the same scene may follow.
+
+    A real LLM reads and repeats its context; this is how the tiny one learns to, so that visual tokens put where the
+    description was (the projector's job) can be read the same way. Only words and grammar: the scenes are drawn
+    here from their own random stream, never rendered, so nothing about a video's content leaks.
     """
     import numpy as np
 
@@ -108,20 +124,21 @@ def lm_corpus(num_texts: int, seed: int) -> list[str]:
     for i in range(num_texts):
         record = sample_video(rng, f"lm_{i}", "", "train", (8, 128), (4, 8), 128, 96, 0)
         scene = caption(record)
-        kind = i % 4
-        if kind == 0:  # a caption, as the pretraining stage's targets read
-            texts.append(scene + IM_END)
+        if i % 4 == 0:  # plain: the description at the placeholder's place, then the caption to learn
+            texts.append(f"{scene}\n{scene}{tokenizer.eos_token}")
             continue
-        if kind == 1:  # describe what the context shows
-            q, a = CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))], scene
-        elif rng.random() < 0.1:
-            q, a = text_qa(rng)
-            scene = ""
-        else:  # answer a question about it
-            pairs = video_qa(record, rng)
-            q, a = pairs[int(rng.integers(len(pairs)))]
-        context = f"{scene}\n" if scene else ""
-        texts.append(f"{IM_START}user\n{context}{q}{IM_END}\n{IM_START}assistant\n{a}{IM_END}\n")
+        if i % 4 == 1:  # describe what the context shows
+            pairs = [(CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))], scene)]
+        elif rng.random() < 0.1:  # a question the context does not answer
+            pairs, scene = [text_qa(rng)], ""
+        else:  # questions about it
+            qa = video_qa(record, rng)
+            pairs = [qa[int(k)] for k in rng.permutation(len(qa))[: int(rng.integers(1, 4))]]
+        messages = []
+        for k, (q, a) in enumerate(pairs):
+            user = f"{scene}\n{q}" if k == 0 and scene else q
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": a}]
+        texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
     return texts
 
 
@@ -131,8 +148,8 @@ def warm_up_lm(llm: Qwen2ForCausalLM, tokenizer, steps: int, seed: int, batch_si
     if steps <= 0:
         return []
     g = torch.Generator().manual_seed(seed)
-    texts = lm_corpus(steps * batch_size // 4 + batch_size, seed)
-    enc = tokenizer(texts, add_special_tokens=False, padding=True, truncation=True, max_length=160, return_tensors="pt")
+    texts = lm_corpus(steps * batch_size // 4 + batch_size, seed, tokenizer)
+    enc = tokenizer(texts, add_special_tokens=False, padding=True, truncation=True, max_length=256, return_tensors="pt")
     opt = torch.optim.AdamW(llm.parameters(), lr=3e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     llm.train()
@@ -213,8 +230,10 @@ def make_tiny(
     llm.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
     )
-    lm_losses = warm_up_lm(llm, tokenizer, lm_steps, seed)
-    llm.save_pretrained(llm_dir)
     tokenizer.save_pretrained(llm_dir)
+    llm.save_pretrained(llm_dir)  # the config says qwen2: from here on the tokenizer reads back as a Qwen2Tokenizer
+    # warm up with the tokenizer exactly as the suite will load it, so the LLM learns the token ids it will be fed
+    lm_losses = warm_up_lm(llm, load_tokenizer(llm_dir), lm_steps, seed)
+    llm.save_pretrained(llm_dir)
     return {"vision": str(vision_dir), "llm": str(llm_dir), "tokenizer": str(llm_dir), "clip_log": clip["log"],
             "lm_warmup_loss": lm_losses}

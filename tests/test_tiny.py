@@ -68,6 +68,19 @@ def test_tokenizer_special_tokens_and_chatml(tokenizer):
     assert tokenizer.decode(tokenizer("naïve 東京 ✓")["input_ids"]) == "naïve 東京 ✓"
 
 
+def test_saved_tokenizer_reads_back_with_the_ids_the_llm_was_warmed_up_on(tiny):
+    """The LLM folder's config says qwen2, so the suite reads the tokenizer back as a Qwen2Tokenizer, rebuilt with
+    Qwen2's pre-tokenizer. The warm-up's in-memory tokenizer must split text the same way (it split " 27" into one
+    token and the reloaded one into three before the fix), numbers and all."""
+    loaded = load_tokenizer(tiny["llm"])
+    assert type(loaded).__name__ == "Qwen2Tokenizer"
+    text = ("A video with an olive background. Briefly shown: a red ring at about 27 s, then a cyan triangle at "
+            "about 104 s. How many times? 3. naïve")
+    built = build_tokenizer()
+    assert loaded(text)["input_ids"] == built(text)["input_ids"]
+    assert loaded.convert_ids_to_tokens(loaded(" 27")["input_ids"]) == ["Ġ", "2", "7"]  # Qwen2: digit by digit
+
+
 def test_tokenizer_build_is_deterministic():
     assert build_tokenizer().backend_tokenizer.to_str() == build_tokenizer().backend_tokenizer.to_str()
 
@@ -101,6 +114,12 @@ def test_lm_warm_up_teaches_the_tiny_llm_its_language():
                                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256))
     losses = warm_up_lm(llm, tok, steps=60, seed=0, batch_size=8)
     assert losses[0] > 6.0 and losses[-1] < 0.6 * losses[0]
-    texts = lm_corpus(8, seed=0)
-    assert any("<|im_start|>assistant" in t for t in texts) and all(t.strip() for t in texts)
-    assert lm_corpus(8, seed=0) == texts  # deterministic
+    texts = lm_corpus(8, seed=0, tokenizer=tok)
+    chat = [t for t in texts if t.startswith("<|im_start|>")]
+    # conversations come through the tokenizer's own chat template (its default system turn included), as the data
+    # module renders them; the rest repeat a description after a newline, as the plain pretraining format reads
+    assert chat and all(t.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n") for t in chat)
+    for t in set(texts) - set(chat):
+        first, second = t.removesuffix(tok.eos_token).split("\n")
+        assert first == second and first.startswith("A video")
+    assert lm_corpus(8, seed=0, tokenizer=tok) == texts  # deterministic
