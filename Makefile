@@ -31,7 +31,6 @@ demo: install  ## tiny backbones + synthetic videos, pretrain, finetune (LoRA), 
 	$(BIN)/lit_bvllm make-synthetic --out $(ART)/synthetic --seed 0 --num-videos 400 --max-duration 32 --min-fps 2 --max-fps 4 \
 		--num-eval-videos 48 --eval-min-duration 64 --eval-max-duration 128
 	$(BIN)/lit_bvllm probe-tower --vision_tower $(ART)/tiny/vision --data $(ART)/synthetic --out $(ART)/probe_tiny_clip.json
-	$(BIN)/lit_bvllm scan --config experiments/data/synthetic_finetune.yaml --out $(ART)/scan_finetune.json
 	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml
 	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml --config experiments/finetune.yaml
 	$(BIN)/lit_bvllm test --config experiments/pretrain.yaml --config experiments/finetune.yaml \
