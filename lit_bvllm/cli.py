@@ -121,6 +121,18 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
                 bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
                 cfg.trainer.precision = "bf16-mixed" if bf16 else "32-true"
 
+        def instantiate_trainer(self, **kwargs):
+            """Checkpoints are written atomically (:class:`AtomicCheckpointIO`) unless the config names its own
+            checkpoint IO. Added here, not as a parser default: an instance there is written into the run's
+            ``config.yaml`` as "Unable to serialize instance", and the snapshot no longer replays."""
+            from lightning.pytorch.plugins.io import CheckpointIO
+
+            plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+            plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+            if not any(isinstance(p, CheckpointIO) for p in plugins):
+                plugins.append(AtomicCheckpointIO())
+            return super().instantiate_trainer(**{"plugins": plugins, **kwargs})
+
     return VideoCLI(
         VideoLLM,
         L.LightningDataModule,
@@ -137,7 +149,6 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
                 PredictionWriter(),
                 LearningRateMonitor(logging_interval="step"),
             ],
-            "plugins": [AtomicCheckpointIO()],
             "use_distributed_sampler": False,  # the data module shards with its own resumable sampler
         },
     )

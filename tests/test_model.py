@@ -48,6 +48,20 @@ def repo_root(monkeypatch):
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
 
 
+def test_a_runs_saved_config_replays(tiny, synthetic, tmp_path):
+    """The run's config.yaml is a complete, serialisable config: `lit_bvllm fit --config runs/<run>/config.yaml`
+    runs again, and checkpoints are still written atomically (before, the default plugin instance was written as
+    "Unable to serialize instance <AtomicCheckpointIO ...>" and the replay failed to parse)."""
+    first = lightning_cli(cli_args(tiny, synthetic, tmp_path / "a", steps=1))
+    assert isinstance(first.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    saved = tmp_path / "a" / "pretrain" / "tiny" / "config.yaml"
+    assert "Unable to serialize" not in saved.read_text()
+    again = lightning_cli(["fit", "--config", str(saved), "--trainer.logger.init_args.save_dir", str(tmp_path / "b")])
+    assert again.trainer.global_step == 1
+    assert isinstance(again.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert (tmp_path / "b" / "pretrain" / "tiny" / "checkpoints" / "last.ckpt").is_file()
+
+
 @pytest.mark.parametrize("reducer", sorted(REDUCERS))
 def test_two_step_fit_with_each_reducer(reducer, tiny, synthetic, tmp_path):
     cli = lightning_cli(cli_args(tiny, synthetic, tmp_path, reducer))
