@@ -112,6 +112,8 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
         def add_arguments_to_parser(self, parser) -> None:
             parser.link_arguments("model.llm", "data.init_args.tokenizer")
             parser.link_arguments("model.vision_tower", "data.init_args.vision_tower")
+            # the data writes the placeholder the model splices at: one setting, --model.video_token
+            parser.link_arguments("model.video_token", "data.init_args.video_token")
 
         def before_instantiate_classes(self) -> None:
             import torch

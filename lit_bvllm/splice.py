@@ -40,6 +40,15 @@ def splice(
     B, L, H = text_embeds.shape
     text_keep = attention_mask.bool()
     is_ph = (input_ids == placeholder_id) & text_keep
+    count = is_ph.sum(1)
+    lost = visual_mask.any(1) & (count == 0)
+    if bool(lost.any()) or bool((count > 1).any()):  # one check per batch; never drop a sample's video silently
+        row = int(torch.nonzero(lost | (count > 1))[0])
+        raise ValueError(
+            f"sample {row} of the batch has {int(count[row])} placeholder tokens (id {placeholder_id}) for "
+            f"{int(visual_mask[row].sum())} visual tokens; it needs exactly one: the data module must write the "
+            "model's placeholder (--model.video_token, which the CLI passes on to --data.video_token)"
+        )
     n_vis = visual_mask.sum(1) * is_ph.any(1)  # (B,) visual tokens actually spliced
     text_keep = text_keep & ~is_ph
     # each kept text token moves right by the visual tokens spliced before it

@@ -48,6 +48,20 @@ def repo_root(monkeypatch):
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
 
 
+def test_the_placeholder_is_one_setting(tiny, synthetic, tmp_path):
+    """--model.video_token reaches the data module (it used to keep its own "<video>", and the model spliced at a
+    token no sample held: every visual token dropped, no error)."""
+    cli = lightning_cli(cli_args(tiny, synthetic, tmp_path)[1:] + ["--model.video_token", "<vid>"], run=False)
+    m, dm = cli.model, cli.datamodule
+    assert dm.hparams.video_token == "<vid>" and m.tokenizer.convert_ids_to_tokens(m.placeholder_id) == "<vid>"
+    dm.setup("fit")
+    b = next(iter(dm.train_dataloader()))
+    assert ((b["input_ids"] == m.placeholder_id).sum(1) == 1).all()
+    _, mask, _, info = m.embed(b)
+    assert torch.equal(mask.sum(1), b["attention_mask"].sum(1) - 1 + info["num_tokens"])  # every visual token placed
+    assert (info["num_tokens"] > 0).all()
+
+
 def test_a_runs_saved_config_replays(tiny, synthetic, tmp_path):
     """The run's config.yaml is a complete, serialisable config: `lit_bvllm fit --config runs/<run>/config.yaml`
     runs again, and checkpoints are still written atomically (before, the default plugin instance was written as
