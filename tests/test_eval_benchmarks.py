@@ -307,3 +307,34 @@ def test_predict_writes_generations(tiny, synthetic, tmp_path, monkeypatch):
     records = [json.loads(line) for line in lines]
     assert len(records) == 5 and len({r["id"] for r in records}) == 5
     assert all(r["prompt"] and isinstance(r["answer"], str) for r in records)
+
+
+def test_option_scores_equal_one_forward_pass_per_option(model, tiny, synthetic):
+    """The batched scorer (visual tokens once per item, all options of all items in one padded LLM call) against a
+    separate, unpadded pass for every option: same mean token log-likelihood."""
+    import torch.nn.functional as F
+
+    from lit_bvllm import pipeline
+    from lit_bvllm.scoring import option_scores
+
+    dm = BenchmarkDataModule(str(synthetic / "eval" / "vnbench"), tiny["llm"], benchmark="vnbench",
+                             vision_tower=tiny["vision"], num_workers=0, batch_size=3, mode="likelihood", limit=3)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    with torch.no_grad():
+        got, _ = option_scores(model, batch)
+        visual, vmask, _ = pipeline.visual_tokens(model, batch)
+        row, start = 0, 0
+        for b, k in enumerate(batch["num_options"].tolist()):
+            for j in range(k):
+                keep = batch["option_mask"][start + j].bool()
+                ids, labels = batch["option_ids"][start + j][keep][None], batch["option_labels"][start + j][keep][None]
+                embeds, mask, labels = pipeline.splice_text(model, ids, torch.ones_like(ids), visual[b : b + 1],
+                                                            vmask[b : b + 1], labels)
+                logp = F.log_softmax(model.llm(inputs_embeds=embeds, attention_mask=mask).logits[0, :-1], -1)
+                t = labels[0, 1:]
+                want = logp[t >= 0].gather(-1, t[t >= 0][:, None]).mean()
+                assert got[b, j].item() == pytest.approx(want.item(), abs=1e-4)
+                row += 1
+            start += k
+        assert row == int(batch["num_options"].sum()) and torch.isinf(got[got.isinf()]).all()
