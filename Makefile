@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install demo test test-slow bench bench-reducers clean
+.PHONY: help install demo lint test test-slow bench bench-reducers clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,7 +43,10 @@ demo: install  ## tiny backbones + synthetic videos, pretrain, finetune (LoRA), 
 		blind=runs/eval_needle/tiny_blind/vnbench_results.json
 	@echo; echo "Look at the runs: $(BIN)/tensorboard --logdir runs"
 
-test: install  ## the test suite (no network, no GPU; slow and gpu tests excluded)
+lint: install  ## ruff: pyflakes, isort, pyupgrade (pyproject.toml)
+	$(BIN)/ruff check .
+
+test: lint  ## lint, then the test suite (no network, no GPU; slow and gpu tests excluded)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu" -p no:cacheprovider
 
 test-slow:  install ## only the slow tests

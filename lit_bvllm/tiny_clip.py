@@ -29,7 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPVisionConfig, PreTrainedTokenizerFast
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPVisionConfig,
+    PreTrainedTokenizerFast,
+)
 
 from lit_bvllm.synthetic.describe import article, background_phrase, join
 from lit_bvllm.synthetic.render import distractor_centre, render_image, shape_mask
@@ -37,8 +44,6 @@ from lit_bvllm.synthetic.scenes import (
     BACKGROUNDS,
     NEEDLE_COLOURS,
     NEEDLE_SHAPES,
-    sample_background,
-    sample_distractors,
     sample_video,
 )
 

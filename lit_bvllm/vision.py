@@ -32,7 +32,7 @@ class VisionEncoder(nn.Module):
         side = cfg.image_size // cfg.patch_size
         self.num_patches = side * side
 
-    def train(self, mode: bool = True) -> "VisionEncoder":
+    def train(self, mode: bool = True) -> VisionEncoder:
         return super().train(False)  # always in eval mode (no dropout), whatever the module around it does
 
     @torch.no_grad()

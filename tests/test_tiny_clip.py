@@ -10,7 +10,6 @@ import torch
 from transformers import AutoTokenizer, CLIPModel, CLIPVisionModel
 
 from lit_bvllm.backbones import load_image_processor, load_vision_tower
-from lit_bvllm.synthetic.render import shape_mask
 from lit_bvllm.synthetic.scenes import COLOURS, NEEDLE_COLOURS, NEEDLE_SHAPES
 from lit_bvllm.tiny_clip import (
     HEADS,
