@@ -6,6 +6,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_bvllm.io import write_json
 
@@ -121,3 +123,29 @@ class TemperatureSchedule(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.target is not None:
             pl_module.reducer.tau = self.target
+
+
+class KeepingConfigSnapshot(SaveConfigCallback):
+    """LightningCLI's config snapshot (``config.yaml`` in the run directory) that never overwrites an earlier one.
+
+    A run directory is named by ``--trainer.logger.init_args.version``; a second run or a resume with the same name
+    finds the first run's snapshot there. It is kept as ``config.1.yaml`` (``config.2.yaml``, ...), with a warning,
+    and the new run writes ``config.yaml``: the newest run's config is always ``config.yaml``, and no run's config is
+    lost.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.already_saved or not self.save_to_log_dir:
+            return super().setup(trainer, pl_module, stage)
+        log_dir = trainer.log_dir  # broadcasts: every rank asks
+        if trainer.is_global_zero and log_dir is not None:
+            path = Path(log_dir) / self.config_filename
+            if path.is_file():
+                n = 1
+                while (kept := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists():
+                    n += 1
+                path.rename(kept)
+                rank_zero_warn(f"{path} held an earlier run's config (same --trainer.logger.init_args.version); kept "
+                               f"as {kept.name}, this run's is {path.name}")
+        self.overwrite = True  # the old snapshot is out of the way on rank 0
+        return super().setup(trainer, pl_module, stage)

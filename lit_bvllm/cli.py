@@ -104,7 +104,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
     from lightning.pytorch.cli import LightningCLI
 
     from datamodules import SkippedSamplesLogger
-    from lit_bvllm.callbacks import PredictionWriter, RunSummary
+    from lit_bvllm.callbacks import KeepingConfigSnapshot, PredictionWriter, RunSummary
     from lit_bvllm.checkpointing import AtomicCheckpointIO
     from lit_bvllm.model import VideoLLM
 
@@ -141,7 +141,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
         subclass_mode_data=True,
         args=args,
         run=run,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=KeepingConfigSnapshot,  # never overwrites an earlier run's config.yaml
         trainer_defaults={
             "callbacks": [
                 ModelCheckpoint(filename="step{step}", save_last=True, save_top_k=-1, every_n_train_steps=500,

@@ -49,6 +49,15 @@ def repo_root(monkeypatch):
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
 
 
+def test_a_second_run_in_the_same_directory_keeps_the_first_runs_config(tiny, synthetic, tmp_path):
+    lightning_cli(cli_args(tiny, synthetic, tmp_path, steps=1))
+    run = tmp_path / "pretrain" / "tiny"
+    with pytest.warns(UserWarning, match="kept as config.1.yaml"):
+        lightning_cli(cli_args(tiny, synthetic, tmp_path, steps=2))
+    assert "max_steps: 1" in (run / "config.1.yaml").read_text()
+    assert "max_steps: 2" in (run / "config.yaml").read_text()
+
+
 def test_the_placeholder_is_one_setting(tiny, synthetic, tmp_path):
     """--model.video_token reaches the data module (it used to keep its own "<video>", and the model spliced at a
     token no sample held: every visual token dropped, no error)."""
