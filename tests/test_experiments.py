@@ -46,7 +46,7 @@ def test_reducer_config_binds_to_its_class(path):
 COMPOSED = [
     ["pretrain.yaml"],
     ["pretrain.yaml", "finetune.yaml"],
-    ["pretrain.yaml", "finetune.yaml", "eval/needle.yaml"],
+    *[["pretrain.yaml", "finetune.yaml", f"eval/{p.name}"] for p in sorted((EXPERIMENTS / "eval").glob("*.yaml"))],
     ["pretrain.yaml", "backbones/qwen2_7b_clip336.yaml", "reducers/bvllm.yaml", "reducers/bvllm_no_temporal_merge.yaml"],
     *[["pretrain.yaml", f"strategies/{p.name}"] for p in sorted((EXPERIMENTS / "strategies").glob("*.yaml"))],
     *[["pretrain.yaml", f"reducers/{p.name}"] for p in REDUCERS if not p.stem.startswith("bvllm_")],
@@ -59,7 +59,8 @@ def test_composed_configs_parse_with_the_cli(configs, capsys, monkeypatch):
     from lit_bvllm.cli import main
 
     monkeypatch.chdir(EXPERIMENTS.parent)
-    args = ["fit"] + [a for c in configs for a in ("--config", f"experiments/{c}")] + ["--print_config"]
+    command = "test" if any(c.startswith("eval/") for c in configs) else "fit"
+    args = [command] + [a for c in configs for a in ("--config", f"experiments/{c}")] + ["--print_config"]
     with pytest.raises(SystemExit) as done:
         main(args)
     assert done.value.code in (0, None)
