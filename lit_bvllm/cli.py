@@ -108,6 +108,10 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
     from lit_bvllm.checkpointing import AtomicCheckpointIO
     from lit_bvllm.model import VideoLLM
 
+    def default_checkpoint() -> ModelCheckpoint:
+        return ModelCheckpoint(filename="step{step}", save_last=True, save_top_k=-1, every_n_train_steps=500,
+                               auto_insert_metric_name=False)
+
     class VideoCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             parser.link_arguments("model.llm", "data.init_args.tokenizer")
@@ -129,11 +133,19 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
             ``config.yaml`` as "Unable to serialize instance", and the snapshot no longer replays."""
             from lightning.pytorch.plugins.io import CheckpointIO
 
-            plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+            trainer = self._get(self.config_init, "trainer", default={})
+            plugins = trainer.get("plugins")
             plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
             if not any(isinstance(p, CheckpointIO) for p in plugins):
                 plugins.append(AtomicCheckpointIO())
-            return super().instantiate_trainer(**{"plugins": plugins, **kwargs})
+            # the checkpoint interval lives in the config (experiments/pretrain.yaml); a config without a
+            # ModelCheckpoint still gets the suite's (every 500 steps, last.ckpt for --ckpt_path last)
+            callbacks = trainer.get("callbacks")
+            callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+            if trainer.get("enable_checkpointing", True) is not False and not any(
+                    isinstance(c, ModelCheckpoint) for c in callbacks):
+                callbacks.append(default_checkpoint())
+            return super().instantiate_trainer(**{"plugins": plugins, "callbacks": callbacks, **kwargs})
 
     return VideoCLI(
         VideoLLM,
@@ -144,8 +156,6 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
         save_config_callback=KeepingConfigSnapshot,  # never overwrites an earlier run's config.yaml
         trainer_defaults={
             "callbacks": [
-                ModelCheckpoint(filename="step{step}", save_last=True, save_top_k=-1, every_n_train_steps=500,
-                                auto_insert_metric_name=False),
                 SkippedSamplesLogger(),
                 RunSummary(),
                 PredictionWriter(),

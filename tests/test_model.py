@@ -9,6 +9,7 @@ import sys
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from datamodules import VideoInstructDataModule
 from lit_bvllm.checkpointing import AtomicCheckpointIO
@@ -49,6 +50,13 @@ def repo_root(monkeypatch):
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
 
 
+def test_a_config_without_a_checkpoint_callback_gets_the_suites(tiny, synthetic, tmp_path):
+    cli = lightning_cli(cli_args(tiny, synthetic, tmp_path)[1:] + ["--trainer.callbacks", "[]"], run=False)
+    ckpts = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert len(ckpts) == 1 and ckpts[0]._every_n_train_steps == 500 and ckpts[0].save_last
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
 def test_a_second_run_in_the_same_directory_keeps_the_first_runs_config(tiny, synthetic, tmp_path):
     lightning_cli(cli_args(tiny, synthetic, tmp_path, steps=1))
     run = tmp_path / "pretrain" / "tiny"
@@ -80,6 +88,8 @@ def test_a_runs_saved_config_replays(tiny, synthetic, tmp_path):
     assert isinstance(first.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     saved = tmp_path / "a" / "pretrain" / "tiny" / "config.yaml"
     assert "Unable to serialize" not in saved.read_text()
+    assert "every_n_train_steps: 500" in saved.read_text()  # the checkpoint interval is part of the config
+    assert sum(isinstance(c, ModelCheckpoint) for c in first.trainer.callbacks) == 1
     again = lightning_cli(["fit", "--config", str(saved), "--trainer.logger.init_args.save_dir", str(tmp_path / "b")])
     assert again.trainer.global_step == 1
     assert isinstance(again.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
