@@ -141,7 +141,7 @@ def probe_tower(vision_tower: str, data: str, out: str | None = None, feature_la
     meta_path = root / "metadata.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"--data '{root}' has no metadata.json; point it at a `lit_bvllm make-synthetic --out DIR` folder")
-    videos = [r for r in json.loads(meta_path.read_text())["videos"]]
+    videos = json.loads(meta_path.read_text())["videos"]
     train = [r for r in videos if r["split"] == "train"][:max_videos]
     test = [r for r in videos if r["split"] == "eval"][:max_videos]
     if not train or not test:

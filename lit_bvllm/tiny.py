@@ -231,7 +231,7 @@ def make_tiny(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
     )
     tokenizer.save_pretrained(llm_dir)
-    llm.save_pretrained(llm_dir)  # the config says qwen2: from here on the tokenizer reads back as a Qwen2Tokenizer
+    llm.config.save_pretrained(llm_dir)  # it says qwen2: from here on the tokenizer reads back as a Qwen2Tokenizer
     # warm up with the tokenizer exactly as the suite will load it, so the LLM learns the token ids it will be fed
     lm_losses = warm_up_lm(llm, load_tokenizer(llm_dir), lm_steps, seed)
     llm.save_pretrained(llm_dir)

@@ -18,6 +18,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
+import torch
+
+from lit_bvllm.reducers.merging import uniform_indices
 
 
 def shown(times: list[float], spans: list[list[float]]) -> list[bool]:
@@ -32,12 +35,12 @@ def shown(times: list[float], spans: list[list[float]]) -> list[bool]:
 
 
 def uniform_times(times: list[float], k: int) -> list[float]:
-    """``k`` of ``times`` at the midpoints of equal segments (all of them when ``k >= len(times)``)."""
-    n = len(times)
-    if k >= n:
+    """``k`` of ``times`` at the midpoints of equal segments (all of them when ``k >= len(times)``), by the rule the
+    uniform reducers use (:func:`lit_bvllm.reducers.merging.uniform_indices`)."""
+    if k >= len(times):
         return list(times)
-    idx = np.floor((np.arange(k) + 0.5) * n / k).astype(np.int64)
-    return [times[i] for i in idx]
+    idx, _ = uniform_indices(torch.tensor([len(times)]), k)
+    return [times[i] for i in idx[0].tolist()]
 
 
 def selection_record(selected: list[float], given: list[float], spans: list[list[float]]) -> dict:

@@ -102,12 +102,12 @@ def make_synthetic(
         A summary: counts of videos, images and entries per annotation file, total seconds, files written;
         ``benchmark_entries`` counts the questions of each benchmark fixture file (benchmarks.py).
     """
-    validate(seed, num_videos, num_eval_videos, min_duration, max_duration, min_fps, max_fps, width, height,
-             eval_min_duration, eval_max_duration)
-    root = Path(out)
-    durations, fps_range = (math.ceil(min_duration), math.floor(max_duration)), (min_fps, max_fps)
     eval_min = min_duration if eval_min_duration is None else eval_min_duration
     eval_max = max_duration if eval_max_duration is None else eval_max_duration
+    validate(seed, num_videos, num_eval_videos, min_duration, max_duration, min_fps, max_fps, width, height,
+             eval_min, eval_max)
+    root = Path(out)
+    durations, fps_range = (math.ceil(min_duration), math.floor(max_duration)), (min_fps, max_fps)
     eval_durations = (math.ceil(eval_min), math.floor(eval_max))
     for folder in ("videos", "images", "eval/vnbench/videos", "eval/msvd/videos"):
         (root / folder).mkdir(parents=True, exist_ok=True)
