@@ -14,9 +14,9 @@ from collections import Counter
 from pathlib import Path
 
 from datamodules.errors import SampleError
+from datamodules.io import write_json
 from datamodules.video import IMAGE_SUFFIXES, probe_video, read_image
 from datamodules.video_instruct import VideoInstructDataset
-from lit_bvllm.io import write_json
 
 _DATASETS: list[VideoInstructDataset] = []
 _CHUNK = 256

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from datamodules.errors import REASONS
-from lit_bvllm.io import write_json
+from datamodules.io import write_json
 
 
 class SkippedSamplesLogger(L.Callback):

@@ -47,7 +47,7 @@ class FrameTransform:
         self.policy = policy
         self.processor = None
         if vision_tower is not None:
-            from lit_bvllm.backbones import load_image_processor
+            from datamodules.loading import load_image_processor
 
             proc = load_image_processor(vision_tower)
             crops = getattr(proc, "do_center_crop", True)

@@ -86,7 +86,7 @@ class VideoInstructDataModule(L.LightningDataModule):
         )
 
     def setup(self, stage: str | None = None) -> None:
-        from lit_bvllm.backbones import load_tokenizer
+        from datamodules.loading import load_tokenizer
 
         h = self.hparams
         if self.tokenizer is None:

@@ -1,4 +1,4 @@
-"""Loading backbones, tokenizers and image processors from local folders.
+"""Loading the vision tower and the LLM from local folders (the tokenizer and image processor: :mod:`datamodules.loading`).
 
 Every loader goes through the Hugging Face ``from_pretrained(local_path)`` path, so the tiny backbones written by
 ``lit_bvllm make-tiny`` and a real checkpoint (Qwen2-7B-Instruct, CLIP, SigLIP) load the same way. Nothing here
@@ -11,55 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
 
-VIDEO_TOKEN = "<video>"
-"""The placeholder the suite splices visual tokens at. Media tags in annotations (``<video>``, ``<image>``) map to it."""
+from datamodules.loading import VIDEO_TOKEN, load_image_processor, load_tokenizer, local_dir
 
-
-def _local_dir(path: str | Path, what: str, flag: str) -> Path:
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise FileNotFoundError(
-            f"{what} folder '{p}' does not exist. lit_bvllm only loads local checkpoints (no hub downloads): "
-            f"set {flag} to a folder written by `save_pretrained`, or run `lit_bvllm make-tiny --out DIR`."
-        )
-    return p
-
-
-def load_tokenizer(path: str | Path, video_token: str | None = VIDEO_TOKEN, flag: str = "--data.tokenizer") -> PreTrainedTokenizerBase:
-    """Load the LLM's tokenizer from a local folder and make sure it has the video placeholder and a pad token.
-
-    A real checkpoint's tokenizer (Qwen2) does not know ``video_token``; it is added as a special token, so
-    ``len(tokenizer)`` grows by one and the model must resize its embeddings to ``len(tokenizer)``.
-    ``video_token=None`` loads the tokenizer as it is (e.g. BERT's, for a Q-Former's question input).
-    """
-    tok = AutoTokenizer.from_pretrained(_local_dir(path, "tokenizer", flag), local_files_only=True)
-    if video_token is None:
-        return tok
-    if video_token not in tok.get_vocab():
-        tok.add_special_tokens({"additional_special_tokens": [video_token]}, replace_extra_special_tokens=False)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if tok.chat_template is None:
-        raise ValueError(
-            f"tokenizer at '{path}' has no chat template; use a chat checkpoint (e.g. Qwen2-7B-Instruct) "
-            "or set --data.template=plain"
-        )
-    return tok
-
-
-def load_image_processor(path: str | Path):
-    """The vision tower's own ``AutoImageProcessor`` (resize, crop, normalise), from a local folder."""
-    return AutoImageProcessor.from_pretrained(_local_dir(path, "vision tower", "--model.vision_tower"), local_files_only=True)
+__all__ = ["VIDEO_TOKEN", "eager_attention", "load_image_processor", "load_llm", "load_tokenizer", "load_vision_tower"]
 
 
 def load_vision_tower(path: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
@@ -67,7 +23,7 @@ def load_vision_tower(path: str | Path, dtype: torch.dtype | None = None) -> Pre
 
     A full CLIP checkpoint (text + vision) loads its vision half; a vision-only folder loads as is.
     """
-    p = _local_dir(path, "vision tower", "--model.vision_tower")
+    p = local_dir(path, "vision tower", "--model.vision_tower")
     config = AutoConfig.from_pretrained(p, local_files_only=True)
     vision_config = getattr(config, "vision_config", None)
     if vision_config is None:
@@ -109,5 +65,5 @@ def eager_attention(model: PreTrainedModel, enabled: bool = True):
 
 def load_llm(path: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
     """An HF causal LM (Qwen2 by default) from a local folder."""
-    p = _local_dir(path, "LLM", "--model.llm")
+    p = local_dir(path, "LLM", "--model.llm")
     return AutoModelForCausalLM.from_pretrained(p, dtype=dtype, local_files_only=True)

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_bvllm.io import write_json
+from datamodules.io import write_json
 
 
 class RunSummary(L.Callback):

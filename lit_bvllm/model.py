@@ -16,9 +16,9 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from datamodules.io import write_json
 from lit_bvllm import pipeline
 from lit_bvllm.backbones import VIDEO_TOKEN
-from lit_bvllm.io import write_json
 from lit_bvllm.reducers.base import Reducer
 
 

@@ -166,7 +166,7 @@ def probe_tower(vision_tower: str, data: str, out: str | None = None, feature_la
     }
     result["seconds"] = round(time.time() - t0, 1)
     path = Path(out) if out else root / f"probe_{Path(vision_tower).resolve().name}.json"
-    from lit_bvllm.io import write_json
+    from datamodules.io import write_json
 
     write_json(path, result)
     print(f"linear probes of {vision_tower} (layer {feature_layer}), {result['frames']['train']} training / "

@@ -228,7 +228,7 @@ class BenchmarkDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         from datamodules.benchmarks.readers import READERS
-        from lit_bvllm.backbones import load_tokenizer
+        from datamodules.loading import load_tokenizer
         from lit_bvllm.evaluation.scorer import Evaluator
 
         h = self.hparams

@@ -1,0 +1,53 @@
+"""The data side's half of the backbones: the LLM's tokenizer and the vision tower's image processor, from local
+folders.
+
+Every loader goes through the Hugging Face ``from_pretrained(local_path)`` path, so the tiny backbones written by
+``lit_bvllm make-tiny`` and a real checkpoint (Qwen2-7B-Instruct, CLIP, SigLIP) load the same way. Nothing here
+reaches a model hub: a path that is not a local folder is an error, not a download.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
+
+VIDEO_TOKEN = "<video>"
+"""The placeholder the suite splices visual tokens at. Media tags in annotations (``<video>``, ``<image>``) map to it."""
+
+
+def local_dir(path: str | Path, what: str, flag: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise FileNotFoundError(
+            f"{what} folder '{p}' does not exist. lit_bvllm only loads local checkpoints (no hub downloads): "
+            f"set {flag} to a folder written by `save_pretrained`, or run `lit_bvllm make-tiny --out DIR`."
+        )
+    return p
+
+
+def load_tokenizer(path: str | Path, video_token: str | None = VIDEO_TOKEN, flag: str = "--data.tokenizer") -> PreTrainedTokenizerBase:
+    """Load the LLM's tokenizer from a local folder and make sure it has the video placeholder and a pad token.
+
+    A real checkpoint's tokenizer (Qwen2) does not know ``video_token``; it is added as a special token, so
+    ``len(tokenizer)`` grows by one and the model must resize its embeddings to ``len(tokenizer)``.
+    ``video_token=None`` loads the tokenizer as it is (e.g. BERT's, for a Q-Former's question input).
+    """
+    tok = AutoTokenizer.from_pretrained(local_dir(path, "tokenizer", flag), local_files_only=True)
+    if video_token is None:
+        return tok
+    if video_token not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [video_token]}, replace_extra_special_tokens=False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        raise ValueError(
+            f"tokenizer at '{path}' has no chat template; use a chat checkpoint (e.g. Qwen2-7B-Instruct) "
+            "or set --data.template=plain"
+        )
+    return tok
+
+
+def load_image_processor(path: str | Path):
+    """The vision tower's own ``AutoImageProcessor`` (resize, crop, normalise), from a local folder."""
+    return AutoImageProcessor.from_pretrained(local_dir(path, "vision tower", "--model.vision_tower"), local_files_only=True)
