@@ -11,9 +11,9 @@ import torch
 
 from datamodules.benchmarks import BenchmarkDataModule
 from datamodules.benchmarks.datamodule import ShardSampler
+from datamodules.benchmarks.evaluator import Evaluator, ItemScores
 from datamodules.benchmarks.items import EvalItem
 from datamodules.benchmarks.readers import READERS
-from lit_bvllm.evaluation.scorer import Evaluator, ItemScores
 from lit_bvllm.model import VideoLLM
 from lit_bvllm.reducers import Uniform
 

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from lit_bvllm.evaluation.judge import Judge, aggregate, parse_verdict, read_cache
+from datamodules.benchmarks.judge import Judge, aggregate, parse_verdict, read_cache
 
 GOOD = "{'pred': 'yes', 'score': 4}"
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lit_bvllm.evaluation.openended import contains, exact_match, normalize, token_f1
+from datamodules.benchmarks.openended import contains, exact_match, normalize, token_f1
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lit_bvllm.evaluation.parsing import REFERENCE_RULE, RULES, letter_tokens, match_option_text, parse_choice
+from datamodules.benchmarks.parsing import REFERENCE_RULE, RULES, letter_tokens, match_option_text, parse_choice
 
 SHAPES = ["a blue circle", "a green square", "the red triangle", "a yellow star"]
 

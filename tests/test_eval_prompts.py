@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lit_bvllm.evaluation.prompts import BUILDERS, PROMPT_VERSION, build_prompt, describe, letters
+from datamodules.benchmarks.prompts import BUILDERS, PROMPT_VERSION, build_prompt, describe, letters
 
 
 def item(question="What happens?", options=("a dog runs", "a cat sleeps", "a bird sings"), id="q1"):

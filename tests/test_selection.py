@@ -3,7 +3,7 @@
 import pytest
 
 from datamodules.benchmarks.items import EvalItem
-from lit_bvllm.evaluation.selection import aggregate, selection_record, shown, uniform_times
+from datamodules.benchmarks.selection import aggregate, selection_record, shown, uniform_times
 
 
 def test_a_frame_on_the_needle_counts_and_one_a_frame_away_does_not():
@@ -28,6 +28,20 @@ def test_selection_record_hit_and_event_recall_against_uniform():
     half = selection_record([20.5, 20.5, 30.5], given, spans)  # a duplicate pick counts once
     assert half["hit"] and half["event_recall"] == 0.5 and half["frames_kept"] == 2
     assert uniform_times(given, 100) == given  # more picks than frames: every frame once
+
+
+def test_uniform_control_follows_the_uniform_reducers_rule():
+    """The data side keeps its own copy of the segment-midpoint rule (it does not import the model side): the same
+    frames as ``merging.uniform_indices`` for every length and count."""
+    import torch
+
+    from lit_bvllm.reducers.merging import uniform_indices
+
+    for n in range(1, 130):
+        times = [t + 0.5 for t in range(n)]
+        for k in range(1, n):
+            idx, valid = uniform_indices(torch.tensor([n]), k)
+            assert valid.all() and uniform_times(times, k) == [times[i] for i in idx[0].tolist()], (n, k)
 
 
 def test_aggregate_counts_each_question_once_per_category():

@@ -3,7 +3,7 @@
 Every benchmark reader (:mod:`datamodules.benchmarks.readers`) turns its official format into
 :class:`~datamodules.benchmarks.items.EvalItem` s; this module turns items into batches for ``lit_bvllm test``:
 
-- ``mode="generate"`` (the papers' protocol): the benchmark's reference prompt (:mod:`lit_bvllm.evaluation.prompts`)
+- ``mode="generate"`` (the papers' protocol): the benchmark's reference prompt (:mod:`datamodules.benchmarks.prompts`)
   in the chat template, ending with the assistant header; the model answers greedily and the answer is parsed;
 - ``mode="likelihood"`` (multiple choice only, lmms-eval's ``mcppl``): the question alone as the prompt and one
   continuation per option, scored by mean token log-likelihood, so no answer can go unparsed.
@@ -42,7 +42,7 @@ class BenchmarkDataset(Dataset):
 
     Args:
         items: the benchmark's items.
-        benchmark: prompt family (a key of :data:`lit_bvllm.evaluation.prompts.BUILDERS`).
+        benchmark: prompt family (a key of :data:`datamodules.benchmarks.prompts.BUILDERS`).
         tokenizer: the LLM's tokenizer (with the chat template).
         transform: frames -> tower input.
         mode: ``generate`` or ``likelihood``.
@@ -93,7 +93,7 @@ class BenchmarkDataset(Dataset):
 
     def prompt(self, item: EvalItem, times) -> str:
         """The user turn after the placeholder: the reference prompt, or the bare question in likelihood mode."""
-        from lit_bvllm.evaluation.prompts import SUBTITLES, build_prompt
+        from datamodules.benchmarks.prompts import SUBTITLES, build_prompt
 
         subs = None
         if self.subtitles and item.subtitles:
@@ -192,7 +192,7 @@ class BenchmarkDataModule(L.LightningDataModule):
         max_frames: cap in ``fps`` mode (uniform thinning over the whole video).
         subtitles: Video-MME with subtitles: the lines active at the sampled frames go into the prompt.
         short_answer: open-ended: append "Answer the question using a single word or phrase." (lmms-eval).
-        parse_rule: answer parser (:func:`lit_bvllm.evaluation.parsing.parse_choice`); default: the benchmark's
+        parse_rule: answer parser (:func:`datamodules.benchmarks.parsing.parse_choice`); default: the benchmark's
             reference rule.
         fallback_letter: letter given to an unparsed answer (the reference scripts use "C"); None: it counts wrong.
         judge_url: open-ended: an OpenAI-compatible endpoint (``http://host:port/v1``) for the Video-ChatGPT judge.
@@ -227,9 +227,9 @@ class BenchmarkDataModule(L.LightningDataModule):
         self.items: list[EvalItem] = []
 
     def setup(self, stage: str | None = None) -> None:
+        from datamodules.benchmarks.evaluator import Evaluator
         from datamodules.benchmarks.readers import READERS
         from datamodules.loading import load_tokenizer
-        from lit_bvllm.evaluation.scorer import Evaluator
 
         h = self.hparams
         if h.benchmark not in READERS:

@@ -59,9 +59,9 @@ class Evaluator:
         items: the benchmark's items, in dataset order (``batch["index"]`` points into them).
         mode: ``generate`` or ``likelihood``.
         parse_rule: answer parser; None: the benchmark's reference rule
-            (:data:`lit_bvllm.evaluation.parsing.REFERENCE_RULE`).
+            (:data:`datamodules.benchmarks.parsing.REFERENCE_RULE`).
         fallback_letter: letter an unparsed answer gets (None: it counts as wrong).
-        judge: keyword arguments of a :class:`~lit_bvllm.evaluation.judge.Judge` for open-ended answers, or None;
+        judge: keyword arguments of a :class:`~datamodules.benchmarks.judge.Judge` for open-ended answers, or None;
             its cache defaults to ``judge_cache.jsonl`` in the run dir.
         subtitles: whether prompts carry subtitles (recorded with the results).
         short_answer: whether open-ended prompts ask for a single word or phrase (recorded).
@@ -71,7 +71,7 @@ class Evaluator:
                  fallback_letter: str | None = None, judge: dict | None = None, subtitles: bool = False,
                  short_answer: bool = False):
         self.benchmark, self.items, self.mode = benchmark, items, mode
-        from lit_bvllm.evaluation.parsing import REFERENCE_RULE
+        from datamodules.benchmarks.parsing import REFERENCE_RULE
 
         self.parse_rule = parse_rule or REFERENCE_RULE.get(benchmark, "default")
         self.fallback_letter, self.judge = fallback_letter, judge
@@ -102,8 +102,8 @@ class Evaluator:
 
     def _selection(self, batch: dict, kept: Tensor, records: list[dict]) -> None:
         """Add the kept frames and their hit / event recall (and the uniform control's) to the records of items
-        that say where their needles are (``extra["needle_times"]``; :mod:`lit_bvllm.evaluation.selection`)."""
-        from lit_bvllm.evaluation.selection import selection_record
+        that say where their needles are (``extra["needle_times"]``; :mod:`datamodules.benchmarks.selection`)."""
+        from datamodules.benchmarks.selection import selection_record
 
         times, mask = batch["frame_times"].cpu(), batch["frame_mask"].cpu()
         for b, record in enumerate(records):
@@ -117,7 +117,7 @@ class Evaluator:
         item = self.items[index]
         record = {"id": item.id, "index": index, "prompt": meta["prompt"], "error": meta["error"]}
         if self.open_ended:
-            from lit_bvllm.evaluation.openended import contains, exact_match, token_f1
+            from datamodules.benchmarks.openended import contains, exact_match, token_f1
 
             pred = out.strip()
             ok = meta["error"] is None
@@ -125,14 +125,14 @@ class Evaluator:
                 name: float(fn(pred, item.answer)) if ok else 0.0
                 for name, fn in zip(OPEN_ENDED_METRICS, (exact_match, token_f1, contains))})
             return record
-        from lit_bvllm.evaluation.prompts import letters
+        from datamodules.benchmarks.prompts import letters
 
         if self.mode == "likelihood":
             scores = out[: len(item.options)].float()
             pred, parsed, text = int(scores.argmax()), True, None
             record["scores"] = [round(float(s), 5) for s in scores]
         else:
-            from lit_bvllm.evaluation.parsing import parse_choice
+            from datamodules.benchmarks.parsing import parse_choice
 
             text = out
             pred = parse_choice(out, item.options, self.parse_rule)
@@ -167,7 +167,7 @@ class Evaluator:
         else:
             result.update(self._multiple_choice(states))
         result["error_ids"] = sorted(r["id"] for r in records if r["error"] is not None)
-        from lit_bvllm.evaluation.selection import aggregate as selection
+        from datamodules.benchmarks.selection import aggregate as selection
 
         if sel := selection(records, self.items):
             result["selection"] = sel
@@ -217,7 +217,7 @@ class Evaluator:
     def _judge(self, records: list[dict], out_dir) -> dict:
         from pathlib import Path
 
-        from lit_bvllm.evaluation.judge import Judge, aggregate
+        from datamodules.benchmarks.judge import Judge, aggregate
 
         args = dict(self.judge)
         if args.get("cache") is None and out_dir is not None:
@@ -234,7 +234,7 @@ class Evaluator:
 
     def describe(self, max_new_tokens: int) -> dict:
         """How the answers were obtained, written with the results."""
-        from lit_bvllm.evaluation.prompts import describe
+        from datamodules.benchmarks.prompts import describe
 
         return {"mode": self.mode, "prompt": describe(self.benchmark) if self.mode == "generate" else "{question}",
                 "parse_rule": None if self.open_ended or self.mode == "likelihood" else self.parse_rule,

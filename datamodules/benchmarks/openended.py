@@ -1,6 +1,6 @@
 """Offline metrics for open-ended answers (MSVD-QA, MSRVTT-QA, ActivityNet-QA): exact match, token F1, containment.
 
-They complement the LLM judge (:mod:`lit_bvllm.evaluation.judge`) and never replace it in a results table: the
+They complement the LLM judge (:mod:`datamodules.benchmarks.judge`) and never replace it in a results table: the
 published numbers of these benchmarks are judge numbers (``reference/video_llm_anchors.md`` §4.7, "Offline
 alternatives"). All three compare :func:`normalize`-d text. An empty reference is matched only by an empty
 prediction (the SQuAD convention), so a hidden answer never scores as correct.

@@ -9,8 +9,8 @@ renderer's own rule (frames are decoded at their true timestamps, ``datamodules.
 - ``event_recall``: the share of evidence events shown by at least one kept frame.
 
 The same two numbers for ``uniform``, a uniform selection of as many frames as the strategy kept, from the same
-frames (the segment-midpoint rule of :func:`lit_bvllm.reducers.merging.uniform_indices`), are its control: a
-text-conditioned selector is worth something only where it beats them.
+frames (the segment-midpoint rule of the uniform reducers, ``lit_bvllm.reducers.merging.uniform_indices``), are its
+control: a text-conditioned selector is worth something only where it beats them.
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-import torch
-
-from lit_bvllm.reducers.merging import uniform_indices
 
 
 def shown(times: list[float], spans: list[list[float]]) -> list[bool]:
@@ -35,12 +32,14 @@ def shown(times: list[float], spans: list[list[float]]) -> list[bool]:
 
 
 def uniform_times(times: list[float], k: int) -> list[float]:
-    """``k`` of ``times`` at the midpoints of equal segments (all of them when ``k >= len(times)``), by the rule the
-    uniform reducers use (:func:`lit_bvllm.reducers.merging.uniform_indices`)."""
-    if k >= len(times):
+    """``k`` of ``times`` at the midpoints of equal segments (all of them when ``k >= len(times)``): index i is
+    ``floor((i + 0.5) * len(times) / k)``, the rule of the uniform reducers (``lit_bvllm.reducers.merging.
+    uniform_indices``; the data side does not import the model side, so tests/test_selection.py checks that the
+    two agree)."""
+    n = len(times)
+    if k >= n:
         return list(times)
-    idx, _ = uniform_indices(torch.tensor([len(times)]), k)
-    return [times[i] for i in idx[0].tolist()]
+    return [times[(2 * i + 1) * n // (2 * k)] for i in range(k)]
 
 
 def selection_record(selected: list[float], given: list[float], spans: list[list[float]]) -> dict:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from lit_bvllm.evaluation.prompts import MAX_OPTIONS
+from datamodules.benchmarks.prompts import MAX_OPTIONS
 
 _TOKEN = re.compile(r"(?<![\w'’-])([A-X])(?![\w'’-])")
 _WORD_AFTER = re.compile(r"\s+([a-z]+)")
