@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodules.benchmarks.readers import read_vnbench
+from datamodules.benchmarks import VNBench
 from lit_bvllm.backbones import load_llm, load_tokenizer
 from lit_bvllm.synthetic.describe import caption
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = Path(args.data)
     tok, llm = load_tokenizer(args.llm), load_llm(args.llm).eval()
     records = {Path(v["path"]).name: v for v in json.loads((data / "metadata.json").read_text())["videos"]}
-    items = read_vnbench(data / "eval" / "vnbench")
+    items = VNBench(str(data / "eval" / "vnbench")).read()
     videos = sorted({Path(it.video).name for it in items})
     described = {v: caption(records[v]) for v in videos}
     other = {v: described[videos[(k + 1) % len(videos)]] for k, v in enumerate(videos)}

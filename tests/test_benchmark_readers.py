@@ -9,19 +9,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.benchmarks.readers import (
-    MVBENCH_TASKS,
-    READERS,
-    read_activitynet_qa,
-    read_egoschema,
-    read_msrvtt_qa,
-    read_msvd_qa,
-    read_mvbench,
-    read_nextqa,
-    read_perception_test,
-    read_videomme,
-    read_vnbench,
+from datamodules.benchmarks import (
+    MSRVTTQA,
+    MSVDQA,
+    ActivityNetQA,
+    EgoSchema,
+    MVBench,
+    NExTQA,
+    PerceptionTest,
+    VideoMME,
+    VNBench,
 )
+from datamodules.benchmarks.mvbench import MVBENCH_TASKS
 from datamodules.benchmarks.subtitles import parse_srt, read_srt, subtitles_at
 from datamodules.errors import SampleError
 from datamodules.video import natural_key, read_frame_folder, read_video
@@ -47,16 +46,21 @@ def check_videos(items) -> None:
     assert len({item.id for item in items}) == len(items)
 
 
-def test_registry_names_every_reader():
-    assert set(READERS) == {"mvbench", "videomme", "egoschema", "perception_test", "nextqa", "vnbench", "msvd_qa",
-                            "msrvtt_qa", "activitynet_qa"}
+def test_every_benchmark_keeps_its_name():
+    """The names output files are written under (``<name>_results.json``: `make demo` reads vnbench_results.json)."""
+    classes = (MVBench, VideoMME, EgoSchema, PerceptionTest, NExTQA, VNBench, MSVDQA, MSRVTTQA, ActivityNetQA)
+    assert [c.name for c in classes] == ["mvbench", "videomme", "egoschema", "perception_test", "nextqa", "vnbench",
+                                         "msvd_qa", "msrvtt_qa", "activitynet_qa"]
+
+
+def test_mvbench_task_table():
     assert len(MVBENCH_TASKS) == 20 and sum(t.bound for t in MVBENCH_TASKS.values()) == 5  # 4 video tasks + TVQA
     assert [n for n, t in MVBENCH_TASKS.items() if t.kind == "frame"] == ["Episodic Reasoning"]
 
 
 def test_mvbench(synthetic, evals):
     root = synthetic / "eval/mvbench"
-    items = read_mvbench(root)
+    items = MVBench(root).read()
     check_videos(items)
     by_task = {name: [i for i in items if i.category == name] for name in {i.category for i in items}}
     assert {k: len(v) for k, v in by_task.items()} == {"Action Sequence": 4, "Moving Count": 4, "Episodic Reasoning": 2}
@@ -83,19 +87,19 @@ def test_mvbench(synthetic, evals):
 
 def test_mvbench_task_selection_and_overrides(synthetic, tmp_path):
     root = synthetic / "eval/mvbench"
-    items = read_mvbench(root, tasks=["Moving Count"], video_root=tmp_path, prefixes={"Moving Count": "mine/"})
+    items = MVBench(root, tasks=["Moving Count"], video_root=tmp_path, prefixes={"Moving Count": "mine/"}).read()
     assert {i.category for i in items} == {"Moving Count"} and len(items) == 4
     assert all(i.video.startswith(str(tmp_path / "mine")) and not Path(i.video).exists() for i in items)  # kept
     with pytest.raises(ValueError, match="unknown MVBench task"):
-        read_mvbench(root, tasks=["Action Squence"])
+        MVBench(root, tasks=["Action Squence"]).read()
     with pytest.raises(FileNotFoundError, match="object_existence.json"):
-        read_mvbench(root, tasks=["Object Existence"])
+        MVBench(root, tasks=["Object Existence"]).read()
 
 
 def test_videomme(synthetic, evals):
     root = synthetic / "eval/videomme"
     rows = load(root / VIDEOMME_JSON)
-    items = read_videomme(root, annotation=VIDEOMME_JSON)
+    items = VideoMME(root, annotation=VIDEOMME_JSON).read()
     check_videos(items)
     assert len(items) == len(rows) == 3 * 4
     assert {i.category for i in items} == {"Counting Problem", "Attribute Perception", "Temporal Reasoning"}
@@ -117,7 +121,7 @@ def test_videomme(synthetic, evals):
 def test_videomme_parquet_gives_the_json_items(synthetic):
     pytest.importorskip("pyarrow")
     root = synthetic / "eval/videomme"
-    assert read_videomme(root) == read_videomme(root, annotation=VIDEOMME_JSON)
+    assert VideoMME(root).read() == VideoMME(root, annotation=VIDEOMME_JSON).read()
 
 
 def test_videomme_parquet_without_pyarrow_says_what_to_do(tmp_path, monkeypatch):
@@ -125,13 +129,13 @@ def test_videomme_parquet_without_pyarrow_says_what_to_do(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(ImportError, match="pip install pyarrow.*annotation='<file>.json'"):
-        read_videomme(tmp_path, annotation="rows.parquet")
+        VideoMME(tmp_path, annotation="rows.parquet").read()
 
 
 def test_egoschema(synthetic, evals):
     root = synthetic / "eval/egoschema"
     questions, answers = load(root / "questions.json"), load(root / "subset_answers.json")
-    subset, everything = read_egoschema(root), read_egoschema(root, subset=False)
+    subset, everything = EgoSchema(root).read(), EgoSchema(root, subset=False).read()
     check_videos(everything)
     assert len(subset) == len(answers) == 3 and len(everything) == len(questions) == 4
     assert everything[-1].answer == -1 and everything[:3] == subset
@@ -146,7 +150,7 @@ def test_egoschema(synthetic, evals):
 def test_perception_test(synthetic, evals):
     root = synthetic / "eval/perception_test"
     data = load(root / "mc_question_valid.json")
-    items = read_perception_test(root)
+    items = PerceptionTest(root).read()
     check_videos(items)
     assert len(items) == 2 * 4 and {i.category for i in items} == {"Memory", "Semantics"}
     questions = [(vid, q) for vid, v in data.items() for q in v["mc_question"]]
@@ -162,7 +166,7 @@ def test_nextqa_csv_json_and_vidor_map(synthetic, evals, tmp_path):
     root = synthetic / "eval/nextqa"
     with (root / "MC/test.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    items = read_nextqa(root)
+    items = NExTQA(root).read()
     check_videos(items)
     assert len(items) == len(rows) == 2 * 4
     assert {(i.category, i.extra["type"]) for i in items} == {("Temporal", "TN"), ("Descriptive", "DC")}
@@ -177,7 +181,7 @@ def test_nextqa_csv_json_and_vidor_map(synthetic, evals, tmp_path):
     (tmp_path / "map_vid_vidorID.json").write_text(json.dumps({"eval_0000": "0000/eval_0000"}))
     typed = [{**r, "answer": int(r["answer"]), "qid": int(r["qid"])} for r in rows]
     (tmp_path / "test.json").write_text(json.dumps(typed))
-    again = read_nextqa(tmp_path, annotation="test.json")
+    again = NExTQA(tmp_path, annotation="test.json").read()
     assert [(i.id, i.answer, i.options) for i in again] == [(i.id, i.answer, i.options) for i in items]
     assert again[0].video == str(tmp_path / "NExTVideo/0000/eval_0000.mp4")
 
@@ -185,7 +189,7 @@ def test_nextqa_csv_json_and_vidor_map(synthetic, evals, tmp_path):
 def test_vnbench(synthetic, tmp_path):
     root = synthetic / "eval/vnbench"
     entries = load(root / "VNBench_qa.json")
-    items = read_vnbench(root)
+    items = VNBench(root).read()
     check_videos(items)
     assert len(items) == len(entries) == 4 * 3 * 4 and len({i.group for i in items}) == 4 * 3
     for item, e in zip(items, entries):
@@ -196,14 +200,14 @@ def test_vnbench(synthetic, tmp_path):
     indices = [e | {"gt": e["options"].index(e["gt"])} for e in entries]
     for name, variant in (("letters.json", letters), ("indices.json", indices)):
         (tmp_path / name).write_text(json.dumps(variant))
-        assert [i.answer for i in read_vnbench(tmp_path, annotation=name)] == [i.answer for i in items]
+        assert [i.answer for i in VNBench(tmp_path, annotation=name).read()] == [i.answer for i in items]
 
 
 def test_msvd_and_msrvtt(synthetic):
     msvd_root, msrvtt_root = synthetic / "eval/msvd", synthetic / "eval/msrvtt_qa"
-    for read, root, video in ((read_msvd_qa, msvd_root, "{}.mp4"), (read_msrvtt_qa, msrvtt_root, "video{}.mp4")):
+    for benchmark, root, video in ((MSVDQA, msvd_root, "{}.mp4"), (MSRVTTQA, msrvtt_root, "video{}.mp4")):
         entries = load(root / "test_qa.json")
-        items = read(root)
+        items = benchmark(root).read()
         check_videos(items)
         assert len(items) == len(entries) == 7 * 4
         for item, e in zip(items, entries):
@@ -218,7 +222,7 @@ def test_msrvtt_ids_made_unique_and_video_forms(tmp_path):
     entries = [{"video_id": v, "question": "q?", "id": i, "answer": "a"}
                for v, i in ((1, 5), ("video2", 5), ("3", 5), (1, "5_1"), (4, 6))]
     (tmp_path / "test_qa.json").write_text(json.dumps(entries))
-    items = read_msrvtt_qa(tmp_path)
+    items = MSRVTTQA(tmp_path).read()
     assert [i.id for i in items] == ["5", "5_2", "5_3", "5_1", "6"]  # "5_1" exists, so repeats skip it
     assert [Path(i.video).name for i in items] == ["video1.mp4", "video2.avi", "3.mkv", "video1.mp4", "video4.mp4"]
     assert not Path(items[-1].video).exists() and items[0].category == ""
@@ -227,7 +231,7 @@ def test_msrvtt_ids_made_unique_and_video_forms(tmp_path):
 def test_activitynet_qa(synthetic, evals):
     root = synthetic / "eval/activitynet_qa"
     qs, ans = load(root / "test_q.json"), load(root / "test_a.json")
-    items = read_activitynet_qa(root)
+    items = ActivityNetQA(root).read()
     check_videos(items)
     assert len(items) == len(qs) == 8 * 4
     names = {3: "yes/no", 4: "color", 5: "object", 7: "number"}
@@ -246,14 +250,14 @@ def test_activitynet_pairs_must_align(tmp_path):
     ans = [{"answer": "a", "type": "other", "question_id": f"v_abc_{k}"} for k in range(3)]
     (tmp_path / "test_q.json").write_text(json.dumps(qs))
     (tmp_path / "test_a.json").write_text(json.dumps(ans))
-    items = read_activitynet_qa(tmp_path)
+    items = ActivityNetQA(tmp_path).read()
     assert items[0].video == str(tmp_path / "all_test/abc.webm") and items[0].category == "other"
     (tmp_path / "test_a.json").write_text(json.dumps([ans[0], ans[2], ans[1]]))
     with pytest.raises(ValueError, match=r"test_q.json and .*test_a.json disagree at position 1: question_id 'v_abc_1' vs"):
-        read_activitynet_qa(tmp_path)
+        ActivityNetQA(tmp_path).read()
     (tmp_path / "test_a.json").write_text(json.dumps(ans[:2]))
     with pytest.raises(ValueError, match="has 3 entries but .* has 2"):
-        read_activitynet_qa(tmp_path)
+        ActivityNetQA(tmp_path).read()
 
 
 MVBENCH_ENTRY = {"video": "x.mp4", "question": "q?", "candidates": ["a", "b"], "answer": "a", "start": 1, "end": 3}
@@ -264,32 +268,34 @@ PERCEPTION = {"metadata": {"video_id": "video_1"},
               "mc_question": [{"id": 0, "question": "q?", "options": ["a", "b", "c"], "answer_id": 1}]}
 
 
-@pytest.mark.parametrize("read, name, content, message", [
-    (read_mvbench, "json/action_sequence.json", [MVBENCH_ENTRY | {"answer": "c"}], r"entry 0: field 'answer' 'c' is not"),
-    (read_mvbench, "json/action_sequence.json", [MVBENCH_ENTRY, {k: v for k, v in MVBENCH_ENTRY.items() if k != "end"}],
+@pytest.mark.parametrize("benchmark, name, content, message", [
+    (MVBench, "json/action_sequence.json", [MVBENCH_ENTRY | {"answer": "c"}], r"entry 0: field 'answer' 'c' is not"),
+    (MVBench, "json/action_sequence.json", [MVBENCH_ENTRY, {k: v for k, v in MVBENCH_ENTRY.items() if k != "end"}],
      r"entry 1: field 'end' is missing"),
-    (read_mvbench, "json/moving_count.json", [MVBENCH_ENTRY | {"candidates": "ab"}], r"entry 0: field 'candidates' must be list"),
-    (read_videomme, "rows.json", [VIDEOMME_ROW | {"answer": "E"}],
+    (MVBench, "json/moving_count.json", [MVBENCH_ENTRY | {"candidates": "ab"}],
+     r"entry 0: field 'candidates' must be list"),
+    (VideoMME, "rows.json", [VIDEOMME_ROW | {"answer": "E"}],
      r"entry 0 \(question_id 001-1\): field 'answer' must be one of the letters A..D, got 'E'"),
-    (read_videomme, "rows.json", [VIDEOMME_ROW | {"options": ["A. 1", "C. 2"]}], r"field 'options' item 1 is lettered 'C'"),
-    (read_videomme, "rows.jsonl", [VIDEOMME_ROW, {k: v for k, v in VIDEOMME_ROW.items() if k != "videoID"}],
+    (VideoMME, "rows.json", [VIDEOMME_ROW | {"options": ["A. 1", "C. 2"]}], r"field 'options' item 1 is lettered 'C'"),
+    (VideoMME, "rows.jsonl", [VIDEOMME_ROW, {k: v for k, v in VIDEOMME_ROW.items() if k != "videoID"}],
      r"rows.jsonl: entry 1 \(question_id 001-1\): field 'videoID' is missing"),
-    (read_egoschema, "questions.json", [{"q_uid": "u1", "question": "q?", **{f"option {k}": "o" for k in range(4)}}],
+    (EgoSchema, "questions.json", [{"q_uid": "u1", "question": "q?", **{f"option {k}": "o" for k in range(4)}}],
      r"entry 0 \(q_uid u1\): field 'option 4' is missing"),
-    (read_perception_test, "mc_question_valid.json", {"video_1": PERCEPTION | {"mc_question": [{"id": 0, "question": "q?"}]}},
+    (PerceptionTest, "mc_question_valid.json", {"video_1": PERCEPTION | {"mc_question": [{"id": 0, "question": "q?"}]}},
      r"entry 'video_1' mc_question 0: field 'options' is missing"),
-    (read_perception_test, "mc_question_valid.json",
+    (PerceptionTest, "mc_question_valid.json",
      {"video_1": PERCEPTION | {"mc_question": [PERCEPTION["mc_question"][0] | {"answer_id": 3}]}},
      r"field 'answer_id' = 3 is not an index of its 3 options"),
-    (read_nextqa, "MC/test.csv", "video,question,answer,qid,type,a0,a1,a2,a3,a4\n7,why?,seven,0,CW,a,b,c,d,e\n",
+    (NExTQA, "MC/test.csv", "video,question,answer,qid,type,a0,a1,a2,a3,a4\n7,why?,seven,0,CW,a,b,c,d,e\n",
      r"test.csv: entry 0 \(video 7, qid 0\): field 'answer' must be an option index, got 'seven'"),
-    (read_vnbench, "VNBench_qa.json", [{"video": "v.mp4", "question": "q?", "options": ["a", "b"], "gt": "c", "type": "t",
+    (VNBench, "VNBench_qa.json", [{"video": "v.mp4", "question": "q?", "options": ["a", "b"], "gt": "c", "type": "t",
                                         "try": 0, "question_id": "v_t_0"}],
      r"entry 0 \(v_t_0\): field 'gt' must be an option index"),
-    (read_msvd_qa, "test_qa.json", [{"video_id": "v", "id": 3, "answer": "a"}], r"entry 0 \(id 3\): field 'question' is missing"),
-    (read_activitynet_qa, "test_q.json", {"not": "a list"}, r"test_q.json must hold a JSON list"),
+    (MSVDQA, "test_qa.json", [{"video_id": "v", "id": 3, "answer": "a"}],
+     r"entry 0 \(id 3\): field 'question' is missing"),
+    (ActivityNetQA, "test_q.json", {"not": "a list"}, r"test_q.json must hold a JSON list"),
 ])
-def test_malformed_entries_name_file_entry_and_field(tmp_path, read, name, content, message):
+def test_malformed_entries_name_file_entry_and_field(tmp_path, benchmark, name, content, message):
     path = tmp_path / name
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(content, str):
@@ -300,9 +306,9 @@ def test_malformed_entries_name_file_entry_and_field(tmp_path, read, name, conte
         path.write_text(json.dumps(content))
     (tmp_path / "subset_answers.json").write_text("{}")
     (tmp_path / "test_a.json").write_text("[]")
-    kwargs = {"annotation": name} if read is read_videomme else {}
+    kwargs = {"annotation": name} if benchmark is VideoMME else {}
     with pytest.raises(ValueError, match=message) as err:
-        read(tmp_path, **kwargs)
+        benchmark(tmp_path, **kwargs).read()
     assert str(path) in str(err.value)
 
 
@@ -316,7 +322,7 @@ def test_benchmark_fixtures_are_deterministic(synthetic, tmp_path):
     # a smaller rerun leaves no stale media behind
     make_synthetic(tmp_path, seed=1, num_videos=1, num_eval_videos=2, max_duration=8)
     assert len(list((tmp_path / "eval/egoschema/good_clips_git").iterdir())) == 2
-    assert len(read_egoschema(tmp_path / "eval/egoschema", subset=False)) == 2
+    assert len(EgoSchema(tmp_path / "eval/egoschema", subset=False).read()) == 2
 
 
 # ------------------------------------------------------------------------------------------------ subtitles

@@ -9,17 +9,28 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules.benchmarks import BenchmarkDataModule
+from datamodules.benchmarks import (
+    MSRVTTQA,
+    MSVDQA,
+    ActivityNetQA,
+    BenchmarkDataModule,
+    EgoSchema,
+    EvalItem,
+    Evaluator,
+    MVBench,
+    NExTQA,
+    PerceptionTest,
+    VideoMME,
+    VNBench,
+)
 from datamodules.benchmarks.datamodule import ShardSampler
-from datamodules.benchmarks.evaluator import Evaluator, ItemScores
-from datamodules.benchmarks.items import EvalItem
-from datamodules.benchmarks.readers import READERS
+from datamodules.benchmarks.judge import Judge
+from datamodules.benchmarks.metrics import ItemScores
 from lit_bvllm.model import VideoLLM
 from lit_bvllm.reducers import Uniform
 
-ROOTS = {"mvbench": "mvbench", "videomme": "videomme", "egoschema": "egoschema", "perception_test": "perception_test",
-         "nextqa": "nextqa", "vnbench": "vnbench", "msvd_qa": "msvd", "msrvtt_qa": "msrvtt_qa",
-         "activitynet_qa": "activitynet_qa"}
+FOLDERS = {MVBench: "mvbench", VideoMME: "videomme", EgoSchema: "egoschema", PerceptionTest: "perception_test",
+           NExTQA: "nextqa", VNBench: "vnbench", MSVDQA: "msvd", MSRVTTQA: "msrvtt_qa", ActivityNetQA: "activitynet_qa"}
 
 
 @pytest.fixture(scope="module")
@@ -30,23 +41,25 @@ def model(tiny):
     return m.eval()
 
 
-def run_test(model, tiny, root, tmp_path, benchmark, **kwargs):
-    dm = BenchmarkDataModule(str(root), tiny["llm"], benchmark=benchmark, vision_tower=tiny["vision"], num_workers=0,
-                             batch_size=3, **kwargs)
-    logger = L.pytorch.loggers.CSVLogger(tmp_path, name=benchmark, version="v")
+def run_test(model, tiny, benchmark, tmp_path, **kwargs):
+    dm = BenchmarkDataModule(benchmark, tiny["llm"], vision_tower=tiny["vision"], num_workers=0, batch_size=3, **kwargs)
+    name = benchmark.name
+    logger = L.pytorch.loggers.CSVLogger(tmp_path, name=name, version="v")
     trainer = L.Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, enable_model_summary=False)
     trainer.test(model, datamodule=dm)
-    run = tmp_path / benchmark / "v"
-    result = json.loads((run / f"{benchmark}_results.json").read_text())
-    records = [json.loads(line) for line in (run / f"{benchmark}_predictions.jsonl").read_text().splitlines()]
+    run = tmp_path / name / "v"
+    result = json.loads((run / f"{name}_results.json").read_text())
+    records = [json.loads(line) for line in (run / f"{name}_predictions.jsonl").read_text().splitlines()]
     return dm, result, records, run
 
 
-@pytest.mark.parametrize("benchmark", sorted(ROOTS))
-def test_each_benchmark_parses_predicts_and_scores(benchmark, model, tiny, synthetic, tmp_path):
-    dm, result, records, _ = run_test(model, tiny, synthetic / "eval" / ROOTS[benchmark], tmp_path, benchmark, limit=6)
+@pytest.mark.parametrize("cls", FOLDERS, ids=lambda c: c.name)
+def test_each_benchmark_parses_predicts_and_scores(cls, model, tiny, synthetic, tmp_path):
+    benchmark = cls(str(synthetic / "eval" / FOLDERS[cls]))
+    dm, result, records, _ = run_test(model, tiny, benchmark, tmp_path, limit=6)
     items = dm.items
-    n = min(6, len(READERS[benchmark](synthetic / "eval" / ROOTS[benchmark])))
+    n = min(6, len(benchmark.read()))
+    assert dm.name == benchmark.name and result["benchmark"] == benchmark.name
     assert len(items) == n and result["items"] == n
     assert (result["evaluated"], result["duplicates"], result["missing"], result["errors"]) == (n, 0, 0, 0)
     assert [r["id"] for r in records] == [it.id for it in items]  # every item once, in benchmark order
@@ -58,7 +71,7 @@ def test_each_benchmark_parses_predicts_and_scores(benchmark, model, tiny, synth
         assert result["accuracy"] == pytest.approx(sum(r["correct"] for r in known) / len(known))
         assert result["unparsed"] == sum(not r["parsed"] for r in records)
         assert all(r["letter"] is None or r["letter"] in "ABCDE" for r in records)
-        assert "Answer with the option's letter" in records[0]["prompt"] or benchmark == "nextqa"
+        assert "Answer with the option's letter" in records[0]["prompt"] or cls is NExTQA
         assert protocol["parse_rule"] and protocol["fallback_letter"] is None
     else:
         for name in ("exact_match", "token_f1", "contains"):
@@ -67,7 +80,7 @@ def test_each_benchmark_parses_predicts_and_scores(benchmark, model, tiny, synth
 
 
 def test_likelihood_mode_scores_every_option(model, tiny, synthetic, tmp_path):
-    _, result, records, _ = run_test(model, tiny, synthetic / "eval" / "vnbench", tmp_path, "vnbench",
+    _, result, records, _ = run_test(model, tiny, VNBench(str(synthetic / "eval" / "vnbench")), tmp_path,
                                      mode="likelihood", limit=8)
     assert result["unparsed"] == 0 and result["protocol"]["parse_rule"] is None
     for r in records:
@@ -87,8 +100,8 @@ def test_needle_questions_report_the_selection_hit_rate(tiny, synthetic, tmp_pat
     reducer = functools.partial(BVLLM, num_frames=3, num_tokens=2, budget=6, num_queries=4, hidden_size=32,
                                 num_layers=1, num_heads=2, vocab_size=2048)
     m = VideoLLM(tiny["llm"], tiny["vision"], reducer).eval()
-    dm, result, records, _ = run_test(m, tiny, synthetic / "eval" / "vnbench", tmp_path, "vnbench", mode="likelihood",
-                                      limit=24)
+    dm, result, records, _ = run_test(m, tiny, VNBench(str(synthetic / "eval" / "vnbench")), tmp_path,
+                                      mode="likelihood", limit=24)
     sel = result["selection"]
     assert sel["questions"] == 6 and set(sel["per_category"]) == {"ret_insert1", "ord_insert1", "cnt_insert1"}
     for r in records:
@@ -108,13 +121,13 @@ def test_each_video_is_decoded_once_for_its_questions(tiny, synthetic, monkeypat
     calls = []
     real = dmod.read_video
     monkeypatch.setattr(dmod, "read_video", lambda path, *a, **k: calls.append(path) or real(path, *a, **k))
-    dm = BenchmarkDataModule(str(synthetic / "eval" / "vnbench"), tiny["llm"], vision_tower=tiny["vision"],
+    dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
                              mode="likelihood", limit=24, num_workers=0)
     dm.setup("test")
     samples = [dm.test_set[i] for i in range(24)]  # 2 videos x 3 questions x 4 tries
     assert len(calls) == 2 and len(set(calls)) == 2
-    again = BenchmarkDataModule(str(synthetic / "eval" / "vnbench"), tiny["llm"], vision_tower=tiny["vision"],
-                                mode="likelihood", limit=24, num_workers=0)
+    again = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"],
+                                vision_tower=tiny["vision"], mode="likelihood", limit=24, num_workers=0)
     again.setup("test")
     fresh = again.test_set[13]  # decoded alone: the same frames as the cached ones
     assert torch.equal(fresh["frames"], samples[13]["frames"])
@@ -122,10 +135,17 @@ def test_each_video_is_decoded_once_for_its_questions(tiny, synthetic, monkeypat
 
 
 def test_blind_mode_feeds_no_frames(model, tiny, synthetic, tmp_path):
-    dm = BenchmarkDataModule(str(synthetic / "eval" / "vnbench"), tiny["llm"], vision_tower=tiny["vision"], blind=True,
-                             limit=2, num_workers=0)
+    dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
+                             blind=True, limit=2, num_workers=0)
     dm.setup("test")
     assert dm.test_set[0]["frames"].shape[0] == 0 and dm.test_set[0]["meta"]["error"] is None
+
+
+def test_open_ended_benchmarks_have_no_likelihood_mode(tiny, synthetic):
+    dm = BenchmarkDataModule(MSVDQA(str(synthetic / "eval" / "msvd")), tiny["llm"], vision_tower=tiny["vision"],
+                             mode="likelihood", num_workers=0)
+    with pytest.raises(ValueError, match="msvd_qa is open-ended: --data.mode=likelihood needs options"):
+        dm.setup("test")
 
 
 def _items(n_opts=4, answers=(0, 1, 2, 3)):
@@ -140,7 +160,7 @@ def _batch(indices):
 def test_generation_parsing_unparsed_and_fallback():
     items = _items()
     outputs = ["(A)", "The answer is B.", "", "E"]  # right, right, empty (unparsed), outside the options (unparsed)
-    ev = Evaluator("mvbench", items)
+    ev = Evaluator(MVBench("root"), items)
     records, update = ev.score(_batch([0, 1, 2, 3]), outputs)
     assert [r["pred"] for r in records] == [0, 1, None, None]
     assert [r["correct"] for r in records] == [True, True, False, False]
@@ -150,7 +170,7 @@ def test_generation_parsing_unparsed_and_fallback():
     assert result["accuracy"] == 0.5 and result["unparsed"] == 2
     assert result["per_category"] == {"c0": 0.5, "c1": 0.5}
     # the reference scripts' fallback letter C: the empty answer to item 2 (answer C) becomes right
-    records, _ = Evaluator("mvbench", items, fallback_letter="C").score(_batch([0, 1, 2, 3]), outputs)
+    records, _ = Evaluator(MVBench("root", fallback_letter="C"), items).score(_batch([0, 1, 2, 3]), outputs)
     assert [r["pred"] for r in records] == [0, 1, 2, 2] and [r["parsed"] for r in records] == [True, True, False, False]
 
 
@@ -159,7 +179,7 @@ def test_vnbench_circular_scoring():
     items = [EvalItem(f"{g}_{k}", "v.mp4", "q", ["w", "x", "y", "z"], k, category="ret", group=g)
              for g in ("a", "b") for k in range(4)]
     outputs = ["(A)", "(B)", "(C)", "(D)", "(A)", "(B)", "(C)", "(A)"]
-    ev = Evaluator("vnbench", items)
+    ev = Evaluator(VNBench("root"), items)
     records, update = ev.score(_batch(list(range(8))), outputs)
     metric = ItemScores(8)
     metric.update(**update)
@@ -173,7 +193,7 @@ def test_videomme_per_duration_and_answered_accuracy():
     items = [EvalItem(f"q{i}", "v.mp4", "q", ["w", "x", "y", "z"], 1, category="t", extra={"duration": d, "domain": "k"})
              for i, d in enumerate(durations)]
     outputs = ["B", "A", "B", "I cannot tell from this video at all, sorry about that, truly I am not sure."]
-    ev = Evaluator("videomme", items)
+    ev = Evaluator(VideoMME("root"), items)
     records, update = ev.score(_batch([0, 1, 2, 3]), outputs)
     metric = ItemScores(4)
     metric.update(**update)
@@ -187,7 +207,7 @@ def test_shards_cover_every_item_once_and_metric_counts_duplicates():
     for world in (1, 2, 3, 4):
         shards = [list(ShardSampler(10, r, world)) for r in range(world)]
         assert sorted(i for s in shards for i in s) == list(range(10))
-    ev = Evaluator("mvbench", _items())
+    ev = Evaluator(MVBench("root"), _items())
     metric = ItemScores(4)
     for idx in ([0, 1], [1, 2]):  # item 1 twice, item 3 never
         metric.update(**ev.score(_batch(idx), ["A", "B"])[1])
@@ -199,7 +219,7 @@ def _sync_worker(rank, world, port, out):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    ev = Evaluator("mvbench", _items(answers=(0, 1, 2, 3, 0, 1, 2)))
+    ev = Evaluator(MVBench("root"), _items(answers=(0, 1, 2, 3, 0, 1, 2)))
     metric = ItemScores(7)
     shard = list(ShardSampler(7, rank, world))
     metric.update(**ev.score(_batch(shard), ["A"] * len(shard))[1])
@@ -232,15 +252,15 @@ def test_a_missing_video_is_reported_and_the_run_finishes(model, tiny, synthetic
     root.mkdir()
     (root / "VNBench_qa.json").write_text(json.dumps(entries))
     (root / "videos").symlink_to(src / "videos")
-    _, result, records, _ = run_test(model, tiny, root, tmp_path, "vnbench")
+    _, result, records, _ = run_test(model, tiny, VNBench(str(root)), tmp_path)
     assert result["errors"] == 1 and result["error_ids"] == [entries[1]["question_id"]]
     bad = next(r for r in records if r["error"])
     assert "missing_file" in bad["error"] and bad["correct"] is False and result["evaluated"] == 4
 
 
 def test_hidden_answers_write_submission_files(model, tiny, synthetic, tmp_path):
-    _, result, records, run = run_test(model, tiny, synthetic / "eval" / "egoschema", tmp_path, "egoschema",
-                                       reader_args={"subset": False})
+    egoschema = EgoSchema(str(synthetic / "eval" / "egoschema"), subset=False)
+    _, result, records, run = run_test(model, tiny, egoschema, tmp_path)
     rows = (run / "egoschema_submission.csv").read_text().splitlines()
     assert rows[0] == "q_uid,answer" and len(rows) == 1 + len(records) and result["submission"] == "egoschema_submission.csv"
     assert result["scored"] == len(records) - 1  # one question of the fixture has no public answer
@@ -251,8 +271,8 @@ def test_hidden_answers_write_submission_files(model, tiny, synthetic, tmp_path)
             q.pop("answer_id", None)
     root = synthetic / "eval" / "perception_test"
     (root / "mc_question_test.json").write_text(json.dumps(src))
-    _, result, records, run = run_test(model, tiny, root, tmp_path, "perception_test",
-                                       reader_args={"annotation": "mc_question_test.json"}, limit=4)
+    perception_test = PerceptionTest(str(root), annotation="mc_question_test.json")
+    _, result, records, run = run_test(model, tiny, perception_test, tmp_path, limit=4)
     sub = json.loads((run / "perception_test_submission.json").read_text())
     assert "accuracy" not in result and sum(len(v) for v in sub.values()) == 4
     assert all(set(a) == {"id", "answer_id", "answer"} for v in sub.values() for a in v)
@@ -279,8 +299,8 @@ def test_open_ended_with_a_local_judge(model, tiny, synthetic, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/v1"
-        _, result, records, run = run_test(model, tiny, synthetic / "eval" / "msvd", tmp_path, "msvd_qa",
-                                           judge_url=url, judge_model="local", judge_key_env=None, limit=5)
+        msvd = MSVDQA(str(synthetic / "eval" / "msvd"), judge=Judge(url, "local", api_key_env=None))
+        _, result, records, run = run_test(model, tiny, msvd, tmp_path, limit=5)
     finally:
         server.shutdown()
     assert result["judged"] == 5 and result["judge_failures"] == 0 and result["judge_model"] == "local"
@@ -288,9 +308,9 @@ def test_open_ended_with_a_local_judge(model, tiny, synthetic, tmp_path):
     assert len((run / "judge_cache.jsonl").read_text().splitlines()) == 5
 
 
-def test_every_reader_is_reachable(synthetic):
-    for name, folder in ROOTS.items():
-        assert READERS[name](synthetic / "eval" / folder), name
+def test_every_benchmark_reads_its_fixture(synthetic):
+    for cls, folder in FOLDERS.items():
+        assert cls(str(synthetic / "eval" / folder)).read(), cls.name
 
 
 def test_predict_writes_generations(tiny, synthetic, tmp_path, monkeypatch):
@@ -301,7 +321,8 @@ def test_predict_writes_generations(tiny, synthetic, tmp_path, monkeypatch):
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
     lightning_cli(["predict", "--config", "experiments/pretrain.yaml", "--config", "experiments/eval/msvd_qa.yaml",
                    "--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.max_new_tokens", "3",
-                   "--data.root", str(synthetic / "eval" / "msvd"), "--data.limit", "5", "--data.num_workers", "0",
+                   "--data.benchmark.root", str(synthetic / "eval" / "msvd"), "--data.limit", "5",
+                   "--data.num_workers", "0",
                    "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
     lines = (tmp_path / "eval_msvd_qa" / "tiny" / "predictions.rank0.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
@@ -317,8 +338,8 @@ def test_option_scores_equal_one_forward_pass_per_option(model, tiny, synthetic)
     from lit_bvllm import pipeline
     from lit_bvllm.scoring import option_scores
 
-    dm = BenchmarkDataModule(str(synthetic / "eval" / "vnbench"), tiny["llm"], benchmark="vnbench",
-                             vision_tower=tiny["vision"], num_workers=0, batch_size=3, mode="likelihood", limit=3)
+    dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
+                             num_workers=0, batch_size=3, mode="likelihood", limit=3)
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     with torch.no_grad():

@@ -2,7 +2,17 @@
 
 import pytest
 
-from datamodules.benchmarks.parsing import REFERENCE_RULE, RULES, letter_tokens, match_option_text, parse_choice
+from datamodules.benchmarks import EgoSchema, MVBench, NExTQA, PerceptionTest, VideoMME, VNBench
+from datamodules.benchmarks.parsing import (
+    letter_tokens,
+    match_option_text,
+    parse_choice,
+    parse_default,
+    parse_videollama2,
+    rule_name,
+)
+from datamodules.benchmarks.videomme import parse_videomme
+from datamodules.benchmarks.vnbench import parse_vnbench
 
 SHAPES = ["a blue circle", "a green square", "the red triangle", "a yellow star"]
 
@@ -66,7 +76,7 @@ def test_match_option_text():
 
 
 def test_videollama2_rule():
-    rule = "videollama2"
+    rule = parse_videollama2
     assert parse_choice("(B) a green square", SHAPES, rule) == 1
     assert parse_choice("Answer: C", SHAPES, rule) == 2
     assert parse_choice("the red triangle", SHAPES, rule) == 2          # kept: option text when no letter
@@ -77,7 +87,7 @@ def test_videollama2_rule():
 
 
 def test_videomme_rule():
-    rule = "videomme"
+    rule = parse_videomme
     assert parse_choice("The best answer is C.", SHAPES, rule) == 2     # kept: the first letter
     assert parse_choice("Best option: D", SHAPES, rule) == 3            # fixed: the reference strips "Best option:"
     assert parse_choice("Correct, it is A", SHAPES, rule) == 0          # fixed: the reference reads "Correct" as C
@@ -88,7 +98,7 @@ def test_videomme_rule():
 
 
 def test_vnbench_rule():
-    rule = "vnbench"
+    rule = parse_vnbench
     assert parse_choice("B. a green square", SHAPES, rule) == 1
     assert parse_choice("(B) A man walks.", SHAPES, rule) == 1          # fixed: the reference checks 'A' in pred first
     assert parse_choice("The answer. It is D", SHAPES, rule) is None    # kept: only the text before the first '.'
@@ -96,10 +106,22 @@ def test_vnbench_rule():
     assert parse_choice("E.", SHAPES, rule) is None
 
 
-def test_rules_registry():
-    assert set(RULES) == {"default", "videollama2", "videomme", "vnbench"}
-    assert set(REFERENCE_RULE.values()) <= set(RULES)
-    with pytest.raises(ValueError, match="unknown parse rule 'strict'"):
-        parse_choice("A", SHAPES, "strict")
+def test_each_benchmark_parses_with_its_reference_rule():
+    """The rule behind each benchmark's published numbers, recorded by name in the results' protocol."""
+    rules = {b: b("root").protocol("generate")["parse_rule"]
+             for b in (MVBench, EgoSchema, PerceptionTest, VideoMME, VNBench, NExTQA)}
+    assert rules == {MVBench: "videollama2", EgoSchema: "videollama2", PerceptionTest: "videollama2",
+                     VideoMME: "videomme", VNBench: "vnbench", NExTQA: "default"}
+    text = "(B) A man walks."  # the reference rules disagree on this one
+    assert VNBench("root").parse(text, SHAPES) == 1 and MVBench("root").parse(text, SHAPES) == 1
+    assert VideoMME("root").parse("Correct, it is A", SHAPES) == 0
+    # a parse rule chosen in the config replaces the reference rule, and the protocol says so
+    custom = NExTQA("root", parse_rule=parse_vnbench)
+    text = "The answer. It is D"
+    assert custom.parse(text, SHAPES) is None and NExTQA("root").parse(text, SHAPES) == 3
+    assert custom.protocol("generate")["parse_rule"] == "vnbench" and rule_name(parse_default) == "default"
+
+
+def test_too_many_options():
     with pytest.raises(ValueError, match="at most 24"):
         parse_choice("A", ["x"] * 25)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from datamodules.benchmarks.readers import read_vnbench
+from datamodules.benchmarks import VNBench
 from lit_bvllm.backbones import load_llm, load_tokenizer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "llm_reads_context.py"
@@ -41,7 +41,7 @@ def test_report_covers_every_item_and_condition(tiny, synthetic, tmp_path, capsy
     mod = _script()
     out = tmp_path / "reads.json"
     result = mod.main(["--llm", tiny["llm"], "--data", str(synthetic), "--out", str(out)])
-    items = read_vnbench(Path(synthetic) / "eval" / "vnbench")
+    items = VNBench(str(Path(synthetic) / "eval" / "vnbench")).read()
     assert result["items"] == len(items) and json.loads(out.read_text()) == result
     groups = {it.group for it in items}
     types = {it.category for it in items}

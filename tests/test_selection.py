@@ -62,12 +62,12 @@ def test_aggregate_counts_each_question_once_per_category():
 def test_needle_times_are_read_and_checked(tmp_path):
     import json
 
-    from datamodules.benchmarks.readers import read_vnbench
+    from datamodules.benchmarks import VNBench
 
     entry = {"video": "v.mp4", "question": "q", "options": ["a", "b", "c", "d"], "gt": "a", "type": "ret_insert1",
              "try": 0, "question_id": "v_ret_insert1_0", "needle_times": [[3, 5], [9, 10]]}
     (tmp_path / "VNBench_qa.json").write_text(json.dumps([entry]))
-    assert read_vnbench(tmp_path)[0].extra["needle_times"] == [[3.0, 5.0], [9.0, 10.0]]
+    assert VNBench(str(tmp_path)).read()[0].extra["needle_times"] == [[3.0, 5.0], [9.0, 10.0]]
     (tmp_path / "VNBench_qa.json").write_text(json.dumps([dict(entry, needle_times=[[5, 3]])]))
     with pytest.raises(ValueError, match=r"VNBench_qa.json, entry 0 \(v_ret_insert1_0\): 'needle_times'"):
-        read_vnbench(tmp_path)
+        VNBench(str(tmp_path)).read()

@@ -94,6 +94,9 @@ def read_cache(path: Path) -> dict[str, dict]:
 class Judge:
     """Judges open-ended answers through an OpenAI-compatible ``/chat/completions`` endpoint, caching each verdict.
 
+    An open-ended benchmark's ``judge`` option: ``--data.benchmark.judge.url http://localhost:8000/v1
+    --data.benchmark.judge.model NAME``, or ``judge: {url: ..., model: ...}`` in its ``init_args``.
+
     Counters: ``asked`` items sent to the endpoint, ``cached`` items answered from the cache, ``failed`` items
     with no verdict after ``max_retries`` tries (not cached, so a later run asks them again).
     """

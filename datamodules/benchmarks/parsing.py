@@ -1,5 +1,10 @@
 """Which option a generated answer names: ``parse_choice(text, options, rule) -> index | None``.
 
+A rule is a function ``(text, options) -> index | None`` (:data:`ParseRule`). This module holds the rules several
+benchmarks share, this project's :func:`parse_default` and VideoLLaMA2's :func:`parse_videollama2`; a benchmark
+with its own official scorer keeps that rule in its module (``videomme.parse_videomme``,
+``vnbench.parse_vnbench``), and every multiple-choice benchmark names its reference rule (``reference_rule``).
+
 None means unparsed. The parsers never guess: the reference scripts fall back to option C (VideoLLaMA2, B-VLLM)
 or a random letter (lmms-eval) inside the parser, which hides how often the model answered off-format; here the
 caller decides (a configurable fallback, off by default) and counts the misses.
@@ -12,7 +17,7 @@ Three fixes apply to every rule, each a known sloppiness of the reference regexe
 2. "A" followed by a lower-case word is the article ("A man is walking"), and "I" so followed is the pronoun
    ("I think ..."), unless the word is a verb that makes the letter the subject ("A is correct").
 3. A letter outside the item's options ("E" for a 4-way question) is unparsed, never wrapped or clamped, and the
-   rule that found it does not go on to look for another letter. (The "videollama2" rule keeps its reference's
+   rule that found it does not go on to look for another letter. (:func:`parse_videollama2` keeps its reference's
    letter range instead: that regex only ever sees the item's letters.)
 """
 
@@ -22,6 +27,9 @@ import re
 from collections.abc import Callable
 
 from datamodules.benchmarks.prompts import MAX_OPTIONS
+
+ParseRule = Callable[[str, list[str]], int | None]
+"""``(generated text, option texts) -> option index``, None when the text names no option."""
 
 _TOKEN = re.compile(r"(?<![\w'’-])([A-X])(?![\w'’-])")
 _WORD_AFTER = re.compile(r"\s+([a-z]+)")
@@ -48,7 +56,7 @@ def _index(letter: str, num_options: int) -> int | None:
     return k if k < num_options else None
 
 
-def _first_letter(text: str, num_options: int) -> int | None:
+def first_letter(text: str, num_options: int) -> int | None:
     """Option index of the first standalone letter of ``text``; None when there is none or it is past the options."""
     tokens = letter_tokens(text)
     return _index(tokens[0][1], num_options) if tokens else None
@@ -110,55 +118,20 @@ def parse_videollama2(text: str, options: list[str]) -> int | None:
     return _index(in_range[0], len(options)) if in_range else match_option_text(text, options)
 
 
-def parse_videomme(text: str, options: list[str]) -> int | None:
-    """The official Video-MME scorer (``extract_characters_regex`` of ``eval_your_results.py``).
-
-    Kept: the first letter decides; no letter, unparsed. Fixed: the letter must stand alone (the reference's
-    ``[ABCD]`` reads "Based" as B and "Correct" as C), the article "A" is no letter, and a letter past the options
-    is unparsed. The reference's other two steps drop out: stripping "Best answer:", "Answer:" ... only kept its
-    regex off their capitals, and its "over 10 words and no A-D" case returns what "no A-D" returns anyway.
-    """
-    return _first_letter(text, len(options))
-
-
-def parse_vnbench(text: str, options: list[str]) -> int | None:
-    """The official VNBench scorer (VideoNIAH ``evaluation/eval.py``).
-
-    Kept: only the text before the first ``.`` counts. Fixed: the reference then checks ``'A' in pred``, then B,
-    C, D, so "(B) A man walks" reads as A and "Based" as B; here the first standalone letter decides, the article
-    "A" excluded, and a letter past the options is unparsed.
-    """
-    return _first_letter(text.split(".")[0], len(options))
-
-
-RULES: dict[str, Callable[[str, list[str]], int | None]] = {
-    "default": parse_default,
-    "videollama2": parse_videollama2,
-    "videomme": parse_videomme,
-    "vnbench": parse_vnbench,
-}
-
-REFERENCE_RULE = {  # the rule whose reference each benchmark's published numbers used
-    "mvbench": "videollama2",
-    "egoschema": "videollama2",
-    "perception_test": "videollama2",
-    "videomme": "videomme",
-    "vnbench": "vnbench",
-    "nextqa": "default",  # lmms-eval's MMMU-style parser; "default" covers its (X) / "X " / "X." / text cases
-}
-
-
-def parse_choice(text: str, options: list[str], rule: str = "default") -> int | None:
+def parse_choice(text: str, options: list[str], rule: ParseRule = parse_default) -> int | None:
     """Index of the option a generated answer names, or None when unparsed.
 
     Args:
         text: the model's output (any length, any number of lines).
         options: the item's option texts, without letters.
-        rule: a key of :data:`RULES`: "default" (this project's), or the fixed reference rules "videollama2",
-            "videomme", "vnbench".
+        rule: :func:`parse_default` (this project's), or a fixed reference rule (:func:`parse_videollama2`,
+            ``videomme.parse_videomme``, ``vnbench.parse_vnbench``).
     """
-    if rule not in RULES:
-        raise ValueError(f"unknown parse rule {rule!r}; known: {', '.join(RULES)}")
     if len(options) > MAX_OPTIONS:
         raise ValueError(f"{len(options)} options: the letters A..X cover at most {MAX_OPTIONS}")
-    return RULES[rule](text, options)
+    return rule(text, options)
+
+
+def rule_name(rule: ParseRule) -> str:
+    """The name a results file records for a rule: ``parse_videollama2`` -> ``"videollama2"``."""
+    return getattr(rule, "__name__", type(rule).__name__).removeprefix("parse_")

@@ -1,6 +1,6 @@
 """Small eval sets over the held-out eval videos in the official annotation format of each benchmark reader.
 
-For every reader of ``datamodules/benchmarks/readers.py`` beyond VNBench and MSVD-QA (evalsets.py writes those),
+For every benchmark of ``datamodules/benchmarks/`` beyond VNBench and MSVD-QA (evalsets.py writes those),
 the files and media layout its benchmark ships with, under ``<out>/eval/<benchmark>/``:
 
     mvbench/json/{action_sequence,moving_count,episodic_reasoning}.json, video/<task prefix>/...

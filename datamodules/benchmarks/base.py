@@ -1,0 +1,241 @@
+"""A benchmark: its items, its reference prompt, how one answer is scored and how the scores add up.
+
+Each benchmark is one module holding one subclass of :class:`MultipleChoiceBenchmark` or
+:class:`OpenEndedBenchmark` (``mvbench.py``, ``vnbench.py``, ...), the way lmms-eval keeps a task's reader,
+prompt, processing and aggregation together: its typed options (the constructor), its reader (``read``: the
+official annotation files -> :class:`~datamodules.benchmarks.items.EvalItem` s), its reference prompt
+(``template``), its parse rule (``reference_rule``), the views its paper reports beyond accuracy (``accuracy``)
+and its submission file (``submission``). :class:`~datamodules.benchmarks.datamodule.BenchmarkDataModule` takes
+any of them by ``class_path``; :class:`~datamodules.benchmarks.evaluator.Evaluator` does what all share (metric
+states, counts, errors, the selection hit rate). Adding a benchmark is one module and one short YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from datamodules.benchmarks.items import EvalItem
+from datamodules.benchmarks.judge import Judge
+from datamodules.benchmarks.metrics import mean, mean_per
+from datamodules.benchmarks.openended import contains, exact_match, token_f1
+from datamodules.benchmarks.parsing import ParseRule, parse_choice, parse_default, rule_name
+from datamodules.benchmarks.prompts import SHORT_ANSWER, letters
+
+
+class Benchmark(ABC):
+    """One benchmark: subclass :class:`MultipleChoiceBenchmark` or :class:`OpenEndedBenchmark`, not this.
+
+    Args:
+        root: the benchmark's folder (annotation files and media, laid out as the benchmark ships them).
+    """
+
+    name: ClassVar[str]
+    """The benchmark's name in output files and metric keys (``<name>_results.json``, ``test/<name>/accuracy``)."""
+    multiple_choice: ClassVar[bool]
+    values: ClassVar[tuple[str, ...]] = ()
+    """Per-item values summed in the metric states besides correct/parsed/error (the open-ended metrics)."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+    @abstractmethod
+    def read(self) -> list[EvalItem]:
+        """The benchmark's items, from its annotation files under ``root``, in file order."""
+
+    @abstractmethod
+    def template(self, question: str, options: list[str]) -> str:
+        """The reference prompt of one question: the user-turn text after the ``<video>\\n`` placeholder."""
+
+    # ------------------------------------------------------------------ prompts
+
+    def prompt(self, item: EvalItem, subtitles: list[str] | None = None) -> str:
+        """The generation prompt of ``item``; ``subtitles`` (from :meth:`frame_subtitles`) only where the benchmark
+        shows them (Video-MME)."""
+        if self.multiple_choice != bool(item.options):
+            kind = "multiple-choice" if self.multiple_choice else "open-ended"
+            raise ValueError(f"item {item.id!r} has {len(item.options)} options but {self.name} is {kind}")
+        if subtitles is not None:
+            raise ValueError(f"subtitles are a Video-MME variant; {self.name} has none")
+        return self.template(item.question, item.options)
+
+    def frame_subtitles(self, item: EvalItem, times: Tensor) -> list[str] | None:
+        """The subtitle lines shown at the sampled frames (seconds), for the prompt; None: none are shown."""
+        return None
+
+    def describe_prompt(self) -> str:
+        """The template with placeholders, for the results file: ``Question: {question}\\nOptions:\\n(A) {option A}
+        \\n(B) {option B}\\n...``."""
+        return self.template("{question}", ["{option A}", "{option B}"] if self.multiple_choice else [])
+
+    def protocol(self, mode: str) -> dict:
+        """How the answers were obtained (prompt, parse rule, variants), written with the results."""
+        return {"prompt": self.describe_prompt() if mode == "generate" else "{question}", "parse_rule": None,
+                "fallback_letter": None, "subtitles": False, "short_answer": False}
+
+    # ------------------------------------------------------------------ scoring
+
+    @abstractmethod
+    def score(self, item: EvalItem, output, mode: str, error: str | None) -> dict:
+        """The record fields of one answer: ``output`` is the generated text, or the option scores ``(K,)`` in
+        likelihood mode; ``error`` says why the item's video gave no frames (None when it did)."""
+
+    @abstractmethod
+    def aggregate(self, states: dict[str, Tensor], records: list[dict], items: list[EvalItem],
+                  out_dir: str | Path | None = None) -> dict:
+        """The benchmark's numbers from the synced metric states (and the gathered records where the states do
+        not suffice, e.g. for a judge). ``out_dir``: the run's folder."""
+
+    def submission(self, records: list[dict], items: list[EvalItem]) -> tuple[str, str] | None:
+        """``(file name, text)`` of the benchmark's submission file for items whose answers are hidden; None when
+        the benchmark has no server to submit to."""
+        return None
+
+
+class MultipleChoiceBenchmark(Benchmark):
+    """A multiple-choice benchmark: answers are an option, parsed from the generation (``mode="generate"``) or the
+    option of highest likelihood (``mode="likelihood"``).
+
+    Accuracy overall and per category over the items with a known answer (none known: only the submission file);
+    unparsed answers are counted and count as wrong unless ``fallback_letter`` is set.
+
+    Args:
+        root: the benchmark's folder.
+        parse_rule: answer parser ``(text, options) -> index | None``, as an import path
+            (``datamodules.benchmarks.parsing.parse_default``); None: the benchmark's ``reference_rule``.
+        fallback_letter: letter an unparsed answer gets (the reference scripts use "C"); None: it counts wrong.
+    """
+
+    multiple_choice = True
+    reference_rule: ClassVar[ParseRule] = staticmethod(parse_default)
+    """The rule of the official scorer behind the benchmark's published numbers."""
+
+    def __init__(self, root: str, parse_rule: ParseRule | None = None, fallback_letter: str | None = None):
+        super().__init__(root)
+        self.parse_rule, self.fallback_letter = parse_rule, fallback_letter
+
+    def parse(self, text: str, options: list[str]) -> int | None:
+        """The option a generated answer names (``parse_rule``, else the reference rule); None when unparsed."""
+        return parse_choice(text, options, self.parse_rule or self.reference_rule)
+
+    def protocol(self, mode: str) -> dict:
+        rule = rule_name(self.parse_rule or self.reference_rule) if mode == "generate" else None
+        return {**super().protocol(mode), "parse_rule": rule, "fallback_letter": self.fallback_letter}
+
+    def score(self, item: EvalItem, output, mode: str, error: str | None) -> dict:
+        record = {}
+        if mode == "likelihood":
+            scores = output[: len(item.options)].float()
+            pred, parsed, text = int(scores.argmax()), True, None
+            record["scores"] = [round(float(s), 5) for s in scores]
+        else:
+            text = output
+            pred = self.parse(output, item.options)
+            parsed = pred is not None
+            if pred is None and self.fallback_letter is not None:
+                pred = letters(len(item.options)).index(self.fallback_letter)
+        if error is not None:  # no frames were seen: the item counts as wrong whatever the text says
+            pred, parsed = None, False
+        record.update(output=text, parsed=parsed, pred=pred,
+                      letter=None if pred is None else letters(len(item.options))[pred], answer=item.answer,
+                      correct=pred is not None and item.answer >= 0 and pred == item.answer)
+        return record
+
+    def aggregate(self, states: dict[str, Tensor], records: list[dict], items: list[EvalItem],
+                  out_dir: str | Path | None = None) -> dict:
+        correct = states["correct"].cpu() > 0
+        parsed = states["parsed"].cpu() > 0
+        errors = states["error"].cpu() > 0
+        seen = states["seen"].cpu() > 0
+        known = torch.tensor([it.answer >= 0 for it in items])
+        chance = sum(1 / len(it.options) for it in items) / len(items)  # a uniform guess per item
+        out = {"scored": int(known.sum()), "chance": chance, "unparsed": int((~parsed & ~errors & seen).sum())}
+        if not known.any():  # answers are hidden (EgoSchema full set, Perception Test test split): submission only
+            return out
+        return {**out, **self.accuracy(correct, parsed, known, items)}
+
+    def accuracy(self, correct: Tensor, parsed: Tensor, known: Tensor, items: list[EvalItem]) -> dict:
+        """Accuracy overall and per category over the ``known`` items (bool ``(N,)`` each); a benchmark adds the
+        views its paper reports (per task mean, per duration, circular accuracy) by extending this."""
+        categories = [it.category for it in items]
+        return {"accuracy": mean(correct[known]), "per_category": mean_per(correct, known, categories)}
+
+
+class OpenEndedBenchmark(Benchmark):
+    """An open-ended benchmark (MSVD-QA, MSRVTT-QA, ActivityNet-QA): the raw question, as in VideoLLaMA2, B-VLLM
+    and LLaMA-VID (``inference_video_oqa_*.py``; their "short answer" suffix is commented out).
+
+    Offline: normalised exact match, token F1 and answer-contained (:mod:`~datamodules.benchmarks.openended`),
+    overall and per answer type. With a ``judge``, the Video-ChatGPT judge's accuracy and score, the numbers the
+    papers publish (:mod:`~datamodules.benchmarks.judge`).
+
+    Args:
+        root: the benchmark's folder.
+        short_answer: append lmms-eval's "Answer the question using a single word or phrase." (lmms-eval also
+            capitalises the question and adds "?"; this does not).
+        judge: an OpenAI-compatible judge endpoint (``url``, ``model``, ...); its cache defaults to
+            ``judge_cache.jsonl`` in the run's folder. None: offline metrics only.
+    """
+
+    multiple_choice = False
+    values = ("exact_match", "token_f1", "contains")
+
+    def __init__(self, root: str, short_answer: bool = False, judge: Judge | None = None):
+        super().__init__(root)
+        self.short_answer, self.judge = short_answer, judge
+
+    def template(self, question: str, options: list[str]) -> str:
+        return question
+
+    def prompt(self, item: EvalItem, subtitles: list[str] | None = None) -> str:
+        prompt = super().prompt(item, subtitles)
+        return prompt + SHORT_ANSWER if self.short_answer else prompt
+
+    def protocol(self, mode: str) -> dict:
+        return {**super().protocol(mode), "short_answer": self.short_answer}
+
+    def score(self, item: EvalItem, output, mode: str, error: str | None) -> dict:
+        pred = output.strip()
+        metrics = (exact_match, token_f1, contains)  # in the order of `values`
+        return {"output": output, "prediction": pred, "answer": item.answer, **{
+            name: float(fn(pred, item.answer)) if error is None else 0.0 for name, fn in zip(self.values, metrics)}}
+
+    def aggregate(self, states: dict[str, Tensor], records: list[dict], items: list[EvalItem],
+                  out_dir: str | Path | None = None) -> dict:
+        values = states["values"].cpu()
+        known = torch.tensor([it.answer != "" for it in items])
+        out = {"scored": int(known.sum())}
+        categories = [it.category for it in items]
+        for j, name in enumerate(self.values):
+            out[name] = mean(values[known, j])
+            out[f"{name}_per_category"] = mean_per(values[:, j], known, categories)
+        if self.judge is not None:
+            out.update(self.judged(records, items, out_dir))
+        return out
+
+    def judged(self, records: list[dict], items: list[EvalItem], out_dir: str | Path | None) -> dict:
+        """Ask the judge about every answer (in item order; cached verdicts are not asked again) and add its
+        verdict to each record."""
+        from datamodules.benchmarks.judge import aggregate
+
+        cache = self.judge.cache
+        if cache is None and out_dir is not None:
+            cache = Path(out_dir) / "judge_cache.jsonl"
+        judge = dataclasses.replace(self.judge, cache=cache)  # fresh counters, and the run's cache
+        verdicts = []
+        for r in sorted(records, key=lambda r: r["index"]):
+            item = items[r["index"]]
+            verdict = judge.judge(item.id, item.question, item.answer, r["prediction"]) if r["error"] is None else None
+            r["judge"] = verdict
+            verdicts.append(verdict)
+        return {**aggregate(verdicts), "judge_model": judge.model, "judge_asked": judge.asked,
+                "judge_cached": judge.cached}

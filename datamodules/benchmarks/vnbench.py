@@ -1,0 +1,106 @@
+"""VNBench (VideoNIAH): needle questions about a video, each asked 4 times with the options rotated, scored by the
+circular rule (VideoNIAH ``evaluation/eval.py``); the synthetic needle set (``make-synthetic``) uses its format."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from torch import Tensor
+
+from datamodules.benchmarks.base import MultipleChoiceBenchmark
+from datamodules.benchmarks.items import EvalItem
+from datamodules.benchmarks.parsing import ParseRule, first_letter
+from datamodules.benchmarks.prompts import LETTER_ONLY, bracket_options
+from datamodules.benchmarks.reading import load_list, option_index, option_letter, require, require_text
+
+
+def parse_vnbench(text: str, options: list[str]) -> int | None:
+    """The official VNBench scorer (VideoNIAH ``evaluation/eval.py``).
+
+    Kept: only the text before the first ``.`` counts. Fixed: the reference then checks ``'A' in pred``, then B,
+    C, D, so "(B) A man walks" reads as A and "Based" as B; here the first standalone letter decides, the article
+    "A" excluded, and a letter past the options is unparsed.
+    """
+    return first_letter(text.split(".")[0], len(options))
+
+
+class VNBench(MultipleChoiceBenchmark):
+    """VNBench (and the synthetic needle set): 4-way circular scoring.
+
+    Reads ``<root>/<annotation>`` (VideoNIAH ``VNBench_qa.json``): ``video (relative to root), question, options,
+    gt, type, try, question_id``; ``gt`` is the answer text or its index, or B-VLLM's ``gt_option`` letter replaces
+    it. The 4 circular tries of an item share ``group`` = ``question_id`` without its ``_<try>``; category is
+    ``type``.
+
+    Args:
+        root: VNBench folder.
+        annotation: the question file, relative to ``root``.
+        parse_rule: answer parser (an import path); None: VNBench's own, :func:`parse_vnbench`.
+        fallback_letter: letter an unparsed answer gets (the reference scripts use "C"); None: it counts wrong.
+    """
+
+    name = "vnbench"
+    reference_rule = staticmethod(parse_vnbench)
+
+    def __init__(self, root: str, annotation: str = "VNBench_qa.json", parse_rule: ParseRule | None = None,
+                 fallback_letter: str | None = None):
+        super().__init__(root, parse_rule, fallback_letter)
+        self.annotation = annotation
+
+    def read(self) -> list[EvalItem]:
+        root = Path(self.root)
+        path = root / self.annotation
+        items = []
+        for k, e in enumerate(load_list(path)):
+            qid = require_text(e, "question_id", path, k)
+            where = f"{k} ({qid})"
+            options = [str(o) for o in require(e, "options", path, where, (list,))]
+            if e.get("gt") is not None:
+                gt = e["gt"]
+                in_options = isinstance(gt, str) and gt in options
+                answer = options.index(gt) if in_options else option_index(gt, len(options), path, where, "gt")
+            else:
+                answer = option_letter(require_text(e, "gt_option", path, where), len(options), path, where,
+                                       "gt_option")
+            tries = e.get("try")
+            group = qid.rsplit("_", 1)[0] if tries is not None and qid.endswith(f"_{tries}") else qid
+            extra = {"try": tries}
+            if e.get("needle_times") is not None:  # the synthetic needle set's evidence spans (selection hit rate)
+                extra["needle_times"] = _spans(e["needle_times"], path, where)
+            items.append(EvalItem(id=qid, video=os.path.abspath(root / require_text(e, "video", path, where)),
+                                  question=require_text(e, "question", path, where), options=options, answer=answer,
+                                  category=require_text(e, "type", path, where), group=group, extra=extra))
+        return items
+
+    def template(self, question: str, options: list[str]) -> str:
+        """B-VLLM ``inference_video_mcqa_vnbench.py``: bracketed options, no "Select the best answer" line and no
+        full stop after the instruction (the official VideoNIAH prompt uses ``A. ...`` lines instead)."""
+        return f"{question}\n{bracket_options(options)}{LETTER_ONLY}"
+
+    def accuracy(self, correct: Tensor, parsed: Tensor, known: Tensor, items: list[EvalItem]) -> dict:
+        """Also the circular accuracy (VNBench ``eval.py``): an item counts only if all of its tries are right;
+        per type, and overall as the unweighted mean over types."""
+        out = super().accuracy(correct, parsed, known, items)
+        groups: dict[tuple[str, str], list[bool]] = defaultdict(list)
+        for it, ok, k in zip(items, correct.tolist(), known.tolist()):
+            if k:
+                groups[(it.category, it.group)].append(ok)
+        per: dict[str, list[bool]] = defaultdict(list)
+        for (cat, _), oks in groups.items():
+            per[cat].append(all(oks))
+        out["circular_per_category"] = {c: sum(v) / len(v) for c, v in sorted(per.items())}
+        out["circular_accuracy"] = sum(out["circular_per_category"].values()) / len(per)
+        return out
+
+
+def _spans(value, path: Path, where: str) -> list[list[float]]:
+    """``[[start, end], ...]`` seconds with start < end, or a ValueError naming the file and entry."""
+    ok = isinstance(value, list) and all(
+        isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) and v[0] < v[1]
+        for v in value)
+    if not ok:
+        raise ValueError(f"{path}, entry {where}: 'needle_times' must be a list of [start, end] seconds with "
+                         f"start < end, got {value!r}")
+    return [[float(a), float(b)] for a, b in value]
