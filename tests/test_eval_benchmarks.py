@@ -319,7 +319,8 @@ def test_predict_writes_generations(tiny, synthetic, tmp_path, monkeypatch):
     from lit_bvllm.cli import lightning_cli
 
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
-    lightning_cli(["predict", "--config", "experiments/pretrain.yaml", "--config", "experiments/eval/msvd_qa.yaml",
+    lightning_cli(["predict", "--config", "experiments/pretrain.yaml", "--config", "experiments/eval/base.yaml",
+                   "--config", "experiments/eval/msvd_qa.yaml",
                    "--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.max_new_tokens", "3",
                    "--data.benchmark.root", str(synthetic / "eval" / "msvd"), "--data.limit", "5",
                    "--data.num_workers", "0",

@@ -46,7 +46,8 @@ def test_reducer_config_binds_to_its_class(path):
 COMPOSED = [
     ["pretrain.yaml"],
     ["pretrain.yaml", "finetune.yaml"],
-    *[["pretrain.yaml", "finetune.yaml", f"eval/{p.name}"] for p in sorted((EXPERIMENTS / "eval").glob("*.yaml"))],
+    *[["pretrain.yaml", "finetune.yaml", "eval/base.yaml", f"eval/{p.name}"]
+      for p in sorted((EXPERIMENTS / "eval").glob("*.yaml")) if p.name != "base.yaml"],
     ["pretrain.yaml", "backbones/qwen2_7b_clip336.yaml", "reducers/bvllm.yaml", "reducers/bvllm_no_temporal_merge.yaml"],
     *[["pretrain.yaml", f"strategies/{p.name}"] for p in sorted((EXPERIMENTS / "strategies").glob("*.yaml"))],
     *[["pretrain.yaml", f"reducers/{p.name}"] for p in REDUCERS if not p.stem.startswith("bvllm_")],
