@@ -37,3 +37,16 @@ def test_the_check_sees_nested_and_relative_imports(tmp_path):
                  "from . import items\nfrom ..video import read_video\n")
     assert imported_modules(f, "datamodules.benchmarks") == {
         "lit_bvllm.evaluation.scorer", "lit_bvllm.cli", "datamodules.benchmarks", "datamodules.video"}
+
+
+def test_benchmarks_read_and_score_without_lightning():
+    """A benchmark's reader, prompts and scoring import without Lightning (only the data module needs it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from datamodules.benchmarks import VNBench, Evaluator, MVBench, MSVDQA; "
+            "from datamodules.benchmarks import parsing, prompts, selection, judge; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'lit_bvllm')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -7,7 +7,8 @@ official annotation files -> :class:`~datamodules.benchmarks.items.EvalItem` s),
 (``template``), its parse rule (``reference_rule``), the views its paper reports beyond accuracy (``accuracy``)
 and its submission file (``submission``). :class:`~datamodules.benchmarks.datamodule.BenchmarkDataModule` takes
 any of them by ``class_path``; :class:`~datamodules.benchmarks.evaluator.Evaluator` does what all share (metric
-states, counts, errors, the selection hit rate). Adding a benchmark is one module and one short YAML.
+states, counts, errors, the selection hit rate). Adding a benchmark is one module and one short YAML
+(``tests/test_new_benchmark.py`` writes one: a reader over a JSON file and a prompt template).
 """
 
 from __future__ import annotations

@@ -225,7 +225,7 @@ class BenchmarkDataModule(L.LightningDataModule):
             raise ValueError(f"{benchmark.name} is open-ended: --data.mode=likelihood needs options; use generate")
         self.items = benchmark.read()[: h.limit]
         if not self.items:
-            raise ValueError(f"no items read from {benchmark.root} ({benchmark.name}); check its root")
+            raise ValueError(f"no items read from {benchmark.root} ({benchmark.name}); check --data.benchmark.root")
         self.tokenizer = load_tokenizer(h.tokenizer, h.video_token)
         qtok = load_tokenizer(h.question_tokenizer, None) if h.question_tokenizer else None
         transform = FrameTransform(h.transform, h.vision_tower)
