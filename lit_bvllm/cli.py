@@ -98,15 +98,16 @@ TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def lightning_cli(args: list[str] | None = None, run: bool = True):
-    """The LightningCLI over :class:`~lit_bvllm.model.VideoLLM` and any LightningDataModule (``class_path``)."""
+    """The LightningCLI over :class:`~lit_bvllm.lit_module.VideoLLMModule` and any LightningDataModule
+    (``class_path``)."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
     from datamodules import SkippedSamplesLogger
-    from lit_bvllm.callbacks import KeepingConfigSnapshot, PredictionWriter, RunSummary
+    from lit_bvllm.callbacks import BenchmarkEvaluation, KeepingConfigSnapshot, PredictionWriter, RNGState, RunSummary
     from lit_bvllm.checkpointing import AtomicCheckpointIO
-    from lit_bvllm.model import VideoLLM
+    from lit_bvllm.lit_module import VideoLLMModule
 
     def default_checkpoint() -> ModelCheckpoint:
         return ModelCheckpoint(filename="step{step}", save_last=True, save_top_k=-1, every_n_train_steps=500,
@@ -148,7 +149,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
             return super().instantiate_trainer(**{"plugins": plugins, "callbacks": callbacks, **kwargs})
 
     return VideoCLI(
-        VideoLLM,
+        VideoLLMModule,
         L.LightningDataModule,
         subclass_mode_data=True,
         args=args,
@@ -158,6 +159,8 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
             "callbacks": [
                 SkippedSamplesLogger(),
                 RunSummary(),
+                RNGState(),
+                BenchmarkEvaluation(),
                 PredictionWriter(),
                 LearningRateMonitor(logging_interval="step"),
             ],
@@ -181,9 +184,11 @@ def export_command(argv: list[str]) -> None:
     ap.add_argument("--merge_lora", default="false", choices=["true", "false"])
     ours, rest = ap.parse_known_args(_underscore_flags(argv))
     cli = lightning_cli(rest + ["--trainer.logger", "false"], run=False)
+    cli.model.hparams.init_from = None  # the checkpoint holds every trained tensor
+    cli.model.configure_model()
     state = torch.load(ours.ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
     cli.model.load_state_dict(state, strict=False)
-    path = export(cli.model, ours.out, merge_lora=ours.merge_lora == "true")
+    path = export(cli.model.model, ours.out, merge_lora=ours.merge_lora == "true")
     print(f"exported {len(state)} trained tensors to {path}")
 
 
