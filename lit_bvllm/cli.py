@@ -271,8 +271,9 @@ def _underscore_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    lightning_cli(_underscore_flags(argv))
+    if argv is None:  # the console script: the arguments are handed over as ``args``, not read again from sys.argv
+        argv, sys.argv = sys.argv[1:], sys.argv[:1]
+    lightning_cli(_underscore_flags(list(argv)))
 
 
 if __name__ == "__main__":
