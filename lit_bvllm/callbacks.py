@@ -1,4 +1,5 @@
-"""``RunSummary``: prints and logs the numbers a run is judged by, once, at the start of training."""
+"""The suite's callbacks: what a run reports (``RunSummary``, ``PredictionWriter``, ``BenchmarkEvaluation``), what it
+keeps across a resume (``RNGState``), its training recipe (``TemperatureSchedule``) and its config snapshot."""
 
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ class RunSummary(L.Callback):
         self.done = False
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in pl_module.parameters())
+        model = pl_module.model
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
         self.stats = {"derived/params_trainable": trainable, "derived/params_frozen": total - trainable}
-        per_module = {n: sum(p.numel() for p in m.parameters() if p.requires_grad) for n, m in pl_module.named_children()}
+        per_module = {n: sum(p.numel() for p in m.parameters() if p.requires_grad) for n, m in model.named_children()}
         self.stats.update({f"derived/trainable_{n}": c for n, c in per_module.items() if c})
 
     @torch.no_grad()
@@ -35,13 +37,14 @@ class RunSummary(L.Callback):
             return
         self.done = True
         frames = batch["frame_mask"].sum(1).float()
-        r = pl_module.reducer
+        model = pl_module.model
+        r = model.reducer
         keep = r.frames_to_encode(batch["frame_mask"]).sum(1).float()
-        n = getattr(pl_module.vision, "num_patches", 0)
-        was = pl_module.training
-        pl_module.eval()
-        _, mask, _ = pl_module.visual_tokens(batch)
-        pl_module.train(was)
+        n = getattr(model.vision, "num_patches", 0)
+        was = model.training
+        model.eval()
+        _, mask, _ = model.visual_tokens(batch)
+        model.train(was)
         after = mask.sum(1).float()
         media = frames > 0
         mean = lambda x: float(x[media].mean()) if media.any() else 0.0  # noqa: E731
@@ -112,17 +115,17 @@ class TemperatureSchedule(L.Callback):
         return self.start * (self.target / self.start) ** progress
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.target = getattr(pl_module.reducer, "tau", None)  # the configured τ (hparams), not a value left by a run
+        self.target = getattr(pl_module.model.reducer, "tau", None)  # the configured τ (hparams), not a value left by a run
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.target is None:
             return
-        pl_module.reducer.tau = self.tau(trainer.global_step, int(trainer.estimated_stepping_batches))
-        pl_module.log("train/tau", pl_module.reducer.tau, batch_size=batch["input_ids"].shape[0])
+        pl_module.model.reducer.tau = self.tau(trainer.global_step, int(trainer.estimated_stepping_batches))
+        pl_module.log("train/tau", pl_module.model.reducer.tau, batch_size=batch["input_ids"].shape[0])
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.target is not None:
-            pl_module.reducer.tau = self.target
+            pl_module.model.reducer.tau = self.target
 
 
 class KeepingConfigSnapshot(SaveConfigCallback):
@@ -149,3 +152,99 @@ class KeepingConfigSnapshot(SaveConfigCallback):
                                f"as {kept.name}, this run's is {path.name}")
         self.overwrite = True  # the old snapshot is out of the way on rank 0
         return super().setup(trainer, pl_module, stage)
+
+
+class RNGState(L.Callback):
+    """Carries the torch (and CUDA) RNG streams in the checkpoint, so a resumed run draws the Gumbel noise and dropout
+    the uninterrupted one would. Restored at the first batch after the resume: starting a DataLoader draws from it."""
+
+    def __init__(self):
+        self._pending: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._pending is not None:
+            torch.set_rng_state(self._pending["torch"])
+            if self._pending["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._pending["cuda"])
+            self._pending = None
+
+
+class BenchmarkEvaluation(L.Callback):
+    """``lit_bvllm test``: scores each batch's answers with the benchmark's evaluator (``datamodule.evaluator``),
+    syncs the metric states and gathers the per-item records across ranks (each item once), aggregates, logs
+    ``test/<benchmark>/...`` and writes the run's files: ``<benchmark>_results.json`` (with the protocol and the
+    weights evaluated), ``<benchmark>_predictions.jsonl`` and a submission file where the answers are hidden.
+
+    The aggregate is kept as ``self.results`` (rank 0; ``{}`` elsewhere).
+    """
+
+    def __init__(self):
+        self.results: dict = {}
+
+    @staticmethod
+    def _evaluator(trainer):
+        ev = getattr(trainer.datamodule, "evaluator", None)
+        if ev is None:
+            raise ValueError("`lit_bvllm test` needs a benchmark data module: compose experiments/eval/base.yaml and "
+                             "experiments/eval/<benchmark>.yaml")
+        return ev
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._records: list[dict] = []
+        self._scores = self._evaluator(trainer).new_metric().to(pl_module.device)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        records, update = self._evaluator(trainer).score(batch, outputs["output"], outputs["info"])
+        self._scores.update(**update)
+        self._records += records
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        import json
+
+        import torch.distributed as dist
+
+        ev = self._evaluator(trainer)
+        states = self._scores.compute()  # summed over ranks
+        records = self._records
+        if dist.is_available() and dist.is_initialized():
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, records)
+            records = [r for part in gathered for r in part]
+        records.sort(key=lambda r: r["index"])
+        name = trainer.datamodule.name
+        out = Path(trainer.log_dir or ".")
+        result = ev.aggregate(states, records, out) if trainer.is_global_zero else {}
+        for key, value in _flatten(result).items():
+            pl_module.log(f"test/{name}/{key}", value, rank_zero_only=True)
+        if trainer.is_global_zero:
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / f"{name}_predictions.jsonl", "w") as f:
+                for r in records:
+                    f.write(json.dumps(r) + "\n")
+            if (sub := ev.submission(records)) is not None:
+                (out / sub[0]).write_text(sub[1])
+                result["submission"] = sub[0]
+            h = pl_module.hparams
+            weights = {"ckpt_path": None if trainer.ckpt_path is None else str(trainer.ckpt_path),
+                       "weights": h.get("weights"), "lora_adapter": h.get("lora_adapter")}
+            write_json(out / f"{name}_results.json",
+                       {**result, "protocol": ev.describe(h.get("max_new_tokens")), "evaluated_weights": weights})
+        self.results = result
+
+
+def _flatten(result: dict, prefix: str = "") -> dict[str, float]:
+    """The numbers of a (nested) results dict as ``{"a/b": float}``, for logging."""
+    flat = {}
+    for k, v in result.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            flat[f"{prefix}{k}"] = float(v)
+    return flat

@@ -1,17 +1,18 @@
-"""The ``lit_bvllm`` command.
+"""The ``lit_bvllm`` command: one parser (:func:`lightning_cli`) for every subcommand.
 
 Subcommands::
 
     lit_bvllm fit --config experiments/pretrain.yaml      train (LightningCLI: also validate, test, predict)
     lit_bvllm export --config CFG --ckpt_path CKPT --out DIR [--merge_lora true]   a folder that loads without Lightning
+    lit_bvllm scan --config CFG [--out FILE]      validate a training set before a long run (report = blocklist)
+    lit_bvllm preview --config CFG                decode and print one training batch
     lit_bvllm make-tiny --out DIR                 tiny local vision tower, LLM and tokenizer
     lit_bvllm make-synthetic --out DIR            synthetic mp4 videos and annotations in the public formats
     lit_bvllm probe-tower --vision_tower DIR --data DIR   linear probes: does the tower's [CLS] see the needle?
-    lit_bvllm scan --config CFG [--out FILE]      validate a training set before a long run (report = blocklist)
-    lit_bvllm preview --config CFG                decode and print one training batch
 
-``--config`` files hold a ``data:`` section (a ``VideoInstructDataModule``); ``--data.<arg>`` overrides one value.
-Flags accept dashes or underscores (``--num-videos`` = ``--num_videos``).
+export, scan and preview read the configs training reads (``--config experiments/pretrain.yaml [--config
+experiments/finetune.yaml]``); ``--data.<arg>`` overrides one value. Flags accept dashes or underscores
+(``--num-videos`` = ``--num_videos``).
 """
 
 from __future__ import annotations
@@ -83,36 +84,70 @@ def preview(data: VideoInstructDataModule, num_samples: int = 4) -> None:
     print(f"\nskipped entries in this batch: {len(batch['skipped'])}")
 
 
-def _commands() -> dict:
+def _setup_commands() -> dict:
+    """Commands that build the embedded default; they read no run config."""
     from lit_bvllm.probe import probe_tower
     from lit_bvllm.synthetic import make_synthetic
     from lit_bvllm.tiny import make_tiny
 
-    return {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "probe-tower": probe_tower, "scan": scan,
-            "preview": preview}
+    return {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "probe-tower": probe_tower}
 
 
-COMMANDS = ("make-tiny", "make-synthetic", "probe-tower", "scan", "preview", "export")
+CONFIG_COMMANDS = ("export", "scan", "preview")  # read the run config training reads; methods of the CLI below
 REPORTING = ("probe-tower",)  # commands that print their own report (a table) instead of their return value
-TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def lightning_cli(args: list[str] | None = None, run: bool = True):
-    """The LightningCLI over :class:`~lit_bvllm.model.VideoLLM` and any LightningDataModule (``class_path``)."""
+    """The one parser of every ``lit_bvllm`` subcommand: a LightningCLI over
+    :class:`~lit_bvllm.lit_module.VideoLLMModule` and any LightningDataModule (``class_path``).
+
+    Lightning's trainer commands (fit, validate, test, predict), the commands that read the same run config
+    (export, scan, preview: methods of this CLI) and the setup commands (make-tiny, make-synthetic, probe-tower:
+    functions, no run config) are subcommands of one root parser.
+    """
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
     from datamodules import SkippedSamplesLogger
-    from lit_bvllm.callbacks import KeepingConfigSnapshot, PredictionWriter, RunSummary
+    from lit_bvllm.callbacks import BenchmarkEvaluation, KeepingConfigSnapshot, PredictionWriter, RNGState, RunSummary
     from lit_bvllm.checkpointing import AtomicCheckpointIO
-    from lit_bvllm.model import VideoLLM
+    from lit_bvllm.lit_module import VideoLLMModule
+
+    setup = _setup_commands()
 
     def default_checkpoint() -> ModelCheckpoint:
         return ModelCheckpoint(filename="step{step}", save_last=True, save_top_k=-1, every_n_train_steps=500,
                                auto_insert_metric_name=False)
 
     class VideoCLI(LightningCLI):
+        @staticmethod
+        def subcommands() -> dict[str, set[str]]:
+            return {**LightningCLI.subcommands(), **{c: {"model", "datamodule"} for c in CONFIG_COMMANDS}}
+
+        def _add_subcommands(self, parser, **kwargs) -> None:
+            """Lightning's loop over its trainer commands, extended: a config command's arguments come from this
+            class's method, a setup command's from its function."""
+            self._subcommand_parsers = {}
+            self._setup_arguments: dict[str, set[str]] = {}
+            subcommands = parser.add_subcommands()
+            for name in self.subcommands():
+                klass = self.trainer_class if name in LightningCLI.subcommands() else type(self)
+                description = (getattr(klass, name).__doc__ or "").strip().split("\n")[0]
+                sub = self._prepare_subcommand_parser(klass, name, **{"description": description, **kwargs.get(name, {})})
+                self._subcommand_parsers[name] = sub
+                subcommands.add_subcommand(name, sub, help=description)
+            for name, fn in setup.items():
+                description = (fn.__doc__ or "").strip().split("\n")[0]
+                sub = self.init_parser(description=description)
+                self._setup_arguments[name] = set(sub.add_function_arguments(fn, as_group=False))
+                self._subcommand_parsers[name] = sub
+                subcommands.add_subcommand(name, sub, help=description)
+
+        def _set_seed(self) -> None:
+            if self.subcommand not in setup:
+                super()._set_seed()
+
         def add_arguments_to_parser(self, parser) -> None:
             parser.link_arguments("model.llm", "data.init_args.tokenizer")
             parser.link_arguments("model.vision_tower", "data.init_args.vision_tower")
@@ -122,10 +157,18 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
         def before_instantiate_classes(self) -> None:
             import torch
 
+            if self.subcommand in setup:
+                return
             cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
             if cfg.trainer.get("precision") is None:  # bf16-mixed where the hardware has it
                 bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
                 cfg.trainer.precision = "bf16-mixed" if bf16 else "32-true"
+
+        def instantiate_classes(self) -> None:
+            if self.subcommand in setup:
+                self.model = self.datamodule = self.trainer = None
+                return
+            super().instantiate_classes()
 
         def instantiate_trainer(self, **kwargs):
             """Checkpoints are written atomically (:class:`AtomicCheckpointIO`) unless the config names its own
@@ -147,8 +190,62 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
                 callbacks.append(default_checkpoint())
             return super().instantiate_trainer(**{"plugins": plugins, "callbacks": callbacks, **kwargs})
 
+        def _run_subcommand(self, subcommand: str) -> None:
+            if subcommand in setup:
+                cfg = self.config[subcommand]
+                result = setup[subcommand](**{k: cfg[k] for k in self._setup_arguments[subcommand]})
+                if result is not None and subcommand not in REPORTING:
+                    print(json.dumps(result, indent=2, default=str))
+                return
+            if subcommand in CONFIG_COMMANDS:  # Lightning looks the command up on the trainer first
+                getattr(self, subcommand)(**self._prepare_subcommand_kwargs(subcommand))
+                return
+            super()._run_subcommand(subcommand)
+
+        # ------------------------------------------------------------ commands that read the run config
+
+        def export(self, model, datamodule=None, ckpt_path: str | None = None, out: str = "export",
+                   merge_lora: bool = False) -> None:
+            """Write the config's model with a checkpoint's weights to a folder that loads without Lightning.
+
+            Args:
+                ckpt_path: the training checkpoint (``runs/<stage>/<version>/checkpoints/last.ckpt``).
+                out: the export folder (:mod:`lit_bvllm.export`).
+                merge_lora: merge the LoRA weights into the LLM (else an adapter folder beside the base LLM).
+            """
+            import torch
+
+            from lit_bvllm.export import export
+
+            if ckpt_path is None:
+                raise ValueError("lit_bvllm export needs --ckpt_path (a training checkpoint)")
+            model.hparams.init_from = None  # the checkpoint holds every trained tensor
+            model.configure_model()
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+            model.load_state_dict(state, strict=False)
+            path = export(model.model, out, merge_lora=merge_lora)
+            print(f"exported {len(state)} trained tensors to {path}")
+
+        def scan(self, model, datamodule, out: str = "scan_report.json", workers: int = 2, decode: bool = False) -> None:
+            """Validate every entry of the training (and validation) set; the report is usable as --data.blocklist.
+
+            Args:
+                out: report path (JSON).
+                workers: parallel processes.
+                decode: decode every sampled frame, not only headers (slower, catches mid-file corruption).
+            """
+            scan(datamodule, out, workers, decode)
+
+        def preview(self, model, datamodule, num_samples: int = 4) -> None:
+            """Decode one training batch and print it: shapes, frames and times, and the text with supervised spans.
+
+            Args:
+                num_samples: samples printed (the batch size is set to this).
+            """
+            preview(datamodule, num_samples)
+
     return VideoCLI(
-        VideoLLM,
+        VideoLLMModule,
         L.LightningDataModule,
         subclass_mode_data=True,
         args=args,
@@ -158,6 +255,8 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
             "callbacks": [
                 SkippedSamplesLogger(),
                 RunSummary(),
+                RNGState(),
+                BenchmarkEvaluation(),
                 PredictionWriter(),
                 LearningRateMonitor(logging_interval="step"),
             ],
@@ -166,50 +265,15 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
     )
 
 
-def export_command(argv: list[str]) -> None:
-    """``export --config ... --ckpt_path CKPT --out DIR [--merge_lora true]``: the model of the config with the
-    checkpoint's weights, written by :func:`lit_bvllm.export.export`."""
-    import argparse
-
-    import torch
-
-    from lit_bvllm.export import export
-
-    ap = argparse.ArgumentParser(prog="lit_bvllm export", description=export_command.__doc__)
-    ap.add_argument("--ckpt_path", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--merge_lora", default="false", choices=["true", "false"])
-    ours, rest = ap.parse_known_args(_underscore_flags(argv))
-    cli = lightning_cli(rest + ["--trainer.logger", "false"], run=False)
-    state = torch.load(ours.ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
-    cli.model.load_state_dict(state, strict=False)
-    path = export(cli.model, ours.out, merge_lora=ours.merge_lora == "true")
-    print(f"exported {len(state)} trained tensors to {path}")
-
-
 def _underscore_flags(argv: list[str]) -> list[str]:
     return [a.split("=", 1)[0].replace("-", "_").replace("__", "--", 1) + ("=" + a.split("=", 1)[1] if "=" in a else "")
             if a.startswith("--") else a for a in argv]
 
 
 def main(argv: list[str] | None = None) -> None:
-    from jsonargparse import auto_cli
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "export":
-        export_command(argv[1:])
-        return
-    if argv and argv[0] in TRAINER_COMMANDS:
-        lightning_cli(argv)
-        return
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(__doc__.strip())
-        if argv and argv[0] not in ("-h", "--help"):
-            raise SystemExit(f"unknown command '{argv[0]}'; choose one of: {', '.join(TRAINER_COMMANDS + COMMANDS)}")
-        return
-    result = auto_cli(_commands()[argv[0]], args=_underscore_flags(argv[1:]), as_positional=False)
-    if result is not None and argv[0] not in REPORTING:
-        print(json.dumps(result, indent=2, default=str))
+    if argv is None:  # the console script: the arguments are handed over as ``args``, not read again from sys.argv
+        argv, sys.argv = sys.argv[1:], sys.argv[:1]
+    lightning_cli(_underscore_flags(list(argv)))
 
 
 if __name__ == "__main__":

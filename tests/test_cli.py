@@ -1,4 +1,4 @@
-"""The lit_bvllm command: make-tiny, make-synthetic, scan and preview through the real argument parser."""
+"""The lit_bvllm command: make-tiny, make-synthetic, scan and preview through the one real argument parser."""
 
 import json
 import subprocess
@@ -21,14 +21,18 @@ def test_make_commands_accept_dashed_flags(tmp_path, capsys):
     assert (tmp_path / "tiny" / "llm" / "tokenizer.json").is_file() and paths["vision"].endswith("vision")
 
 
-def _config(tmp_path, tiny, train):
-    cfg = tmp_path / "data.yaml"
-    cfg.write_text(
-        "data:\n  class_path: datamodules.VideoInstructDataModule\n  init_args:\n"
-        f"    train: {train}\n    tokenizer: {tiny['llm']}\n    vision_tower: {tiny['vision']}\n"
-        "    max_length: 256\n    visual_tokens: 32\n    max_frames: 8\n    num_workers: 0\n"
-    )
-    return cfg
+@pytest.fixture(autouse=True)
+def repo_root(monkeypatch):
+    import pathlib
+
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
+
+
+def _config(tiny, train):
+    """The training config itself (scan and preview read what fit reads), on the test's backbones and data."""
+    return ["--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml", "--model.llm", tiny["llm"],
+            "--model.vision_tower", tiny["vision"], "--data.train", str(train), "--data.max_length", "256",
+            "--data.max_frames", "8", "--data.num_workers", "0"]
 
 
 def test_scan_and_preview_from_a_config(tiny, synthetic, tmp_path, capsys):
@@ -37,14 +41,14 @@ def test_scan_and_preview_from_a_config(tiny, synthetic, tmp_path, capsys):
     entries[bad]["video"] = "videos/nope.mp4"
     ann = synthetic / "finetune_one_bad.json"
     ann.write_text(json.dumps(entries))
-    cfg = _config(tmp_path, tiny, ann)
-    main(["scan", "--config", str(cfg), "--out", str(tmp_path / "scan.json")])
+    cfg = _config(tiny, ann)
+    main(["scan", *cfg, "--out", str(tmp_path / "scan.json")])
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "scan.json").read_text())
     assert report["bad"] == 1 and report["counts"] == {"missing_file": 1} and report["bad_entries"][0]["index"] == bad
     assert f"--data.blocklist={tmp_path / 'scan.json'}" in out
 
-    main(["preview", "--config", str(cfg), "--data.blocklist", str(tmp_path / "scan.json"), "--num-samples", "3"])
+    main(["preview", *cfg, "--data.blocklist", str(tmp_path / "scan.json"), "--num-samples", "3"])
     out = capsys.readouterr().out
     assert f"train set: {len(entries) - 1} samples" in out
     assert "frames         (3, " in out and "[[" in out and "<|im_end|>" in out
@@ -61,12 +65,28 @@ def test_strict_flag_from_the_command_line(tiny, synthetic, tmp_path):
     ann = synthetic / "finetune_all_bad.json"
     ann.write_text(json.dumps(entries))
     with pytest.raises(DataError, match="extra_tag"):
-        main(["preview", "--config", str(_config(tmp_path, tiny, ann)), "--data.strict", "true"])
+        main(["preview", *_config(tiny, ann), "--data.strict", "true"])
 
 
-def test_console_script_lists_its_commands():
-    out = subprocess.run([sys.executable, "-m", "lit_bvllm.cli"], capture_output=True, text=True, check=True).stdout
-    for cmd in ("make-tiny", "make-synthetic", "scan", "preview"):
-        assert cmd in out
+def test_one_parser_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "lit_bvllm.cli", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for cmd in ("fit", "test", "export", "scan", "preview", "make-tiny", "make-synthetic", "probe-tower"):
+        assert f"    {cmd} " in out, cmd
     bad = subprocess.run([sys.executable, "-m", "lit_bvllm.cli", "fitt"], capture_output=True, text=True)
-    assert bad.returncode != 0 and "unknown command 'fitt'" in bad.stderr
+    assert bad.returncode != 0 and "fitt" in bad.stderr
+
+
+def test_export_reads_the_training_config(tiny, synthetic, tmp_path, capsys):
+    """export parses the same configs as fit (the checkpoint's own hyperparameters on top) and writes a folder."""
+    from lit_bvllm.export import load_exported
+
+    base = _config(tiny, synthetic / "finetune.json") + ["--trainer.logger.init_args.save_dir", str(tmp_path),
+                                                         "--model.init_from", "null", "--trainer.max_steps", "1",
+                                                         "--trainer.enable_progress_bar", "false"]
+    main(["fit", *base])
+    ckpt = tmp_path / "finetune" / "tiny" / "checkpoints" / "last.ckpt"
+    main(["export", *base, "--ckpt_path", str(ckpt), "--out", str(tmp_path / "export")])
+    assert "trained tensors to" in capsys.readouterr().out
+    model = load_exported(tmp_path / "export")
+    assert (tmp_path / "export" / "adapter").is_dir() and model.config["reducer"]["class_path"].endswith("BVLLM")

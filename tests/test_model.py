@@ -1,5 +1,5 @@
-"""VideoLLM end to end on the tiny backbones: fit with every reducer, stage hand-over, LoRA placement, resume,
-export/reload, generation, atomic checkpoints."""
+"""VideoLLM / VideoLLMModule end to end on the tiny backbones: fit with every reducer, stage hand-over, LoRA
+placement, resume, export/reload, generation, atomic checkpoints."""
 
 import functools
 import json
@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from datamodules import VideoInstructDataModule
 from lit_bvllm.checkpointing import AtomicCheckpointIO
 from lit_bvllm.cli import lightning_cli
-from lit_bvllm.model import VideoLLM
+from lit_bvllm.lit_module import VideoLLMModule
 from lit_bvllm.reducers import BVLLM
 
 QF = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "vocab_size": 2048}
@@ -70,7 +70,8 @@ def test_the_placeholder_is_one_setting(tiny, synthetic, tmp_path):
     """--model.video_token reaches the data module (it used to keep its own "<video>", and the model spliced at a
     token no sample held: every visual token dropped, no error)."""
     cli = lightning_cli(cli_args(tiny, synthetic, tmp_path)[1:] + ["--model.video_token", "<vid>"], run=False)
-    m, dm = cli.model, cli.datamodule
+    cli.model.configure_model()
+    m, dm = cli.model.model, cli.datamodule
     assert dm.hparams.video_token == "<vid>" and m.tokenizer.convert_ids_to_tokens(m.placeholder_id) == "<vid>"
     dm.setup("fit")
     b = next(iter(dm.train_dataloader()))
@@ -108,7 +109,7 @@ def test_two_step_fit_with_each_reducer(reducer, tiny, synthetic, tmp_path):
     summary = json.loads((run / "run_summary.json").read_text())
     assert summary["derived/params_trainable"] > 0 and summary["derived/params_frozen"] > 0
     assert summary["derived/visual_tokens_before"] > 0
-    assert 0 < summary["derived/visual_tokens_after"] <= cli.model.reducer.budget
+    assert 0 < summary["derived/visual_tokens_after"] <= cli.model.model.reducer.budget
 
 
 def test_pretrain_to_finetune_carries_every_visual_tensor(tiny, synthetic, tmp_path):
@@ -119,20 +120,45 @@ def test_pretrain_to_finetune_carries_every_visual_tensor(tiny, synthetic, tmp_p
         "--config", "experiments/finetune.yaml", "--model.init_from", str(ckpt), "--model.lora_r", "8",
         "--model.lora_alpha", "16", "--trainer.max_steps", "0", "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--data.train", str(synthetic / "finetune.json")]))
-    visual = {k: v for k, v in fin.model.state_dict().items() if k.startswith(("reducer.", "projector."))}
-    assert visual and set(visual) == {k for k in saved if k.startswith(("reducer.", "projector."))}
+    visual = {k: v for k, v in fin.model.state_dict().items() if k.startswith(("model.reducer.", "model.projector."))}
+    assert visual and set(visual) == {k for k in saved if k.startswith(("model.reducer.", "model.projector."))}
     for k, v in visual.items():
         assert torch.equal(v, saved[k]), k
     # a different reducer configuration is refused, not silently re-initialised
+    other = lightning_cli(cli_args(tiny, synthetic, tmp_path, steps=0, extra=[
+        "--model.init_from", str(ckpt), "--model.reducer.num_tokens", "2", "--model.reducer.num_queries", "2"])[1:],
+        run=False)
     with pytest.raises(ValueError, match="does not match"):
-        lightning_cli(cli_args(tiny, synthetic, tmp_path, steps=0, extra=["--model.init_from", str(ckpt), "--model.reducer.num_tokens", "2",
-                                                                          "--model.reducer.num_queries", "2"])[1:], run=False)
+        other.model.configure_model()
+    # evaluation does not read init_from: the weights of a test run come from --ckpt_path or --model.weights
+    other.model.trainer = other.trainer
+    other.trainer.state.fn = "test"
+    other.model.configure_model()
+    assert other.model.model is not None
+
+
+def small_module(tiny, lora_r=0, reducer=BVLLM, **kw):
+    """A VideoLLMModule as Lightning builds it (configure_model is called by the trainer)."""
+    torch.manual_seed(0)
+    red = functools.partial(reducer, **REDUCERS[reducer.__name__])
+    return VideoLLMModule(tiny["llm"], tiny["vision"], red, lora_r=lora_r, lora_alpha=16, **kw)
 
 
 def small_model(tiny, lora_r=0, reducer=BVLLM, **kw):
-    torch.manual_seed(0)
-    red = functools.partial(reducer, **REDUCERS[reducer.__name__])
-    return VideoLLM(tiny["llm"], tiny["vision"], red, lora_r=lora_r, lora_alpha=16, **kw)
+    """The plain VideoLLM of :func:`small_module`."""
+    module = small_module(tiny, lora_r, reducer, **kw)
+    module.configure_model()
+    return module.model
+
+
+def test_the_module_builds_its_model_in_configure_model(tiny):
+    module = small_module(tiny)
+    assert module.model is None  # nothing heavy in __init__: FSDP / DeepSpeed build the model in configure_model
+    module.configure_model()
+    model = module.model
+    module.configure_model()  # called again (fit, then test): the same model
+    assert module.model is model and isinstance(model.llm, torch.nn.Module)
+    assert module.hparams.reducer["class_path"] == "lit_bvllm.reducers.bvllm.BVLLM"
 
 
 def test_lora_sits_on_the_llm_linear_layers_only(tiny):
@@ -166,16 +192,19 @@ class SeenIds(L.Callback):
 def trainer(root, steps, seen, ckpt_every=2):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from lit_bvllm.callbacks import RNGState
+
     return L.Trainer(default_root_dir=root, max_steps=steps, logger=False, enable_progress_bar=False,
                      enable_model_summary=False, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
-                     callbacks=[seen, ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=ckpt_every)])
+                     callbacks=[seen, RNGState(), ModelCheckpoint(dirpath=root, save_last=True,
+                                                                  every_n_train_steps=ckpt_every)])
 
 
 @pytest.mark.parametrize("reducer", ["Uniform", "BVLLM"])
 def test_resume_continues_step_optimizer_schedule_and_data_position(tiny, synthetic, tmp_path, reducer):
     from lit_bvllm import reducers
 
-    small = functools.partial(small_model, tiny, reducer=getattr(reducers, reducer), lr=1e-2)
+    small = functools.partial(small_module, tiny, reducer=getattr(reducers, reducer), lr=1e-2)
     straight = SeenIds()
     m1 = small()
     trainer(tmp_path / "a", 6, straight).fit(m1, datamodule=data(tiny, synthetic))
@@ -192,14 +221,14 @@ def test_resume_continues_step_optimizer_schedule_and_data_position(tiny, synthe
     assert t.global_step == 6
     assert first.ids == straight.ids[:3], (first.ids, straight.ids)
     assert resumed_seen.ids == straight.ids[2:6], (resumed_seen.ids, straight.ids)  # from the checkpoint on
-    for (k, a), (_, b) in zip(m1.projector.state_dict().items(), m2.projector.state_dict().items()):
+    for (k, a), (_, b) in zip(m1.model.projector.state_dict().items(), m2.model.projector.state_dict().items()):
         torch.testing.assert_close(a, b, msg=k)  # same optimizer, schedule and RNG state -> same weights
 
 
 def test_resuming_twice_keeps_the_data_position(tiny, synthetic, tmp_path):
     from lit_bvllm import reducers
 
-    small = functools.partial(small_model, tiny, reducer=reducers.Uniform, lr=1e-2)
+    small = functools.partial(small_module, tiny, reducer=reducers.Uniform, lr=1e-2)
     straight = SeenIds()
     trainer(tmp_path / "a", 8, straight).fit(small(), datamodule=data(tiny, synthetic))
     runs = []
@@ -252,7 +281,7 @@ sys.meta_path.insert(0, Block())
 import torch
 from lit_bvllm.export import load_exported
 io = torch.load("{io}", weights_only=True)
-got = load_exported("{export}")(io["batch"])
+got = load_exported("{export}")(io["batch"], with_labels=False)[0].logits
 torch.testing.assert_close(got, io["want"], atol=1e-4, rtol=1e-4)
 assert not [m for m in sys.modules if m.startswith("lightning")]
 print("same logits, no lightning")
@@ -261,7 +290,6 @@ print("same logits, no lightning")
 
 @pytest.mark.parametrize("merge", [False, True])
 def test_export_reloads_without_lightning_with_identical_logits(tiny, synthetic, tmp_path, merge):
-    from lit_bvllm import pipeline
     from lit_bvllm.export import export, load_exported
 
     m = small_model(tiny, lora_r=4)
@@ -272,13 +300,14 @@ def test_export_reloads_without_lightning_with_identical_logits(tiny, synthetic,
     m.eval()
     batch = next(iter(data(tiny, synthetic).train_dataloader()))
     with torch.no_grad():
-        embeds, mask, _, _ = pipeline.embed(m, batch, with_labels=False)
-        want = m.llm(inputs_embeds=embeds, attention_mask=mask).logits
+        want = m(batch, with_labels=False)[0].logits
     export(m, tmp_path / "export", merge_lora=merge)
     cfg = json.loads((tmp_path / "export" / "config.json").read_text())
     assert (cfg["adapter"] is None) == merge
     reloaded = load_exported(tmp_path / "export")
-    got = reloaded(batch)
+    assert type(reloaded) is type(m)  # export loads the same module
+    with torch.no_grad():
+        got = reloaded(batch, with_labels=False)[0].logits
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     if not merge:  # once is enough: a fresh interpreter where importing Lightning fails reloads and runs the export
         torch.save({"batch": {k: v for k, v in batch.items() if torch.is_tensor(v)}, "want": want}, tmp_path / "io.pt")
@@ -291,8 +320,7 @@ def test_export_reloads_without_lightning_with_identical_logits(tiny, synthetic,
                          "--data.vision_tower", tiny["vision"], "--trainer.logger.init_args.save_dir", str(tmp_path),
                          "--trainer.enable_progress_bar", "false"])
     with torch.no_grad():
-        embeds, mask, _, _ = pipeline.embed(cli.model.eval(), batch, with_labels=False)
-        torch.testing.assert_close(cli.model.llm(inputs_embeds=embeds, attention_mask=mask).logits, want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(cli.model.model.eval()(batch, with_labels=False)[0].logits, want, atol=1e-4, rtol=1e-4)
     assert json.loads((tmp_path / "eval_vnbench" / "tiny" / "vnbench_results.json").read_text())["evaluated"] == 2
 
 

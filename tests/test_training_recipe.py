@@ -17,7 +17,7 @@ SELECTION = ["reducer.temporal_qformer", "reducer.temporal_proj"]
 
 def test_temperature_anneals_from_start_to_the_reducers_tau():
     cb = TemperatureSchedule(start=1.0, anneal_ratio=0.5)
-    module = SimpleNamespace(reducer=SimpleNamespace(tau=0.1), log=lambda *a, **k: None)
+    module = SimpleNamespace(model=SimpleNamespace(reducer=SimpleNamespace(tau=0.1)), log=lambda *a, **k: None)
     cb.on_fit_start(None, module)
     taus = [cb.tau(step, 100) for step in range(0, 101, 10)]
     assert taus[0] == 1.0 and taus[5] == pytest.approx(0.1) and taus[-1] == pytest.approx(0.1)
@@ -26,32 +26,33 @@ def test_temperature_anneals_from_start_to_the_reducers_tau():
     batch = {"input_ids": torch.zeros(2, 3)}
     for step in (0, 30, 70):  # a function of the global step alone: a resumed run anneals as an uninterrupted one
         cb.on_train_batch_start(SimpleNamespace(global_step=step, estimated_stepping_batches=100), module, batch, 0)
-        assert module.reducer.tau == pytest.approx(cb.tau(step, 100))
+        assert module.model.reducer.tau == pytest.approx(cb.tau(step, 100))
     cb.on_fit_end(None, module)
-    assert module.reducer.tau == 0.1  # evaluation reads the configured τ
+    assert module.model.reducer.tau == 0.1  # evaluation reads the configured τ
     with pytest.raises(ValueError, match="anneal_ratio"):
         TemperatureSchedule(anneal_ratio=0)
 
 
 def test_a_reducer_without_tau_is_left_alone():
     cb = TemperatureSchedule()
-    module = SimpleNamespace(reducer=SimpleNamespace())
+    module = SimpleNamespace(model=SimpleNamespace(reducer=SimpleNamespace()))
     cb.on_fit_start(None, module)
     cb.on_train_batch_start(SimpleNamespace(global_step=3, estimated_stepping_batches=10), module, {}, 0)
-    assert not hasattr(module.reducer, "tau")
+    assert not hasattr(module.model.reducer, "tau")
 
 
 def test_freeze_keeps_the_named_modules_frozen(tiny):
-    m = VideoLLM(tiny["llm"], tiny["vision"], functools.partial(BVLLM, **QF), freeze=SELECTION)
+    m = VideoLLM(tiny["llm"], tiny["vision"], functools.partial(BVLLM, **QF))
+    m.freeze(SELECTION)
     frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
     selection = {n for n, _ in m.named_parameters() if n.startswith(tuple(SELECTION))}
     assert selection and selection <= frozen
     assert any(p.requires_grad for n, p in m.named_parameters() if n.startswith("reducer.spatial_qformer"))
     assert all(p.requires_grad for p in m.projector.parameters())
     with pytest.raises(ValueError, match="must start with 'reducer.' or 'projector.'"):
-        VideoLLM(tiny["llm"], tiny["vision"], functools.partial(BVLLM, **QF), freeze=["llm.model"])
+        m.freeze(["llm.model"])
     with pytest.warns(UserWarning, match="Uniform.*no parameters under 'reducer.temporal_qformer'"):
-        VideoLLM(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=2, budget=32), freeze=SELECTION)
+        VideoLLM(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=2, budget=32)).freeze(SELECTION)
 
 
 def test_frozen_modules_stay_put_through_a_fit_and_are_saved(tiny, synthetic, tmp_path, monkeypatch):
@@ -68,14 +69,16 @@ def test_frozen_modules_stay_put_through_a_fit_and_are_saved(tiny, synthetic, tm
     for k, v in QF.items():
         args += [f"--model.reducer.{k}", str(v)]
     cli = lightning_cli(args, run=False)
-    before = {n: p.detach().clone() for n, p in cli.model.named_parameters() if n.startswith(("reducer.", "projector."))}
+    cli.model.configure_model()  # built before the fit, to compare with (the trainer's call then keeps it)
+    model = cli.model.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith(("reducer.", "projector."))}
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    after = dict(cli.model.named_parameters())
+    after = dict(model.named_parameters())
     for n, p in before.items():
         moved = not torch.equal(p, after[n])
         if n.startswith(tuple(SELECTION)):
             assert not moved, n
     assert any(not torch.equal(p, after[n]) for n, p in before.items() if n.startswith("projector."))
     state = torch.load(tmp_path / "pretrain" / "tiny" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert all(torch.equal(state[n], before[n]) for n in before if n.startswith(tuple(SELECTION)))
-    assert cli.model.reducer.tau == QF.get("tau", 0.1)  # the schedule of pretrain.yaml hands the configured τ back
+    assert all(torch.equal(state[f"model.{n}"], before[n]) for n in before if n.startswith(tuple(SELECTION)))
+    assert cli.model.model.reducer.tau == QF.get("tau", 0.1)  # the schedule of pretrain.yaml hands the configured τ back

@@ -1,0 +1,199 @@
+"""``VideoLLMModule``: the Lightning side of a :class:`~lit_bvllm.model.VideoLLM`: stages, steps, logging, optimiser.
+
+The reducer is any strategy of :mod:`lit_bvllm.reducers`, given as a class path; it is built with the vision
+tower's width (``--model.reducer=BVLLM --model.reducer.num_frames=16``). Training stages are configs:
+``experiments/pretrain.yaml`` trains reducer + projector with the LLM frozen; ``experiments/finetune.yaml`` adds
+LoRA on the LLM's linear layers and starts every reducer and projector tensor from the pretrain checkpoint.
+
+The backbones load in :meth:`configure_model`, not in ``__init__``: Lightning calls it once the strategy is set up,
+so FSDP and DeepSpeed ZeRO-3 can build the model sharded. Benchmark scoring, gathering and result files live with the
+evaluator (:class:`lit_bvllm.callbacks.BenchmarkEvaluation`); the RNG streams ride in
+:class:`lit_bvllm.callbacks.RNGState`'s checkpoint state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from lit_bvllm.backbones import VIDEO_TOKEN
+from lit_bvllm.model import VISUAL_PREFIXES, VideoLLM, reducer_spec
+from lit_bvllm.reducers.base import Reducer
+
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}  # transformers' names
+
+
+class VideoLLMModule(L.LightningModule):
+    """Trains and evaluates a :class:`~lit_bvllm.model.VideoLLM` (``.model``).
+
+    Args:
+        llm: local folder of the causal LM (and its tokenizer): Qwen2 by default.
+        vision_tower: local folder of the HF vision tower (CLIP / SigLIP).
+        reducer: the token-reduction strategy, a ``Reducer`` class built with the tower's width.
+        feature_layer: vision layer whose tokens feed the reducer (-2: penultimate).
+        vision_chunk: frames per vision-tower call.
+        lora_r: LoRA rank on the LLM's linear layers; 0 keeps the LLM frozen (pretraining).
+        lora_alpha: LoRA alpha.
+        lora_dropout: LoRA dropout.
+        init_from: when fitting, the earlier stage whose reducer and projector tensors this run starts from (a
+            checkpoint or an export folder; all must be present). Not read by test/validate/predict, whose weights
+            come from ``--ckpt_path`` or ``weights``.
+        weights: reducer and projector tensors this model has in every stage (an export folder, or a checkpoint):
+            what ``lit_bvllm test --config DIR/model.yaml`` evaluates; a ``--ckpt_path`` replaces them.
+        lora_adapter: a peft LoRA adapter folder (an export's ``adapter/``) loaded onto the LLM, frozen.
+        lr: learning rate of the reducer and projector.
+        lr_llm: learning rate of the LoRA weights (default: ``lr``).
+        weight_decay: AdamW weight decay.
+        warmup_ratio: share of the training steps spent warming up linearly.
+        schedule: decay after warm-up (``transformers.get_scheduler``): ``linear`` or ``cosine`` (to 0), or
+            ``constant``.
+        gradient_checkpointing: recompute the LLM's activations in backward.
+        freeze: name prefixes of reducer/projector parameters kept frozen in this stage (e.g.
+            ``["reducer.temporal_qformer", "reducer.temporal_proj"]``: the official B-VLLM pretraining likewise
+            freezes its spatial Q-Former); they are still saved, so the next stage starts from them.
+        video_token: the placeholder token the data module writes (linked to ``--data.video_token``).
+        max_new_tokens: generation length in ``predict``/``test``.
+    """
+
+    def __init__(
+        self,
+        llm: str,
+        vision_tower: str,
+        reducer: Callable[[int], Reducer],
+        feature_layer: int = -2,
+        vision_chunk: int = 64,
+        lora_r: int = 0,
+        lora_alpha: int = 256,
+        lora_dropout: float = 0.05,
+        init_from: str | None = None,
+        weights: str | None = None,
+        lora_adapter: str | None = None,
+        lr: float = 1e-3,
+        lr_llm: float | None = None,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.03,
+        schedule: Literal["linear", "cosine", "constant"] = "linear",
+        gradient_checkpointing: bool = False,
+        freeze: list[str] | None = None,
+        video_token: str = VIDEO_TOKEN,
+        max_new_tokens: int = 32,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["reducer"])
+        self.hparams["reducer"] = reducer_spec(reducer)  # class path + init args: what the checkpoint records
+        self.reducer_factory = reducer
+        self.model: VideoLLM | None = None  # built in configure_model
+        self.strict_loading = False  # checkpoints hold the trainable tensors only (see on_save_checkpoint)
+
+    def configure_model(self) -> None:
+        """Load the backbones, build reducer and projector, set what trains in this stage, and load the weights the
+        stage starts from (``weights`` always, ``init_from`` when fitting)."""
+        if self.model is not None:
+            return
+        from lit_bvllm.model import load_visual_weights
+
+        h = self.hparams
+        model = VideoLLM(h.llm, h.vision_tower, self.reducer_factory, h.feature_layer, h.vision_chunk, h.video_token,
+                         h.max_new_tokens)
+        if h.freeze:
+            model.freeze(h.freeze)
+        if h.lora_adapter is not None:
+            model.load_lora(h.lora_adapter)
+        elif h.lora_r > 0:
+            model.add_lora(h.lora_r, h.lora_alpha, h.lora_dropout)
+        if h.gradient_checkpointing:
+            model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.llm.enable_input_require_grads()
+        if h.weights is not None:
+            load_visual_weights(model, h.weights, flag="--model.weights")
+        if h.init_from is not None and self._fitting():
+            load_visual_weights(model, h.init_from)
+        self.model = model
+        self._check_reservation()
+
+    def _fitting(self) -> bool:
+        trainer = self._trainer
+        return trainer is None or trainer.state.fn == "fit"  # built by hand (no trainer): as a training run would
+
+    def _check_reservation(self) -> None:
+        """The data module must reserve room for as many visual tokens as the reducer may emit (its budget θ)."""
+        dm = getattr(self._trainer, "datamodule", None)
+        reserved = getattr(getattr(dm, "hparams", None), "visual_tokens", None)
+        budget = self.model.reducer.budget
+        if reserved is not None and reserved < budget:
+            raise ValueError(
+                f"the data module reserves --data.visual_tokens={reserved} tokens per sample for visual tokens, but "
+                f"the reducer may emit up to its budget θ={budget}: set --data.visual_tokens={budget} or lower the "
+                "reducer's budget (--model.reducer.budget / num_tokens / max_frames)"
+            )
+
+    # ------------------------------------------------------------------ steps
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        out, info = self.model(batch)
+        B = batch["input_ids"].shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=B)
+        self.log("train/visual_tokens", info["num_tokens"].float().mean(), batch_size=B)
+        return out.loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out, _ = self.model(batch)
+        self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        """The model's answers to a benchmark batch: option scores (``mode="likelihood"``) or generations, with the
+        info; the evaluator (:class:`~lit_bvllm.callbacks.BenchmarkEvaluation`) scores them."""
+        if batch["mode"] == "likelihood":
+            output, info = self.model.option_scores(batch)
+        else:
+            output, info = self.model.generate(batch, return_info=True)
+        return {"output": output, "info": info}
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        answers = self.model.generate(batch)
+        return [{"id": m["id"], "prompt": m.get("prompt", m.get("question")), "answer": a.strip()}
+                for m, a in zip(batch["meta"], answers)]
+
+    def on_test_start(self) -> None:
+        self._warn_if_untrained()
+
+    def on_predict_start(self) -> None:
+        self._warn_if_untrained()
+
+    def _warn_if_untrained(self) -> None:
+        if self.trainer.ckpt_path is None and self.hparams.weights is None:
+            rank_zero_warn("evaluating a reducer and projector that were never trained: pass --ckpt_path (a training "
+                           "run's checkpoint) or --model.weights (an export folder)")
+
+    # ------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self):
+        """AdamW over the visual parameters (``lr``) and the LoRA weights (``lr_llm``), with a per-step warm-up and
+        decay schedule from ``transformers.get_scheduler``."""
+        from transformers import get_scheduler
+
+        h = self.hparams
+        groups = [{"params": self.model.visual_params(), "lr": h.lr, "name": "visual"}]
+        llm = [p for p in self.model.llm.parameters() if p.requires_grad]
+        if llm:
+            groups.append({"params": llm, "lr": h.lr_llm or h.lr, "name": "llm"})
+        opt = torch.optim.AdamW(groups, weight_decay=h.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = get_scheduler(SCHEDULES[h.schedule], opt, num_warmup_steps=int(h.warmup_ratio * total),
+                              num_training_steps=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the reducer and projector whole and the LLM's trainable (LoRA) tensors; the frozen tower and LLM
+        come back from their folders."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        visual = tuple(f"model.{p}" for p in VISUAL_PREFIXES)
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if k in trainable or k.startswith(visual)}
