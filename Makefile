@@ -34,9 +34,9 @@ demo: install  ## tiny backbones + synthetic videos, pretrain, finetune (LoRA), 
 	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml
 	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml --config experiments/finetune.yaml
 	$(BIN)/lit_bvllm test --config experiments/pretrain.yaml --config experiments/finetune.yaml \
-		--config experiments/eval/needle.yaml --ckpt_path runs/finetune/tiny/checkpoints/last.ckpt
+		--config experiments/eval/base.yaml --config experiments/eval/needle.yaml --ckpt_path runs/finetune/tiny/checkpoints/last.ckpt
 	$(BIN)/lit_bvllm test --config experiments/pretrain.yaml --config experiments/finetune.yaml \
-		--config experiments/eval/needle.yaml --ckpt_path runs/finetune/tiny/checkpoints/last.ckpt \
+		--config experiments/eval/base.yaml --config experiments/eval/needle.yaml --ckpt_path runs/finetune/tiny/checkpoints/last.ckpt \
 		--data.blind true --trainer.logger.init_args.version tiny_blind
 	@echo; echo "Synthetic needle set (VNBench format, option likelihood, circular scoring):"
 	@$(BIN)/python -m lit_bvllm.report model=runs/eval_needle/tiny/vnbench_results.json \

@@ -23,7 +23,7 @@ def _rows(result: dict) -> dict[str, float]:
             rows.update({f"{key.replace('_per_category', '').replace('per_', '')}/{k}": v for k, v in value.items()})
         elif isinstance(value, (int, float)):
             rows[key] = value
-    selection = result.get("selection") or {}  # which frames the reducer kept (lit_bvllm.evaluation.selection)
+    selection = result.get("selection") or {}  # which frames the reducer kept (datamodules.benchmarks.selection)
     for cat, values in selection.get("per_category", {}).items():
         rows[f"selection/{cat}/hit_rate"] = values["hit_rate"]
         rows[f"selection/{cat}/uniform_hit_rate"] = values["uniform_hit_rate"]

@@ -26,7 +26,8 @@ from datamodules.benchmarks import (
 from datamodules.benchmarks.datamodule import ShardSampler
 from datamodules.benchmarks.judge import Judge
 from datamodules.benchmarks.metrics import ItemScores
-from lit_bvllm.model import VideoLLM
+from lit_bvllm.callbacks import BenchmarkEvaluation
+from lit_bvllm.lit_module import VideoLLMModule
 from lit_bvllm.reducers import Uniform
 
 FOLDERS = {MVBench: "mvbench", VideoMME: "videomme", EgoSchema: "egoschema", PerceptionTest: "perception_test",
@@ -37,7 +38,9 @@ FOLDERS = {MVBench: "mvbench", VideoMME: "videomme", EgoSchema: "egoschema", Per
 def model(tiny):
     import functools
 
-    m = VideoLLM(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=2, budget=32), max_new_tokens=4)
+    m = VideoLLMModule(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=2, budget=32),
+                       max_new_tokens=4)
+    m.configure_model()
     return m.eval()
 
 
@@ -45,7 +48,8 @@ def run_test(model, tiny, benchmark, tmp_path, **kwargs):
     dm = BenchmarkDataModule(benchmark, tiny["llm"], vision_tower=tiny["vision"], num_workers=0, batch_size=3, **kwargs)
     name = benchmark.name
     logger = L.pytorch.loggers.CSVLogger(tmp_path, name=name, version="v")
-    trainer = L.Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[BenchmarkEvaluation()])
     trainer.test(model, datamodule=dm)
     run = tmp_path / name / "v"
     result = json.loads((run / f"{name}_results.json").read_text())
@@ -99,7 +103,7 @@ def test_needle_questions_report_the_selection_hit_rate(tiny, synthetic, tmp_pat
 
     reducer = functools.partial(BVLLM, num_frames=3, num_tokens=2, budget=6, num_queries=4, hidden_size=32,
                                 num_layers=1, num_heads=2, vocab_size=2048)
-    m = VideoLLM(tiny["llm"], tiny["vision"], reducer).eval()
+    m = VideoLLMModule(tiny["llm"], tiny["vision"], reducer).eval()
     dm, result, records, _ = run_test(m, tiny, VNBench(str(synthetic / "eval" / "vnbench")), tmp_path,
                                       mode="likelihood", limit=24)
     sel = result["selection"]
@@ -336,24 +340,21 @@ def test_option_scores_equal_one_forward_pass_per_option(model, tiny, synthetic)
     separate, unpadded pass for every option: same mean token log-likelihood."""
     import torch.nn.functional as F
 
-    from lit_bvllm import pipeline
-    from lit_bvllm.scoring import option_scores
-
     dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
                              num_workers=0, batch_size=3, mode="likelihood", limit=3)
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     with torch.no_grad():
-        got, _ = option_scores(model, batch)
-        visual, vmask, _ = pipeline.visual_tokens(model, batch)
+        got, _ = model.model.option_scores(batch)
+        visual, vmask, _ = model.model.visual_tokens(batch)
         row, start = 0, 0
         for b, k in enumerate(batch["num_options"].tolist()):
             for j in range(k):
                 keep = batch["option_mask"][start + j].bool()
                 ids, labels = batch["option_ids"][start + j][keep][None], batch["option_labels"][start + j][keep][None]
-                embeds, mask, labels = pipeline.splice_text(model, ids, torch.ones_like(ids), visual[b : b + 1],
-                                                            vmask[b : b + 1], labels)
-                logp = F.log_softmax(model.llm(inputs_embeds=embeds, attention_mask=mask).logits[0, :-1], -1)
+                embeds, mask, labels = model.model.splice(ids, torch.ones_like(ids), visual[b : b + 1],
+                                                          vmask[b : b + 1], labels)
+                logp = F.log_softmax(model.model.llm(inputs_embeds=embeds, attention_mask=mask).logits[0, :-1], -1)
                 t = labels[0, 1:]
                 want = logp[t >= 0].gather(-1, t[t >= 0][:, None]).mean()
                 assert got[b, j].item() == pytest.approx(want.item(), abs=1e-4)

@@ -28,19 +28,21 @@ def test_one_hour_video_evaluates_in_bounded_memory(tiny, tmp_path):
         import functools, json, resource
         import lightning as L
         from datamodules.benchmarks import BenchmarkDataModule, VNBench
-        from lit_bvllm.model import VideoLLM
+        from lit_bvllm.callbacks import BenchmarkEvaluation
+        from lit_bvllm.lit_module import VideoLLMModule
         from lit_bvllm.reducers import BVLLM
         reducer = functools.partial(BVLLM, num_frames=8, num_tokens=8, budget=48, num_queries=8, hidden_size=32,
                                     num_layers=2, num_heads=2, vocab_size=2048)
-        model = VideoLLM({tiny['llm']!r}, {tiny['vision']!r}, reducer, vision_chunk=64, max_new_tokens=4)
+        model = VideoLLMModule({tiny['llm']!r}, {tiny['vision']!r}, reducer, vision_chunk=64, max_new_tokens=4)
+        evaluation = BenchmarkEvaluation()
         dm = BenchmarkDataModule(VNBench({str(root)!r}), {tiny['llm']!r}, vision_tower={tiny['vision']!r},
                                  frame_mode="fps", fps=1.0, max_frames=3600, batch_size=2, num_workers=0)
         trainer = L.Trainer(accelerator="cpu", logger=L.pytorch.loggers.CSVLogger({str(tmp_path)!r}, name="r", version="v"),
-                            enable_progress_bar=False)
+                            enable_progress_bar=False, callbacks=[evaluation])
         trainer.test(model, datamodule=dm)
         sample = dm.test_set[0]
-        print(json.dumps({{"frames": int(sample["frames"].shape[0]), "evaluated": model.results["evaluated"],
-                          "errors": model.results["errors"],
+        print(json.dumps({{"frames": int(sample["frames"].shape[0]), "evaluated": evaluation.results["evaluated"],
+                          "errors": evaluation.results["errors"],
                           "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1200)

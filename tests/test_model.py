@@ -315,8 +315,9 @@ def test_export_reloads_without_lightning_with_identical_logits(tiny, synthetic,
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0 and out.stdout.strip().endswith("same logits, no lightning"), out.stderr[-2000:]
     # the export's model.yaml evaluates through the CLI: same logits, results written
-    cli = lightning_cli(["test", "--config", "experiments/eval/vnbench.yaml", "--config", str(tmp_path / "export" / "model.yaml"),
-                         "--data.root", str(synthetic / "eval" / "vnbench"), "--data.limit", "2", "--data.num_workers", "0",
+    cli = lightning_cli(["test", "--config", "experiments/eval/base.yaml", "--config", "experiments/eval/vnbench.yaml",
+                         "--config", str(tmp_path / "export" / "model.yaml"),
+                         "--data.benchmark.root", str(synthetic / "eval" / "vnbench"), "--data.limit", "2", "--data.num_workers", "0",
                          "--data.vision_tower", tiny["vision"], "--trainer.logger.init_args.save_dir", str(tmp_path),
                          "--trainer.enable_progress_bar", "false"])
     with torch.no_grad():
