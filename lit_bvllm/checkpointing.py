@@ -1,6 +1,6 @@
 """Checkpoints that survive crashes: :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file and
 renames it into place, so a crash while writing leaves the previous checkpoint intact (a rename is atomic on POSIX
-file systems). Carrying the visual weights from one stage to the next: :func:`lit_bvllm.model.load_visual_weights`.
+file systems). Carrying the visual weights from one stage to the next: :func:`lit_bvllm.weights.load_visual_weights`.
 """
 
 from __future__ import annotations

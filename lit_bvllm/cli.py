@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub: every checkpoint is a local folder
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from datamodules import VideoInstructDataModule  # noqa: E402
+from lit_bvllm.weights import read_checkpoint  # noqa: E402
 
 
 def scan(data: VideoInstructDataModule, out: str = "scan_report.json", workers: int = 2, decode: bool = False) -> None:
@@ -93,6 +95,7 @@ def _setup_commands() -> dict:
     return {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "probe-tower": probe_tower}
 
 
+STRUCTURE = ("reducer", "feature_layer", "video_token", "lora_r", "lora_alpha")  # a checkpoint must agree on these
 CONFIG_COMMANDS = ("export", "scan", "preview")  # read the run config training reads; methods of the CLI below
 REPORTING = ("probe-tower",)  # commands that print their own report (a table) instead of their return value
 
@@ -143,6 +146,37 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
                 self._setup_arguments[name] = set(sub.add_function_arguments(fn, as_group=False))
                 self._subcommand_parsers[name] = sub
                 subcommands.add_subcommand(name, sub, help=description)
+
+        def _parse_ckpt_path(self) -> None:
+            """Check ``--ckpt_path`` against the config. Lightning's default replaces the config's model settings by
+            the checkpoint's, explicit flags included; here the config stays what it says, the checkpoint is read
+            safely, and a checkpoint of another model structure stops the run with the differences listed."""
+            sub = self.config.get("subcommand")
+            if not sub or sub in setup:
+                return
+            ckpt_path = self.config[sub].get("ckpt_path")
+            if not ckpt_path or not Path(ckpt_path).is_file():
+                return  # none, or "last"/"best": Lightning resolves it, and the model checks what it loads
+            saved = read_checkpoint(ckpt_path, "--ckpt_path").get("hyper_parameters") or {}
+            model = self.config[sub]["model"]
+            diffs = []
+            for key in STRUCTURE:
+                if key not in saved:
+                    continue
+                ours = model.get(key)
+                ours = ours.as_dict() if hasattr(ours, "as_dict") else ours
+                theirs = saved[key]
+                if key == "reducer":
+                    args, their_args = (ours or {}).get("init_args") or {}, theirs.get("init_args") or {}
+                    same = _same_class(ours.get("class_path"), theirs.get("class_path")) and all(
+                        args[k] == their_args[k] for k in set(args) & set(their_args))
+                else:
+                    same = ours == theirs
+                if not same:
+                    diffs.append(f"{key}: checkpoint {theirs} vs config {ours}")
+            if diffs:
+                raise ValueError(f"--ckpt_path '{ckpt_path}' holds another model than this config describes: "
+                                 + "; ".join(diffs) + ". Use the config of the run that wrote it (its config.yaml).")
 
         def _set_seed(self) -> None:
             if self.subcommand not in setup:
@@ -213,15 +247,14 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
                 out: the export folder (:mod:`lit_bvllm.export`).
                 merge_lora: merge the LoRA weights into the LLM (else an adapter folder beside the base LLM).
             """
-            import torch
-
             from lit_bvllm.export import export
 
             if ckpt_path is None:
                 raise ValueError("lit_bvllm export needs --ckpt_path (a training checkpoint)")
             model.hparams.init_from = None  # the checkpoint holds every trained tensor
             model.configure_model()
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+            state = read_checkpoint(ckpt_path, "--ckpt_path").get("state_dict") or {}
+            model.check_state(state, f"--ckpt_path '{ckpt_path}'")
             model.load_state_dict(state, strict=False)
             path = export(model.model, out, merge_lora=merge_lora)
             print(f"exported {len(state)} trained tensors to {path}")
@@ -263,6 +296,20 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
             "use_distributed_sampler": False,  # the data module shards with its own resumable sampler
         },
     )
+
+
+def _same_class(a: str | None, b: str | None) -> bool:
+    """Whether two class paths name one class (``lit_bvllm.reducers.BVLLM`` is ``lit_bvllm.reducers.bvllm.BVLLM``)."""
+    import importlib
+
+    def resolve(path):
+        module, _, name = (path or "").rpartition(".")
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError):
+            return path
+
+    return a == b or resolve(a) is resolve(b)
 
 
 def _underscore_flags(argv: list[str]) -> list[str]:

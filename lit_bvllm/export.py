@@ -21,7 +21,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from lit_bvllm.model import VISUAL_PREFIXES, VideoLLM, reducer_factory
+from lit_bvllm.model import VideoLLM, reducer_factory
+from lit_bvllm.weights import VISUAL_PREFIXES, load_visual_weights
 
 
 def export(model: VideoLLM, out: str | Path, merge_lora: bool = False) -> Path:
@@ -71,8 +72,6 @@ def _model_yaml(out: Path, cfg: dict) -> str:
 
 def load_exported(path: str | Path) -> VideoLLM:
     """A ``lit_bvllm export`` folder as the :class:`~lit_bvllm.model.VideoLLM` it was written from (eval mode)."""
-    from lit_bvllm.model import load_visual_weights
-
     path = Path(path)
     cfg = json.loads((path / "config.json").read_text())
     adapter = None if cfg["adapter"] is None else path / cfg["adapter"]

@@ -22,8 +22,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_bvllm.backbones import VIDEO_TOKEN
-from lit_bvllm.model import VISUAL_PREFIXES, VideoLLM, reducer_spec
+from lit_bvllm.model import VideoLLM, reducer_spec
 from lit_bvllm.reducers.base import Reducer
+from lit_bvllm.weights import VISUAL_PREFIXES, load_visual_weights
 
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}  # transformers' names
 
@@ -58,6 +59,8 @@ class VideoLLMModule(L.LightningModule):
             freezes its spatial Q-Former); they are still saved, so the next stage starts from them.
         video_token: the placeholder token the data module writes (linked to ``--data.video_token``).
         max_new_tokens: generation length in ``predict``/``test``.
+        max_nonfinite_steps: a training step whose loss is NaN or inf is skipped (no update) and its sample ids are
+            logged; this many in a row stop the run (1: stop at the first).
     """
 
     def __init__(
@@ -82,12 +85,14 @@ class VideoLLMModule(L.LightningModule):
         freeze: list[str] | None = None,
         video_token: str = VIDEO_TOKEN,
         max_new_tokens: int = 32,
+        max_nonfinite_steps: int = 3,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["reducer"])
         self.hparams["reducer"] = reducer_spec(reducer)  # class path + init args: what the checkpoint records
         self.reducer_factory = reducer
         self.model: VideoLLM | None = None  # built in configure_model
+        self.nonfinite_in_a_row = 0
         self.strict_loading = False  # checkpoints hold the trainable tensors only (see on_save_checkpoint)
 
     def configure_model(self) -> None:
@@ -95,8 +100,6 @@ class VideoLLMModule(L.LightningModule):
         stage starts from (``weights`` always, ``init_from`` when fitting)."""
         if self.model is not None:
             return
-        from lit_bvllm.model import load_visual_weights
-
         h = self.hparams
         model = VideoLLM(h.llm, h.vision_tower, self.reducer_factory, h.feature_layer, h.vision_chunk, h.video_token,
                          h.max_new_tokens)
@@ -134,12 +137,30 @@ class VideoLLMModule(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         out, info = self.model(batch)
         B = batch["input_ids"].shape[0]
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(out.loss)), all=False)
+        if bad:  # every rank skips together (DDP), so no rank waits for gradients that never come
+            return self._skip_nonfinite(batch, out.loss)
+        self.nonfinite_in_a_row = 0
         self.log("train/loss", out.loss, prog_bar=True, batch_size=B)
         self.log("train/visual_tokens", info["num_tokens"].float().mean(), batch_size=B)
         return out.loss
+
+    def _skip_nonfinite(self, batch: dict, loss: Tensor) -> None:
+        """Skip this step (no backward, no update), say which samples, and stop after ``max_nonfinite_steps`` in a
+        row."""
+        self.nonfinite_in_a_row += 1
+        ids = [m.get("id") for m in batch.get("meta", [])]
+        message = (f"step {self.global_step}: non-finite loss ({float(loss)}) on samples {ids}; step skipped "
+                   f"({self.nonfinite_in_a_row} in a row)")
+        rank_zero_warn(message)
+        self.log("train/nonfinite_steps", float(self.nonfinite_in_a_row), batch_size=len(ids) or 1)
+        if self.nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
+            raise RuntimeError(f"{message}; stopping after {self.nonfinite_in_a_row} non-finite losses in a row "
+                               "(--model.max_nonfinite_steps): lower --model.lr / --model.lr_llm, or check these samples")
+        return None
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out, _ = self.model(batch)
@@ -189,6 +210,25 @@ class VideoLLMModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints
+
+    def check_state(self, state: dict, source: str) -> None:
+        """Refuse a checkpoint state that lacks a tensor this model trains or a reducer/projector tensor, holds one of
+        another shape, or holds visual tensors this model does not have. Checkpoints keep only those tensors, so
+        loading is not strict, and without this check a missing one would silently stay as initialised."""
+        own = self.state_dict()
+        visual = tuple(f"model.{p}" for p in VISUAL_PREFIXES)
+        want = {n for n, p in self.named_parameters() if p.requires_grad} | {k for k in own if k.startswith(visual)}
+        missing = sorted(want - set(state))
+        shapes = sorted(k for k in want & set(state) if own[k].shape != state[k].shape)
+        extra = sorted(k for k in state if k.startswith(visual) and k not in own)
+        if missing or shapes or extra:
+            raise ValueError(f"{source} does not hold what this model needs: missing {missing[:6]} ({len(missing)} in "
+                             f"all), shape mismatch {shapes[:6]}, unexpected {extra[:6]}. Use the config of the run "
+                             "that wrote it (its config.yaml).")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        path = getattr(self._trainer, "ckpt_path", None)
+        self.check_state(checkpoint["state_dict"], f"--ckpt_path '{path}'")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the reducer and projector whole and the LLM's trainable (LoRA) tensors; the frozen tower and LLM

@@ -24,7 +24,6 @@ reducer adds itself (:class:`lit_bvllm.reducers.base.ReducerOutput`).
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -39,9 +38,7 @@ from lit_bvllm.projector import Projector
 from lit_bvllm.reducers.base import Reducer
 from lit_bvllm.splice import splice
 from lit_bvllm.vision import VisionEncoder
-
-VISUAL_PREFIXES = ("reducer.", "projector.")
-"""The trained visual part: what a stage hands to the next and what an export's ``visual.safetensors`` holds."""
+from lit_bvllm.weights import VISUAL_PREFIXES
 
 
 class VideoLLM(nn.Module):
@@ -99,10 +96,13 @@ class VideoLLM(nn.Module):
                                                        target_modules="all-linear"))
 
     def load_lora(self, adapter: str) -> None:
-        """A saved peft LoRA adapter (an export's ``adapter/``) onto the LLM, frozen."""
+        """A saved peft LoRA adapter (an export's ``adapter/``, a local folder) onto the LLM, frozen."""
         from peft import PeftModel
 
-        self.llm = PeftModel.from_pretrained(self.llm, adapter)
+        if not (Path(adapter) / "adapter_config.json").is_file():  # peft would look a missing path up on the hub
+            raise FileNotFoundError(f"--model.lora_adapter '{adapter}' is not a local LoRA adapter folder (no "
+                                    "adapter_config.json); lit_bvllm loads only local folders")
+        self.llm = PeftModel.from_pretrained(self.llm, adapter, local_files_only=True)
 
     def visual_params(self) -> list[nn.Parameter]:
         """The trainable reducer and projector parameters."""
@@ -184,41 +184,6 @@ class VideoLLM(nn.Module):
         slot = torch.arange(len(owner), device=k.device) - torch.repeat_interleave(torch.cumsum(k, 0) - k, k)
         out[owner, slot] = mean
         return out, info
-
-
-def visual_state(path: str | os.PathLike, flag: str = "--model.init_from") -> dict[str, torch.Tensor]:
-    """Reducer and projector tensors of a Lightning checkpoint file (keys under ``model.``) or an exported folder,
-    named as in :class:`~lit_bvllm.model.VideoLLM`."""
-    path = Path(path)
-    if path.is_dir():
-        from safetensors.torch import load_file
-
-        return load_file(str(path / "visual.safetensors"))
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist (check {flag})")
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    return {k.removeprefix("model."): v for k, v in state.items() if k.removeprefix("model.").startswith(VISUAL_PREFIXES)}
-
-
-def load_visual_weights(model: nn.Module, path: str | os.PathLike, flag: str = "--model.init_from") -> int:
-    """Copy every ``reducer.*`` and ``projector.*`` tensor of ``path`` into ``model``; returns how many.
-
-    Raises ``ValueError`` naming the tensors if one the model has is missing from the checkpoint, has another
-    shape, or the checkpoint holds visual tensors the model does not (a different reducer configuration).
-    """
-    src = visual_state(path, flag)
-    own = {k: v for k, v in model.state_dict().items() if k.startswith(VISUAL_PREFIXES)}
-    missing = sorted(set(own) - set(src))
-    extra = sorted(set(src) - set(own))
-    shapes = sorted(k for k in set(own) & set(src) if own[k].shape != src[k].shape)
-    if missing or extra or shapes:
-        raise ValueError(
-            f"{flag} '{path}' does not match this model's reducer/projector: missing {missing[:8]}, "
-            f"unexpected {extra[:8]}, shape mismatch {shapes[:8]}. Use the same reducer config as the run that "
-            "wrote it (--config experiments/pretrain.yaml's reducer section)."
-        )
-    model.load_state_dict(src, strict=False)
-    return len(src)
 
 
 def kept_frames(info: dict, frame_index: Tensor) -> Tensor:

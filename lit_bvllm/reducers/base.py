@@ -50,6 +50,13 @@ class Reducer(nn.Module):
     max_frames: int | None = None
     """Frames read per sample, uniformly spaced; None reads every real frame."""
 
+    @classmethod
+    def example(cls, in_dim: int, num_patches: int) -> Reducer:
+        """A small instance for a tower of width ``in_dim`` with ``num_patches`` tokens per frame: what the shared
+        contract test (``tests/test_reducer_contract.py``) builds for every reducer :mod:`lit_bvllm.reducers`
+        exports. Override it where the defaults are real-checkpoint sized."""
+        return cls(in_dim)
+
     def frames_to_encode(self, frame_mask: Tensor) -> Tensor:
         """``(B, T) bool``: the frames the vision tower must encode (``max_frames`` uniformly spaced ones)."""
         return uniform_frame_mask(frame_mask, self.max_frames)

@@ -63,6 +63,11 @@ class BVLLM(Reducer):
 
     needs_text = True
 
+    @classmethod
+    def example(cls, in_dim: int, num_patches: int) -> BVLLM:
+        return cls(in_dim, num_frames=4, num_tokens=4, budget=10, num_queries=6, hidden_size=16, num_layers=2, num_heads=2,
+                   vocab_size=50)
+
     def __init__(
         self,
         in_dim: int,

@@ -28,6 +28,10 @@ class Identity(Reducer):
             ``budget // num_patches`` before the tower runs), checked against the frames when given.
     """
 
+    @classmethod
+    def example(cls, in_dim: int, num_patches: int) -> Identity:
+        return cls(in_dim, budget=4 * num_patches + 3, truncate=True, num_patches=num_patches)
+
     def __init__(self, in_dim: int, budget: int, truncate: bool = False, num_patches: int | None = None):
         super().__init__()
         if truncate and num_patches is None:

@@ -1,4 +1,4 @@
-"""Video-ChatGPT spatio-temporal mean pooling (Maaz et al., ACL 2024; notes: reduction_strategies.md §F.3).
+"""Video-ChatGPT spatio-temporal mean pooling (Maaz et al., ACL 2024, "Video-ChatGPT").
 
 For frame features ``(T, N, D)``: T temporal tokens (each frame's mean over its N patches) and N spatial tokens
 (each patch position's mean over the frames): ``T + N`` tokens, 100 + 256 = 356 in Video-ChatGPT. Parameter-free.
@@ -31,6 +31,10 @@ class MeanPool(Reducer):
         num_patches: patches per frame N of the vision tower (256 for CLIP-L/14 at 224 px); fixes the frame cap.
         budget: maximum tokens per sample θ; at most ``budget - num_patches`` frames are pooled.
     """
+
+    @classmethod
+    def example(cls, in_dim: int, num_patches: int) -> MeanPool:
+        return cls(in_dim, num_patches=num_patches, budget=num_patches + 4)
 
     def __init__(self, in_dim: int, num_patches: int = 256, budget: int = 356):
         super().__init__()

@@ -79,6 +79,10 @@ class TokenLearner(Reducer):
         max_frames: read at most this many frames per video, uniformly spaced; None reads every real frame.
     """
 
+    @classmethod
+    def example(cls, in_dim: int, num_patches: int) -> TokenLearner:
+        return cls(in_dim, num_tokens=8, max_frames=4)
+
     def __init__(self, in_dim: int, num_tokens: int = 32, max_frames: int | None = None) -> None:
         super().__init__()
         if max_frames is not None and max_frames < 1:

@@ -111,6 +111,11 @@ class GroupedTTM(Reducer):
             group's ``G`` slots, giving ``n`` tokens (released code).
     """
 
+    @classmethod
+    def example(cls, in_dim: int, num_patches: int) -> GroupedTTM:
+        return cls(in_dim, tokens_per_frame=num_patches, memory_slots=2, num_tokens=8, num_layers=2, num_heads=4,
+                   max_frames=6)
+
     def __init__(
         self,
         in_dim: int,

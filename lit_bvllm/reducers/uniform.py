@@ -2,7 +2,7 @@
 
 ``num_frames`` frames at the midpoints of equal segments of the video (``merging.uniform_indices``), all their
 patch tokens in time order, each frame's √N×√N patch grid optionally average-pooled with stride ``pool``
-(PLLaVA pools 24×24 → 12×12; reduction_strategies.md §F.1-F.2). Parameter-free.
+(PLLaVA, Xu et al., 2024, pools 24×24 → 12×12). Parameter-free.
 
 :func:`select_uniform_frames` is the frame choice every reducer that caps its frame count shares.
 """
@@ -61,6 +61,10 @@ class Uniform(Reducer):
         pool: stride (= kernel) of the spatial average pooling over the √N×√N patch grid; 1 keeps every patch.
         budget: maximum tokens per sample θ; ``num_frames · ceil(√N / pool)²`` must not exceed it.
     """
+
+    @classmethod
+    def example(cls, in_dim: int, num_patches: int) -> Uniform:
+        return cls(in_dim, num_frames=4, pool=2, budget=16)
 
     def __init__(self, in_dim: int, num_frames: int = 8, pool: int = 1, budget: int = 4096):
         super().__init__()

@@ -1,8 +1,8 @@
 """The weighted token sampler of "Fewer Tokens and Fewer Videos" (Chen et al., ACL 2024, arXiv 2406.08024).
 
 The paper keeps, in each frame, the tokens "with higher visual attention responses" to cut the visual tokens per
-frame before the LLM (../papers/fewer_tokens_fewer_videos_summary.md, Method Summary and Mechanism 1). Its method
-section and code are not public, so the unknowns are switches (reduction_strategies.md §D.2, working hypotheses):
+frame before the LLM (its abstract and method overview). Its method section's details and its code are not public,
+so the unknowns are switches:
 which score (the tower's [CLS]-to-patch attention, as FasterVLM reads it, or a learned scorer) and whether kept
 tokens are re-weighted by their score.
 """
@@ -33,7 +33,8 @@ class WeightedSampler(Reducer):
     - ``learned``: ``softmax_N(Linear(LayerNorm(x)))`` over each frame's patches. The LayerNorm has no affine and the
       Linear no bias: a per-frame softmax ignores constant shifts, so those parameters would never get a gradient.
       Kept tokens are multiplied by the straight-through weight ``1 - w.detach() + w`` (exactly 1 in the forward
-      pass), which carries a gradient to the scorer through the hard top-K (reduction_strategies.md §G.3).
+      pass), which carries a gradient to the scorer through the hard top-K (the straight-through estimator,
+      Bengio et al., 2013).
 
     Weighting: ``none`` leaves kept tokens as they are; ``mul_renorm`` multiplies each kept token by
     ``K·w_i / Σ_kept w`` (mean multiplier 1, so the average token norm is kept; differentiable in a learned score).
@@ -49,6 +50,10 @@ class WeightedSampler(Reducer):
         weighting: ``none`` or ``mul_renorm`` (multiply kept tokens by their score renormalised to mean 1).
         max_frames: frames sampled uniformly per video; the budget is ``max_frames · tokens_per_frame``.
     """
+
+    @classmethod
+    def example(cls, in_dim: int, num_patches: int) -> WeightedSampler:
+        return cls(in_dim, tokens_per_frame=3, max_frames=4)
 
     def __init__(
         self,

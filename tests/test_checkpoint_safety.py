@@ -1,0 +1,99 @@
+"""Checkpoints: no code runs from one, a foreign or corrupt file is named with its flag, and a checkpoint that does
+not hold what the configured model needs is refused instead of leaving tensors randomly initialised."""
+
+import os
+import pathlib
+
+import pytest
+import torch
+
+from lit_bvllm.cli import main
+from lit_bvllm.weights import read_checkpoint, visual_state
+
+
+@pytest.fixture(autouse=True)
+def repo_root(monkeypatch):
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
+
+
+class Payload:
+    """Unpickling this runs a shell command: what a hostile checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def hostile(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {"model.projector.proj.weight": Payload(marker)}, "hyper_parameters": {}}, path)
+    return path, marker
+
+
+def config(tiny, synthetic):
+    return ["--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml", "--model.llm", tiny["llm"],
+            "--model.vision_tower", tiny["vision"], "--data.train", str(synthetic / "finetune.json"),
+            "--data.num_workers", "0"]
+
+
+def test_a_hostile_checkpoint_runs_nothing(tmp_path):
+    path, marker = hostile(tmp_path)
+    with pytest.raises(ValueError, match=r"--model.init_from '.*hostile.ckpt'.*weights_only"):
+        visual_state(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is live: an unsafe load would have run it
+    assert marker.exists()
+
+
+def test_export_and_resume_refuse_a_hostile_checkpoint(tiny, synthetic, tmp_path):
+    path, marker = hostile(tmp_path)
+    for command in (["export", "--out", str(tmp_path / "export")], ["fit"]):
+        with pytest.raises(ValueError, match=r"--ckpt_path '.*hostile.ckpt'"):
+            main([command[0], *config(tiny, synthetic), "--ckpt_path", str(path), *command[1:]])
+    assert not marker.exists() and not (tmp_path / "export").exists()
+
+
+def test_a_corrupt_or_missing_checkpoint_is_named_with_its_flag(tmp_path):
+    bad = tmp_path / "half.ckpt"
+    bad.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    with pytest.raises(ValueError, match=r"--model.weights '.*half.ckpt' is not a checkpoint"):
+        read_checkpoint(bad, "--model.weights")
+    with pytest.raises(FileNotFoundError, match=r"--ckpt_path"):
+        read_checkpoint(tmp_path / "nope.ckpt", "--ckpt_path")
+
+
+def test_export_refuses_a_checkpoint_without_the_models_tensors(tiny, synthetic, tmp_path):
+    """A checkpoint that lacks the configured reducer's tensors fails the export, naming them (it used to write a
+    randomly initialised reducer and print success)."""
+    empty = tmp_path / "empty.ckpt"
+    torch.save({"state_dict": {"model.projector.proj.weight": torch.zeros(1)}}, empty)
+    with pytest.raises(ValueError, match=r"empty.ckpt' does not hold what this model needs: missing \['model\."):
+        main(["export", *config(tiny, synthetic), "--ckpt_path", str(empty), "--out", str(tmp_path / "export")])
+    assert not (tmp_path / "export").exists()
+
+
+def test_a_checkpoint_of_another_model_is_refused_with_the_differences(tiny, synthetic, tmp_path):
+    """--ckpt_path used to replace the config's model settings silently (a Uniform checkpoint ran as Uniform under a
+    B-VLLM config); now a structural difference stops the run and lists it."""
+    other = tmp_path / "uniform.ckpt"
+    spec = {"class_path": "lit_bvllm.reducers.uniform.Uniform", "init_args": {"num_frames": 8, "pool": 1, "budget": 96}}
+    torch.save({"state_dict": {}, "hyper_parameters": {"reducer": spec, "lora_r": 128}}, other)
+    with pytest.raises(ValueError, match=r"reducer: checkpoint .*Uniform.* config .*BVLLM"):
+        main(["fit", *config(tiny, synthetic), "--ckpt_path", str(other)])
+
+
+def test_a_missing_lora_adapter_never_asks_the_hub(tiny, monkeypatch):
+    """peft looks a path it cannot find up on the model hub; the suite stops at the missing folder instead."""
+    import functools
+
+    from lit_bvllm.model import VideoLLM
+    from lit_bvllm.reducers import Uniform
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    model = VideoLLM(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=2, budget=32))
+    with pytest.raises(FileNotFoundError, match="--model.lora_adapter"):
+        model.load_lora("someone/adapter-on-the-hub")
