@@ -2,7 +2,7 @@
 server at ``http://localhost:8000/v1``, or a hosted API). Standard library only.
 
 The protocol is Video-ChatGPT's, used by VideoLLaMA2, B-VLLM, LLaMA-VID and lmms-eval
-(``reference/video_llm_anchors.md`` §4.7, ``reference/bvllm_official.md`` §4.2): a system message asking for a
+(Maaz et al., ACL 2024, ``quantitative_evaluation/evaluate_activitynet_qa.py``): a system message asking for a
 meaningful match with synonyms and paraphrases counted as valid, a user message with the question, the correct
 answer and the prediction, and a reply that is a Python dict string ``{'pred': 'yes'|'no', 'score': 0..5}`` read
 with ``ast.literal_eval``. The wording below is ours, with the same structure and demands.

@@ -3,8 +3,7 @@
 Each benchmark's own template (the user-turn text after the ``<video>\\n`` placeholder) is the ``template`` method
 of its module (``mvbench.py``, ``videomme.py``, ...); the chat template (system prompt, role headers, generation
 prompt) is applied by the data module. The templates follow the reference inference scripts of VideoLLaMA2 /
-B-VLLM (``videollama2/eval/inference_video_*.py``, ``bvlm/eval/inference_video_*.py``; summarised in
-``reference/bvllm_official.md`` §4.1 and ``reference/video_llm_anchors.md`` §4), down to their spacing and missing
+B-VLLM (``videollama2/eval/inference_video_*.py``, ``bvlm/eval/inference_video_*.py``), down to their spacing and missing
 full stops, so that numbers stay comparable with the papers. Only NExT-QA, which those codebases do not evaluate,
 follows lmms-eval.
 

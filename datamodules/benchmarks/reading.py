@@ -1,8 +1,8 @@
 """What every benchmark reader shares: loading annotation files, checked fields, finding a video by its id.
 
 Every reader (the ``read`` method of each benchmark module: ``mvbench.py``, ``vnbench.py``, ...) takes the
-benchmark's root folder, laid out as the reference code expects it (``reference/video_llm_anchors.md`` §4,
-``reference/bvllm_official.md`` §4), and returns items whose video paths are absolute. Where the annotation gives
+benchmark's root folder, laid out as the reference code expects it (VideoLLaMA2's ``videollama2/eval/`` scripts and
+each benchmark's own release), and returns items whose video paths are absolute. Where the annotation gives
 a bare id, the video is looked up with the extensions the reference scripts try (:data:`VIDEO_EXTENSIONS`); a
 video that is not there keeps its ``.mp4`` path, so the item is still read and the loader reports the missing
 file. A malformed entry raises ``ValueError`` naming the file, the entry and the field (:func:`require`). No

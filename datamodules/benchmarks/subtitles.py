@@ -1,7 +1,7 @@
 """SubRip (.srt) subtitles: a tolerant standard-library parser and the lines shown at the sampled frames.
 
 Video-MME prepends to its with-subtitles prompt the subtitle line active at each sampled frame (VideoLLaMA2's
-``inference_video_mcqa_videomme.py`` reads them with pysubs2; ``reference/video_llm_anchors.md`` §4.2). The parser
+``inference_video_mcqa_videomme.py`` reads them with pysubs2). The parser
 accepts what real .srt files contain besides the textbook layout: a UTF-8 byte-order mark, CRLF or CR line ends,
 missing index lines, missing blank lines between cues, ``.`` instead of ``,`` before the milliseconds,
 coordinates after the timing, HTML-like tags (``<i>``, ``<font color=...>``), ASS override blocks (``{\\an8}``)
