@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_bvllm.backbones import eager_attention, load_vision_tower
-from lit_bvllm.reducers.merging import pack_frames
+from lit_bvllm.reducers.sampling import pack_frames
 
 
 class VisionEncoder(nn.Module):

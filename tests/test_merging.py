@@ -1,16 +1,10 @@
-"""Shared pure functions: ToMe bipartite merging (sizes, masks, targets), Gumbel selection and top-k, uniform indices."""
+"""Shared pure functions: ToMe bipartite merging (sizes, masks, targets); Gumbel selection and top-k, uniform indices."""
 
 import torch
 import torch.nn.functional as F
 
-from lit_bvllm.reducers.merging import (
-    bipartite_merge,
-    bipartite_merge_rows,
-    gumbel_select,
-    gumbel_topk,
-    merge_to_target,
-    uniform_indices,
-)
+from lit_bvllm.reducers.merging import bipartite_merge, bipartite_merge_rows, merge_to_target
+from lit_bvllm.reducers.sampling import gumbel_select, gumbel_topk, uniform_indices
 
 
 def naive_bipartite(x: torch.Tensor, r: int) -> list[torch.Tensor]:

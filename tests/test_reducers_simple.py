@@ -6,7 +6,7 @@ from reducer_contract import D, N, check_contract, inputs
 
 from lit_bvllm.reducers.identity import Identity
 from lit_bvllm.reducers.meanpool import MeanPool
-from lit_bvllm.reducers.merging import select_uniform_frames
+from lit_bvllm.reducers.sampling import select_uniform_frames
 from lit_bvllm.reducers.uniform import Uniform, spatial_pool
 from lit_bvllm.reducers.weighted_sampler import WeightedSampler
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from reducer_contract import check_contract, inputs
 
-from lit_bvllm.reducers.merging import uniform_frame_mask
+from lit_bvllm.reducers.sampling import uniform_frame_mask
 from lit_bvllm.reducers.tokenlearner import TokenLearner, TokenLearnerPool
 from lit_bvllm.reducers.ttm import GroupedTTM, timestamp_encoding
 

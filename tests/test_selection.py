@@ -32,10 +32,10 @@ def test_selection_record_hit_and_event_recall_against_uniform():
 
 def test_uniform_control_follows_the_uniform_reducers_rule():
     """The data side keeps its own copy of the segment-midpoint rule (it does not import the model side): the same
-    frames as ``merging.uniform_indices`` for every length and count."""
+    frames as ``sampling.uniform_indices`` for every length and count."""
     import torch
 
-    from lit_bvllm.reducers.merging import uniform_indices
+    from lit_bvllm.reducers.sampling import uniform_indices
 
     for n in range(1, 130):
         times = [t + 0.5 for t in range(n)]

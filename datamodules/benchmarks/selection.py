@@ -9,7 +9,7 @@ renderer's own rule (frames are decoded at their true timestamps, ``datamodules.
 - ``event_recall``: the share of evidence events shown by at least one kept frame.
 
 The same two numbers for ``uniform``, a uniform selection of as many frames as the strategy kept, from the same
-frames (the segment-midpoint rule of the uniform reducers, ``lit_bvllm.reducers.merging.uniform_indices``), are its
+frames (the segment-midpoint rule of the uniform reducers, ``lit_bvllm.reducers.sampling.uniform_indices``), are its
 control: a text-conditioned selector is worth something only where it beats them.
 """
 
@@ -33,7 +33,7 @@ def shown(times: list[float], spans: list[list[float]]) -> list[bool]:
 
 def uniform_times(times: list[float], k: int) -> list[float]:
     """``k`` of ``times`` at the midpoints of equal segments (all of them when ``k >= len(times)``): index i is
-    ``floor((i + 0.5) * len(times) / k)``, the rule of the uniform reducers (``lit_bvllm.reducers.merging.
+    ``floor((i + 0.5) * len(times) / k)``, the rule of the uniform reducers (``lit_bvllm.reducers.sampling.
     uniform_indices``; the data side does not import the model side, so tests/test_selection.py checks that the
     two agree)."""
     n = len(times)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from lit_bvllm.reducers.merging import pack, uniform_frame_mask  # noqa: F401  (pack: re-exported for reducers)
+from lit_bvllm.reducers.sampling import pack, uniform_frame_mask  # noqa: F401  (pack: re-exported for reducers)
 
 
 @dataclass

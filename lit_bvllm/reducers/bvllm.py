@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
-from lit_bvllm.reducers.merging import gumbel_select, merge_to_target, select_uniform_frames
+from lit_bvllm.reducers.merging import merge_to_target
 from lit_bvllm.reducers.qformer import TextQFormer
+from lit_bvllm.reducers.sampling import gumbel_select, select_uniform_frames
 
 
 class BVLLM(Reducer):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
-from lit_bvllm.reducers.merging import select_uniform_frames
+from lit_bvllm.reducers.sampling import select_uniform_frames
 from lit_bvllm.reducers.uniform import gather_frames
 
 
@@ -14,7 +14,7 @@ class Identity(Reducer):
 
     Tensor contract (see ``base.py``): ``frames (B, T, N, D) -> tokens (B, M, D)``, ``M = real frames · N``.
     A sample over ``budget`` tokens raises, unless ``truncate``: then ``budget // num_patches`` whole frames,
-    uniformly spaced over the video (``merging.uniform_indices``), are kept and only those are encoded
+    uniformly spaced over the video (``sampling.uniform_indices``), are kept and only those are encoded
     (``frames_to_encode``). Uniform spacing is chosen over cutting the tail because it keeps the whole time span
     in view, as every other budgeted strategy does. No parameters; gradients reach every kept token.
 

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput
-from lit_bvllm.reducers.merging import pack, pack_frames
 from lit_bvllm.reducers.qformer import TextQFormer
+from lit_bvllm.reducers.sampling import pack, pack_frames
 
 
 class LLaMAVID(Reducer):

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput
-from lit_bvllm.reducers.merging import pack_frames
+from lit_bvllm.reducers.sampling import pack_frames
 
 
 class TokenLearnerPool(nn.Module):

@@ -1,6 +1,6 @@
 """Uniform frame sampling with optional spatial average pooling (the VideoLLaMA2 / PLLaVA baseline).
 
-``num_frames`` frames at the midpoints of equal segments of the video (``merging.uniform_indices``), all their
+``num_frames`` frames at the midpoints of equal segments of the video (``sampling.uniform_indices``), all their
 patch tokens in time order, each frame's √N×√N patch grid optionally average-pooled with stride ``pool``
 (PLLaVA, Xu et al., 2024, pools 24×24 → 12×12). Parameter-free.
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
-from lit_bvllm.reducers.merging import select_uniform_frames
+from lit_bvllm.reducers.sampling import select_uniform_frames
 
 
 def gather_frames(x: Tensor, idx: Tensor) -> Tensor:
@@ -49,7 +49,7 @@ class Uniform(Reducer):
 
     Tensor contract (see ``base.py``): ``frames (B, T, N, D) -> tokens (B, M, D)`` with
     ``M <= num_frames · ceil(√N / pool)²``, frame-major and raster order within a frame. Frames are chosen at the
-    segment midpoints of each sample's real frames (``merging.uniform_indices``); a sample with fewer real frames
+    segment midpoints of each sample's real frames (``sampling.uniform_indices``); a sample with fewer real frames
     than ``num_frames`` gives each frame once (no repetition). Linear in the tokens (gradients reach the selected
     frames); no parameters.
 

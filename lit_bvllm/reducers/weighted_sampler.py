@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
-from lit_bvllm.reducers.merging import select_uniform_frames
+from lit_bvllm.reducers.sampling import select_uniform_frames
 from lit_bvllm.reducers.uniform import gather_frames
 
 
