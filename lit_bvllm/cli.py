@@ -206,8 +206,9 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
 
         def instantiate_trainer(self, **kwargs):
             """Checkpoints are written atomically (:class:`AtomicCheckpointIO`) unless the config names its own
-            checkpoint IO. Added here, not as a parser default: an instance there is written into the run's
-            ``config.yaml`` as "Unable to serialize instance", and the snapshot no longer replays."""
+            checkpoint IO, and the suite's callbacks join the config's. Added here, not as parser or trainer
+            defaults: an instance there is written into the run's ``config.yaml`` as "Unable to serialize instance",
+            and the snapshot no longer replays."""
             from lightning.pytorch.plugins.io import CheckpointIO
 
             trainer = self._get(self.config_init, "trainer", default={})
@@ -222,6 +223,10 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
             if trainer.get("enable_checkpointing", True) is not False and not any(
                     isinstance(c, ModelCheckpoint) for c in callbacks):
                 callbacks.append(default_checkpoint())
+            # the suite's own machinery, in every run: skipped-sample counts, the run summary, the RNG streams in the
+            # checkpoint, benchmark scoring, prediction files, the learning rate in the logs
+            callbacks += [SkippedSamplesLogger(), RunSummary(), RNGState(), BenchmarkEvaluation(), PredictionWriter(),
+                          LearningRateMonitor(logging_interval="step")]
             return super().instantiate_trainer(**{"plugins": plugins, "callbacks": callbacks, **kwargs})
 
         def _run_subcommand(self, subcommand: str) -> None:
@@ -284,17 +289,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
         args=args,
         run=run,
         save_config_callback=KeepingConfigSnapshot,  # never overwrites an earlier run's config.yaml
-        trainer_defaults={
-            "callbacks": [
-                SkippedSamplesLogger(),
-                RunSummary(),
-                RNGState(),
-                BenchmarkEvaluation(),
-                PredictionWriter(),
-                LearningRateMonitor(logging_interval="step"),
-            ],
-            "use_distributed_sampler": False,  # the data module shards with its own resumable sampler
-        },
+        trainer_defaults={"use_distributed_sampler": False},  # the data module shards with its own resumable sampler
     )
 
 

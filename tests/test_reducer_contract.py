@@ -1,7 +1,9 @@
-"""The shared reducer contract (tests/reducer_contract.py) over every reducer ``lit_bvllm.reducers`` exports: a new
-reducer is picked up by being exported, and checked at the small size its ``example`` gives."""
+"""The shared reducer contract (tests/reducer_contract.py) over every reducer of the ``lit_bvllm.reducers`` package: a
+new reducer file is picked up, and checked at the small size its ``example`` gives."""
 
+import importlib
 import inspect
+import pkgutil
 
 import pytest
 from reducer_contract import D, N, check_contract
@@ -9,11 +11,22 @@ from reducer_contract import D, N, check_contract
 from lit_bvllm import reducers
 from lit_bvllm.reducers.base import Reducer
 
-EXPORTED = sorted((obj for name in reducers.__all__ if inspect.isclass(obj := getattr(reducers, name))
-                   and issubclass(obj, Reducer) and obj is not Reducer), key=lambda c: c.__name__)
+
+def discovered() -> list[type[Reducer]]:
+    """Every Reducer subclass defined in a module of the ``lit_bvllm.reducers`` package: a new file is picked up."""
+    found = {}
+    for info in pkgutil.iter_modules(reducers.__path__):
+        module = importlib.import_module(f"lit_bvllm.reducers.{info.name}")
+        for obj in vars(module).values():
+            if inspect.isclass(obj) and issubclass(obj, Reducer) and obj is not Reducer and obj.__module__ == module.__name__:
+                found[obj.__qualname__] = obj
+    return [found[k] for k in sorted(found)]
 
 
-def test_every_strategy_is_exported():
+EXPORTED = discovered()
+
+
+def test_every_strategy_is_found():
     assert {c.__name__ for c in EXPORTED} >= {"BVLLM", "GroupedTTM", "Identity", "LLaMAVID", "MeanPool",
                                               "TokenLearner", "Uniform", "WeightedSampler"}
 
