@@ -237,3 +237,27 @@ class VideoLLMModule(L.LightningModule):
         visual = tuple(f"model.{p}" for p in VISUAL_PREFIXES)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if k in trainable or k.startswith(visual)}
+        _keep_a_cut_epoch_open(self.trainer, checkpoint)
+
+
+def _keep_a_cut_epoch_open(trainer, checkpoint: dict) -> None:
+    """A run that reaches ``max_steps`` mid-epoch still closes that epoch in its loop state before the end-of-run
+    checkpoint is written, so extending the run (``--ckpt_path last --trainer.max_steps <more>``) would start the next
+    epoch and never see the rest of this one. Record it as what it is: the same epoch, ``processed`` batches in, as a
+    checkpoint written after that batch would; the data module's position says the same."""
+    fit = trainer.fit_loop
+    epoch = fit.epoch_progress.current
+    done = fit.epoch_loop.batch_progress.current.processed
+    total = trainer.num_training_batches
+    if not (epoch.completed == epoch.started and isinstance(total, int) and 0 < done < total):
+        return  # mid-epoch already, or the epoch really ended
+    loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
+    if loop is None:
+        return
+    for counts in (loop["current"], loop["total"]):
+        counts["processed"] -= 1
+        counts["completed"] -= 1
+    datamodule = getattr(trainer, "datamodule", None)
+    state = checkpoint.get(type(datamodule).__qualname__) if datamodule is not None else None
+    if isinstance(state, dict) and "epoch" in state:
+        state["epoch"] = epoch.started - 1

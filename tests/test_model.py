@@ -246,6 +246,27 @@ def test_resuming_twice_keeps_the_data_position(tiny, synthetic, tmp_path):
     assert runs == [straight.ids[:3], straight.ids[2:5], straight.ids[4:8]]
 
 
+def test_extending_a_finished_run_continues_its_data(tiny, synthetic, tmp_path):
+    """A run that ends at max_steps in the middle of an epoch, extended with more steps from its last.ckpt, sees what
+    one longer run sees (the end-of-run checkpoint used to record the next epoch, and the rest of this one was never
+    seen)."""
+    from lit_bvllm import reducers
+
+    small = functools.partial(small_module, tiny, reducer=reducers.Uniform, lr=1e-2)
+    dm = data(tiny, synthetic)
+    per_epoch = len(dm.train_dataloader())
+    assert per_epoch > 3  # the short run stops mid-epoch
+    straight = SeenIds()
+    trainer(tmp_path / "a", per_epoch + 3, straight, ckpt_every=1000).fit(small(), datamodule=data(tiny, synthetic))
+    first, then = SeenIds(), SeenIds()
+    trainer(tmp_path / "b", 3, first, ckpt_every=1000).fit(small(), datamodule=data(tiny, synthetic))
+    assert torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["global_step"] == 3
+    t = trainer(tmp_path / "b", per_epoch + 3, then, ckpt_every=1000)
+    t.fit(small(), datamodule=data(tiny, synthetic), ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    assert t.global_step == per_epoch + 3
+    assert first.ids + then.ids == straight.ids
+
+
 class Crash(L.Callback):
     def __init__(self, at_step: int):
         self.at_step = at_step
