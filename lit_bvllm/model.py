@@ -67,6 +67,9 @@ class VideoLLM(nn.Module):
         self.placeholder_id = self.tokenizer.convert_tokens_to_ids(video_token)
         self.vision = VisionEncoder(vision_tower, feature_layer, vision_chunk)
         self.reducer = reducer(self.vision.width)
+        if not self.reducer.budget >= 1:  # θ: the visual tokens one sample may give the LLM
+            raise ValueError(f"--model.reducer: {type(self.reducer).__name__}'s budget θ is {self.reducer.budget}; it "
+                             "must be >= 1 (--model.reducer.init_args.budget / num_tokens)")
         self.llm = load_llm(llm).requires_grad_(False)
         if self.llm.get_input_embeddings().num_embeddings < len(self.tokenizer):  # the placeholder was added
             self.llm.resize_token_embeddings(len(self.tokenizer))

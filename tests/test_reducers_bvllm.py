@@ -194,3 +194,18 @@ def test_spatial_attention_maps_for_visualisation():
     kept = out.info["frame_indices"] >= 0
     torch.testing.assert_close(maps[kept].sum(-1), torch.ones(int(kept.sum()), 4))  # rows are distributions
     assert (maps[~kept] == 0).all()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"budget": 0}, "budget=0"),
+    ({"budget": -4}, "budget=-4"),
+    ({"num_frames": 8, "num_queries": 6}, "num_frames=8 .* exceeds num_queries=6"),
+    ({"num_tokens": 7, "num_queries": 6}, "num_tokens=7 .* exceeds num_queries=6"),
+    ({"spatial_merge": False, "num_tokens": 6, "budget": 5}, "spatial_merge=false"),
+    ({"tau": 0.0}, "tau=0.0"),
+])
+def test_impossible_settings_fail_when_set(bad, message):
+    """They used to pass construction and fail at the first forward (too few queries) or hand the LLM zero tokens
+    (R > θ without spatial merging)."""
+    with pytest.raises(ValueError, match=message):
+        make(**bad)

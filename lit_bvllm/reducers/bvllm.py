@@ -91,6 +91,21 @@ class BVLLM(Reducer):
         record_attention: bool = False,
     ):
         super().__init__()
+        bad = [f"{k}={v} (must be >= 1)" for k, v in (("num_frames", num_frames), ("num_tokens", num_tokens),
+                                                       ("budget", budget), ("num_queries", num_queries)) if v < 1]
+        if frame_selection and num_frames > num_queries:
+            bad.append(f"num_frames={num_frames} (L*) exceeds num_queries={num_queries}: frame selection has one query "
+                       "per kept frame")
+        if spatial_sampling and num_tokens > num_queries:
+            bad.append(f"num_tokens={num_tokens} (R) exceeds num_queries={num_queries}: spatial sampling has one query "
+                       "per token")
+        if not spatial_merge and num_tokens > budget:
+            bad.append(f"num_tokens={num_tokens} (R) exceeds budget={budget} (θ) with spatial_merge=false: not one frame "
+                       "would fit, and the LLM would get no visual token")
+        if tau <= 0 or not 0 < gamma <= 1:
+            bad.append(f"tau={tau} must be > 0 and gamma={gamma} in (0, 1]")
+        if bad:
+            raise ValueError("BVLLM: " + "; ".join(bad) + " (set them under --model.reducer.init_args)")
         self.in_dim, self.num_frames, self.num_tokens, self.budget = in_dim, num_frames, num_tokens, budget
         self.tau, self.gamma, self.soft_selection = tau, gamma, soft_selection
         self.frame_selection, self.temporal_merge = frame_selection, temporal_merge
