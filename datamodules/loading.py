@@ -26,7 +26,7 @@ def local_dir(path: str | Path, what: str, flag: str) -> Path:
     return p
 
 
-def load_tokenizer(path: str | Path, video_token: str | None = VIDEO_TOKEN, flag: str = "--data.tokenizer") -> PreTrainedTokenizerBase:
+def load_tokenizer(path: str | Path, video_token: str | None = VIDEO_TOKEN, flag: str = "--model.llm") -> PreTrainedTokenizerBase:
     """Load the LLM's tokenizer from a local folder and make sure it has the video placeholder and a pad token.
 
     A real checkpoint's tokenizer (Qwen2) does not know ``video_token``; it is added as a special token, so

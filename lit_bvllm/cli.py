@@ -95,6 +95,7 @@ def _setup_commands() -> dict:
     return {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "probe-tower": probe_tower}
 
 
+LINKED = {"tokenizer": "--model.llm", "vision_tower": "--model.vision_tower", "video_token": "--model.video_token"}
 STRUCTURE = ("reducer", "feature_layer", "video_token", "lora_r", "lora_alpha")  # a checkpoint must agree on these
 CONFIG_COMMANDS = ("export", "scan", "preview")  # read the run config training reads; methods of the CLI below
 REPORTING = ("probe-tower",)  # commands that print their own report (a table) instead of their return value
@@ -181,6 +182,16 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
         def _set_seed(self) -> None:
             if self.subcommand not in setup:
                 super()._set_seed()
+
+        def parse_arguments(self, parser, args) -> None:
+            """Refuse a flag that sets a linked data setting: the link would override it without a word."""
+            for arg in args or []:
+                key = str(arg).split("=", 1)[0]
+                for name, source in LINKED.items():
+                    if key in (f"--data.{name}", f"--data.init_args.{name}"):
+                        raise ValueError(f"{key} is set from {source} (one setting for the model and the data); set "
+                                         f"{source} instead")
+            super().parse_arguments(parser, args)
 
         def add_arguments_to_parser(self, parser) -> None:
             parser.link_arguments("model.llm", "data.init_args.tokenizer")

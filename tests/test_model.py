@@ -66,6 +66,13 @@ def test_a_second_run_in_the_same_directory_keeps_the_first_runs_config(tiny, sy
     assert "max_steps: 2" in (run / "config.yaml").read_text()
 
 
+def test_a_linked_data_setting_cannot_be_set_apart(tiny, synthetic, tmp_path):
+    """--data.tokenizer used to be accepted and silently replaced by --model.llm."""
+    for flag in ("--data.tokenizer", "--data.vision_tower", "--data.video_token"):
+        with pytest.raises(ValueError, match=f"{flag} is set from --model"):
+            lightning_cli(cli_args(tiny, synthetic, tmp_path)[1:] + [flag, "/elsewhere"], run=False)
+
+
 def test_the_placeholder_is_one_setting(tiny, synthetic, tmp_path):
     """--model.video_token reaches the data module (it used to keep its own "<video>", and the model spliced at a
     token no sample held: every visual token dropped, no error)."""
@@ -339,7 +346,7 @@ def test_export_reloads_without_lightning_with_identical_logits(tiny, synthetic,
     cli = lightning_cli(["test", "--config", "experiments/eval/base.yaml", "--config", "experiments/eval/vnbench.yaml",
                          "--config", str(tmp_path / "export" / "model.yaml"),
                          "--data.benchmark.root", str(synthetic / "eval" / "vnbench"), "--data.limit", "2", "--data.num_workers", "0",
-                         "--data.vision_tower", tiny["vision"], "--trainer.logger.init_args.save_dir", str(tmp_path),
+                         "--trainer.logger.init_args.save_dir", str(tmp_path),
                          "--trainer.enable_progress_bar", "false"])
     with torch.no_grad():
         torch.testing.assert_close(cli.model.model.eval()(batch, with_labels=False)[0].logits, want, atol=1e-4, rtol=1e-4)

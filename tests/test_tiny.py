@@ -99,7 +99,7 @@ def test_placeholder_added_to_a_tokenizer_without_it(tmp_path):
 def test_missing_local_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no hub downloads"):
         load_llm(tmp_path / "Qwen2-7B-Instruct")
-    with pytest.raises(FileNotFoundError, match="--data.tokenizer"):
+    with pytest.raises(FileNotFoundError, match="set --model.llm"):
         load_tokenizer("Qwen/Qwen2-7B-Instruct")
 
 
