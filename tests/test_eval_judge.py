@@ -1,24 +1,32 @@
-"""LLM judge against a scripted OpenAI-compatible server on 127.0.0.1: retries, failures, cache, request body."""
+"""LLM judge against a scripted OpenAI-compatible server on 127.0.0.1: retries, failures, cache, request body;
+redirects (the API key never leaves the configured server) and oversized replies (read no further than the cap)."""
 
 import json
+import logging
 import threading
 import time
+import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from datamodules.benchmarks.judge import Judge, aggregate, parse_verdict, read_cache
+from datamodules.benchmarks.judge import MAX_REPLY_BYTES, Judge, aggregate, parse_verdict, read_cache
 
 GOOD = "{'pred': 'yes', 'score': 4}"
 
 
 class FakeAPI(ThreadingHTTPServer):
-    """Answers ``POST /v1/chat/completions`` with the next scripted reply (the last one repeats) and records each
-    request's body and headers. A reply is a message text, an int HTTP status, or ("sleep", seconds)."""
+    """Answers ``POST /v1/chat/completions`` (and a GET, which a followed redirect would send) with the next scripted
+    reply (the last one repeats) and records each request's method, body and headers. A reply is a message text, an
+    int HTTP status, ("sleep", seconds), ("redirect", status, location), ("raw", body bytes), ("stream", bytes:
+    a body of that many bytes without a length, written in 64 KiB blocks until the client hangs up; ``sent``
+    counts what went out, ``done`` is set when the handler ends) or ("declare", bytes: a Content-Length that big,
+    then a short body)."""
 
     def __init__(self, replies):
         super().__init__(("127.0.0.1", 0), Handler)
         self.replies, self.requests = list(replies), []
+        self.sent, self.done = 0, threading.Event()
 
     def handle_error(self, request, client_address):
         pass  # the timeout test's client hangs up before the reply; no traceback on stderr
@@ -28,12 +36,22 @@ class FakeAPI(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
 
+BLOCK = b"x" * (1 << 16)
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         server = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        server.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        server.requests.append({"method": self.command, "path": self.path, "body": body, "headers": dict(self.headers)})
         reply = server.replies.pop(0) if len(server.replies) > 1 else server.replies[0]
+        if isinstance(reply, tuple) and reply[0] != "sleep":
+            try:
+                self.special(*reply)
+            finally:
+                server.done.set()
+            return
         if isinstance(reply, tuple):
             time.sleep(reply[1])
             reply = GOOD
@@ -48,14 +66,47 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
+    do_GET = do_POST
+
+    def special(self, kind, *args):
+        if kind == "redirect":
+            self.send_response(args[0])
+            self.send_header("Location", args[1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif kind == "raw":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(args[0])))
+            self.end_headers()
+            self.wfile.write(args[0])
+        elif kind == "declare":
+            self.send_response(200)
+            self.send_header("Content-Length", str(args[0]))
+            self.end_headers()
+            self.wfile.write(BLOCK)
+        elif kind == "stream":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()  # no length: the body ends when the server closes (HTTP/1.0)
+            try:
+                while self.server.sent < args[0]:
+                    self.wfile.write(BLOCK)
+                    self.server.sent += len(BLOCK)
+            except OSError:  # the client hung up
+                pass
+
     def log_message(self, *args):
         pass
 
 
+def serve(server: FakeAPI) -> FakeAPI:
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    return server
+
+
 @pytest.fixture
 def api(request):
-    server = FakeAPI(request.param)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    server = serve(FakeAPI(request.param))
     yield server
     server.shutdown()
     server.server_close()
@@ -109,6 +160,62 @@ def test_timeout_does_not_hang(api, tmp_path):
     start = time.monotonic()
     assert judge.judge("1", "q", "a", "p") is None
     assert time.monotonic() - start < 1.0 and judge.failed == 1
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_and_the_key_stays_home(status, tmp_path, monkeypatch, caplog):
+    """A 3xx to another origin (another port of 127.0.0.1) is a failed try: the other server gets no request, so
+    neither the key nor the prompt reaches it, and its verdict is never taken."""
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-secret")
+    elsewhere = serve(FakeAPI([GOOD]))
+    api = serve(FakeAPI([("redirect", status, f"{elsewhere.url}/chat/completions")]))
+    try:
+        judge = make_judge(api, tmp_path, api_key_env="MY_JUDGE_KEY", max_retries=2)
+        with caplog.at_level(logging.WARNING, "lit_bvllm.judge"):
+            assert judge.judge("1", "q", "a", "p") is None
+    finally:
+        for server in (api, elsewhere):
+            server.shutdown()
+            server.server_close()
+    assert [r["headers"]["Authorization"] for r in api.requests] == ["Bearer sk-secret"] * 2  # the key was set
+    assert elsewhere.requests == []  # no Authorization header, no request at all
+    assert (judge.asked, judge.failed) == (1, 1) and read_cache(tmp_path / "judge.jsonl") == {}
+    assert f"{status} redirect to '{elsewhere.url}/chat/completions' not followed" in caplog.text
+
+
+@pytest.mark.parametrize("api", [[("stream", 128 << 20)]], indirect=True)
+def test_an_endless_reply_is_cut_off_at_the_cap(api, tmp_path, caplog):
+    """A 128 MiB reply without a length: the judge reads MAX_REPLY_BYTES + 1 bytes, hangs up and counts a failure;
+    the server could send no more than the socket buffers hold, and the client's memory stays near the cap."""
+    judge = make_judge(api, tmp_path, max_retries=1)
+    tracemalloc.start()
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, "lit_bvllm.judge"):
+        verdict = judge.judge("1", "q", "a", "p")
+    elapsed = time.monotonic() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert api.done.wait(10)
+    assert api.sent < 32 << 20, api.sent  # about cap + the loopback socket buffers, not 128 MiB
+    assert peak < 8 * MAX_REPLY_BYTES and elapsed < 5.0
+    assert verdict is None and (judge.asked, judge.failed) == (1, 1)
+    assert f"longer than the judge reads ({MAX_REPLY_BYTES} bytes)" in caplog.text
+
+
+@pytest.mark.parametrize("api", [[("declare", 10 << 30)]], indirect=True)
+def test_a_declared_oversized_reply_is_not_read(api, tmp_path, caplog):
+    judge = make_judge(api, tmp_path, max_retries=1)
+    with caplog.at_level(logging.WARNING, "lit_bvllm.judge"):
+        assert judge.judge("1", "q", "a", "p") is None
+    assert judge.failed == 1 and f"reply of {10 << 30} bytes is longer than the judge reads" in caplog.text
+
+
+@pytest.mark.parametrize("api", [[("raw", b"[" * 500_000), GOOD]], indirect=True)
+def test_a_deeply_nested_reply_is_a_failed_try(api, tmp_path):
+    """Under the cap but nested past Python's recursion limit: that try fails, the next one is asked."""
+    judge = make_judge(api, tmp_path, max_retries=2)
+    assert judge.judge("1", "q", "a", "p") == {"pred": "yes", "score": 4}
+    assert len(api.requests) == 2 and judge.failed == 0
 
 
 @pytest.mark.parametrize("api", [[GOOD, "{'pred': 'no', 'score': 1}"]], indirect=True)

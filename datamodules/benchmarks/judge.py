@@ -10,6 +10,10 @@ with ``ast.literal_eval``. The wording below is ours, with the same structure an
 Unlike the references (temperature 0.7 or 1.0, and retry loops that can spin forever), the judge runs at
 temperature 0, asks each item at most ``max_retries`` times, and reports items it could not judge instead of
 retrying without end or scoring them "no". Report the judge model next to the numbers.
+
+The endpoint is trusted with the API key and nothing else: a redirect is never followed (urllib would re-send the
+``Authorization`` header to wherever it points, another host included), and a reply longer than
+:data:`MAX_REPLY_BYTES` is cut off unread; both make that try a failure.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import os
 import re
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +51,34 @@ USER_PROMPT = (
     "explanation, only the Python dictionary string, for example: {{'pred': 'yes', 'score': 4}}."
 )
 _DICT = re.compile(r"\{.*?\}", re.DOTALL)
+MAX_REPLY_BYTES = 1 << 20
+"""Longest judge reply read (1 MiB; a verdict's JSON is a few hundred bytes): a longer one is a failed try, and no
+more than ``MAX_REPLY_BYTES + 1`` bytes of it are read."""
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Fails on every redirect instead of following it: urllib's follow copies the request's headers, the API key
+    among them, to the new address, whatever its host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise urllib.error.HTTPError(
+            req.full_url, code, f"{code} redirect to {newurl!r} not followed (it would carry the API key); "
+            "give the final address as --data.benchmark.judge.url", headers, fp)
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
+
+
+def read_capped(response, limit: int = MAX_REPLY_BYTES) -> bytes:
+    """The body of ``response``, or a ValueError when it is longer than ``limit`` bytes (a declared
+    ``Content-Length`` over the limit fails before reading; otherwise at most ``limit + 1`` bytes are read)."""
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise ValueError(f"reply of {int(declared)} bytes is longer than the judge reads ({limit} bytes)")
+    data = response.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"reply is longer than the judge reads ({limit} bytes); stopped reading")
+    return data
 
 
 def parse_verdict(reply: str) -> dict | None:
@@ -135,7 +168,8 @@ class Judge:
 
     def judge(self, item_id: str, question: str, reference: str, prediction: str) -> dict | None:
         """``{"pred": "yes"|"no", "score": int}`` for one answer, from the cache or the endpoint; None after
-        ``max_retries`` failed tries (HTTP error, timeout, unparseable reply)."""
+        ``max_retries`` failed tries (HTTP error, redirect, timeout, reply over :data:`MAX_REPLY_BYTES`,
+        unparseable reply)."""
         item_id = str(item_id)
         if item_id in self._verdicts:
             self.cached += 1
@@ -147,7 +181,8 @@ class Judge:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
                 reply = self._chat(user)
-            except (OSError, http.client.HTTPException, ValueError, KeyError, IndexError, TypeError) as err:
+            except (OSError, http.client.HTTPException, ValueError, KeyError, IndexError, TypeError,
+                    RecursionError) as err:  # RecursionError: deeply nested JSON
                 log.warning("judge: item %s, try %d/%d: %s", item_id, attempt + 1, self.max_retries, err)
                 continue
             if verdict := parse_verdict(reply):
@@ -159,7 +194,8 @@ class Judge:
         return None
 
     def _chat(self, user: str) -> str:
-        """One chat completion; the reply's text."""
+        """One chat completion; the reply's text. Redirects are refused and the reply is read up to
+        :data:`MAX_REPLY_BYTES` (module docstring)."""
         body = {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
                 "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]}
         headers = {"Content-Type": "application/json"}
@@ -167,8 +203,8 @@ class Judge:
             headers["Authorization"] = f"Bearer {key}"
         request = urllib.request.Request(f"{self.url.rstrip('/')}/chat/completions",
                                          data=json.dumps(body).encode(), headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            content = json.loads(response.read())["choices"][0]["message"]["content"]
+        with _OPENER.open(request, timeout=self.timeout) as response:
+            content = json.loads(read_capped(response))["choices"][0]["message"]["content"]
         if not isinstance(content, str):
             raise TypeError(f"reply without text content: {content!r}")
         return content
