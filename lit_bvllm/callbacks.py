@@ -3,10 +3,12 @@ keeps across a resume (``RNGState``), its training recipe (``TemperatureSchedule
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -74,8 +76,6 @@ class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
         super().__init__(write_interval="batch")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
-        import json
-
         out = Path(trainer.log_dir or ".")
         out.mkdir(parents=True, exist_ok=True)
         with open(out / f"predictions.rank{trainer.global_rank}.jsonl", "a") as f:
@@ -206,10 +206,6 @@ class BenchmarkEvaluation(L.Callback):
         self._records += records
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        import json
-
-        import torch.distributed as dist
-
         ev = self._evaluator(trainer)
         states = self._scores.compute()  # summed over ranks
         records = self._records

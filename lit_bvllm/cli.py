@@ -26,7 +26,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub: every c
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from datamodules import VideoInstructDataModule  # noqa: E402
+import importlib  # noqa: E402
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint  # noqa: E402
+from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from lightning.pytorch.plugins.io import CheckpointIO  # noqa: E402
+
+from datamodules import SkippedSamplesLogger, VideoInstructDataModule  # noqa: E402
+from datamodules.conversation import IGNORE_INDEX  # noqa: E402
+from datamodules.scan import scan_dataset, write_report  # noqa: E402
+from lit_bvllm.callbacks import (  # noqa: E402
+    BenchmarkEvaluation,
+    KeepingConfigSnapshot,
+    PredictionWriter,
+    RNGState,
+    RunSummary,
+)
+from lit_bvllm.checkpointing import AtomicCheckpointIO  # noqa: E402
+from lit_bvllm.export import export as export_model  # noqa: E402
+from lit_bvllm.lit_module import VideoLLMModule  # noqa: E402
+from lit_bvllm.probe import probe_tower  # noqa: E402
+from lit_bvllm.synthetic import make_synthetic  # noqa: E402
+from lit_bvllm.tiny import make_tiny  # noqa: E402
 from lit_bvllm.weights import read_checkpoint  # noqa: E402
 
 
@@ -39,8 +62,6 @@ def scan(data: VideoInstructDataModule, out: str = "scan_report.json", workers: 
         workers: parallel processes.
         decode: decode every sampled frame, not only headers (slower, catches mid-file corruption).
     """
-    from datamodules.scan import scan_dataset, write_report
-
     data.hparams.blocklist = None  # a scan looks at every entry
     data.setup("fit")
     report = scan_dataset([d for d in (data.train_set, data.val_set) if d is not None], workers, decode)
@@ -56,8 +77,6 @@ def preview(data: VideoInstructDataModule, num_samples: int = 4) -> None:
         data: the data section of a training config.
         num_samples: samples printed (the batch size is set to this).
     """
-    from datamodules.conversation import IGNORE_INDEX
-
     data.hparams.batch_size, data.hparams.num_workers = num_samples, 0
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
@@ -86,19 +105,183 @@ def preview(data: VideoInstructDataModule, num_samples: int = 4) -> None:
     print(f"\nskipped entries in this batch: {len(batch['skipped'])}")
 
 
-def _setup_commands() -> dict:
-    """Commands that build the embedded default; they read no run config."""
-    from lit_bvllm.probe import probe_tower
-    from lit_bvllm.synthetic import make_synthetic
-    from lit_bvllm.tiny import make_tiny
-
-    return {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "probe-tower": probe_tower}
-
-
 LINKED = {"tokenizer": "--model.llm", "vision_tower": "--model.vision_tower", "video_token": "--model.video_token"}
 STRUCTURE = ("reducer", "feature_layer", "video_token", "lora_r", "lora_alpha")  # a checkpoint must agree on these
 CONFIG_COMMANDS = ("export", "scan", "preview")  # read the run config training reads; methods of the CLI below
 REPORTING = ("probe-tower",)  # commands that print their own report (a table) instead of their return value
+SETUP = {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "probe-tower": probe_tower}  # no run config
+
+
+def default_checkpoint() -> ModelCheckpoint:
+    """The suite's checkpointing when a config declares none: every 500 steps, and last.ckpt for ``--ckpt_path last``."""
+    return ModelCheckpoint(filename="step{step}", save_last=True, save_top_k=-1, every_n_train_steps=500,
+                           auto_insert_metric_name=False)
+
+
+class VideoCLI(LightningCLI):
+    """LightningCLI with the suite's subcommands, checks and defaults (see the module docstring)."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), **{c: {"model", "datamodule"} for c in CONFIG_COMMANDS}}
+
+    def _add_subcommands(self, parser, **kwargs) -> None:
+        """Lightning's loop over its trainer commands, extended: a config command's arguments come from this
+        class's method, a setup command's from its function."""
+        self._subcommand_parsers = {}
+        self._setup_arguments: dict[str, set[str]] = {}
+        subcommands = parser.add_subcommands()
+        for name in self.subcommands():
+            klass = self.trainer_class if name in LightningCLI.subcommands() else type(self)
+            description = (getattr(klass, name).__doc__ or "").strip().split("\n")[0]
+            sub = self._prepare_subcommand_parser(klass, name, **{"description": description, **kwargs.get(name, {})})
+            self._subcommand_parsers[name] = sub
+            subcommands.add_subcommand(name, sub, help=description)
+        for name, fn in SETUP.items():
+            description = (fn.__doc__ or "").strip().split("\n")[0]
+            sub = self.init_parser(description=description)
+            self._setup_arguments[name] = set(sub.add_function_arguments(fn, as_group=False))
+            self._subcommand_parsers[name] = sub
+            subcommands.add_subcommand(name, sub, help=description)
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` against the config. Lightning's default replaces the config's model settings by
+        the checkpoint's, explicit flags included; here the config stays what it says, the checkpoint is read
+        safely, and a checkpoint of another model structure stops the run with the differences listed."""
+        sub = self.config.get("subcommand")
+        if not sub or sub in SETUP:
+            return
+        ckpt_path = self.config[sub].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return  # none, or "last"/"best": Lightning resolves it, and the model checks what it loads
+        saved = read_checkpoint(ckpt_path, "--ckpt_path").get("hyper_parameters") or {}
+        model = self.config[sub]["model"]
+        diffs = []
+        for key in STRUCTURE:
+            if key not in saved:
+                continue
+            ours = model.get(key)
+            ours = ours.as_dict() if hasattr(ours, "as_dict") else ours
+            theirs = saved[key]
+            if key == "reducer":
+                args, their_args = (ours or {}).get("init_args") or {}, theirs.get("init_args") or {}
+                same = _same_class(ours.get("class_path"), theirs.get("class_path")) and all(
+                    args[k] == their_args[k] for k in set(args) & set(their_args))
+            else:
+                same = ours == theirs
+            if not same:
+                diffs.append(f"{key}: checkpoint {theirs} vs config {ours}")
+        if diffs:
+            raise ValueError(f"--ckpt_path '{ckpt_path}' holds another model than this config describes: "
+                             + "; ".join(diffs) + ". Use the config of the run that wrote it (its config.yaml).")
+
+    def _set_seed(self) -> None:
+        if self.subcommand not in SETUP:
+            super()._set_seed()
+
+    def parse_arguments(self, parser, args) -> None:
+        """Refuse a flag that sets a linked data setting: the link would override it without a word."""
+        for arg in args or []:
+            key = str(arg).split("=", 1)[0]
+            for name, source in LINKED.items():
+                if key in (f"--data.{name}", f"--data.init_args.{name}"):
+                    raise ValueError(f"{key} is set from {source} (one setting for the model and the data); set "
+                                     f"{source} instead")
+        super().parse_arguments(parser, args)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.llm", "data.init_args.tokenizer")
+        parser.link_arguments("model.vision_tower", "data.init_args.vision_tower")
+        # the data writes the placeholder the model splices at: one setting, --model.video_token
+        parser.link_arguments("model.video_token", "data.init_args.video_token")
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand in SETUP:
+            return
+        cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        if cfg.trainer.get("precision") is None:  # bf16-mixed where the hardware has it
+            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            cfg.trainer.precision = "bf16-mixed" if bf16 else "32-true"
+
+    def instantiate_classes(self) -> None:
+        if self.subcommand in SETUP:
+            self.model = self.datamodule = self.trainer = None
+            return
+        super().instantiate_classes()
+
+    def instantiate_trainer(self, **kwargs):
+        """Checkpoints are written atomically (:class:`AtomicCheckpointIO`) unless the config names its own
+        checkpoint IO, and the suite's callbacks join the config's. Added here, not as parser or trainer
+        defaults: an instance there is written into the run's ``config.yaml`` as "Unable to serialize instance",
+        and the snapshot no longer replays."""
+        trainer = self._get(self.config_init, "trainer", default={})
+        plugins = trainer.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        # the checkpoint interval lives in the config (experiments/pretrain.yaml); a config without a
+        # ModelCheckpoint still gets the suite's (every 500 steps, last.ckpt for --ckpt_path last)
+        callbacks = trainer.get("callbacks")
+        callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        if trainer.get("enable_checkpointing", True) is not False and not any(
+                isinstance(c, ModelCheckpoint) for c in callbacks):
+            callbacks.append(default_checkpoint())
+        # the suite's own machinery, in every run: skipped-sample counts, the run summary, the RNG streams in the
+        # checkpoint, benchmark scoring, prediction files, the learning rate in the logs
+        callbacks += [SkippedSamplesLogger(), RunSummary(), RNGState(), BenchmarkEvaluation(), PredictionWriter(),
+                      LearningRateMonitor(logging_interval="step")]
+        return super().instantiate_trainer(**{"plugins": plugins, "callbacks": callbacks, **kwargs})
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand in SETUP:
+            cfg = self.config[subcommand]
+            result = SETUP[subcommand](**{k: cfg[k] for k in self._setup_arguments[subcommand]})
+            if result is not None and subcommand not in REPORTING:
+                print(json.dumps(result, indent=2, default=str))
+            return
+        if subcommand in CONFIG_COMMANDS:  # Lightning looks the command up on the trainer first
+            getattr(self, subcommand)(**self._prepare_subcommand_kwargs(subcommand))
+            return
+        super()._run_subcommand(subcommand)
+
+    # ------------------------------------------------------------ commands that read the run config
+
+    def export(self, model, datamodule=None, ckpt_path: str | None = None, out: str = "export",
+               merge_lora: bool = False) -> None:
+        """Write the config's model with a checkpoint's weights to a folder that loads without Lightning.
+
+        Args:
+            ckpt_path: the training checkpoint (``runs/<stage>/<version>/checkpoints/last.ckpt``).
+            out: the export folder (:mod:`lit_bvllm.export`).
+            merge_lora: merge the LoRA weights into the LLM (else an adapter folder beside the base LLM).
+        """
+        if ckpt_path is None:
+            raise ValueError("lit_bvllm export needs --ckpt_path (a training checkpoint)")
+        model.hparams.init_from = None  # the checkpoint holds every trained tensor
+        model.configure_model()
+        state = read_checkpoint(ckpt_path, "--ckpt_path").get("state_dict") or {}
+        model.check_state(state, f"--ckpt_path '{ckpt_path}'")
+        model.load_state_dict(state, strict=False)
+        path = export_model(model.model, out, merge_lora=merge_lora)
+        print(f"exported {len(state)} trained tensors to {path}")
+
+    def scan(self, model, datamodule, out: str = "scan_report.json", workers: int = 2, decode: bool = False) -> None:
+        """Validate every entry of the training (and validation) set; the report is usable as --data.blocklist.
+
+        Args:
+            out: report path (JSON).
+            workers: parallel processes.
+            decode: decode every sampled frame, not only headers (slower, catches mid-file corruption).
+        """
+        scan(datamodule, out, workers, decode)
+
+    def preview(self, model, datamodule, num_samples: int = 4) -> None:
+        """Decode one training batch and print it: shapes, frames and times, and the text with supervised spans.
+
+        Args:
+            num_samples: samples printed (the batch size is set to this).
+        """
+        preview(datamodule, num_samples)
 
 
 def lightning_cli(args: list[str] | None = None, run: bool = True):
@@ -109,190 +292,6 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
     (export, scan, preview: methods of this CLI) and the setup commands (make-tiny, make-synthetic, probe-tower:
     functions, no run config) are subcommands of one root parser.
     """
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.cli import LightningCLI
-
-    from datamodules import SkippedSamplesLogger
-    from lit_bvllm.callbacks import BenchmarkEvaluation, KeepingConfigSnapshot, PredictionWriter, RNGState, RunSummary
-    from lit_bvllm.checkpointing import AtomicCheckpointIO
-    from lit_bvllm.lit_module import VideoLLMModule
-
-    setup = _setup_commands()
-
-    def default_checkpoint() -> ModelCheckpoint:
-        return ModelCheckpoint(filename="step{step}", save_last=True, save_top_k=-1, every_n_train_steps=500,
-                               auto_insert_metric_name=False)
-
-    class VideoCLI(LightningCLI):
-        @staticmethod
-        def subcommands() -> dict[str, set[str]]:
-            return {**LightningCLI.subcommands(), **{c: {"model", "datamodule"} for c in CONFIG_COMMANDS}}
-
-        def _add_subcommands(self, parser, **kwargs) -> None:
-            """Lightning's loop over its trainer commands, extended: a config command's arguments come from this
-            class's method, a setup command's from its function."""
-            self._subcommand_parsers = {}
-            self._setup_arguments: dict[str, set[str]] = {}
-            subcommands = parser.add_subcommands()
-            for name in self.subcommands():
-                klass = self.trainer_class if name in LightningCLI.subcommands() else type(self)
-                description = (getattr(klass, name).__doc__ or "").strip().split("\n")[0]
-                sub = self._prepare_subcommand_parser(klass, name, **{"description": description, **kwargs.get(name, {})})
-                self._subcommand_parsers[name] = sub
-                subcommands.add_subcommand(name, sub, help=description)
-            for name, fn in setup.items():
-                description = (fn.__doc__ or "").strip().split("\n")[0]
-                sub = self.init_parser(description=description)
-                self._setup_arguments[name] = set(sub.add_function_arguments(fn, as_group=False))
-                self._subcommand_parsers[name] = sub
-                subcommands.add_subcommand(name, sub, help=description)
-
-        def _parse_ckpt_path(self) -> None:
-            """Check ``--ckpt_path`` against the config. Lightning's default replaces the config's model settings by
-            the checkpoint's, explicit flags included; here the config stays what it says, the checkpoint is read
-            safely, and a checkpoint of another model structure stops the run with the differences listed."""
-            sub = self.config.get("subcommand")
-            if not sub or sub in setup:
-                return
-            ckpt_path = self.config[sub].get("ckpt_path")
-            if not ckpt_path or not Path(ckpt_path).is_file():
-                return  # none, or "last"/"best": Lightning resolves it, and the model checks what it loads
-            saved = read_checkpoint(ckpt_path, "--ckpt_path").get("hyper_parameters") or {}
-            model = self.config[sub]["model"]
-            diffs = []
-            for key in STRUCTURE:
-                if key not in saved:
-                    continue
-                ours = model.get(key)
-                ours = ours.as_dict() if hasattr(ours, "as_dict") else ours
-                theirs = saved[key]
-                if key == "reducer":
-                    args, their_args = (ours or {}).get("init_args") or {}, theirs.get("init_args") or {}
-                    same = _same_class(ours.get("class_path"), theirs.get("class_path")) and all(
-                        args[k] == their_args[k] for k in set(args) & set(their_args))
-                else:
-                    same = ours == theirs
-                if not same:
-                    diffs.append(f"{key}: checkpoint {theirs} vs config {ours}")
-            if diffs:
-                raise ValueError(f"--ckpt_path '{ckpt_path}' holds another model than this config describes: "
-                                 + "; ".join(diffs) + ". Use the config of the run that wrote it (its config.yaml).")
-
-        def _set_seed(self) -> None:
-            if self.subcommand not in setup:
-                super()._set_seed()
-
-        def parse_arguments(self, parser, args) -> None:
-            """Refuse a flag that sets a linked data setting: the link would override it without a word."""
-            for arg in args or []:
-                key = str(arg).split("=", 1)[0]
-                for name, source in LINKED.items():
-                    if key in (f"--data.{name}", f"--data.init_args.{name}"):
-                        raise ValueError(f"{key} is set from {source} (one setting for the model and the data); set "
-                                         f"{source} instead")
-            super().parse_arguments(parser, args)
-
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.link_arguments("model.llm", "data.init_args.tokenizer")
-            parser.link_arguments("model.vision_tower", "data.init_args.vision_tower")
-            # the data writes the placeholder the model splices at: one setting, --model.video_token
-            parser.link_arguments("model.video_token", "data.init_args.video_token")
-
-        def before_instantiate_classes(self) -> None:
-            import torch
-
-            if self.subcommand in setup:
-                return
-            cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
-            if cfg.trainer.get("precision") is None:  # bf16-mixed where the hardware has it
-                bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-                cfg.trainer.precision = "bf16-mixed" if bf16 else "32-true"
-
-        def instantiate_classes(self) -> None:
-            if self.subcommand in setup:
-                self.model = self.datamodule = self.trainer = None
-                return
-            super().instantiate_classes()
-
-        def instantiate_trainer(self, **kwargs):
-            """Checkpoints are written atomically (:class:`AtomicCheckpointIO`) unless the config names its own
-            checkpoint IO, and the suite's callbacks join the config's. Added here, not as parser or trainer
-            defaults: an instance there is written into the run's ``config.yaml`` as "Unable to serialize instance",
-            and the snapshot no longer replays."""
-            from lightning.pytorch.plugins.io import CheckpointIO
-
-            trainer = self._get(self.config_init, "trainer", default={})
-            plugins = trainer.get("plugins")
-            plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
-            if not any(isinstance(p, CheckpointIO) for p in plugins):
-                plugins.append(AtomicCheckpointIO())
-            # the checkpoint interval lives in the config (experiments/pretrain.yaml); a config without a
-            # ModelCheckpoint still gets the suite's (every 500 steps, last.ckpt for --ckpt_path last)
-            callbacks = trainer.get("callbacks")
-            callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-            if trainer.get("enable_checkpointing", True) is not False and not any(
-                    isinstance(c, ModelCheckpoint) for c in callbacks):
-                callbacks.append(default_checkpoint())
-            # the suite's own machinery, in every run: skipped-sample counts, the run summary, the RNG streams in the
-            # checkpoint, benchmark scoring, prediction files, the learning rate in the logs
-            callbacks += [SkippedSamplesLogger(), RunSummary(), RNGState(), BenchmarkEvaluation(), PredictionWriter(),
-                          LearningRateMonitor(logging_interval="step")]
-            return super().instantiate_trainer(**{"plugins": plugins, "callbacks": callbacks, **kwargs})
-
-        def _run_subcommand(self, subcommand: str) -> None:
-            if subcommand in setup:
-                cfg = self.config[subcommand]
-                result = setup[subcommand](**{k: cfg[k] for k in self._setup_arguments[subcommand]})
-                if result is not None and subcommand not in REPORTING:
-                    print(json.dumps(result, indent=2, default=str))
-                return
-            if subcommand in CONFIG_COMMANDS:  # Lightning looks the command up on the trainer first
-                getattr(self, subcommand)(**self._prepare_subcommand_kwargs(subcommand))
-                return
-            super()._run_subcommand(subcommand)
-
-        # ------------------------------------------------------------ commands that read the run config
-
-        def export(self, model, datamodule=None, ckpt_path: str | None = None, out: str = "export",
-                   merge_lora: bool = False) -> None:
-            """Write the config's model with a checkpoint's weights to a folder that loads without Lightning.
-
-            Args:
-                ckpt_path: the training checkpoint (``runs/<stage>/<version>/checkpoints/last.ckpt``).
-                out: the export folder (:mod:`lit_bvllm.export`).
-                merge_lora: merge the LoRA weights into the LLM (else an adapter folder beside the base LLM).
-            """
-            from lit_bvllm.export import export
-
-            if ckpt_path is None:
-                raise ValueError("lit_bvllm export needs --ckpt_path (a training checkpoint)")
-            model.hparams.init_from = None  # the checkpoint holds every trained tensor
-            model.configure_model()
-            state = read_checkpoint(ckpt_path, "--ckpt_path").get("state_dict") or {}
-            model.check_state(state, f"--ckpt_path '{ckpt_path}'")
-            model.load_state_dict(state, strict=False)
-            path = export(model.model, out, merge_lora=merge_lora)
-            print(f"exported {len(state)} trained tensors to {path}")
-
-        def scan(self, model, datamodule, out: str = "scan_report.json", workers: int = 2, decode: bool = False) -> None:
-            """Validate every entry of the training (and validation) set; the report is usable as --data.blocklist.
-
-            Args:
-                out: report path (JSON).
-                workers: parallel processes.
-                decode: decode every sampled frame, not only headers (slower, catches mid-file corruption).
-            """
-            scan(datamodule, out, workers, decode)
-
-        def preview(self, model, datamodule, num_samples: int = 4) -> None:
-            """Decode one training batch and print it: shapes, frames and times, and the text with supervised spans.
-
-            Args:
-                num_samples: samples printed (the batch size is set to this).
-            """
-            preview(datamodule, num_samples)
-
     return VideoCLI(
         VideoLLMModule,
         L.LightningDataModule,
@@ -306,8 +305,6 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
 
 def _same_class(a: str | None, b: str | None) -> bool:
     """Whether two class paths name one class (``lit_bvllm.reducers.BVLLM`` is ``lit_bvllm.reducers.bvllm.BVLLM``)."""
-    import importlib
-
     def resolve(path):
         module, _, name = (path or "").rpartition(".")
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
 from safetensors.torch import save_file
 
 from lit_bvllm.model import VideoLLM, reducer_factory
@@ -52,8 +53,6 @@ def export(model: VideoLLM, out: str | Path, merge_lora: bool = False) -> Path:
 def _model_yaml(out: Path, cfg: dict) -> str:
     """The export as the ``model:`` section of a ``lit_bvllm`` config (the reducer and projector come from
     ``weights``, the LoRA weights from the merged LLM or ``lora_adapter``)."""
-    import yaml
-
     model = {
         "llm": str(out / cfg["llm"]) if cfg["adapter"] is None else cfg["llm"],
         "vision_tower": cfg["vision_tower"],

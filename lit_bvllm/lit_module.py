@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from transformers import get_scheduler
 
 from lit_bvllm.backbones import VIDEO_TOKEN
 from lit_bvllm.model import VideoLLM, reducer_spec
@@ -196,8 +197,6 @@ class VideoLLMModule(L.LightningModule):
     def configure_optimizers(self):
         """AdamW over the visual parameters (``lr``) and the LoRA weights (``lr_llm``), with a per-step warm-up and
         decay schedule from ``transformers.get_scheduler``."""
-        from transformers import get_scheduler
-
         h = self.hparams
         groups = [{"params": self.model.visual_params(), "lr": h.lr, "name": "visual"}]
         llm = [p for p in self.model.llm.parameters() if p.requires_grad]

@@ -24,12 +24,14 @@ reducer adds itself (:class:`lit_bvllm.reducers.base.ReducerOutput`).
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
 
 from datamodules.conversation import IGNORE_INDEX
@@ -93,15 +95,11 @@ class VideoLLM(nn.Module):
 
     def add_lora(self, r: int, alpha: int, dropout: float) -> None:
         """Trainable LoRA (peft) on every linear layer of the LLM except its output head ("all-linear")."""
-        from peft import LoraConfig, get_peft_model
-
         self.llm = get_peft_model(self.llm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                                                        target_modules="all-linear"))
 
     def load_lora(self, adapter: str) -> None:
         """A saved peft LoRA adapter (an export's ``adapter/``, a local folder) onto the LLM, frozen."""
-        from peft import PeftModel
-
         if not (Path(adapter) / "adapter_config.json").is_file():  # peft would look a missing path up on the hub
             raise FileNotFoundError(f"--model.lora_adapter '{adapter}' is not a local LoRA adapter folder (no "
                                     "adapter_config.json); lit_bvllm loads only local folders")
@@ -213,7 +211,5 @@ def reducer_spec(factory) -> dict:
 
 def reducer_factory(spec: dict) -> Callable[[int], Reducer]:
     """The inverse of :func:`reducer_spec`."""
-    import importlib
-
     module, name = spec["class_path"].rsplit(".", 1)
     return functools.partial(getattr(importlib.import_module(module), name), **spec.get("init_args", {}))

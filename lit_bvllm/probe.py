@@ -24,7 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from datamodules.io import write_json
+from datamodules.transforms import FrameTransform
+from datamodules.video import read_video
 from lit_bvllm.synthetic.scenes import NEEDLE_COLOURS, NEEDLE_SHAPES
+from lit_bvllm.vision import VisionEncoder
 
 FEATURES = ("cls", "mean_patch", "patches")
 
@@ -46,8 +50,6 @@ def frame_labels(record: dict, times: np.ndarray) -> dict[str, np.ndarray]:
 @torch.no_grad()
 def encode_videos(records: list[dict], root: Path, encoder, transform, fps: float = 1.0, max_frames: int | None = None):
     """``(features {name: (n, F)}, labels {name: (n,)})`` of every frame sampled from ``records`` at ``fps``."""
-    from datamodules.video import read_video
-
     feats: dict[str, list[Tensor]] = {k: [] for k in FEATURES}
     labels: dict[str, list[np.ndarray]] = {"needle": [], "shape": [], "colour": []}
     for record in records:  # one video per tower call (its frames batched); probing, not a forward pass
@@ -133,9 +135,6 @@ def probe_tower(vision_tower: str, data: str, out: str | None = None, feature_la
         max_videos: use at most this many training and this many eval videos (quick checks).
         transform: ``processor`` (the tower's image processor) or ``plain``.
     """
-    from datamodules.transforms import FrameTransform
-    from lit_bvllm.vision import VisionEncoder
-
     t0 = time.time()
     root = Path(data)
     meta_path = root / "metadata.json"
@@ -166,8 +165,6 @@ def probe_tower(vision_tower: str, data: str, out: str | None = None, feature_la
     }
     result["seconds"] = round(time.time() - t0, 1)
     path = Path(out) if out else root / f"probe_{Path(vision_tower).resolve().name}.json"
-    from datamodules.io import write_json
-
     write_json(path, result)
     print(f"linear probes of {vision_tower} (layer {feature_layer}), {result['frames']['train']} training / "
           f"{result['frames']['test']} held-out frames ({result['needle_frames']['test']} with a needle; always 'no': "
