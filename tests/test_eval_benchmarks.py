@@ -2,6 +2,8 @@
 scoring and aggregation on planted outputs; sharding without duplicates or losses; bad videos; submissions; judge."""
 
 import json
+import os
+import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -253,9 +255,8 @@ def test_a_missing_video_is_reported_and_the_run_finishes(model, tiny, synthetic
     entries = json.loads((src / "VNBench_qa.json").read_text())[:4]
     entries[1]["video"] = "videos/does_not_exist.mp4"
     root = tmp_path / "bad"
-    root.mkdir()
+    shutil.copytree(src / "videos", root / "videos", copy_function=os.link)  # a link out would be refused
     (root / "VNBench_qa.json").write_text(json.dumps(entries))
-    (root / "videos").symlink_to(src / "videos")
     _, result, records, _ = run_test(model, tiny, VNBench(str(root)), tmp_path)
     assert result["errors"] == 1 and result["error_ids"] == [entries[1]["question_id"]]
     bad = next(r for r in records if r["error"])

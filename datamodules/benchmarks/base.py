@@ -45,6 +45,12 @@ class Benchmark(ABC):
     def __init__(self, root: str):
         self.root = root
 
+    def media_roots(self) -> list[str]:
+        """The folders an item's video, frame folder and subtitles must lie in, symlinks resolved: ``root``, and
+        any media folder option of the benchmark (MVBench's ``video_root``). The data module refuses media
+        elsewhere unless ``--data.allow_outside_root``."""
+        return [self.root]
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"

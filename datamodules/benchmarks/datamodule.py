@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.benchmarks.base import Benchmark, MultipleChoiceBenchmark
 from datamodules.benchmarks.items import EvalItem
 from datamodules.benchmarks.prompts import with_subtitles
+from datamodules.benchmarks.reading import confine_media
 from datamodules.conversation import IGNORE_INDEX
 from datamodules.errors import SampleError
 from datamodules.transforms import FrameTransform
@@ -54,15 +55,19 @@ class BenchmarkDataset(Dataset):
         max_question_length: question tokens kept.
         video_token: placeholder token.
         blind: give the model no frames (the language-prior baseline).
+        allow_outside_root: read media that resolve outside the benchmark's ``media_roots()``; False: such an
+            item is an error item (``path_escape``), read nothing of. ``refusals`` maps their positions to why.
     """
 
     def __init__(self, items: list[EvalItem], benchmark: Benchmark, tokenizer, transform: FrameTransform,
                  mode: Literal["generate", "likelihood"] = "generate", frame_mode: str = "fps", fps: float = 1.0,
                  num_frames: int = 16, max_frames: int | None = 128, question_tokenizer=None,
-                 max_question_length: int = 64, video_token: str = "<video>", blind: bool = False):
+                 max_question_length: int = 64, video_token: str = "<video>", blind: bool = False,
+                 allow_outside_root: bool = False):
         self.items, self.benchmark, self.tokenizer, self.transform = items, benchmark, tokenizer, transform
         self.mode, self.frame_mode, self.fps = mode, frame_mode, fps
         self.num_frames, self.max_frames, self.blind = num_frames, max_frames, blind
+        self.refusals = {} if allow_outside_root else refusals(items, benchmark.media_roots())
         self.question_tokenizer = question_tokenizer or tokenizer
         self.max_question_length, self.video_token = max_question_length, video_token
         self._last = None  # (key, frames) of the last video read: see frames()
@@ -91,19 +96,22 @@ class BenchmarkDataset(Dataset):
         self._last = (key, out)
         return out
 
-    def prompt(self, item: EvalItem, times) -> str:
+    def prompt(self, item: EvalItem, times, subtitles: bool = True) -> str:
         """The user turn after the placeholder: the reference prompt, or the bare question in likelihood mode (after
-        the subtitles shown at the sampled frames, where the benchmark shows them)."""
-        subs = self.benchmark.frame_subtitles(item, times)
+        the subtitles shown at the sampled frames, where the benchmark shows them, unless ``subtitles`` is False)."""
+        subs = self.benchmark.frame_subtitles(item, times) if subtitles else None
         if self.mode == "likelihood":
             return item.question if not subs else with_subtitles(item.question, subs)
         return self.benchmark.prompt(item, subs)
 
     def __getitem__(self, i: int) -> dict:
         item = self.items[i]
-        frames, times, error = self.frames(item)
+        if refused := self.refusals.get(i):  # nothing of it is read, its subtitles neither (blind mode too)
+            frames, times, error = self.transform(no_frames()), torch.zeros(0), refused
+        else:
+            frames, times, error = self.frames(item)
         tok = self.tokenizer
-        text = self.prompt(item, times)
+        text = self.prompt(item, times, subtitles=refused is None)
         chat = tok.apply_chat_template([{"role": "user", "content": f"{self.video_token}\n{text}"}],
                                        tokenize=False, add_generation_prompt=True)
         ids = tok(chat, add_special_tokens=False)["input_ids"]
@@ -122,6 +130,18 @@ class BenchmarkDataset(Dataset):
             options = [tok(o + tok.eos_token, add_special_tokens=False)["input_ids"] for o in item.options]
             sample["options"] = [(torch.tensor(ids + o), torch.tensor([IGNORE_INDEX] * len(ids) + o)) for o in options]
         return sample
+
+
+def refusals(items: list[EvalItem], roots: list[str]) -> dict[int, str]:
+    """``{position: "path_escape: ..."}`` of the items whose video, frames or subtitles resolve outside ``roots``
+    (:func:`~datamodules.benchmarks.reading.confine_media`), checked once before anything is read."""
+    out = {}
+    for i, item in enumerate(items):
+        try:
+            confine_media(item.video, item.subtitles, roots)
+        except SampleError as err:
+            out[i] = f"{err.reason}: {err.detail}"
+    return out
 
 
 class OptionsCollator(VideoInstructCollator):
@@ -202,6 +222,11 @@ class BenchmarkDataModule(L.LightningDataModule):
         max_question_length: question tokens kept.
         video_token: placeholder token.
         blind: give the model no frames (the language-prior baseline a score should beat).
+        allow_outside_root: read videos, frame folders and subtitles wherever their paths lead. False (the
+            default): one that resolves (symlinks followed, ``..`` and absolute paths included) outside the
+            benchmark's ``root`` (MVBench: or its ``video_root``) is not read; its item is an error item, reported
+            by id in ``error_ids`` and counted wrong, as a missing video is, and the run goes on. The training data's
+            rule, ``path_escape``.
     """
 
     def __init__(self, benchmark: Benchmark, tokenizer: str, mode: Literal["generate", "likelihood"] = "generate",
@@ -209,7 +234,7 @@ class BenchmarkDataModule(L.LightningDataModule):
                  frame_mode: Literal["fps", "uniform"] = "fps", fps: float = 1.0, num_frames: int = 16,
                  max_frames: int | None = 128, batch_size: int = 4, num_workers: int = 1, limit: int | None = None,
                  question_tokenizer: str | None = None, max_question_length: int = 64, video_token: str = "<video>",
-                 blind: bool = False):
+                 blind: bool = False, allow_outside_root: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["benchmark"])
         self.benchmark = benchmark
@@ -231,10 +256,22 @@ class BenchmarkDataModule(L.LightningDataModule):
         transform = FrameTransform(h.transform, h.vision_tower)
         self.test_set = BenchmarkDataset(self.items, benchmark, self.tokenizer, transform, h.mode, h.frame_mode, h.fps,
                                          h.num_frames, h.max_frames, qtok, h.max_question_length, h.video_token,
-                                         h.blind)
+                                         h.blind, h.allow_outside_root)
+        if refused := self.test_set.refusals:
+            self._report_refusals(refused)
         qpad = None if qtok is None else qtok.pad_token_id
         self.collator = BenchmarkCollator(self.tokenizer.pad_token_id, transform.image_size, h.mode, qpad)
         self.evaluator = Evaluator(benchmark, self.items, h.mode)
+
+    def _report_refusals(self, refused: dict[int, str]) -> None:
+        """One warning for the items whose media lie outside the benchmark's folders (they stay, as error items);
+        a ValueError when that is every item, since such a run could only score 0."""
+        first = next(iter(refused))
+        what = (f"{len(refused)} of {len(self.items)} {self.name} items are not read, their media lying outside the "
+                f"benchmark's folders (first: item {self.items[first].id!r}, {refused[first]})")
+        if len(refused) == len(self.items):
+            raise ValueError(f"{what}. Check --data.benchmark.root")
+        log.warning("%s. They count as errors (error_ids in the results)", what)
 
     def test_dataloader(self) -> DataLoader:
         h = self.hparams

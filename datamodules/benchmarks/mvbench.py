@@ -88,6 +88,9 @@ class MVBench(MultipleChoiceBenchmark):
         super().__init__(root, parse_rule, fallback_letter)
         self.tasks, self.video_root, self.prefixes = tasks, video_root, prefixes
 
+    def media_roots(self) -> list[str]:
+        return [self.root] + ([self.video_root] if self.video_root is not None else [])
+
     def read(self) -> list[EvalItem]:
         root = Path(self.root)
         tasks, prefixes = self.tasks, self.prefixes or {}

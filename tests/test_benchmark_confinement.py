@@ -1,0 +1,184 @@
+"""Benchmark media stay inside the benchmark's folders: an absolute path, a ``..`` path or a symlink in the root that
+leads out of it is refused (its item an error item, the run going on) unless ``--data.allow_outside_root``."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from datamodules.benchmarks import BenchmarkDataModule, EvalItem, MVBench, VideoMME, VNBench
+from datamodules.benchmarks.datamodule import refusals
+from datamodules.benchmarks.reading import confine, confine_media
+from datamodules.errors import SampleError
+
+FLAG = "--data.allow_outside_root=true"
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_confine_keeps_paths_inside_and_refuses_each_way_out(tmp_path):
+    root, outside = tmp_path / "root", touch(tmp_path / "outside" / "v.mp4")
+    inside = touch(root / "videos" / "v.mp4")
+    (root / "videos" / "in_link.mp4").symlink_to(inside)
+    (root / "videos" / "out_link.mp4").symlink_to(outside)
+    (root / "linked_folder").symlink_to(outside.parent, target_is_directory=True)
+    assert confine(inside, [root], "video") == inside.resolve()
+    assert confine(root / "videos" / "in_link.mp4", [root], "video") == inside.resolve()
+    assert confine(root / "videos" / "missing.mp4", [root], "video") == (root / "videos" / "missing.mp4").resolve()
+    for way_out in (outside, root / "videos" / ".." / ".." / "outside" / "v.mp4", root / "videos" / "out_link.mp4",
+                    root / "linked_folder" / "v.mp4"):
+        with pytest.raises(SampleError) as err:
+            confine(way_out, [root], "video")
+        assert err.value.reason == "path_escape" and err.value.field == "video"
+        leads = "is" if way_out == outside else f"resolves to '{outside.resolve()}',"
+        assert f"'{way_out}' {leads} outside the benchmark root '{root.resolve()}'" in str(err.value)
+        assert FLAG in str(err.value)
+    assert confine(outside, [root, outside.parent], "video") == outside.resolve()  # any of several folders
+    linked_root = tmp_path / "linked_root"  # the root itself may be a link: it is resolved too
+    linked_root.symlink_to(root, target_is_directory=True)
+    assert confine(linked_root / "videos" / "v.mp4", [linked_root], "video") == inside.resolve()
+
+
+def test_a_frame_folder_and_subtitles_are_confined_too(tmp_path):
+    root, outside = tmp_path / "root", touch(tmp_path / "outside" / "00002.jpg")
+    folder = root / "frames" / "clip"
+    touch(folder / "00001.jpg")
+    confine_media(str(folder), None, [root])
+    (folder / "00002.jpg").symlink_to(outside)  # one frame links out of the root
+    with pytest.raises(SampleError, match="path_escape in field 'video': .*00002.jpg"):
+        confine_media(str(folder), None, [root])
+    (folder / "00002.jpg").unlink()
+    srt = root / "subtitle" / "v.srt"
+    srt.parent.mkdir()
+    srt.symlink_to(touch(tmp_path / "outside" / "v.srt"))
+    with pytest.raises(SampleError, match="path_escape in field 'subtitles'"):
+        confine_media(str(folder), str(srt), [root])
+
+
+@pytest.fixture
+def escaping(tmp_path, synthetic):
+    """A VNBench root with the synthetic videos hard-linked in, whose entries 1-3 lead out of it: an absolute path,
+    a ``..`` path and a symlink inside the root; entries 0 and 4 stay inside."""
+    src = synthetic / "eval" / "vnbench"
+    root, outside = tmp_path / "bench", tmp_path / "elsewhere"
+    shutil.copytree(src / "videos", root / "videos", copy_function=os.link)
+    shutil.copytree(src / "videos", outside, copy_function=os.link)
+    entries = json.loads((src / "VNBench_qa.json").read_text())[:5]
+    name = Path(entries[1]["video"]).name
+    entries[1]["video"] = str(outside / name)
+    entries[2]["video"] = f"../elsewhere/{Path(entries[2]['video']).name}"
+    (root / "videos" / "link.mp4").symlink_to(outside / Path(entries[3]["video"]).name)
+    entries[3]["video"] = "videos/link.mp4"
+    (root / "VNBench_qa.json").write_text(json.dumps(entries))
+    return root, [e["question_id"] for e in entries]
+
+
+def test_refusals_name_the_items_that_lead_out(escaping):
+    root, ids = escaping
+    items = VNBench(str(root)).read()
+    refused = refusals(items, [str(root)])
+    assert sorted(refused) == [1, 2, 3]
+    assert all(r.startswith("path_escape: ") and FLAG in r for r in refused.values())
+    assert refusals(items, [str(root), str(root.parent / "elsewhere")]) == {}
+
+
+def test_mvbench_videos_may_lie_in_its_video_root(tmp_path):
+    """MVBench's ``video_root`` option names a media folder of its own: videos there are inside."""
+    videos = touch(tmp_path / "disk" / "star" / "Charades_v1_480" / "a.mp4").parents[2]
+    item = EvalItem("action_sequence_0", str(videos / "star" / "Charades_v1_480" / "a.mp4"), "q?", ["a", "b"], 0)
+    assert list(refusals([item], MVBench(str(tmp_path / "mvbench")).media_roots())) == [0]
+    assert refusals([item], MVBench(str(tmp_path / "mvbench"), video_root=str(videos)).media_roots()) == {}
+    assert VideoMME(str(tmp_path)).media_roots() == [str(tmp_path)]
+
+
+def run(model, tiny, benchmark, tmp_path, **kwargs):
+    dm = BenchmarkDataModule(benchmark, tiny["llm"], vision_tower=tiny["vision"], num_workers=0, batch_size=5,
+                             **kwargs)
+    from lit_bvllm.callbacks import BenchmarkEvaluation
+
+    logger = L.pytorch.loggers.CSVLogger(tmp_path, name="runs", version=str(kwargs))
+    trainer = L.Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[BenchmarkEvaluation()])
+    trainer.test(model, datamodule=dm)
+    out = Path(logger.log_dir)
+    records = [json.loads(line) for line in (out / "vnbench_predictions.jsonl").read_text().splitlines()]
+    return json.loads((out / "vnbench_results.json").read_text()), records
+
+
+@pytest.fixture(scope="module")
+def model(tiny):
+    import functools
+
+    from lit_bvllm.lit_module import VideoLLMModule
+    from lit_bvllm.reducers import Uniform
+
+    m = VideoLLMModule(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=2, budget=32),
+                       max_new_tokens=2)
+    m.configure_model()
+    return m.eval()
+
+
+def test_media_outside_the_root_are_error_items_unless_allowed(escaping, model, tiny, tmp_path, caplog):
+    """Flag off: the absolute, ``..`` and symlinked entries stay as error items, counted wrong and listed by id, and
+    the run finishes; flag on: all five are read."""
+    root, ids = escaping
+    result, records = run(model, tiny, VNBench(str(root)), tmp_path)
+    assert (result["items"], result["evaluated"], result["errors"]) == (5, 5, 3)
+    assert result["error_ids"] == sorted(ids[1:4])
+    bad = {r["id"]: r for r in records if r["error"]}
+    assert set(bad) == set(ids[1:4]) and all(not r["correct"] and r["pred"] is None for r in bad.values())
+    assert all(r["error"].startswith("path_escape: ") and FLAG in r["error"] for r in bad.values())
+    assert "3 of 5 vnbench items are not read" in caplog.text
+
+    result, records = run(model, tiny, VNBench(str(root)), tmp_path, allow_outside_root=True)
+    assert (result["evaluated"], result["errors"], result["error_ids"]) == (5, 0, [])
+
+
+def test_no_item_inside_the_root_stops_at_setup(escaping, tiny):
+    root, _ = escaping
+    entries = json.loads((root / "VNBench_qa.json").read_text())
+    (root / "VNBench_qa.json").write_text(json.dumps(entries[1:4]))
+    dm = BenchmarkDataModule(VNBench(str(root)), tiny["llm"], vision_tower=tiny["vision"], num_workers=0)
+    with pytest.raises(ValueError, match=r"3 of 3 vnbench items are not read.*Check --data.benchmark.root"):
+        dm.setup("test")
+    allowed = BenchmarkDataModule(VNBench(str(root)), tiny["llm"], vision_tower=tiny["vision"], num_workers=0,
+                                  allow_outside_root=True)
+    allowed.setup("test")
+    assert allowed.test_set[0]["meta"]["error"] is None and allowed.test_set[0]["frame_times"].numel() > 0
+
+
+def test_a_refused_subtitle_file_is_not_read(tmp_path, tiny, monkeypatch):
+    """Video-MME with subtitles: an .srt linking out of the root makes its item an error item, and the file is not
+    opened (not even in blind mode, where no video is read)."""
+    import datamodules.benchmarks.videomme as vmod
+
+    opened = []
+    monkeypatch.setattr(vmod, "read_srt", lambda path: opened.append(path) or [])
+    root = tmp_path / "videomme"
+    for name in ("vid", "vid2"):
+        touch(root / "data" / f"{name}.mp4")
+    (root / "subtitle").mkdir()
+    (root / "subtitle" / "vid.srt").symlink_to(touch(tmp_path / "private.srt"))
+    rows = [{"video_id": f"00{k}", "videoID": name, "duration": "short", "domain": "d", "sub_category": "s",
+             "question_id": f"00{k}-1", "task_type": "Counting Problem", "question": "How many?",
+             "options": ["A. 1", "B. 2", "C. 3", "D. 4"], "answer": "B"} for k, name in enumerate(("vid", "vid2"))]
+    (root / "rows.json").write_text(json.dumps(rows))
+    benchmark = VideoMME(str(root), annotation="rows.json", subtitles=True)
+    dm = BenchmarkDataModule(benchmark, tiny["llm"], vision_tower=tiny["vision"], num_workers=0, blind=True)
+    dm.setup("test")
+    refused, fine = dm.test_set[0], dm.test_set[1]
+    assert refused["meta"]["error"].startswith("path_escape: ") and "subtitle/vid.srt" in refused["meta"]["error"]
+    assert fine["meta"]["error"] is None and opened == []  # vid2 has no .srt; vid's was never opened
+    assert "This video's subtitles" not in refused["meta"]["prompt"]
+
+    dm = BenchmarkDataModule(benchmark, tiny["llm"], vision_tower=tiny["vision"], num_workers=0, blind=True,
+                             allow_outside_root=True)
+    dm.setup("test")
+    assert dm.test_set[0]["meta"]["error"] is None and opened == [str(root / "subtitle" / "vid.srt")]
