@@ -182,3 +182,18 @@ def test_a_refused_subtitle_file_is_not_read(tmp_path, tiny, monkeypatch):
                              allow_outside_root=True)
     dm.setup("test")
     assert dm.test_set[0]["meta"]["error"] is None and opened == [str(root / "subtitle" / "vid.srt")]
+
+
+def test_the_flag_the_messages_name_exists(tiny, synthetic, monkeypatch):
+    """``--data.allow_outside_root`` as `lit_bvllm test` parses it, over the shipped eval configs."""
+    from lit_bvllm.cli import lightning_cli
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    configs = ["pretrain.yaml", "finetune.yaml", "eval/base.yaml", "eval/vnbench.yaml"]
+    args = [a for c in configs for a in ("--config", f"experiments/{c}")]
+    args += ["--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.init_from", "null",
+             "--trainer.logger", "false", "--data.benchmark.root", str(synthetic / "eval" / "vnbench")]
+    assert lightning_cli(args, run=False).datamodule.hparams.allow_outside_root is False
+    dm = lightning_cli(args + ["--data.allow_outside_root", "true"], run=False).datamodule
+    assert dm.hparams.allow_outside_root is True
