@@ -20,7 +20,7 @@ from datamodules.benchmarks import EvalItem, MultipleChoiceBenchmark
 
 
 class ColourQuiz(MultipleChoiceBenchmark):
-    """Reads ``<root>/<annotation>``: ``[{id, video, question, options, answer (text), kind}]``."""
+    """Reads ``<root>/<annotation>``: ``[{id, video (relative to root), question, options, answer (text), kind}]``."""
 
     name = "colour_quiz"
 
@@ -30,7 +30,8 @@ class ColourQuiz(MultipleChoiceBenchmark):
 
     def read(self) -> list[EvalItem]:
         entries = json.loads((Path(self.root) / self.annotation).read_text())
-        return [EvalItem(id=e["id"], video=e["video"], question=e["question"], options=e["options"],
+        root = Path(self.root)
+        return [EvalItem(id=e["id"], video=str(root / e["video"]), question=e["question"], options=e["options"],
                          answer=e["options"].index(e["answer"]), category=e["kind"]) for e in entries]
 
     def template(self, question: str, options: list[str]) -> str:
@@ -61,16 +62,19 @@ def quiz(tmp_path, synthetic, monkeypatch):
     """The module on sys.path, its annotation file over two synthetic eval videos, its YAML."""
     (tmp_path / "colour_quiz.py").write_text(MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
-    videos = sorted((synthetic / "eval" / "vnbench" / "videos").glob("*.mp4"))[:2]
+    (tmp_path / "quiz" / "videos").mkdir(parents=True)
+    videos = []  # the media inside the benchmark's root, as a benchmark ships them (media outside it are refused)
+    for src in sorted((synthetic / "eval" / "vnbench" / "videos").glob("*.mp4"))[:2]:
+        (tmp_path / "quiz" / "videos" / src.name).hardlink_to(src)
+        videos.append(f"videos/{src.name}")
     entries = [
-        {"id": "q0", "video": str(videos[0]), "question": "Which shape is red?", "options": ["ring", "star", "cross"],
+        {"id": "q0", "video": videos[0], "question": "Which shape is red?", "options": ["ring", "star", "cross"],
          "answer": "star", "kind": "shape"},
-        {"id": "q1", "video": str(videos[0]), "question": "What colour is the ring?", "options": ["red", "blue"],
+        {"id": "q1", "video": videos[0], "question": "What colour is the ring?", "options": ["red", "blue"],
          "answer": "red", "kind": "colour"},
-        {"id": "q2", "video": str(videos[1]), "question": "What colour is the star?", "options": ["cyan", "green"],
+        {"id": "q2", "video": videos[1], "question": "What colour is the star?", "options": ["cyan", "green"],
          "answer": "green", "kind": "colour"},
     ]
-    (tmp_path / "quiz").mkdir()
     (tmp_path / "quiz" / "quiz.json").write_text(json.dumps(entries))
     config = tmp_path / "colour_quiz.yaml"
     config.write_text(CONFIG.format(save_dir=tmp_path / "runs", root=tmp_path / "quiz"))
