@@ -33,6 +33,19 @@ class Conversation:
     media_path: str | None
 
 
+def check_text(text: str, field: str) -> None:
+    """Raise a ``bad_text`` :class:`SampleError` unless ``text`` is valid Unicode.
+
+    JSON may escape a lone surrogate (``"\\udcff"``); Python holds it in a ``str``, but it encodes to no UTF-8
+    and the tokenizer rejects it with a bare ``TypeError``.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise SampleError("bad_text", field, f"holds a lone surrogate {text[e.start]!r} at character {e.start}: "
+                                             "not valid Unicode, so it cannot be tokenized") from None
+
+
 def parse_entry(entry: dict, video_token: str) -> Conversation:
     """Validate one annotation entry and normalise its conversation. Raises :class:`SampleError`."""
     has_video, has_image = "video" in entry, "image" in entry
@@ -54,6 +67,7 @@ def parse_entry(entry: dict, video_token: str) -> Conversation:
         value = t.get("value", t.get("content"))
         if role is None or not isinstance(value, str):
             raise SampleError("bad_conversation", f"conversations[{k}]", "needs 'from' in human/gpt/system and a string 'value'")
+        check_text(value, f"conversations[{k}]")
         messages.append({"role": role, "content": value})
     system = messages[:1] if messages[0]["role"] == "system" else []
     body = messages[len(system) :]

@@ -2,7 +2,7 @@
 
 A :class:`SampleError` is raised while loading one entry. In training (``strict=False``) the dataset counts it
 under its ``reason`` and serves a replacement; with ``strict=True`` it becomes a :class:`DataError` whose message
-names the file, the entry and the flag to change.
+names the file, the entry and the flag to change. ``lit_bvllm scan`` lists every entry with its reason.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ REASONS = (
     "empty_video",        # zero bytes or zero frames
     "decode_error",       # corrupt or truncated media
     "too_long",           # the prompt alone exceeds max_length once the visual-token budget is reserved
+    "bad_text",           # text that is not valid Unicode (a lone surrogate such as "\\udcff"): it cannot be tokenized
+    "bad_image",          # an image declaring more pixels than datamodules.video.MAX_IMAGE_PIXELS (a decompression bomb)
+    "bad_container",      # a video header outside datamodules.video's limits (duration, frames, fps, size): never decoded
+    "crashed",            # scan only: checking the entry raised an unexpected error, or killed or hung its worker
 )
 
 
@@ -30,7 +34,7 @@ class SampleError(Exception):
 
 
 class DataError(RuntimeError):
-    """A data problem that stops the run (strict mode, or too many bad samples in a row)."""
+    """A data problem that stops the run (strict mode, or a share of bad entries above --data.max_bad_fraction)."""
 
 
 STRICT_HINT = (
@@ -43,3 +47,8 @@ def describe(err: SampleError, file: str, index: int, entry_id: str | None) -> s
     """Where and what: ``file: entry 4821, id 'v_1': decode_error in field 'video': ...``."""
     eid = f", id '{entry_id}'" if entry_id is not None else ""
     return f"{file}: entry {index}{eid}: {err.reason} in field '{err.field}': {err.detail}"
+
+
+def row_id(entry_id: str | None, file: str, index: int) -> str:
+    """The id a report row names an entry by: its own ``id``, else ``<file>#<index>``."""
+    return f"{file}#{index}" if entry_id is None else entry_id

@@ -11,7 +11,8 @@ A batch (see :class:`VideoInstructCollator`)::
     question_ids  (B, Q) int64                  the first human turn without its tag, for text-conditioned reducers
     question_mask (B, Q) int64
     meta          list of dicts                 id, source file, entry index, media kind, duration, truncated
-    skipped       list of dicts                 bad entries this batch replaced: reason, file, index, id
+    skipped       list of dicts                 bad entries found while loading it (reason, file, index, id), each
+                                                once per worker: known-bad entries are passed over silently
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +30,7 @@ from torch.utils.data import Dataset
 
 from datamodules.annotations import AnnotationFile, Source, mixture_index
 from datamodules.conversation import IGNORE_INDEX, parse_entry, tokenize
-from datamodules.errors import STRICT_HINT, DataError, SampleError, describe
+from datamodules.errors import STRICT_HINT, DataError, SampleError, describe, row_id
 from datamodules.transforms import FrameTransform
 from datamodules.video import IMAGE_SUFFIXES, no_frames, read_image, read_video
 
@@ -51,11 +53,22 @@ def load_blocklist(path: str | None) -> set[tuple[str, int]]:
     return {(str(Path(b["file"]).resolve()), int(b["index"])) for b in report.get("bad_entries", [])}
 
 
+SHARE_MIN_ENTRIES = 100
+"""The share of bad entries is judged over at least this many entries (or the whole set, if smaller), so that the
+first few entries of a run, bad by chance, cannot stop it."""
+
+
 class VideoInstructDataset(Dataset):
     """Entries of one or more annotation files, decoded, transformed and tokenized.
 
-    A bad entry raises :class:`DataError` when ``strict``; otherwise it is replaced by a deterministic
-    pseudo-random other entry (at most ``max_retries`` tries) and reported in the sample's ``skipped`` list.
+    A bad entry raises :class:`DataError` when ``strict``. Otherwise it is logged, reported once in the sample's
+    ``skipped`` list (reason, file, index, id) and remembered, and the sample is replaced by a deterministic
+    pseudo-random entry not yet known to be bad. Bad entries are remembered per process: each DataLoader worker
+    keeps its own set for as long as it lives (the whole run with the data module's persistent workers), so an
+    entry found bad is never read or reported again by that worker, and replacements depend on what it has met.
+    The run stops (:class:`DataError`, with the count, the share and the way to ``lit_bvllm scan``) once more than
+    ``max_bad_fraction`` of the entries a process has read are bad, judged over at least
+    :data:`SHARE_MIN_ENTRIES` entries (or all of them, if fewer).
     """
 
     def __init__(
@@ -73,18 +86,20 @@ class VideoInstructDataset(Dataset):
         question_tokenizer=None,
         max_question_length: int = 64,
         strict: bool = False,
-        max_retries: int = 3,
+        max_bad_fraction: float = 0.5,
         blocklist: set[tuple[str, int]] | None = None,
         seed: int = 0,
         video_token: str = "<video>",
     ):
         if visual_tokens >= max_length:
             raise ValueError(f"--data.visual_tokens ({visual_tokens}) must be smaller than --data.max_length ({max_length})")
+        if not 0 < max_bad_fraction <= 1:
+            raise ValueError(f"--data.max_bad_fraction must be in (0, 1], got {max_bad_fraction}")
         self.sources, self.tokenizer, self.transform = sources, tokenizer, transform
         self.template, self.frame_mode, self.fps, self.num_frames, self.max_frames = template, frame_mode, fps, num_frames, max_frames
         self.max_length, self.visual_tokens = max_length, visual_tokens
         self.question_tokenizer = question_tokenizer or tokenizer
-        self.max_question_length, self.strict, self.max_retries, self.seed = max_question_length, strict, max_retries, seed
+        self.max_question_length, self.strict, self.max_bad_fraction, self.seed = max_question_length, strict, max_bad_fraction, seed
         self.video_token = video_token
         self.files = [AnnotationFile(s.path) for s in sources]
         blocked = blocklist or set()
@@ -104,36 +119,70 @@ class VideoInstructDataset(Dataset):
             sel = src == s
             self.entry_of[sel] = kept[pos[sel]]
         self.num_blocked = sum(len(f) for f in self.files) - sum(sizes)
+        self.bad: dict[tuple[int, int], str] = {}  # (source, entry index) -> reason, for entries this process found bad
+        self.num_read = 0  # entries this process loaded successfully
 
     def __len__(self) -> int:
         return len(self.entry_of)
 
+    def _key(self, j: int) -> tuple[int, int]:
+        return int(self.source_of[j]), int(self.entry_of[j])
+
     def __getitem__(self, i: int) -> dict:
         skipped = []
         j = i
-        for attempt in range(self.max_retries + 1):
-            try:
-                sample = self.load(j)
-                sample["skipped"] = skipped
-                return sample
-            except SampleError as err:
-                file, index = str(self.files[self.source_of[j]].path), int(self.entry_of[j])
-                entry_id = self._entry_id(j)
-                if self.strict:
-                    raise DataError(f"{describe(err, file, index, entry_id)}. {STRICT_HINT}") from None
-                log.warning("skipping %s", describe(err, file, index, entry_id))
-                skipped.append({"reason": err.reason, "file": file, "index": index, "id": entry_id})
-                if len(self) < 2:
-                    break
-                j = (j + 1 + int(np.random.default_rng([self.seed, i, attempt]).integers(len(self) - 1))) % len(self)
-        raise DataError(
-            f"{len(skipped)} bad entries in a row starting at sample {i} (last: {skipped[-1]}); the data is "
-            "mostly broken: run `lit_bvllm scan` and pass its report as --data.blocklist, or raise --data.max_retries"
-        )
+        for attempt in range(len(self) + 1):  # every failed load marks one more entry bad, so this ends
+            if self._key(j) not in self.bad:
+                try:
+                    sample = self.load(j)
+                except SampleError as err:
+                    skipped.append(self._bad_entry(j, err))
+                else:
+                    self.num_read += 1
+                    sample["skipped"] = skipped
+                    return sample
+            j = self._replacement(i, attempt)
+        raise AssertionError("unreachable: every entry is known bad")
 
-    def _entry_id(self, j: int) -> str | None:
+    def _bad_entry(self, j: int, err: SampleError) -> dict:
+        """Remember entry ``j`` as bad, or stop the run (strict mode, or too large a share); its report row."""
+        source, index = self._key(j)
+        file, entry_id = str(self.files[source].path), self.entry_id(source, index)
+        where = describe(err, file, index, entry_id)
+        if self.strict:
+            raise DataError(f"{where}. {STRICT_HINT}") from None
+        log.warning("skipping %s", where)
+        self.bad[source, index] = err.reason
+        bad, read = len(self.bad), self.num_read + len(self.bad)
+        if bad > self.max_bad_fraction * max(read, min(len(self), SHARE_MIN_ENTRIES)):
+            per_reason = dict(sorted(Counter(self.bad.values()).items()))
+            raise DataError(
+                f"too many bad entries: {bad} of the {read} read so far by this data-loading process ({bad / read:.0%}), "
+                f"above --data.max_bad_fraction={self.max_bad_fraction} (judged over at least "
+                f"{min(len(self), SHARE_MIN_ENTRIES)} entries); per reason: {per_reason}; last: {where}. Run "
+                "`lit_bvllm scan` with this config to list every bad entry (it writes scan_report.json; pass it as "
+                "--data.blocklist), or raise --data.max_bad_fraction"
+            ) from None
+        return {"reason": err.reason, "file": file, "index": index, "id": row_id(entry_id, file, index)}
+
+    def _replacement(self, i: int, attempt: int) -> int:
+        """A deterministic pseudo-random sample (for ``i`` and ``attempt``) whose entry is not known to be bad."""
+        rng = np.random.default_rng([self.seed, i, attempt])
+        for _ in range(64):  # rejection: the known-bad share stays under max_bad_fraction, so this rarely fails
+            j = int(rng.integers(len(self)))
+            if self._key(j) not in self.bad:
+                return j
+        start = int(rng.integers(len(self)))
+        for k in range(len(self)):
+            if self._key(j := (start + k) % len(self)) not in self.bad:
+                return j
+        raise DataError(f"every entry of {[str(f.path) for f in self.files]} is bad ({dict(Counter(self.bad.values()))}); "
+                        "run `lit_bvllm scan` with this config to see why")
+
+    def entry_id(self, source: int, index: int) -> str | None:
+        """The ``id`` of an entry, or None (no id, or the entry is not even a JSON object)."""
         try:
-            eid = self.files[self.source_of[j]][int(self.entry_of[j])].get("id")
+            eid = self.files[source][index].get("id")
             return None if eid is None else str(eid)
         except SampleError:
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import lightning as L
@@ -11,6 +12,8 @@ from datamodules.annotations import load_sources
 from datamodules.sampler import ResumableSampler
 from datamodules.transforms import FrameTransform
 from datamodules.video_instruct import VideoInstructCollator, VideoInstructDataset, load_blocklist
+
+log = logging.getLogger("lit_bvllm.data")
 
 
 class VideoInstructDataModule(L.LightningDataModule):
@@ -37,7 +40,13 @@ class VideoInstructDataModule(L.LightningDataModule):
         batch_size: samples per batch and device.
         num_workers: DataLoader worker processes.
         strict: raise on the first bad entry (naming file, entry and field) instead of skipping and counting it.
-        max_retries: replacement tries for a bad entry before the run stops.
+        max_bad_fraction: the run stops when more than this share of the entries read are bad (judged per
+            data-loading process, over at least 100 entries). 0.5: sets built from web videos routinely miss a
+            tenth to a quarter of their files, which a run should train around (skipped and counted); a majority
+            of bad entries means a wrong root or a broken file, for ``lit_bvllm scan`` to explain.
+        max_retries: no longer used (ignored with a warning): a bad entry is replaced by an entry not yet known to
+            be bad, as often as needed, and ``max_bad_fraction`` decides when the run stops. Kept so that saved
+            configs (``max_retries: 3``) replay.
         blocklist: a ``lit_bvllm scan`` report; its bad entries are left out.
         seed: seed of the mixture subsampling, the shuffling and the replacement choice.
         video_token: placeholder token marking where visual tokens go.
@@ -65,13 +74,19 @@ class VideoInstructDataModule(L.LightningDataModule):
         batch_size: int = 2,
         num_workers: int = 2,
         strict: bool = False,
-        max_retries: int = 3,
+        max_bad_fraction: float = 0.5,
+        max_retries: int | None = None,
         blocklist: str | None = None,
         seed: int = 0,
         video_token: str = "<video>",
         pin_memory: bool = False,
     ):
         super().__init__()
+        if not 0 < max_bad_fraction <= 1:
+            raise ValueError(f"--data.max_bad_fraction must be in (0, 1], got {max_bad_fraction}")
+        if max_retries is not None:
+            log.warning("--data.max_retries=%s is ignored: bad entries are replaced by entries not known to be bad, and "
+                        "--data.max_bad_fraction (%s) decides when the run stops", max_retries, max_bad_fraction)
         self.save_hyperparameters()
         self.tokenizer = None
         self.train_set: VideoInstructDataset | None = None
@@ -82,7 +97,7 @@ class VideoInstructDataModule(L.LightningDataModule):
         return VideoInstructDataset(
             load_sources(spec), self.tokenizer, self.transform, h.template, h.frame_mode, h.fps, h.num_frames,
             h.max_frames, h.max_length, h.visual_tokens, self.question_tokenizer, h.max_question_length, h.strict,
-            h.max_retries, load_blocklist(h.blocklist), h.seed, h.video_token,
+            h.max_bad_fraction, load_blocklist(h.blocklist), h.seed, h.video_token,
         )
 
     def setup(self, stage: str | None = None) -> None:

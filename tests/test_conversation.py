@@ -120,3 +120,18 @@ def test_malformed_entries_name_the_reason_and_field(change, reason):
     with pytest.raises(SampleError) as err:
         parse_entry(entry, "<video>")
     assert err.value.reason == reason and err.value.field
+
+
+@pytest.mark.parametrize("turn", [0, 1, 3])
+def test_a_lone_surrogate_is_bad_text_before_the_tokenizer_sees_it(tokenizer, turn):
+    """JSON can hold "\\udcff"; the tokenizer raises a bare TypeError on it (issue 10, point 5)."""
+    import json
+
+    entry = json.loads(json.dumps(VIDEO).replace("A red star.", "A red \\udcff star.").replace("At about", "At \\udcff"))
+    entry["conversations"][turn]["value"] += "\udcff"
+    with pytest.raises(TypeError):  # what the tokenizer alone does with it
+        tokenizer(entry["conversations"][turn]["value"])
+    with pytest.raises(SampleError) as err:
+        parse_entry(entry, "<video>")
+    assert err.value.reason == "bad_text" and err.value.field == f"conversations[{min(turn, 1)}]"
+    assert "'\\udcff'" in err.value.detail

@@ -171,11 +171,11 @@ def test_bad_entry_is_a_clear_error_in_strict_mode(tiny, bad_root, case):
     assert f"{path}: entry 1, id 'bad_{case}'" in msg and "in field '" in msg and "--data.strict=false" in msg
 
 
-def test_retries_are_bounded(tiny, bad_root):
+def test_all_bad_data_stops_with_the_count(tiny, bad_root):
     path = write(bad_root, "all_bad.json", [GOOD(i, "videos/missing.mp4") for i in range(5)])
-    ds = dm(tiny, str(path), max_retries=3).train_set
-    with pytest.raises(DataError, match="4 bad entries in a row"):
-        ds[0]
+    ds = dm(tiny, str(path)).train_set
+    with pytest.raises(DataError, match=r"too many bad entries: 3 of the 3 read .*\{'missing_file': 3\}.*lit_bvllm scan"):
+        ds[0]  # more than --data.max_bad_fraction=0.5 of the 5 entries
 
 
 def test_scan_report_is_a_blocklist(tiny, bad_root, tmp_path):
@@ -219,7 +219,7 @@ def test_training_logs_data_skipped_and_writes_per_reason_counts(tiny, bad_root,
     assert trainer.callback_metrics["data/skipped"].item() == 3
     report = json.loads((tmp_path / "lightning_logs" / "version_0" / "skipped_samples.json").read_text())
     assert report["skipped"] == 3 and report["per_reason"] == {"decode_error": 3}
-    assert sorted(e["id"] for e in report["entries_rank0"]) == ["bad0", "bad3", "bad6"]
+    assert sorted(e["id"] for e in report["entries"]) == ["bad0", "bad3", "bad6"]
 
 
 def test_question_tokenizer_without_chat_template(tiny, synthetic, tmp_path):

@@ -1,10 +1,16 @@
-"""Frame sampling (fps with a uniform cap, uniform, windows) and decoding synthetic videos with decord."""
+"""Frame sampling (fps with a uniform cap, uniform, windows), decoding synthetic videos with decord, and the header
+checks that keep hostile files away from decord and PIL."""
 
 import json
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from bad_media import write_png_header, write_spaced_mkv
 
+from datamodules import video
 from datamodules.errors import SampleError
 from datamodules.transforms import FrameTransform
 from datamodules.video import read_image, read_video, sample_times, times_to_indices
@@ -107,3 +113,89 @@ def test_processor_and_plain_policies_agree(tiny):
     assert (hf - out).abs().mean() < 0.1  # PIL vs torch bicubic differ slightly
     cropped = FrameTransform("plain", tiny["vision"], resize_mode="crop")(frames)
     assert (hf - cropped).abs().mean() > (hf - out).abs().mean()  # the crop policy would feed another picture
+
+
+# ---------------------------------------------------------------- hostile media (issue 10, points 6 and 7)
+
+
+def test_a_decompression_bomb_is_bad_image_without_decoding(tmp_path):
+    bomb = write_png_header(tmp_path / "bomb.png", 30000, 30000)
+    assert bomb.stat().st_size < 100
+    with pytest.raises(SampleError) as err:
+        read_image(str(bomb))
+    assert (err.value.reason, err.value.field) == ("bad_image", "image")
+    assert str(bomb) in err.value.detail and "900000000 pixels" in err.value.detail  # PIL's own refusal, named
+    # under PIL's own refusal (2 x 89M pixels) but over the limit: refused too, before any pixel is decoded
+    with pytest.raises(SampleError, match="bad_image.*10000x10000"):
+        read_image(str(write_png_header(tmp_path / "big.png", 10000, 10000)))
+    with pytest.raises(SampleError) as err:  # a frame folder names its field 'video'
+        read_video(str(bomb.parent), max_frames=4)
+    assert (err.value.reason, err.value.field) == ("bad_image", "video")
+
+
+@pytest.mark.parametrize(
+    "header, problem",
+    [
+        ((64, 48, 30.0, 300, 10.0), None),
+        ((64, 48, 30.0, 30 * 86400, 86400.0), None),  # a day at 30 fps: within every limit
+        ((64, 48, 25.0, 10, 9e10), "duration of 9e+10 s"),
+        ((64, 48, 1e6, 1e7, 10.0), "1e+06 frames per second"),
+        ((64, 48, 0.0, 10, 10.0), "declares 0 frames per second"),
+        ((64, 48, float("nan"), 10, 10.0), "nan frames per second"),
+        ((64, 48, 500.0, 2e7, 40000.0), "2e+07 frames"),
+        ((60000, 48, 30.0, 300, 10.0), "60000x48 pixels"),
+        ((0, 0, 30.0, 300, 10.0), "0x0 pixels"),
+    ],
+)
+def test_container_limits(header, problem):
+    got = video.container_problem(*header)
+    assert got is None if problem is None else problem in got
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """A 2 KB Matroska file named .mp4 whose 10 frames are 1e10 s apart."""
+    return str(write_spaced_mkv(tmp_path_factory.mktemp("hostile") / "hostile.mp4", gap_s=1e10))
+
+
+def test_the_hostile_container_kills_decord(hostile):
+    """The fixture is what the issue describes: decord alone aborts the whole process on it (SIGABRT)."""
+    run = subprocess.run([sys.executable, "-c", "import decord, sys; decord.VideoReader(sys.argv[1], num_threads=1)", hostile],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == -signal.SIGABRT and "bad_alloc" in run.stderr
+
+
+def test_the_header_check_refuses_the_hostile_container_before_decord(hostile, monkeypatch):
+    import decord
+
+    opened = []
+    monkeypatch.setattr(decord, "VideoReader", lambda *a, **k: opened.append(a) or pytest.fail("decord opened it"))
+    for read in (lambda: read_video(hostile), lambda: video.probe_video(hostile)):
+        with pytest.raises(SampleError) as err:
+            read()
+        assert (err.value.reason, err.value.field) == ("bad_container", "video")
+        assert hostile in err.value.detail and "duration of 9e+10 s" in err.value.detail
+    assert opened == []
+
+
+def test_the_header_check_passes_real_videos_and_costs_little(synthetic):
+    import time
+
+    paths = [str(synthetic / r["path"]) for r in _train_videos(synthetic)]
+    t0 = time.perf_counter()
+    for p in paths:
+        video.check_container(p)  # raises on a problem
+    probe = (time.perf_counter() - t0) / len(paths)
+    t0 = time.perf_counter()
+    for p in paths:
+        read_video(p, max_frames=16)
+    decode = (time.perf_counter() - t0) / len(paths)
+    assert probe < 0.25 * decode  # measured: about 0.6 ms against 27 ms
+
+
+def test_a_file_pyav_cannot_open_is_a_decode_error(tmp_path):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(SampleError) as err:
+        video.check_container(str(garbage))
+    assert err.value.reason == "decode_error" and str(garbage) in err.value.detail
