@@ -37,11 +37,17 @@ from datamodules.video import IMAGE_SUFFIXES, no_frames, read_image, read_video
 log = logging.getLogger("lit_bvllm.data")
 
 
-def resolve_media(root: str, rel: str, field: str) -> str:
-    """``root/rel``, refusing paths that leave ``root`` (``..`` or absolute paths elsewhere)."""
+def resolve_media(root: str, rel: str, field: str, allow_outside_root: bool = False) -> str:
+    """``root/rel``, refusing paths that leave ``root``: ``..``, absolute paths elsewhere, and symlinks inside the root
+    that lead out of it (checked on the resolved path). ``allow_outside_root`` (``--data.allow_outside_root``) reads
+    them: data roots that are links to another disk."""
     path = os.path.normpath(os.path.join(root, rel))
-    if os.path.commonpath([path, os.path.normpath(root)]) != os.path.normpath(root):
-        raise SampleError("path_escape", field, f"'{rel}' resolves outside the data root '{root}'")
+    if allow_outside_root:
+        return path
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, real_root]) != real_root:
+        raise SampleError("path_escape", field, f"'{rel}' resolves outside the data root '{root}' (set "
+                                                "--data.allow_outside_root=true if your media live elsewhere)")
     return path
 
 
@@ -90,6 +96,7 @@ class VideoInstructDataset(Dataset):
         blocklist: set[tuple[str, int]] | None = None,
         seed: int = 0,
         video_token: str = "<video>",
+        allow_outside_root: bool = False,
     ):
         if visual_tokens >= max_length:
             raise ValueError(f"--data.visual_tokens ({visual_tokens}) must be smaller than --data.max_length ({max_length})")
@@ -100,7 +107,7 @@ class VideoInstructDataset(Dataset):
         self.max_length, self.visual_tokens = max_length, visual_tokens
         self.question_tokenizer = question_tokenizer or tokenizer
         self.max_question_length, self.strict, self.max_bad_fraction, self.seed = max_question_length, strict, max_bad_fraction, seed
-        self.video_token = video_token
+        self.video_token, self.allow_outside_root = video_token, allow_outside_root
         self.files = [AnnotationFile(s.path) for s in sources]
         blocked = blocklist or set()
         sizes, weights, keep = [], [], []
@@ -197,7 +204,7 @@ class VideoInstructDataset(Dataset):
         ids, labels, truncated = tokenize(
             self.tokenizer, conv, self.template, self.video_token, self.max_length, self.visual_tokens
         )
-        path = resolve_media(self.sources[source].root, conv.media_path, conv.media) if conv.media else None
+        path = resolve_media(self.sources[source].root, conv.media_path, conv.media, self.allow_outside_root) if conv.media else None
         return entry, conv, ids, labels, truncated, path
 
     def decode(self, entry: dict, media: str | None, path: str | None) -> tuple[np.ndarray, np.ndarray, float]:

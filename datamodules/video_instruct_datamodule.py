@@ -50,6 +50,8 @@ class VideoInstructDataModule(L.LightningDataModule):
         blocklist: a ``lit_bvllm scan`` report; its bad entries are left out.
         seed: seed of the mixture subsampling, the shuffling and the replacement choice.
         video_token: placeholder token marking where visual tokens go.
+        allow_outside_root: read media whose paths (``..``, absolute, or symlinks inside the data root) resolve
+            outside the annotation file's data root; False: such an entry is a ``path_escape`` bad entry.
         pin_memory: pin batches in page-locked memory (for GPU training).
     """
 
@@ -80,6 +82,7 @@ class VideoInstructDataModule(L.LightningDataModule):
         seed: int = 0,
         video_token: str = "<video>",
         pin_memory: bool = False,
+        allow_outside_root: bool = False,
     ):
         super().__init__()
         if not 0 < max_bad_fraction <= 1:
@@ -97,7 +100,7 @@ class VideoInstructDataModule(L.LightningDataModule):
         return VideoInstructDataset(
             load_sources(spec), self.tokenizer, self.transform, h.template, h.frame_mode, h.fps, h.num_frames,
             h.max_frames, h.max_length, h.visual_tokens, self.question_tokenizer, h.max_question_length, h.strict,
-            h.max_bad_fraction, load_blocklist(h.blocklist), h.seed, h.video_token,
+            h.max_bad_fraction, load_blocklist(h.blocklist), h.seed, h.video_token, h.allow_outside_root,
         )
 
     def setup(self, stage: str | None = None) -> None:

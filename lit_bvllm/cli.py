@@ -53,7 +53,8 @@ from lit_bvllm.tiny import make_tiny  # noqa: E402
 from lit_bvllm.weights import read_checkpoint  # noqa: E402
 
 
-def scan(data: VideoInstructDataModule, out: str = "scan_report.json", workers: int = 2, decode: bool = False) -> None:
+def scan(data: VideoInstructDataModule, out: str = "scan_report.json", workers: int = 2, decode: bool = False,
+         timeout: float = 300.0) -> None:
     """Validate every entry of the training (and validation) set and write a report usable as --data.blocklist.
 
     Args:
@@ -61,10 +62,11 @@ def scan(data: VideoInstructDataModule, out: str = "scan_report.json", workers: 
         out: report path (JSON).
         workers: parallel processes.
         decode: decode every sampled frame, not only headers (slower, catches mid-file corruption).
+        timeout: seconds one entry's check may take before its worker is stopped and the entry reported crashed.
     """
     data.hparams.blocklist = None  # a scan looks at every entry
     data.setup("fit")
-    report = scan_dataset([d for d in (data.train_set, data.val_set) if d is not None], workers, decode)
+    report = scan_dataset([d for d in (data.train_set, data.val_set) if d is not None], workers, decode, timeout)
     path = write_report(report, out)
     print(f"scanned {report['entries']} entries in {report['seconds']} s: {report['ok']} ok, {report['bad']} bad "
           f"{report['counts']}; report: {path}" + (f" (use --data.blocklist={path})" if report["bad"] else ""))
@@ -265,15 +267,17 @@ class VideoCLI(LightningCLI):
         path = export_model(model.model, out, merge_lora=merge_lora)
         print(f"exported {len(state)} trained tensors to {path}")
 
-    def scan(self, model, datamodule, out: str = "scan_report.json", workers: int = 2, decode: bool = False) -> None:
+    def scan(self, model, datamodule, out: str = "scan_report.json", workers: int = 2, decode: bool = False,
+             timeout: float = 300.0) -> None:
         """Validate every entry of the training (and validation) set; the report is usable as --data.blocklist.
 
         Args:
             out: report path (JSON).
             workers: parallel processes.
             decode: decode every sampled frame, not only headers (slower, catches mid-file corruption).
+            timeout: seconds one entry's check may take before it is reported crashed and the scan goes on.
         """
-        scan(datamodule, out, workers, decode)
+        scan(datamodule, out, workers, decode, timeout)
 
     def preview(self, model, datamodule, num_samples: int = 4) -> None:
         """Decode one training batch and print it: shapes, frames and times, and the text with supervised spans.

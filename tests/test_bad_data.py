@@ -216,3 +216,24 @@ def test_max_bad_fraction_is_checked_and_max_retries_is_ignored(tiny, root, capl
     with caplog.at_level("WARNING", logger="lit_bvllm.data"):
         VideoInstructDataModule(train=str(path), tokenizer=tiny["llm"], max_retries=3)  # a saved config replays
     assert "--data.max_retries=3 is ignored" in caplog.text
+
+
+def test_a_symlink_out_of_the_training_root_is_refused_unless_allowed(tmp_path):
+    """The training data's confinement checks the resolved path: a link inside the data root that leads out of it is
+    a path_escape (it used to be followed), and --data.allow_outside_root reads it."""
+    from datamodules.errors import SampleError
+    from datamodules.video_instruct import resolve_media
+
+    outside = tmp_path / "other_disk"
+    outside.mkdir()
+    (outside / "v.mp4").write_bytes(b"x")
+    root = tmp_path / "data"
+    (root / "videos").mkdir(parents=True)
+    (root / "videos" / "v.mp4").symlink_to(outside / "v.mp4")
+    (root / "videos" / "inside.mp4").write_bytes(b"x")
+    with pytest.raises(SampleError, match="path_escape.*allow_outside_root"):
+        resolve_media(str(root), "videos/v.mp4", "video")
+    assert resolve_media(str(root), "videos/v.mp4", "video", allow_outside_root=True) == str(root / "videos" / "v.mp4")
+    assert resolve_media(str(root), "videos/inside.mp4", "video") == str(root / "videos" / "inside.mp4")
+    with pytest.raises(SampleError, match="path_escape"):
+        resolve_media(str(root), "../other_disk/v.mp4", "video")
