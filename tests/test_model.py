@@ -133,7 +133,8 @@ def test_pretrain_to_finetune_carries_every_visual_tensor(tiny, synthetic, tmp_p
         assert torch.equal(v, saved[k]), k
     # a different reducer configuration is refused, not silently re-initialised
     other = lightning_cli(cli_args(tiny, synthetic, tmp_path, steps=0, extra=[
-        "--model.init_from", str(ckpt), "--model.reducer.num_tokens", "2", "--model.reducer.num_queries", "2"])[1:],
+        "--model.init_from", str(ckpt), "--model.reducer.num_tokens", "2", "--model.reducer.num_frames", "2",
+        "--model.reducer.num_queries", "2"])[1:],
         run=False)
     with pytest.raises(ValueError, match="does not match"):
         other.model.configure_model()
