@@ -108,6 +108,7 @@ def preview(data: VideoInstructDataModule, num_samples: int = 4) -> None:
 
 
 LINKED = {"tokenizer": "--model.llm", "vision_tower": "--model.vision_tower", "video_token": "--model.video_token"}
+OPTIMISATION = ("lr", "lr_llm", "weight_decay", "warmup_ratio", "schedule")  # restored with the optimizer on resume
 STRUCTURE = ("reducer", "feature_layer", "video_token", "lora_r", "lora_alpha")  # a checkpoint must agree on these
 CONFIG_COMMANDS = ("export", "scan", "preview")  # read the run config training reads; methods of the CLI below
 REPORTING = ("probe-tower",)  # commands that print their own report (a table) instead of their return value
@@ -176,6 +177,15 @@ class VideoCLI(LightningCLI):
         if diffs:
             raise ValueError(f"--ckpt_path '{ckpt_path}' holds another model than this config describes: "
                              + "; ".join(diffs) + ". Use the config of the run that wrote it (its config.yaml).")
+        # a resumed fit restores the optimizer and schedule state, learning rates included: a changed value would
+        # be silently replaced by the checkpoint's, so it is refused (max_steps does apply: the schedule stretches)
+        if sub == "fit":
+            changed = [f"{k}: checkpoint {saved[k]} vs config {model.get(k)}" for k in OPTIMISATION
+                       if k in saved and saved[k] != model.get(k)]
+            if changed:
+                raise ValueError(f"resuming from --ckpt_path '{ckpt_path}' restores its optimizer and schedule, so "
+                                 "these settings cannot change: " + "; ".join(changed) + ". Resume with the run's own "
+                                 "values, or start a new run from its weights (--model.init_from).")
 
     def _set_seed(self) -> None:
         if self.subcommand not in SETUP:

@@ -97,3 +97,16 @@ def test_a_missing_lora_adapter_never_asks_the_hub(tiny, monkeypatch):
     model = VideoLLM(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=2, budget=32))
     with pytest.raises(FileNotFoundError, match="--model.lora_adapter"):
         model.load_lora("someone/adapter-on-the-hub")
+
+
+def test_a_resume_refuses_a_learning_rate_it_would_ignore(tiny, synthetic, tmp_path):
+    """Resuming restores the optimizer's state, learning rates included: --model.lr 0.5 on a resume used to be
+    accepted and silently replaced by the checkpoint's rate."""
+    base = config(tiny, synthetic) + ["--trainer.logger.init_args.save_dir", str(tmp_path), "--model.init_from", "null",
+                                      "--trainer.enable_progress_bar", "false"]
+    main(["fit", *base, "--trainer.max_steps", "1"])
+    ckpt = tmp_path / "finetune" / "tiny" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match=r"cannot change: lr: checkpoint 0.0001 vs config 0.5"):
+        main(["fit", *base, "--trainer.max_steps", "2", "--ckpt_path", str(ckpt), "--model.lr", "0.5"])
+    main(["fit", *base, "--trainer.max_steps", "2", "--ckpt_path", str(ckpt)])  # the run's own values: it continues
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 2
