@@ -4,7 +4,7 @@ The Lightning-facing names below load on first use (PEP 562), so the plain parts
 ``datamodules.video``, the readers) import without Lightning: an exported model reloads where it is not installed.
 """
 
-import importlib
+from datamodules.lazy import lazy_exports
 
 _EXPORTS = {
     "SkippedSamplesLogger": "datamodules.skipped_samples",
@@ -13,14 +13,4 @@ _EXPORTS = {
     "VideoInstructDataModule": "datamodules.video_instruct_datamodule",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'datamodules' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports("datamodules", _EXPORTS)

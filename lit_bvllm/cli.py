@@ -157,7 +157,10 @@ class VideoCLI(LightningCLI):
         ckpt_path = self.config[sub].get("ckpt_path")
         if not ckpt_path or not Path(ckpt_path).is_file():
             return  # none, or "last"/"best": Lightning resolves it, and the model checks what it loads
-        saved = read_checkpoint(ckpt_path, "--ckpt_path").get("hyper_parameters") or {}
+        checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")
+        if sub == "export":  # export takes its weights from it: read once (a fit lets it go, optimizer state and all)
+            self.checkpoint = checkpoint
+        saved = checkpoint.get("hyper_parameters") or {}
         model = self.config[sub]["model"]
         diffs = []
         for key in STRUCTURE:
@@ -271,7 +274,8 @@ class VideoCLI(LightningCLI):
             raise ValueError("lit_bvllm export needs --ckpt_path (a training checkpoint)")
         model.hparams.init_from = None  # the checkpoint holds every trained tensor
         model.configure_model()
-        state = read_checkpoint(ckpt_path, "--ckpt_path").get("state_dict") or {}
+        checkpoint = getattr(self, "checkpoint", None) or read_checkpoint(ckpt_path, "--ckpt_path")
+        state = checkpoint.get("state_dict") or {}
         model.check_state(state, f"--ckpt_path '{ckpt_path}'")
         model.load_state_dict(state, strict=False)
         path = export_model(model.model, out, merge_lora=merge_lora)

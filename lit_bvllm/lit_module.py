@@ -25,7 +25,7 @@ from transformers import get_scheduler
 from lit_bvllm.backbones import VIDEO_TOKEN
 from lit_bvllm.model import VideoLLM, reducer_spec
 from lit_bvllm.reducers.base import Reducer
-from lit_bvllm.weights import VISUAL_PREFIXES, load_visual_weights
+from lit_bvllm.weights import VISUAL_PREFIXES, check_tensors, load_visual_weights
 
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}  # transformers' names
 
@@ -212,18 +212,11 @@ class VideoLLMModule(L.LightningModule):
 
     def check_state(self, state: dict, source: str) -> None:
         """Refuse a checkpoint state that lacks a tensor this model trains or a reducer/projector tensor, holds one of
-        another shape, or holds visual tensors this model does not have. Checkpoints keep only those tensors, so
-        loading is not strict, and without this check a missing one would silently stay as initialised."""
+        another shape, or holds visual tensors this model does not have (:func:`~lit_bvllm.weights.check_tensors`)."""
         own = self.state_dict()
         visual = tuple(f"model.{p}" for p in VISUAL_PREFIXES)
-        want = {n for n, p in self.named_parameters() if p.requires_grad} | {k for k in own if k.startswith(visual)}
-        missing = sorted(want - set(state))
-        shapes = sorted(k for k in want & set(state) if own[k].shape != state[k].shape)
-        extra = sorted(k for k in state if k.startswith(visual) and k not in own)
-        if missing or shapes or extra:
-            raise ValueError(f"{source} does not hold what this model needs: missing {missing[:6]} ({len(missing)} in "
-                             f"all), shape mismatch {shapes[:6]}, unexpected {extra[:6]}. Use the config of the run "
-                             "that wrote it (its config.yaml).")
+        required = {n for n, p in self.named_parameters() if p.requires_grad} | {k for k in own if k.startswith(visual)}
+        check_tensors(own, state, required, visual, source, "does not hold what this model needs")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         path = getattr(self._trainer, "ckpt_path", None)

@@ -60,20 +60,26 @@ def visual_state(path: str | os.PathLike, flag: str = "--model.init_from") -> di
     return {k.removeprefix("model."): v for k, v in state.items() if k.removeprefix("model.").startswith(VISUAL_PREFIXES)}
 
 
-def check_visual(own: dict[str, torch.Tensor], src: dict[str, torch.Tensor], source: str) -> None:
-    """Raise ``ValueError`` naming the tensors if ``src`` lacks a visual tensor of ``own``, has one of another shape,
-    or holds visual tensors ``own`` does not (a different reducer configuration)."""
-    own = {k: v for k, v in own.items() if k.startswith(VISUAL_PREFIXES)}
-    src = {k: v for k, v in src.items() if k.startswith(VISUAL_PREFIXES)}
-    missing = sorted(set(own) - set(src))
-    extra = sorted(set(src) - set(own))
-    shapes = sorted(k for k in set(own) & set(src) if own[k].shape != src[k].shape)
-    if missing or extra or shapes:
+def check_tensors(own: dict[str, torch.Tensor], src: dict[str, torch.Tensor], required: set[str],
+                  prefixes: tuple[str, ...], source: str, what: str) -> None:
+    """Raise ``ValueError`` naming the tensors if ``src`` lacks one of ``required`` (keys of ``own``), has one of
+    another shape, or holds a tensor under ``prefixes`` that ``own`` does not (a different reducer configuration).
+    Checkpoints hold only some tensors, so loading is not strict: this is what keeps a missing one from silently
+    staying as initialised."""
+    missing = sorted(required - set(src))
+    shapes = sorted(k for k in required & set(src) if own[k].shape != src[k].shape)
+    extra = sorted(k for k in src if k.startswith(prefixes) and k not in own)
+    if missing or shapes or extra:
         raise ValueError(
-            f"{source} does not match this model's reducer/projector: missing {missing[:8]}, unexpected {extra[:8]}, "
-            f"shape mismatch {shapes[:8]}. Use the same reducer config as the run that wrote it (the reducer section "
-            "of its config.yaml)."
+            f"{source} {what}: missing {missing[:8]} ({len(missing)} in all), unexpected {extra[:8]}, shape mismatch "
+            f"{shapes[:8]}. Use the config of the run that wrote it (its config.yaml)."
         )
+
+
+def check_visual(own: dict[str, torch.Tensor], src: dict[str, torch.Tensor], source: str) -> None:
+    """:func:`check_tensors` over the reducer and projector tensors."""
+    required = {k for k in own if k.startswith(VISUAL_PREFIXES)}
+    check_tensors(own, src, required, VISUAL_PREFIXES, source, "does not match this model's reducer/projector")
 
 
 def load_visual_weights(model: nn.Module, path: str | os.PathLike, flag: str = "--model.init_from") -> int:

@@ -110,6 +110,7 @@ def test_needle_questions_report_the_selection_hit_rate(tiny, synthetic, tmp_pat
                                       mode="likelihood", limit=24)
     sel = result["selection"]
     assert sel["questions"] == 6 and set(sel["per_category"]) == {"ret_insert1", "ord_insert1", "cnt_insert1"}
+    assert len(records) == 24  # every item has its selection record checked below
     for r in records:
         item = dm.items[r["index"]]
         s = r["selection"]

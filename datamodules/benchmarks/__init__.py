@@ -10,7 +10,7 @@ The names below load on first use (PEP 562), as in :mod:`datamodules`: a benchma
 without Lightning.
 """
 
-import importlib
+from datamodules.lazy import lazy_exports
 
 _EXPORTS = {
     "ActivityNetQA": "datamodules.benchmarks.activitynet_qa",
@@ -30,14 +30,4 @@ _EXPORTS = {
     "VideoMME": "datamodules.benchmarks.videomme",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'datamodules.benchmarks' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports("datamodules.benchmarks", _EXPORTS)
