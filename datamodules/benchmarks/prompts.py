@@ -47,7 +47,7 @@ def dot_options(options: list[str]) -> str:
 
 
 def with_subtitles(prompt: str, subtitles: list[str]) -> str:
-    """``prompt`` after :data:`SUBTITLES`' header and the lines (one per sampled frame, empty ones dropped, as the
-    Video-MME reference selects them); ``[]`` still gives the header, as the reference does for a video without
-    subtitles."""
+    """``prompt`` after :data:`SUBTITLES`' header and the lines, one per line (the Video-MME reference's: one per
+    sampled frame showing a subtitle, repeats kept, :func:`~datamodules.benchmarks.subtitles.subtitles_at`); ``[]``
+    still gives the header, as the reference does for a video without subtitles."""
     return SUBTITLES.format(subtitles="\n".join(subtitles)) + prompt

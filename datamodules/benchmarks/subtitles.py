@@ -1,7 +1,7 @@
 """SubRip (.srt) subtitles: a tolerant standard-library parser and the lines shown at the sampled frames.
 
-Video-MME prepends to its with-subtitles prompt the subtitle line active at each sampled frame (VideoLLaMA2's
-``inference_video_mcqa_videomme.py`` reads them with pysubs2). The parser
+Video-MME prepends to its with-subtitles prompt the subtitle line active at each sampled frame, one line per frame
+(VideoLLaMA2's ``inference_video_mcqa_videomme.py`` reads them with pysubs2). The parser
 accepts what real .srt files contain besides the textbook layout: a UTF-8 byte-order mark, CRLF or CR line ends,
 missing index lines, missing blank lines between cues, ``.`` instead of ``,`` before the milliseconds,
 coordinates after the timing, HTML-like tags (``<i>``, ``<font color=...>``), ASS override blocks (``{\\an8}``)
@@ -23,7 +23,7 @@ _MARKUP = re.compile(r"<[^>]*>|\{\\[^}]*\}")
 
 @dataclass(frozen=True)
 class Cue:
-    """One subtitle: shown from ``start`` (inclusive) to ``end`` (exclusive), in seconds."""
+    """One subtitle, from ``start`` to ``end`` in seconds (:func:`subtitles_at` shows it strictly between them)."""
 
     start: float
     end: float
@@ -67,12 +67,13 @@ def read_srt(path: str | Path) -> list[Cue]:
     return parse_srt(Path(path).read_text(encoding="utf-8", errors="replace"))
 
 
-def subtitles_at(cues: list[Cue], times, dedupe: bool = True) -> list[str]:
-    """The subtitle line shown at each time (seconds), for the frames a model sees.
+def subtitles_at(cues: list[Cue], times, dedupe: bool = False) -> list[str]:
+    """The subtitle line shown at each time (seconds), for the frames a model sees, as VideoLLaMA2's
+    ``inference_video_mcqa_videomme.py`` selects them: one line per frame, in frame order.
 
-    A time shows the first cue with ``start <= t < end``; times showing no cue, or an empty one, give no line.
-    VideoLLaMA2 writes one line per frame, so a cue spanning several frames repeats; ``dedupe`` (the default)
-    keeps one of each run of equal consecutive lines, ``dedupe=False`` reproduces the repetition.
+    A time shows the first cue with ``start < t < end`` (the reference's test, strict at both ends); times showing
+    no cue, or an empty one, give no line. A cue spanning several frames repeats, as in the reference;
+    ``dedupe=True`` keeps one of each run of equal consecutive lines (not the reference's prompt).
 
     Args:
         cues: from :func:`parse_srt` / :func:`read_srt`.
@@ -81,7 +82,7 @@ def subtitles_at(cues: list[Cue], times, dedupe: bool = True) -> list[str]:
     """
     lines: list[str] = []
     for t in np.asarray(times, dtype=np.float64).reshape(-1).tolist():
-        text = next((c.text for c in cues if c.start <= t < c.end), "")
+        text = next((c.text for c in cues if c.start < t < c.end), "")
         if text and not (dedupe and lines and lines[-1] == text):
             lines.append(text)
     return lines
