@@ -31,13 +31,17 @@ demo: install  ## tiny backbones + synthetic videos, pretrain, finetune (LoRA), 
 	$(BIN)/lit_bvllm make-synthetic --out $(ART)/synthetic --seed 0 --num-videos 400 --max-duration 32 --min-fps 2 --max-fps 4 \
 		--num-eval-videos 48 --eval-min-duration 64 --eval-max-duration 128
 	$(BIN)/lit_bvllm probe-tower --vision_tower $(ART)/tiny/vision --data $(ART)/synthetic --out $(ART)/probe_tiny_clip.json
-	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml
-	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml --config experiments/finetune.yaml
-	$(BIN)/lit_bvllm test --config experiments/pretrain.yaml --config experiments/finetune.yaml \
-		--config experiments/eval/base.yaml --config experiments/eval/needle.yaml --ckpt_path runs/finetune/tiny/checkpoints/last.ckpt
+# The demo's runs have fixed names (runs/pretrain/tiny, runs/finetune/tiny, runs/eval_needle/tiny and tiny_blind),
+# which the next step and the report read; --overwrite true replaces an earlier demo's run in each, so that a
+# second `make demo` starts afresh instead of being refused (a named run directory that holds a run is).
+	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml --overwrite true
+	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml --config experiments/finetune.yaml --overwrite true
 	$(BIN)/lit_bvllm test --config experiments/pretrain.yaml --config experiments/finetune.yaml \
 		--config experiments/eval/base.yaml --config experiments/eval/needle.yaml --ckpt_path runs/finetune/tiny/checkpoints/last.ckpt \
-		--data.blind true --trainer.logger.init_args.version tiny_blind
+		--trainer.logger.init_args.version tiny --overwrite true
+	$(BIN)/lit_bvllm test --config experiments/pretrain.yaml --config experiments/finetune.yaml \
+		--config experiments/eval/base.yaml --config experiments/eval/needle.yaml --ckpt_path runs/finetune/tiny/checkpoints/last.ckpt \
+		--data.blind true --trainer.logger.init_args.version tiny_blind --overwrite true
 	@echo; echo "Synthetic needle set (VNBench format, option likelihood, circular scoring):"
 	@$(BIN)/python -m lit_bvllm.report model=runs/eval_needle/tiny/vnbench_results.json \
 		blind=runs/eval_needle/tiny_blind/vnbench_results.json

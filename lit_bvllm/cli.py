@@ -10,6 +10,10 @@ Subcommands::
     lit_bvllm make-synthetic --out DIR            synthetic mp4 videos and annotations in the public formats
     lit_bvllm probe-tower --vision_tower DIR --data DIR   linear probes: does the tower's [CLS] see the needle?
 
+fit, validate, test and predict write to a run directory, ``runs/<name>/<version>``: a new ``version_N`` unless
+the version is named, and a named one that already holds a run is refused (``--overwrite true`` deletes it first;
+``fit --ckpt_path`` from inside it resumes there): :func:`claim_run_dir`.
+
 export, scan and preview read the configs training reads (``--config experiments/pretrain.yaml [--config
 experiments/finetune.yaml]``); ``--data.<arg>`` overrides one value. Flags accept dashes or underscores
 (``--num-videos`` = ``--num_videos``).
@@ -27,11 +31,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import importlib  # noqa: E402
+import shutil  # noqa: E402
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
 from lightning.pytorch.plugins.io import CheckpointIO  # noqa: E402
 
 from datamodules import SkippedSamplesLogger, VideoInstructDataModule  # noqa: E402
@@ -115,6 +121,57 @@ REPORTING = ("probe-tower",)  # commands that print their own report (a table) i
 SETUP = {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "probe-tower": probe_tower}  # no run config
 
 
+OVERWRITE_HELP = ("replace the run directory (--trainer.logger.init_args.version) if it already holds a run: "
+                  "delete it first, so no file of the old run stays beside the new one's. Without it such a run is "
+                  "refused, except fit resuming with --ckpt_path from inside that directory")
+LAUNCHER_RANKS = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def claim_run_dir(trainer: L.Trainer, command: str, ckpt_path: str | None, overwrite: bool) -> Path | None:
+    """Make sure a run does not write into another run's directory; the directory, or None when unchecked.
+
+    The run directory is the logger's version folder (``<save_dir>/<name>/<version>``). Left unnamed, the version is
+    a new ``version_N``. A named one (``--trainer.logger.init_args.version NAME``, or a config's) that already holds
+    files (results, predictions, checkpoints, config) is refused, except for ``fit`` resuming from a checkpoint
+    inside it (``--ckpt_path <dir>/checkpoints/last.ckpt``, or ``last``), which continues that run in place.
+    ``overwrite`` deletes the directory first instead, so the old run's files are not mixed with the new run's.
+
+    Called before the trainer starts or connects its processes, in each of them: no process writes there before
+    they are all connected, so each sees the same files and decides alike, and only the first one (global rank 0 by
+    its launcher's variables, :data:`LAUNCHER_RANKS`) deletes. Unchecked: loggers without version folders (only
+    TensorBoard and CSV loggers have them) and ``--trainer.logger false``.
+    """
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if not isinstance(logger, (TensorBoardLogger, CSVLogger)):
+        return None
+    run = Path(logger.log_dir)
+    held = sorted(p.name for p in run.iterdir()) if run.is_dir() else []
+    if not held:
+        return run
+    resuming = command == "fit" and ckpt_path is not None and (
+        ckpt_path in ("last", "hpc") or run.resolve() in Path(ckpt_path).resolve().parents)
+    if resuming and overwrite:
+        raise ValueError(f"--overwrite true would delete {run}, which holds the checkpoint this fit resumes from "
+                         f"(--ckpt_path {ckpt_path}); drop one of the two")
+    if resuming:
+        return run
+    if not overwrite:
+        shown = ", ".join(held[:5]) + (f", ... ({len(held)} entries)" if len(held) > 5 else "")
+        raise FileExistsError(
+            f"run directory {run} already holds a run ({shown}); name another with "
+            "--trainer.logger.init_args.version NAME (or set it to null for a new version_N), replace it with "
+            f"--overwrite true, or resume a training run with fit --ckpt_path {run / 'checkpoints' / 'last.ckpt'}")
+    if any(os.environ.get(k, "0") != "0" for k in LAUNCHER_RANKS):
+        return run  # the first process deletes
+    target, here = run.resolve(), Path.cwd().resolve()
+    if target == here or target in here.parents or target == Path(logger.root_dir).resolve():
+        raise ValueError(f"--overwrite true would delete {run}, which is not a run's own folder (the working "
+                         "directory, one above it, or the logger's root); name a version")
+    shutil.rmtree(run)
+    print(f"--overwrite true: deleted the earlier run in {run} ({len(held)} entries)", file=sys.stderr)
+    return run
+
+
 def default_checkpoint() -> ModelCheckpoint:
     """The suite's checkpointing when a config declares none: every 500 steps, and last.ckpt for ``--ckpt_path last``."""
     return ModelCheckpoint(filename="step{step}", save_last=True, save_top_k=-1, every_n_train_steps=500,
@@ -138,6 +195,8 @@ class VideoCLI(LightningCLI):
             klass = self.trainer_class if name in LightningCLI.subcommands() else type(self)
             description = (getattr(klass, name).__doc__ or "").strip().split("\n")[0]
             sub = self._prepare_subcommand_parser(klass, name, **{"description": description, **kwargs.get(name, {})})
+            if name in LightningCLI.subcommands():  # the commands that write a run directory
+                sub.add_argument("--overwrite", type=bool, default=False, help=OVERWRITE_HELP)
             self._subcommand_parsers[name] = sub
             subcommands.add_subcommand(name, sub, help=description)
         for name, fn in SETUP.items():
@@ -214,6 +273,10 @@ class VideoCLI(LightningCLI):
         if self.subcommand in SETUP:
             return
         cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        # read here, and saved as false in the run's config.yaml: replaying a snapshot never deletes a run
+        self.overwrite_run = bool(cfg.get("overwrite"))
+        if "overwrite" in cfg:
+            cfg.overwrite = False
         if cfg.trainer.get("precision") is None:  # bf16-mixed where the hardware has it
             bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             cfg.trainer.precision = "bf16-mixed" if bf16 else "32-true"
@@ -257,6 +320,8 @@ class VideoCLI(LightningCLI):
         if subcommand in CONFIG_COMMANDS:  # Lightning looks the command up on the trainer first
             getattr(self, subcommand)(**self._prepare_subcommand_kwargs(subcommand))
             return
+        claim_run_dir(self.trainer, subcommand, self.config_init[subcommand].get("ckpt_path"),
+                      getattr(self, "overwrite_run", False))
         super()._run_subcommand(subcommand)
 
     # ------------------------------------------------------------ commands that read the run config

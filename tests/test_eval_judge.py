@@ -1,5 +1,6 @@
-"""LLM judge against a scripted OpenAI-compatible server on 127.0.0.1: retries, failures, cache, request body;
-redirects (the API key never leaves the configured server) and oversized replies (read no further than the cap)."""
+"""LLM judge against a scripted OpenAI-compatible server on 127.0.0.1: retries, failures, cache (keyed by what
+decides a verdict), request body; redirects (the API key never leaves the configured server) and oversized replies
+(read no further than the cap)."""
 
 import json
 import logging
@@ -10,7 +11,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from datamodules.benchmarks.judge import MAX_REPLY_BYTES, Judge, aggregate, parse_verdict, read_cache
+from datamodules.benchmarks import judge as judge_module
+from datamodules.benchmarks.items import EvalItem
+from datamodules.benchmarks.judge import (
+    MAX_REPLY_BYTES,
+    PROMPT_VERSION,
+    SYSTEM_PROMPT,
+    USER_PROMPT,
+    Judge,
+    aggregate,
+    parse_verdict,
+    read_cache,
+)
+from datamodules.benchmarks.msvd_qa import MSVDQA
 
 GOOD = "{'pred': 'yes', 'score': 4}"
 
@@ -222,23 +235,78 @@ def test_a_deeply_nested_reply_is_a_failed_try(api, tmp_path):
 def test_cache_is_reused(api, tmp_path):
     first = make_judge(api, tmp_path)
     first.judge("1", "q", "a", "p")
-    first.judge("2", "q", "a", "p")
+    first.judge("2", "q", "a", "p2")
     second = make_judge(api, tmp_path)
-    verdicts = [second.judge(i, "q", "a", "p") for i in ("1", "2")]
+    verdicts = [second.judge(i, "q", "a", p) for i, p in (("1", "p"), ("2", "p2"))]
     assert verdicts == [{"pred": "yes", "score": 4}, {"pred": "no", "score": 1}]
     assert len(api.requests) == 2 and (second.asked, second.cached) == (0, 2)
-    with pytest.raises(ValueError, match="another cache file for another judge model"):
-        Judge(url=api.url, model="other-judge", cache=tmp_path / "judge.jsonl")
+    [record, _] = [json.loads(line) for line in (tmp_path / "judge.jsonl").read_text().splitlines()]
+    assert record["id"] == "1" and record["model"] == "judge-7b" and record["prompt"] == PROMPT_VERSION
+
+
+@pytest.mark.parametrize("api", [["{'pred': 'yes', 'score': 5}", "{'pred': 'no', 'score': 0}"]], indirect=True)
+def test_a_changed_prediction_is_judged_again_across_runs(api, tmp_path):
+    """Two checkpoints evaluated into one run folder share its judge_cache.jsonl. The cache was keyed by item id, so
+    the second checkpoint's "red" to a question whose answer is "blue" got the first one's "yes, 5"."""
+    bench = MSVDQA(str(tmp_path), judge=Judge(url=api.url, model="judge-7b", backoff=0.0, timeout=2.0))
+    items = [EvalItem(id="v1_0", video="v1.mp4", question="what colour is the ball?", options=[], answer="blue")]
+
+    def run(prediction):
+        records = [{"index": 0, "error": None, "prediction": prediction}]
+        return bench.judged(records, items, tmp_path), records[0]["judge"]
+
+    first, verdict = run("blue")
+    assert verdict == {"pred": "yes", "score": 5} and first["judge_asked"] == 1
+    second, verdict = run("red")
+    assert verdict == {"pred": "no", "score": 0}, "another model's verdict was reused for a different answer"
+    assert (second["judge_asked"], second["judge_cached"], second["judge_accuracy"]) == (1, 0, 0.0)
+    third, verdict = run("blue")  # the same answer again: the cache answers
+    assert verdict == {"pred": "yes", "score": 5} and (third["judge_asked"], third["judge_cached"]) == (0, 1)
+    assert len(api.requests) == 2
+    assert "Predicted Answer: red" in api.requests[1]["body"]["messages"][1]["content"]
+    assert third["judge_model"] == "judge-7b" and third["judge_prompt"] == PROMPT_VERSION
+
+
+@pytest.mark.parametrize("api", [["{'pred': 'no', 'score': 1}"]], indirect=True)
+def test_another_judge_model_or_prompt_is_asked_again(api, tmp_path, monkeypatch):
+    cache = tmp_path / "judge.jsonl"
+    Judge(url=api.url, model="judge-7b", cache=cache).judge("1", "q", "a", "p")
+    other = Judge(url=api.url, model="other-judge", cache=cache)
+    assert other.judge("1", "q", "a", "p") == {"pred": "no", "score": 1} and other.asked == 1
+    monkeypatch.setattr(judge_module, "PROMPT_VERSION", "reworded")
+    reworded = Judge(url=api.url, model="judge-7b", cache=cache)
+    assert reworded.judge("1", "q", "a", "p") == {"pred": "no", "score": 1} and reworded.asked == 1
+    assert len(api.requests) == 3 and len(read_cache(cache)) == 3
+
+
+def test_the_prompt_version_hashes_both_templates():
+    import hashlib
+
+    assert PROMPT_VERSION == hashlib.sha256(f"{SYSTEM_PROMPT}\0{USER_PROMPT}".encode()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize("api", [[GOOD]], indirect=True)
+def test_old_format_cache_lines_are_ignored(api, tmp_path, caplog):
+    """A line of the item-id format says nothing of the answer it judged: it is asked again, with a log line."""
+    cache = tmp_path / "judge.jsonl"
+    cache.write_text('{"id": "1", "pred": "no", "score": 0, "model": "judge-7b"}\n')
+    with caplog.at_level(logging.WARNING, "lit_bvllm.judge"):
+        judge = make_judge(api, tmp_path)
+    assert "ignoring 1 verdict(s) of the old format" in caplog.text
+    assert judge.judge("1", "q", "a", "p") == {"pred": "yes", "score": 4} and judge.asked == 1
+    assert len(read_cache(cache)) == 1  # the new line; the old one stays in the file, unread
 
 
 @pytest.mark.parametrize("api", [[GOOD]], indirect=True)
 def test_truncated_last_cache_line(api, tmp_path):
+    first = make_judge(api, tmp_path)
+    first.judge("1", "q", "a", "p")
     cache = tmp_path / "judge.jsonl"
-    cache.write_text('{"id": "1", "pred": "no", "score": 2, "model": "judge-7b"}\n{"id": "2", "pred": "ye')
+    cache.write_text(cache.read_text() + '{"key": "x", "id": "2", "pred": "ye')
     judge = make_judge(api, tmp_path)
-    assert judge.judge("1", "q", "a", "p") == {"pred": "no", "score": 2}
-    assert judge.judge("2", "q", "a", "p") == {"pred": "yes", "score": 4}
-    assert len(api.requests) == 1
+    assert judge.judge("1", "q", "a", "p") == {"pred": "yes", "score": 4} and judge.cached == 1
+    assert judge.judge("2", "q", "a", "p2") == {"pred": "yes", "score": 4}
+    assert len(api.requests) == 2
     assert [json.loads(line)["id"] for line in cache.read_text().splitlines()] == ["1", "2"]
 
 

@@ -1,15 +1,22 @@
 """Optional LLM judge for open-ended answers, through any OpenAI-compatible chat endpoint (a local vLLM or SGLang
 server at ``http://localhost:8000/v1``, or a hosted API). Standard library only.
 
-The protocol is Video-ChatGPT's, used by VideoLLaMA2, B-VLLM, LLaMA-VID and lmms-eval
+The protocol, though not the wording, is Video-ChatGPT's, used by VideoLLaMA2, B-VLLM, LLaMA-VID and lmms-eval
 (Maaz et al., ACL 2024, ``quantitative_evaluation/evaluate_activitynet_qa.py``): a system message asking for a
 meaningful match with synonyms and paraphrases counted as valid, a user message with the question, the correct
 answer and the prediction, and a reply that is a Python dict string ``{'pred': 'yes'|'no', 'score': 0..5}`` read
-with ``ast.literal_eval``. The wording below is ours, with the same structure and demands.
+with ``ast.literal_eval``. The prompt wording is NOT Video-ChatGPT's: it is this project's own, with the same
+structure and the same demands, so verdicts can differ somewhat from those of the reference prompt. Results record
+:data:`PROMPT_VERSION` (``judge_prompt``, a hash of both prompt templates) next to ``judge_model``; a published
+number compares only with one judged by the same model and prompt.
+
+The cache (``judge_cache.jsonl``) keys each verdict by everything that decides it: judge model, prompt version,
+question, correct answer and prediction (:func:`cache_key`). Another checkpoint's different answer to the same item
+is asked again; the same answer is reused. Lines of the older format, keyed by item id only, are ignored (logged).
 
 Unlike the references (temperature 0.7 or 1.0, and retry loops that can spin forever), the judge runs at
 temperature 0, asks each item at most ``max_retries`` times, and reports items it could not judge instead of
-retrying without end or scoring them "no". Report the judge model next to the numbers.
+retrying without end or scoring them "no". Report the judge model and prompt next to the numbers.
 
 The endpoint is trusted with the API key and nothing else: a redirect is never followed (urllib would re-send the
 ``Authorization`` header to wherever it points, another host included), and a reply longer than
@@ -19,6 +26,7 @@ The endpoint is trusted with the API key and nothing else: a redirect is never f
 from __future__ import annotations
 
 import ast
+import hashlib
 import http.client
 import json
 import logging
@@ -50,6 +58,9 @@ USER_PROMPT = (
     "is the string 'yes' or 'no', the value of 'score' is an INTEGER, not a STRING. Do not write any other text or "
     "explanation, only the Python dictionary string, for example: {{'pred': 'yes', 'score': 4}}."
 )
+PROMPT_VERSION = hashlib.sha256(f"{SYSTEM_PROMPT}\0{USER_PROMPT}".encode()).hexdigest()[:12]
+"""Names the prompt: the first 12 hex digits of the SHA-256 of the system and user templates. Any change of wording
+changes it, and with it every cache key."""
 _DICT = re.compile(r"\{.*?\}", re.DOTALL)
 MAX_REPLY_BYTES = 1 << 20
 """Longest judge reply read (1 MiB; a verdict's JSON is a few hundred bytes): a longer one is a failed try, and no
@@ -99,14 +110,22 @@ def parse_verdict(reply: str) -> dict | None:
     return None
 
 
+def cache_key(model: str, prompt: str, question: str, reference: str, prediction: str) -> str:
+    """The cache key of one verdict: SHA-256 over everything that decides it (judge model, prompt version, question,
+    correct answer, prediction), so a verdict is reused only for the same judge asked the same thing."""
+    return hashlib.sha256(json.dumps([model, prompt, question, reference, prediction]).encode()).hexdigest()
+
+
 def read_cache(path: Path) -> dict[str, dict]:
-    """The verdicts of a JSONL cache, by item id. A truncated last line (a crash mid-write) is cut off the file so
-    that later appends start on a fresh line; a broken line before it is an error."""
+    """The verdicts of a JSONL cache, by :func:`cache_key`. A truncated last line (a crash mid-write) is cut off the
+    file so that later appends start on a fresh line; a broken line before it is an error. Lines without a ``key``
+    (the older format, keyed by item id only, which reused one model's verdicts for another's answers) are ignored,
+    with a log line: their items are asked again."""
     if not path.exists():
         return {}
     data = path.read_bytes()
     lines = data.split(b"\n")
-    verdicts, good = {}, 0
+    verdicts, good, old = {}, 0, 0
     for k, line in enumerate(lines):
         if line.strip():
             try:
@@ -118,8 +137,14 @@ def read_cache(path: Path) -> dict[str, dict]:
                 with open(path, "r+b") as f:
                     f.truncate(good)
                 break
-            verdicts[str(record["id"])] = record
+            if "key" in record:
+                verdicts[str(record["key"])] = record
+            else:
+                old += 1
         good += len(line) + 1
+    if old:
+        log.warning("judge cache %s: ignoring %d verdict(s) of the old format (keyed by item id only, not by model, "
+                    "prompt and answer); those items are asked again", path, old)
     return verdicts
 
 
@@ -139,7 +164,8 @@ class Judge:
     model: str
     """Model name sent with each request (and recorded with each cached verdict)."""
     cache: str | Path | None = None
-    """JSONL file of verdicts, one line per item id, appended as each item finishes; cached items are never re-asked."""
+    """JSONL file of verdicts, appended as each item finishes, keyed by :func:`cache_key` (model, prompt, question,
+    answer, prediction): the same question and answer are never asked twice, a changed prediction is."""
     api_key_env: str | None = "OPENAI_API_KEY"
     """Name of the environment variable holding the API key; unset or empty sends no Authorization header."""
     temperature: float = 0.0
@@ -161,19 +187,17 @@ class Judge:
             raise ValueError(f"max_retries={self.max_retries}: the judge must try each item at least once")
         self.cache = Path(self.cache) if self.cache is not None else None
         self._verdicts = read_cache(self.cache) if self.cache is not None else {}
-        other = {v.get("model") for v in self._verdicts.values()} - {self.model}
-        if other:
-            raise ValueError(f"judge cache {self.cache} holds verdicts by {sorted(map(str, other))}, not "
-                             f"{self.model!r}; use another cache file for another judge model")
 
     def judge(self, item_id: str, question: str, reference: str, prediction: str) -> dict | None:
-        """``{"pred": "yes"|"no", "score": int}`` for one answer, from the cache or the endpoint; None after
-        ``max_retries`` failed tries (HTTP error, redirect, timeout, reply over :data:`MAX_REPLY_BYTES`,
-        unparseable reply)."""
+        """``{"pred": "yes"|"no", "score": int}`` for one answer, from the cache (same model, prompt, question,
+        answer and prediction: :func:`cache_key`) or the endpoint; None after ``max_retries`` failed tries (HTTP
+        error, redirect, timeout, reply over :data:`MAX_REPLY_BYTES`, unparseable reply). ``item_id`` only names
+        the item in the cache and the logs."""
         item_id = str(item_id)
-        if item_id in self._verdicts:
+        key = cache_key(self.model, PROMPT_VERSION, question, reference, prediction)
+        if key in self._verdicts:
             self.cached += 1
-            return {"pred": self._verdicts[item_id]["pred"], "score": self._verdicts[item_id]["score"]}
+            return {"pred": self._verdicts[key]["pred"], "score": self._verdicts[key]["score"]}
         self.asked += 1
         user = USER_PROMPT.format(question=question, reference=reference, prediction=prediction)
         for attempt in range(self.max_retries):
@@ -186,7 +210,7 @@ class Judge:
                 log.warning("judge: item %s, try %d/%d: %s", item_id, attempt + 1, self.max_retries, err)
                 continue
             if verdict := parse_verdict(reply):
-                self._remember(item_id, verdict)
+                self._remember(key, item_id, verdict)
                 return verdict
             log.warning("judge: item %s, try %d/%d: unparseable reply %r", item_id, attempt + 1, self.max_retries,
                         reply[:200])
@@ -209,8 +233,9 @@ class Judge:
             raise TypeError(f"reply without text content: {content!r}")
         return content
 
-    def _remember(self, item_id: str, verdict: dict) -> None:
-        self._verdicts[item_id] = record = {"id": item_id, **verdict, "model": self.model}
+    def _remember(self, key: str, item_id: str, verdict: dict) -> None:
+        self._verdicts[key] = record = {"key": key, "id": item_id, **verdict, "model": self.model,
+                                        "prompt": PROMPT_VERSION}
         if self.cache is not None:
             self.cache.parent.mkdir(parents=True, exist_ok=True)
             with open(self.cache, "a") as f:  # closed, hence flushed, before the next item

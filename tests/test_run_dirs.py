@@ -1,0 +1,164 @@
+"""Run directories: each run gets its own unless the user names one; a named one that holds a run is refused
+(``--overwrite true`` replaces it, ``fit --ckpt_path`` from inside it resumes there), before anything is written."""
+
+import json
+import pathlib
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from lit_bvllm.cli import LAUNCHER_RANKS, claim_run_dir, lightning_cli, main
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def repo_root(monkeypatch):
+    monkeypatch.chdir(REPO)
+    for key in LAUNCHER_RANKS:  # this process is the first one, whatever launched pytest
+        monkeypatch.delenv(key, raising=False)
+
+
+def trainer(save_dir, version, logger=TensorBoardLogger) -> L.Trainer:
+    return L.Trainer(logger=logger(save_dir, name="eval_x", version=version), enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False)
+
+
+def earlier_run(run: pathlib.Path) -> pathlib.Path:
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+    (run / "x_results.json").write_text("{}")
+    return run
+
+
+def test_an_unnamed_version_is_a_new_directory(tmp_path):
+    earlier_run(tmp_path / "eval_x" / "version_0")
+    assert claim_run_dir(trainer(tmp_path, None), "test", None, False) == tmp_path / "eval_x" / "version_1"
+
+
+@pytest.mark.parametrize("logger", [TensorBoardLogger, CSVLogger])
+@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])
+def test_a_named_directory_that_holds_a_run_is_refused(tmp_path, command, logger):
+    run = earlier_run(tmp_path / "eval_x" / "tiny")
+    with pytest.raises(FileExistsError) as err:
+        claim_run_dir(trainer(tmp_path, "tiny", logger), command, None, False)
+    message = str(err.value)
+    assert str(run) in message and "checkpoints, x_results.json" in message
+    assert "--overwrite true" in message and "--trainer.logger.init_args.version" in message
+    assert (run / "x_results.json").is_file()  # nothing touched
+
+
+def test_a_named_empty_or_new_directory_is_fine(tmp_path):
+    assert claim_run_dir(trainer(tmp_path, "new"), "test", None, False) == tmp_path / "eval_x" / "new"
+    (tmp_path / "eval_x" / "empty").mkdir(parents=True)
+    assert claim_run_dir(trainer(tmp_path, "empty"), "test", None, False) == tmp_path / "eval_x" / "empty"
+
+
+def test_overwrite_deletes_the_earlier_run_first(tmp_path, capsys):
+    run = earlier_run(tmp_path / "eval_x" / "tiny")
+    (tmp_path / "eval_x" / "other").mkdir()
+    assert claim_run_dir(trainer(tmp_path, "tiny"), "test", None, True) == run
+    assert not run.exists() and (tmp_path / "eval_x" / "other").is_dir()  # no stale file of the old run is left
+    assert f"deleted the earlier run in {run}" in capsys.readouterr().err
+
+
+def test_only_the_first_process_deletes(tmp_path, monkeypatch):
+    run = earlier_run(tmp_path / "eval_x" / "tiny")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert claim_run_dir(trainer(tmp_path, "tiny"), "test", None, True) == run
+    assert (run / "x_results.json").is_file()
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_runs_own(tmp_path, monkeypatch):
+    run = earlier_run(tmp_path / "eval_x" / "tiny")
+    monkeypatch.chdir(run / "checkpoints")
+    with pytest.raises(ValueError, match="not a run's own folder"):
+        claim_run_dir(trainer(tmp_path, "tiny"), "test", None, True)
+    assert (run / "x_results.json").is_file()
+
+
+def test_fit_resumes_in_its_own_directory(tmp_path):
+    run = earlier_run(tmp_path / "eval_x" / "tiny")
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    for path in (ckpt, "last"):
+        assert claim_run_dir(trainer(tmp_path, "tiny"), "fit", path, False) == run
+    assert (run / "x_results.json").is_file()
+    with pytest.raises(FileExistsError):  # a test of that checkpoint writes its results elsewhere
+        claim_run_dir(trainer(tmp_path, "tiny"), "test", ckpt, False)
+    with pytest.raises(FileExistsError):  # a checkpoint from another run is no resume of this one
+        claim_run_dir(trainer(tmp_path, "tiny"), "fit", str(tmp_path / "elsewhere.ckpt"), False)
+    with pytest.raises(ValueError, match="holds the checkpoint this fit resumes from"):
+        claim_run_dir(trainer(tmp_path, "tiny"), "fit", ckpt, True)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_without_a_versioned_logger_nothing_is_checked(tmp_path):
+    t = L.Trainer(logger=False, default_root_dir=tmp_path, enable_checkpointing=False)
+    earlier_run(tmp_path)
+    assert claim_run_dir(t, "test", None, True) is None and (tmp_path / "x_results.json").is_file()
+
+
+def test_the_eval_configs_give_each_run_a_new_version(tiny, tmp_path):
+    """eval/base.yaml pinned version "tiny": a second checkpoint's evaluation went into the first one's folder."""
+    configs = ["pretrain.yaml", "finetune.yaml", "eval/base.yaml", "eval/needle.yaml"]
+    args = [a for c in configs for a in ("--config", f"experiments/{c}")]
+    args += ["--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.init_from", "null",
+             "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    earlier_run(tmp_path / "eval_needle" / "version_0")
+    assert lightning_cli(args, run=False).trainer.log_dir == str(tmp_path / "eval_needle" / "version_1")
+    named = lightning_cli(args + ["--trainer.logger.init_args.version", "mine"], run=False)
+    assert named.trainer.log_dir == str(tmp_path / "eval_needle" / "mine")
+    assert lightning_cli(["--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml",
+                          "--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"]],
+                         run=False).trainer.log_dir == "runs/finetune/tiny"  # the eval configs' --ckpt_path
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])
+def test_overwrite_is_in_the_help(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "--overwrite" in out and "delete it first" in out
+
+
+def test_a_second_test_run_is_refused_before_it_writes_and_overwrite_replaces_it(tiny, synthetic, tmp_path):
+    configs = ["pretrain.yaml", "eval/base.yaml", "eval/msvd_qa.yaml"]
+    base = ["test", *[a for c in configs for a in ("--config", f"experiments/{c}")],
+            "--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.max_new_tokens", "2",
+            "--data.benchmark.root", str(synthetic / "eval" / "msvd"), "--data.limit", "2", "--data.num_workers", "0",
+            "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.version", "tiny",
+            "--trainer.enable_progress_bar", "false"]
+    run = tmp_path / "eval_msvd_qa" / "tiny"
+    main(base)
+    assert json.loads((run / "msvd_qa_results.json").read_text())["evaluated"] == 2
+    (run / "stale_from_the_old_run.txt").write_text("old")
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    with pytest.raises(FileExistsError, match=rf"run directory {run} already holds a run .*--overwrite true"):
+        main(base)
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # not a byte written, config.yaml kept
+    main(base + ["--overwrite", "true"])
+    assert not (run / "stale_from_the_old_run.txt").exists() and not (run / "config.1.yaml").exists()
+    assert (run / "msvd_qa_results.json").is_file()
+    assert yaml.safe_load((run / "config.yaml").read_text())["overwrite"] is False  # a replay never deletes a run
+
+
+def test_fit_refuses_a_rerun_resumes_in_place_and_overwrite_starts_afresh(tiny, synthetic, tmp_path):
+    base = ["fit", "--config", "experiments/pretrain.yaml", "--model.llm", tiny["llm"], "--model.vision_tower",
+            tiny["vision"], "--data.train", str(synthetic / "pretrain.json"), "--data.num_workers", "0",
+            "--data.batch_size", "2", "--trainer.logger.init_args.save_dir", str(tmp_path),
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    run = tmp_path / "pretrain" / "tiny"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    main([*base, "--trainer.max_steps", "1"])
+    with pytest.raises(FileExistsError, match=rf"fit --ckpt_path {ckpt}"):
+        main([*base, "--trainer.max_steps", "2"])
+    with pytest.warns(UserWarning, match="kept as config.1.yaml"):  # the snapshot keeps the first config
+        main([*base, "--trainer.max_steps", "2", "--ckpt_path", str(ckpt)])
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 2
+    assert "max_steps: 1" in (run / "config.1.yaml").read_text()
+    main([*base, "--trainer.max_steps", "1", "--overwrite", "true"])
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 1 and not (run / "config.1.yaml").exists()
+    assert "max_steps: 1" in (run / "config.yaml").read_text()
