@@ -230,9 +230,10 @@ class OpenEndedBenchmark(Benchmark):
         return out
 
     def judged(self, records: list[dict], items: list[EvalItem], out_dir: str | Path | None) -> dict:
-        """Ask the judge about every answer (in item order; cached verdicts are not asked again) and add its
-        verdict to each record."""
-        from datamodules.benchmarks.judge import aggregate
+        """Ask the judge about every answer (in item order; a verdict cached for the same judge model, prompt,
+        question, answer and prediction is not asked again) and add its verdict to each record. The results name the
+        judge model and prompt version (``judge_model``, ``judge_prompt``)."""
+        from datamodules.benchmarks.judge import PROMPT_VERSION, aggregate
 
         cache = self.judge.cache
         if cache is None and out_dir is not None:
@@ -244,5 +245,5 @@ class OpenEndedBenchmark(Benchmark):
             verdict = judge.judge(item.id, item.question, item.answer, r["prediction"]) if r["error"] is None else None
             r["judge"] = verdict
             verdicts.append(verdict)
-        return {**aggregate(verdicts), "judge_model": judge.model, "judge_asked": judge.asked,
-                "judge_cached": judge.cached}
+        return {**aggregate(verdicts), "judge_model": judge.model, "judge_prompt": PROMPT_VERSION,
+                "judge_asked": judge.asked, "judge_cached": judge.cached}
