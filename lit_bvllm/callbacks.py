@@ -10,7 +10,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from datamodules.io import write_json
 
@@ -131,8 +131,9 @@ class TemperatureSchedule(L.Callback):
 class KeepingConfigSnapshot(SaveConfigCallback):
     """LightningCLI's config snapshot (``config.yaml`` in the run directory) that never overwrites an earlier one.
 
-    A run directory is named by ``--trainer.logger.init_args.version``; a second run or a resume with the same name
-    finds the first run's snapshot there. It is kept as ``config.1.yaml`` (``config.2.yaml``, ...), with a warning,
+    A run directory is named by ``--trainer.logger.init_args.version``; a resume (``fit --ckpt_path`` from inside the
+    run dir; any other run into a dir that holds one is refused, see ``--overwrite``) finds the first run's snapshot
+    there. It is kept as ``config.1.yaml`` (``config.2.yaml``, ...), with a warning,
     and the new run writes ``config.yaml``: the newest run's config is always ``config.yaml``, and no run's config is
     lost.
     """
@@ -216,14 +217,21 @@ class BenchmarkEvaluation(L.Callback):
         records.sort(key=lambda r: r["index"])
         name = trainer.datamodule.name
         out = Path(trainer.log_dir or ".")
-        result = ev.aggregate(states, records, out) if trainer.is_global_zero else {}
-        for key, value in _flatten(result).items():
-            pl_module.log(f"test/{name}/{key}", value, rank_zero_only=True)
-        if trainer.is_global_zero:
+        if trainer.is_global_zero:  # the answers are kept whatever follows
             out.mkdir(parents=True, exist_ok=True)
             with open(out / f"{name}_predictions.jsonl", "w") as f:
                 for r in records:
                     f.write(json.dumps(r) + "\n")
+        videos = ev.videos(records)
+        rank_zero_info(f"{name}: {videos['unreadable_videos']} of {videos['videos']} videos missing or unreadable")
+        allowed = getattr(trainer.datamodule, "hparams", {}).get("max_unreadable_fraction", 1.0)
+        if (problem := ev.unreadable(records, allowed)) is not None:  # every rank holds every record: all stop
+            raise RuntimeError(f"{problem}. The answers are in {out / f'{name}_predictions.jsonl'}; no results were "
+                               "written")
+        result = ev.aggregate(states, records, out) if trainer.is_global_zero else {}
+        for key, value in _flatten(result).items():
+            pl_module.log(f"test/{name}/{key}", value, rank_zero_only=True)
+        if trainer.is_global_zero:
             if (sub := ev.submission(records)) is not None:
                 (out / sub[0]).write_text(sub[1])
                 result["submission"] = sub[0]
@@ -239,6 +247,7 @@ def _flatten(result: dict, prefix: str = "") -> dict[str, float]:
     """The numbers of a (nested) results dict as ``{"a/b": float}``, for logging."""
     flat = {}
     for k, v in result.items():
+        k = k or "_empty"  # a tag never ends in "/" (an item without a domain, ...)
         if isinstance(v, dict):
             flat.update(_flatten(v, f"{prefix}{k}/"))
         elif isinstance(v, (int, float)) and not isinstance(v, bool):

@@ -404,9 +404,13 @@ def _underscore_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    if argv is None:  # the console script: the arguments are handed over as ``args``, not read again from sys.argv
-        argv, sys.argv = sys.argv[1:], sys.argv[:1]
-    lightning_cli(_underscore_flags(list(argv)))
+    if argv is not None:
+        lightning_cli(_underscore_flags(list(argv)))
+        return
+    # the console script: LightningCLI reads sys.argv itself, and the process Lightning starts for every further
+    # device (DDP's subprocess launcher) re-runs this very command line; emptying sys.argv left them without one
+    sys.argv = sys.argv[:1] + _underscore_flags(sys.argv[1:])
+    lightning_cli()
 
 
 if __name__ == "__main__":

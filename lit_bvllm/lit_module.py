@@ -177,9 +177,12 @@ class VideoLLMModule(L.LightningModule):
         return {"output": output, "info": info}
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """One record per item, keyed as ``test``'s predictions are: ``output`` is the model's answer, ``error`` why
+        the item's video gave no frames (None when it did: an answer with an error was given blind)."""
         answers = self.model.generate(batch)
-        return [{"id": m["id"], "prompt": m.get("prompt", m.get("question")), "answer": a.strip()}
-                for m, a in zip(batch["meta"], answers)]
+        return [{"id": m["id"], "prompt": m.get("prompt", m.get("question")), "output": a.strip(),
+                 "error": m.get("error")}
+                for i, m, a in zip(batch["index"].tolist(), batch["meta"], answers) if i >= 0]
 
     def on_test_start(self) -> None:
         self._warn_if_untrained()

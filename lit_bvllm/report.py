@@ -9,7 +9,7 @@ from pathlib import Path
 # rows of the table, in order: per-category scores first, then the headline numbers, then the counts
 SCORES = ("circular_per_category", "per_category", "per_duration", "circular_accuracy", "accuracy",
           "accuracy_answered", "mean_over_tasks", "exact_match", "token_f1", "contains", "judge_accuracy", "judge_score")
-COUNTS = ("items", "unparsed", "errors")
+COUNTS = ("items", "unparsed", "errors", "unreadable_videos", "incomplete_groups")
 
 
 SELECTION = ("hit_rate", "uniform_hit_rate", "event_recall", "uniform_event_recall", "frames_kept")
@@ -17,6 +17,11 @@ SELECTION = ("hit_rate", "uniform_hit_rate", "event_recall", "uniform_event_reca
 
 def _rows(result: dict) -> dict[str, float]:
     rows = {}
+    for key, value in (result.get("official") or {}).items():  # an official scorer's convention (Video-MME) first
+        if isinstance(value, dict):
+            rows.update({f"official/{key.replace('per_', '')}/{k}": v for k, v in value.items()})
+        elif isinstance(value, float):
+            rows[f"official/{key}"] = value
     for key in SCORES:
         value = result.get(key)
         if isinstance(value, dict):

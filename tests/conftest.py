@@ -58,3 +58,18 @@ def tokenizer(tiny):
     from lit_bvllm.backbones import load_tokenizer
 
     return load_tokenizer(tiny["llm"])
+
+
+@pytest.fixture(scope="session")
+def eval_model(tiny):
+    """An untrained tiny video LLM for evaluation tests (2 uniform frames, 32 visual tokens, answers of up to 4
+    tokens); shared, so a test must not train or change it."""
+    import functools
+
+    from lit_bvllm.lit_module import VideoLLMModule
+    from lit_bvllm.reducers import Uniform
+
+    m = VideoLLMModule(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=2, budget=32),
+                       max_new_tokens=4)
+    m.configure_model()
+    return m.eval()

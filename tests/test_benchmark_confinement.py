@@ -112,17 +112,9 @@ def run(model, tiny, benchmark, tmp_path, **kwargs):
     return json.loads((out / "vnbench_results.json").read_text()), records
 
 
-@pytest.fixture(scope="module")
-def model(tiny):
-    import functools
-
-    from lit_bvllm.lit_module import VideoLLMModule
-    from lit_bvllm.reducers import Uniform
-
-    m = VideoLLMModule(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=2, budget=32),
-                       max_new_tokens=2)
-    m.configure_model()
-    return m.eval()
+@pytest.fixture
+def model(eval_model):
+    return eval_model
 
 
 def test_media_outside_the_root_are_error_items_unless_allowed(escaping, model, tiny, tmp_path, caplog):

@@ -156,7 +156,7 @@ def test_perception_test(synthetic, evals):
     questions = [(vid, q) for vid, v in data.items() for q in v["mc_question"]]
     for item, (vid, q) in zip(items, questions):
         assert item.id == f"{vid}_{q['id']}" and len(item.options) == 3 and item.answer == q["answer_id"]
-        assert item.extra == {"video_id": vid, "question_id": str(q["id"]), "area": q["area"],
+        assert item.extra == {"video_id": vid, "question_id": q["id"], "area": q["area"],
                               "reasoning": q["reasoning"], "tag": q["tag"]}
         if q["tag"] == ["counting"]:
             assert item.options[item.answer] == str(len(evals[vid]["needles"]))
@@ -348,10 +348,12 @@ def test_subtitles_at_frame_times(tmp_path):
     (tmp_path / "a.srt").write_text(AWKWARD_SRT, encoding="utf-8")
     cues = read_srt(tmp_path / "a.srt")
     times = np.array([0.5, 1.0, 1.5, 2.5, 3.0, 5.5, 8.0, 8.5, 30.0, 61.0])
-    assert subtitles_at(cues, times) == ["Hello there", "no index, dot ms second line", "LF only broken", "42"]
-    assert subtitles_at(cues, times, dedupe=False) == ["Hello there", "Hello there", "no index, dot ms second line",
-                                                       "no index, dot ms second line", "LF only broken",
-                                                       "LF only broken", "42"]
+    # VideoLLaMA2's rule: one line per frame inside a cue (start < t < end, bounds excluded), repeats kept, empty
+    # cues skipped
+    assert subtitles_at(cues, times) == ["Hello there", "no index, dot ms second line", "LF only broken",
+                                         "LF only broken", "42"]
+    assert subtitles_at(cues, times, dedupe=True) == ["Hello there", "no index, dot ms second line", "LF only broken",
+                                                      "42"]
     assert subtitles_at(cues, []) == [] and subtitles_at([], times) == []
     (tmp_path / "latin1.srt").write_bytes(b"1\n00:00:00,000 --> 00:00:01,000\ncaf\xe9\n")  # not UTF-8: no failure
     assert [c.text for c in read_srt(tmp_path / "latin1.srt")] == ["caf\ufffd"]

@@ -25,25 +25,19 @@ from datamodules.benchmarks import (
     VideoMME,
     VNBench,
 )
-from datamodules.benchmarks.datamodule import ShardSampler
+from datamodules.benchmarks.datamodule import ShardSampler, limit_groups
 from datamodules.benchmarks.judge import Judge
 from datamodules.benchmarks.metrics import ItemScores
 from lit_bvllm.callbacks import BenchmarkEvaluation
 from lit_bvllm.lit_module import VideoLLMModule
-from lit_bvllm.reducers import Uniform
 
 FOLDERS = {MVBench: "mvbench", VideoMME: "videomme", EgoSchema: "egoschema", PerceptionTest: "perception_test",
            NExTQA: "nextqa", VNBench: "vnbench", MSVDQA: "msvd", MSRVTTQA: "msrvtt_qa", ActivityNetQA: "activitynet_qa"}
 
 
-@pytest.fixture(scope="module")
-def model(tiny):
-    import functools
-
-    m = VideoLLMModule(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=2, budget=32),
-                       max_new_tokens=4)
-    m.configure_model()
-    return m.eval()
+@pytest.fixture
+def model(eval_model):
+    return eval_model
 
 
 def run_test(model, tiny, benchmark, tmp_path, **kwargs):
@@ -64,7 +58,7 @@ def test_each_benchmark_parses_predicts_and_scores(cls, model, tiny, synthetic, 
     benchmark = cls(str(synthetic / "eval" / FOLDERS[cls]))
     dm, result, records, _ = run_test(model, tiny, benchmark, tmp_path, limit=6)
     items = dm.items
-    n = min(6, len(benchmark.read()))
+    n = len(limit_groups(benchmark.read(), 6))  # VNBench: whole groups of 4 tries, so 8
     assert dm.name == benchmark.name and result["benchmark"] == benchmark.name
     assert len(items) == n and result["items"] == n
     assert (result["evaluated"], result["duplicates"], result["missing"], result["errors"]) == (n, 0, 0, 0)
@@ -258,7 +252,7 @@ def test_a_missing_video_is_reported_and_the_run_finishes(model, tiny, synthetic
     root = tmp_path / "bad"
     shutil.copytree(src / "videos", root / "videos", copy_function=os.link)  # a link out would be refused
     (root / "VNBench_qa.json").write_text(json.dumps(entries))
-    _, result, records, _ = run_test(model, tiny, VNBench(str(root)), tmp_path)
+    _, result, records, _ = run_test(model, tiny, VNBench(str(root)), tmp_path, max_unreadable_fraction=0.5)
     assert result["errors"] == 1 and result["error_ids"] == [entries[1]["question_id"]]
     bad = next(r for r in records if r["error"])
     assert "missing_file" in bad["error"] and bad["correct"] is False and result["evaluated"] == 4
@@ -331,10 +325,10 @@ def test_predict_writes_generations(tiny, synthetic, tmp_path, monkeypatch):
                    "--data.benchmark.root", str(synthetic / "eval" / "msvd"), "--data.limit", "5",
                    "--data.num_workers", "0",
                    "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
-    lines = (tmp_path / "eval_msvd_qa" / "tiny" / "predictions.rank0.jsonl").read_text().splitlines()
+    lines = (tmp_path / "eval_msvd_qa" / "version_0" / "predictions.rank0.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert len(records) == 5 and len({r["id"] for r in records}) == 5
-    assert all(r["prompt"] and isinstance(r["answer"], str) for r in records)
+    assert all(r["prompt"] and isinstance(r["output"], str) and r["error"] is None for r in records)
 
 
 def test_option_scores_equal_one_forward_pass_per_option(model, tiny, synthetic):

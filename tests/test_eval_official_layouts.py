@@ -172,7 +172,6 @@ def test_egoschema_submission_answers_every_question(tmp_path):
     assert text.splitlines() == ["q_uid,answer", "uid-0,1", "uid-1,2", "uid-2,4"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs Evaluator.submission to ask the benchmark (EgoSchema.server_scored)")
 def test_egoschema_full_set_writes_the_csv_even_when_every_answer_is_known(tmp_path):
     write_egoschema(tmp_path, {"uid-0": 1, "uid-1": 0, "uid-2": 3})
     egoschema = EgoSchema(str(tmp_path), subset=False)

@@ -67,9 +67,10 @@ def test_videomme_subtitles_at_the_sampled_frames(tmp_path):
                                     "2\n00:00:05,000 --> 00:00:09,000\nRun!\n")
     subbed = SimpleNamespace(subtitles=str(tmp_path / "v.srt"))
     times = torch.tensor([0.5, 1.5, 3.5, 5.5, 6.5])
-    assert VideoMME("root", subtitles=True).frame_subtitles(subbed, times) == ["Hello.", "Run!"]
+    # one line per frame, repeats kept (VideoLLaMA2); a video without an .srt still gets the header (no lines)
+    assert VideoMME("root", subtitles=True).frame_subtitles(subbed, times) == ["Hello.", "Hello.", "Run!", "Run!"]
     assert VideoMME("root").frame_subtitles(subbed, times) is None  # the plain variant shows none
-    assert VideoMME("root", subtitles=True).frame_subtitles(SimpleNamespace(subtitles=None), times) is None
+    assert VideoMME("root", subtitles=True).frame_subtitles(SimpleNamespace(subtitles=None), times) == []
     assert MVBench("root").frame_subtitles(subbed, times) is None  # only Video-MME has subtitles
 
 
@@ -109,7 +110,8 @@ def test_describe_shows_placeholders():
     assert ActivityNetQA("root").describe_prompt() == "{question}"
     # the results record the plain template and the variant apart (protocol "subtitles" / "short_answer")
     videomme = VideoMME("root", subtitles=True)
-    assert videomme.describe_prompt() == VideoMME("root").describe_prompt()
+    assert videomme.describe_prompt() == ("This video's subtitles are listed below:\n{subtitles}\n"
+                                          + VideoMME("root").describe_prompt())
     assert videomme.protocol("generate")["subtitles"] is True
     assert MSVDQA("root", short_answer=True).protocol("generate") == {
         "prompt": "{question}", "parse_rule": None, "fallback_letter": None, "subtitles": False,

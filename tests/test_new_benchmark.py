@@ -121,7 +121,7 @@ def test_a_benchmark_outside_the_package_runs_by_class_path(quiz, tiny, tmp_path
 
     # the model's test loop writes the results under the benchmark's name
     cli.trainer.test(cli.model, datamodule=dm)
-    run = tmp_path / "runs" / "eval_colour_quiz" / "tiny"
+    run = tmp_path / "runs" / "eval_colour_quiz" / "version_0"
     written = json.loads((run / "colour_quiz_results.json").read_text())
     assert (written["items"], written["evaluated"], written["errors"]) == (3, 3, 0)
     assert len((run / "colour_quiz_predictions.jsonl").read_text().splitlines()) == 3

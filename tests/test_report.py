@@ -17,3 +17,13 @@ def test_table_puts_runs_side_by_side_with_selection_rows():
     assert rows["selection/ret/uniform_hit_rate"] == "| selection/ret/uniform_hit_rate | 0.250 |  |  |"
     assert rows["selection/frames_kept"] == "| selection/frames_kept | 6.500 |  |  |"
     assert rows["items"] == "| items | 8 | 8 | |"
+
+
+def test_an_official_scorers_numbers_come_first():
+    videomme = {"official": {"accuracy": 0.6, "answered": 5, "per_duration": {"short": 0.5}}, "accuracy": 0.5,
+                "per_duration": {"short": 0.4}, "chance": 0.25, "items": 6, "unreadable_videos": 1}
+    lines = table({"model": videomme}).splitlines()
+    names = [line.split(" | ")[0].lstrip("| ") for line in lines[2:]]
+    assert names[:2] == ["official/accuracy", "official/duration/short"]  # the count `answered` is no score row
+    assert names.index("official/accuracy") < names.index("accuracy")
+    assert "| unreadable_videos | 1 | |" in lines

@@ -17,13 +17,14 @@ ACTIVITYNET_TYPES = {0: "motion", 1: "spatial", 2: "temporal", 3: "yes/no", 4: "
 class ActivityNetQA(OpenEndedBenchmark):
     """ActivityNet-QA as Video-ChatGPT ships it: ``test_q.json`` ``[{video_name, question, question_id}]`` and
     ``test_a.json`` ``[{answer, type, question_id}]`` zipped by position (their question ids must agree), videos
-    ``<root>/all_test/v_<video_name>.*`` (or without ``v_``). Category is the answer type, numeric types named by
+    ``<video_root>/v_<video_name>.*`` (or without ``v_``). Category is the answer type, numeric types named by
     :data:`ACTIVITYNET_TYPES`, others kept as given.
 
     Args:
         root: ActivityNet-QA folder.
         questions: the questions file, relative to ``root``.
         answers: the answers file, relative to ``root``.
+        video_root: the videos' folder, relative to ``root`` or absolute (VideoLLaMA2's ``all_test``).
         short_answer: append lmms-eval's "Answer the question using a single word or phrase.".
         judge: the Video-ChatGPT judge (``url``, ``model``, ...); None: offline metrics only.
     """
@@ -31,9 +32,9 @@ class ActivityNetQA(OpenEndedBenchmark):
     name = "activitynet_qa"
 
     def __init__(self, root: str, questions: str = "test_q.json", answers: str = "test_a.json",
-                 short_answer: bool = False, judge: Judge | None = None):
+                 video_root: str = "all_test", short_answer: bool = False, judge: Judge | None = None):
         super().__init__(root, short_answer, judge)
-        self.questions, self.answers = questions, answers
+        self.questions, self.answers, self.video_root = questions, answers, video_root
 
     def read(self) -> list[EvalItem]:
         root = Path(self.root)
@@ -51,7 +52,7 @@ class ActivityNetQA(OpenEndedBenchmark):
             name = require_text(q, "video_name", q_path, f"{k} ({qid})")
             kind = a.get("type")
             numeric = isinstance(kind, int) or (isinstance(kind, str) and kind.isdigit())
-            items.append(EvalItem(id=qid, video=find_video([root / "all_test"], [f"v_{name}", name]),
+            items.append(EvalItem(id=qid, video=find_video([root / self.video_root], [f"v_{name}", name]),
                                   question=require_text(q, "question", q_path, f"{k} ({qid})"), options=[],
                                   answer=require_text(a, "answer", a_path, f"{k} ({qid})"),
                                   category=ACTIVITYNET_TYPES.get(int(kind), str(kind)) if numeric else str(kind or ""),

@@ -14,6 +14,7 @@ states, counts, errors, the selection hit rate). Adding a benchmark is one modul
 from __future__ import annotations
 
 import dataclasses
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
@@ -47,9 +48,17 @@ class Benchmark(ABC):
 
     def media_roots(self) -> list[str]:
         """The folders an item's video, frame folder and subtitles must lie in, symlinks resolved: ``root``, and
-        any media folder option of the benchmark (MVBench's ``video_root``). The data module refuses media
-        elsewhere unless ``--data.allow_outside_root``."""
-        return [self.root]
+        the benchmark's video folder (its ``video_root`` option, relative to ``root`` or absolute) where that lies
+        outside ``root``. The data module refuses media elsewhere unless ``--data.allow_outside_root``."""
+        video_root = getattr(self, "video_root", None)
+        if video_root is None:
+            return [self.root]
+        videos = os.path.normpath(os.path.join(self.root, video_root))
+        return [self.root] + ([videos] if os.path.relpath(videos, self.root).startswith("..") else [])
+
+    def video_folder(self) -> Path:
+        """``root / video_root``: where the benchmark's videos are looked for."""
+        return Path(self.root) / self.video_root
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -107,6 +116,12 @@ class Benchmark(ABC):
         the benchmark has no server to submit to."""
         return None
 
+    @property
+    def server_scored(self) -> bool:
+        """Whether this set is scored by the benchmark's server (EgoSchema's full set), so that its submission file
+        is written even when every answer happens to be known locally."""
+        return False
+
 
 class MultipleChoiceBenchmark(Benchmark):
     """A multiple-choice benchmark: answers are an option, parsed from the generation (``mode="generate"``) or the
@@ -119,7 +134,11 @@ class MultipleChoiceBenchmark(Benchmark):
         root: the benchmark's folder.
         parse_rule: answer parser ``(text, options) -> index | None``, as an import path
             (``datamodules.benchmarks.parsing.parse_default``); None: the benchmark's ``reference_rule``.
-        fallback_letter: letter an unparsed answer gets (the reference scripts use "C"); None: it counts wrong.
+        fallback_letter: letter an unparsed generated answer gets (the reference scripts use "C"; lower case is read
+            as upper); None: it counts wrong. As in the reference scripts, an item with fewer options than the
+            letter's position (a 2-option MVBench item and "C") gets an answer that names none of them: counted as
+            answered, and wrong. Records say ``fallback: true``. A letter past every item's options is refused
+            before the model loads.
     """
 
     multiple_choice = True
@@ -128,7 +147,17 @@ class MultipleChoiceBenchmark(Benchmark):
 
     def __init__(self, root: str, parse_rule: ParseRule | None = None, fallback_letter: str | None = None):
         super().__init__(root)
-        self.parse_rule, self.fallback_letter = parse_rule, fallback_letter
+        self.parse_rule, self.fallback_letter = parse_rule, check_fallback_letter(fallback_letter)
+
+    def check_items(self, items: list[EvalItem]) -> None:
+        """Refuse options that cannot apply to ``items`` (before any model loads): a fallback letter that names no
+        option of any item would silently score every unparsed answer wrong."""
+        if self.fallback_letter is None or not items:
+            return
+        most = max(len(it.options) for it in items)
+        if ord(self.fallback_letter) - ord("A") >= most:
+            raise ValueError(f"--data.benchmark.fallback_letter {self.fallback_letter!r} names no option of any "
+                             f"{self.name} item (they have at most {most}: {letters(most)[-1]} is the last letter)")
 
     def parse(self, text: str, options: list[str]) -> int | None:
         """The option a generated answer names (``parse_rule``, else the reference rule); None when unparsed."""
@@ -148,12 +177,14 @@ class MultipleChoiceBenchmark(Benchmark):
             text = output
             pred = self.parse(output, item.options)
             parsed = pred is not None
-            if pred is None and self.fallback_letter is not None:
-                pred = letters(len(item.options)).index(self.fallback_letter)
+        fallback = mode == "generate" and not parsed and self.fallback_letter is not None and error is None
+        if fallback:  # the reference scripts' fallback; past this item's options it names none and counts wrong
+            k = ord(self.fallback_letter) - ord("A")
+            pred = k if k < len(item.options) else None
         if error is not None:  # no frames were seen: the item counts as wrong whatever the text says
             pred, parsed = None, False
-        record.update(output=text, parsed=parsed, pred=pred,
-                      letter=None if pred is None else letters(len(item.options))[pred], answer=item.answer,
+        letter = self.fallback_letter if fallback else None if pred is None else letters(len(item.options))[pred]
+        record.update(output=text, parsed=parsed, fallback=fallback, pred=pred, letter=letter, answer=item.answer,
                       correct=pred is not None and item.answer >= 0 and pred == item.answer)
         return record
 
@@ -163,7 +194,7 @@ class MultipleChoiceBenchmark(Benchmark):
         parsed = states["parsed"].cpu() > 0
         errors = states["error"].cpu() > 0
         seen = states["seen"].cpu() > 0
-        known = torch.tensor([it.answer >= 0 for it in items])
+        known = torch.tensor([it.answer >= 0 for it in items]) & seen  # scored items with a public answer
         chance = sum(1 / len(it.options) for it in items) / len(items)  # a uniform guess per item
         out = {"scored": int(known.sum()), "chance": chance, "unparsed": int((~parsed & ~errors & seen).sum())}
         if not known.any():  # answers are hidden (EgoSchema full set, Perception Test test split): submission only
@@ -173,8 +204,11 @@ class MultipleChoiceBenchmark(Benchmark):
     def accuracy(self, correct: Tensor, parsed: Tensor, known: Tensor, items: list[EvalItem]) -> dict:
         """Accuracy overall and per category over the ``known`` items (bool ``(N,)`` each); a benchmark adds the
         views its paper reports (per task mean, per duration, circular accuracy) by extending this."""
+        out = {"accuracy": mean(correct[known])}
         categories = [it.category for it in items]
-        return {"accuracy": mean(correct[known]), "per_category": mean_per(correct, known, categories)}
+        if any(categories):  # a benchmark without categories reports none (no {"": ...}, no "per_category/" tag)
+            out["per_category"] = mean_per(correct, known, categories)
+        return out
 
 
 class OpenEndedBenchmark(Benchmark):
@@ -224,7 +258,8 @@ class OpenEndedBenchmark(Benchmark):
         categories = [it.category for it in items]
         for j, name in enumerate(self.values):
             out[name] = mean(values[known, j])
-            out[f"{name}_per_category"] = mean_per(values[:, j], known, categories)
+            if any(categories):
+                out[f"{name}_per_category"] = mean_per(values[:, j], known, categories)
         if self.judge is not None:
             out.update(self.judged(records, items, out_dir))
         return out
@@ -247,3 +282,14 @@ class OpenEndedBenchmark(Benchmark):
             verdicts.append(verdict)
         return {**aggregate(verdicts), "judge_model": judge.model, "judge_prompt": PROMPT_VERSION,
                 "judge_asked": judge.asked, "judge_cached": judge.cached}
+
+
+def check_fallback_letter(letter: str | None) -> str | None:
+    """``--data.benchmark.fallback_letter`` as an upper-case letter (``"c"`` -> ``"C"``), or a ValueError naming the
+    flag; None stays None."""
+    if letter is None:
+        return None
+    if not (isinstance(letter, str) and len(letter.strip()) == 1 and "A" <= letter.strip().upper() <= "Z"):
+        raise ValueError(f"--data.benchmark.fallback_letter must be one letter A-Z (the reference scripts use C), "
+                         f"got {letter!r}")
+    return letter.strip().upper()

@@ -22,6 +22,7 @@ no item is scored twice and none is lost; the model gathers the shards.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Literal
 
 import lightning as L
@@ -29,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.benchmarks.base import Benchmark, MultipleChoiceBenchmark
+from datamodules.benchmarks.evaluator import Evaluator, unreadable_report
 from datamodules.benchmarks.items import EvalItem
 from datamodules.benchmarks.prompts import with_subtitles
 from datamodules.benchmarks.reading import confine_media
@@ -101,10 +103,12 @@ class BenchmarkDataset(Dataset):
         the subtitles shown at the sampled frames, where the benchmark shows them, unless ``subtitles`` is False)."""
         subs = self.benchmark.frame_subtitles(item, times) if subtitles else None
         if self.mode == "likelihood":
-            return item.question if not subs else with_subtitles(item.question, subs)
+            return item.question if subs is None else with_subtitles(item.question, subs)
         return self.benchmark.prompt(item, subs)
 
     def __getitem__(self, i: int) -> dict:
+        if i == len(self.items):  # ShardSampler's stand-in for a rank with no items: scored by nobody
+            return {**self[0], "index": PADDING}
         item = self.items[i]
         if refused := self.refusals.get(i):  # nothing of it is read, its subtitles neither (blind mode too)
             frames, times, error = self.transform(no_frames()), torch.zeros(0), refused
@@ -172,11 +176,20 @@ class BenchmarkCollator:
         return batch
 
 
+PADDING = -1
+"""``index`` of the stand-in sample a rank without items runs (its answer is dropped by the evaluator)."""
+
+
 class ShardSampler(torch.utils.data.Sampler):
-    """Rank ``r`` of ``W`` takes items ``r, r + W, ...``: every item exactly once over all ranks, no padding."""
+    """Rank ``r`` of ``W`` takes items ``r, r + W, ...``: every item exactly once over all ranks, no padding.
+
+    A rank left without items (fewer items than ranks) runs one stand-in, index ``n`` (the dataset gives it item 0
+    with ``index`` :data:`PADDING`, and nobody scores it): a rank with an empty loader would skip the test epoch and
+    never reach the collective gather of the others, which would wait for it for ever.
+    """
 
     def __init__(self, n: int, rank: int = 0, world_size: int = 1):
-        self.indices = list(range(rank, n, world_size))
+        self.indices = list(range(rank, n, world_size)) or [n]
 
     def __iter__(self):
         return iter(self.indices)
@@ -217,7 +230,8 @@ class BenchmarkDataModule(L.LightningDataModule):
         max_frames: cap in ``fps`` mode (uniform thinning over the whole video).
         batch_size: items per batch.
         num_workers: DataLoader workers.
-        limit: evaluate only the first ``limit`` items (quick checks).
+        limit: evaluate only the first ``limit`` items (quick checks), with every item of their groups: VNBench's 4
+            circular tries of a question are kept together, so a circular score is never made of part of a group.
         question_tokenizer: tokenizer folder for a text-conditioned reducer's question (default: the LLM's).
         max_question_length: question tokens kept.
         video_token: placeholder token.
@@ -227,6 +241,11 @@ class BenchmarkDataModule(L.LightningDataModule):
             benchmark's ``root`` (MVBench: or its ``video_root``) is not read; its item is an error item, reported
             by id in ``error_ids`` and counted wrong, as a missing video is, and the run goes on. The training data's
             rule, ``path_escape``.
+        max_unreadable_fraction: the largest share of the benchmark's videos that may be missing or unreadable. Over
+            it, a run stops with an error naming the folder it looked in and a few of the missing paths: before the
+            model loads when the files are not there, and before scoring when they fail to decode (the predictions
+            are written, the results are not). Under it, the items count as wrong and are listed in ``error_ids``.
+            The count is printed at the end of every run. Blind runs read no video and are not checked.
     """
 
     def __init__(self, benchmark: Benchmark, tokenizer: str, mode: Literal["generate", "likelihood"] = "generate",
@@ -234,23 +253,26 @@ class BenchmarkDataModule(L.LightningDataModule):
                  frame_mode: Literal["fps", "uniform"] = "fps", fps: float = 1.0, num_frames: int = 16,
                  max_frames: int | None = 128, batch_size: int = 4, num_workers: int = 1, limit: int | None = None,
                  question_tokenizer: str | None = None, max_question_length: int = 64, video_token: str = "<video>",
-                 blind: bool = False, allow_outside_root: bool = False):
+                 blind: bool = False, allow_outside_root: bool = False, max_unreadable_fraction: float = 0.02):
         super().__init__()
+        if not 0 <= max_unreadable_fraction <= 1:
+            raise ValueError(f"--data.max_unreadable_fraction must lie in [0, 1], got {max_unreadable_fraction}")
         self.save_hyperparameters(ignore=["benchmark"])
         self.benchmark = benchmark
         self.name = benchmark.name
         self.items: list[EvalItem] = []
 
     def setup(self, stage: str | None = None) -> None:
-        from datamodules.benchmarks.evaluator import Evaluator
         from datamodules.loading import load_tokenizer
 
         h, benchmark = self.hparams, self.benchmark
         if h.mode == "likelihood" and not isinstance(benchmark, MultipleChoiceBenchmark):
             raise ValueError(f"{benchmark.name} is open-ended: --data.mode=likelihood needs options; use generate")
-        self.items = benchmark.read()[: h.limit]
+        self.items = limit_groups(benchmark.read(), h.limit)
         if not self.items:
             raise ValueError(f"no items read from {benchmark.root} ({benchmark.name}); check --data.benchmark.root")
+        if isinstance(benchmark, MultipleChoiceBenchmark):
+            benchmark.check_items(self.items)
         self.tokenizer = load_tokenizer(h.tokenizer, h.video_token)
         qtok = load_tokenizer(h.question_tokenizer, None) if h.question_tokenizer else None
         transform = FrameTransform(h.transform, h.vision_tower)
@@ -259,6 +281,8 @@ class BenchmarkDataModule(L.LightningDataModule):
                                          h.blind, h.allow_outside_root)
         if refused := self.test_set.refusals:
             self._report_refusals(refused)
+        if not h.blind:
+            self._check_videos_exist()
         qpad = None if qtok is None else qtok.pad_token_id
         self.collator = BenchmarkCollator(self.tokenizer.pad_token_id, transform.image_size, h.mode, qpad)
         self.evaluator = Evaluator(benchmark, self.items, h.mode)
@@ -273,6 +297,18 @@ class BenchmarkDataModule(L.LightningDataModule):
             raise ValueError(f"{what}. Check --data.benchmark.root")
         log.warning("%s. They count as errors (error_ids in the results)", what)
 
+    def _check_videos_exist(self) -> None:
+        """Stop before the model loads when more than ``max_unreadable_fraction`` of the videos are not on disk
+        (:func:`unreadable_report` says where it looked); warn when some are."""
+        videos = sorted({it.video for it in self.items})
+        missing = [v for v in videos if not os.path.exists(v)]
+        if not missing:
+            return
+        report = unreadable_report(self.benchmark, len(videos), missing, "missing", self.hparams.max_unreadable_fraction)
+        if len(missing) > self.hparams.max_unreadable_fraction * len(videos):
+            raise FileNotFoundError(report)
+        log.warning("%s. Their items count as wrong (error_ids in the results)", report.split(". Set")[0])
+
     def test_dataloader(self) -> DataLoader:
         h = self.hparams
         trainer = getattr(self, "trainer", None)
@@ -282,3 +318,11 @@ class BenchmarkDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+
+def limit_groups(items: list[EvalItem], limit: int | None) -> list[EvalItem]:
+    """The first ``limit`` items and every other item of their groups, in file order (all items for None)."""
+    if limit is None or limit >= len(items):
+        return items
+    groups = {it.group for it in items[:limit]}
+    return [it for it in items if it.group in groups]

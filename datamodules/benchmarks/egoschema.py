@@ -3,7 +3,6 @@ the submission file."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from datamodules.benchmarks.base import MultipleChoiceBenchmark
@@ -49,11 +48,6 @@ class EgoSchema(MultipleChoiceBenchmark):
         """The full set (``subset=False``) goes to the server: its submission file is written even when every
         evaluated item has a public answer."""
         return not self.subset
-
-    def media_roots(self) -> list[str]:
-        """``root``, and the video folder where it lies outside it."""
-        videos = os.path.normpath(os.path.join(self.root, self.video_root))
-        return [self.root] + ([videos] if os.path.relpath(videos, self.root).startswith("..") else [])
 
     def read(self) -> list[EvalItem]:
         root = Path(self.root)

@@ -16,6 +16,7 @@ needle questions); what a benchmark reports of its own comes from its module (``
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -52,6 +53,8 @@ class Evaluator:
         ``info`` the reducer's (its ``kept_frames`` give the selection record of items with needle times)."""
         records = []
         for b, (i, meta) in enumerate(zip(batch["index"], batch["meta"])):
+            if i < 0:  # a stand-in of a rank without items (ShardSampler): scored by nobody
+                continue
             item = self.items[int(i)]
             record = {"id": item.id, "index": int(i), "prompt": meta["prompt"], "error": meta["error"]}
             record.update(self.benchmark.score(item, output[b], self.mode, meta["error"]))
@@ -60,7 +63,7 @@ class Evaluator:
         if kept is not None:
             self._selection(batch, kept.cpu(), records)
         update = {
-            "index": batch["index"].cpu(),
+            "index": torch.tensor([r["index"] for r in records], dtype=torch.long),
             "correct": torch.tensor([float(r.get("correct", False)) for r in records]),
             "parsed": torch.tensor([float(r.get("parsed", True)) for r in records]),
             "error": torch.tensor([float(r["error"] is not None) for r in records]),
@@ -74,7 +77,8 @@ class Evaluator:
         """Add the kept frames and their hit / event recall (and the uniform control's) to the records of items
         that say where their needles are (``extra["needle_times"]``; :mod:`datamodules.benchmarks.selection`)."""
         times, mask = batch["frame_times"].cpu(), batch["frame_mask"].cpu()
-        for b, record in enumerate(records):
+        rows = [b for b, i in enumerate(batch["index"].tolist()) if i >= 0]  # records skip stand-ins
+        for b, record in zip(rows, records):
             spans = self.items[record["index"]].extra.get("needle_times")
             if spans is None or record["error"] is not None:
                 continue
@@ -94,12 +98,33 @@ class Evaluator:
             "duplicates": int((seen > 1).sum()),
             "missing": int((seen == 0).sum()),
             "errors": int((states["error"].cpu() > 0).sum()),
+            **self.videos(records),
         }
         result.update(self.benchmark.aggregate(states, records, self.items, out_dir))
         result["error_ids"] = sorted(r["id"] for r in records if r["error"] is not None)
         if selection := selection_summary(records, self.items):
             result["selection"] = selection
         return result
+
+    def videos(self, records: list[dict]) -> dict:
+        """``{"videos": distinct videos of the items, "unreadable_videos": those that gave no frames}`` (missing or
+        undecodable; media refused for lying outside the benchmark's folders are reported apart, in ``error_ids``)."""
+        bad = {self.items[r["index"]].video for r in self._unreadable(records)}
+        return {"videos": len({it.video for it in self.items}), "unreadable_videos": len(bad)}
+
+    def _unreadable(self, records: list[dict]) -> list[dict]:
+        return [r for r in records if r["error"] is not None and not r["error"].startswith("path_escape")]
+
+    def unreadable(self, records: list[dict], allowed: float) -> str | None:
+        """An error message when more than ``allowed`` of the videos gave no frames (missing, undecodable), naming
+        where they were looked for; None otherwise."""
+        counts, bad_records = self.videos(records), self._unreadable(records)
+        if counts["unreadable_videos"] <= allowed * counts["videos"]:
+            return None
+        bad = sorted({self.items[r["index"]].video for r in bad_records})
+        first = bad_records[0]
+        return (unreadable_report(self.benchmark, counts["videos"], bad, "unreadable", allowed)
+                + f". First error: item {first['id']}: {first['error']}")
 
     def describe(self, max_new_tokens: int) -> dict:
         """How the answers were obtained, written with the results."""
@@ -111,7 +136,22 @@ class Evaluator:
     # ------------------------------------------------------------------ files
 
     def submission(self, records: list[dict]) -> tuple[str, str] | None:
-        """``(file name, text)`` of the benchmark's submission file when some of its answers are hidden, else None."""
-        if not any(self.items[r["index"]].answer in (-1, "") for r in records):
+        """``(file name, text)`` of the benchmark's submission file when some of its answers are hidden or its server
+        scores the set, else None."""
+        hidden = any(self.items[r["index"]].answer in (-1, "") for r in records)
+        if not (hidden or self.benchmark.server_scored):
             return None
         return self.benchmark.submission(sorted(records, key=lambda r: r["index"]), self.items)
+
+
+def unreadable_report(benchmark: Benchmark, total: int, paths: list[str], what: str, allowed: float) -> str:
+    """``"3 of 48 vnbench videos are missing (under '/data/vn'): a.mp4, ... Set ..."``: the share, the folders they
+    were looked for in, a few of the paths and the flags that change where videos are looked for or how many may
+    fail."""
+    folders = sorted({os.path.dirname(p) for p in paths})
+    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    where = ", ".join(f"'{f}'" for f in folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
+    flag = "--data.benchmark.video_root" if hasattr(benchmark, "video_root") else "--data.benchmark.root"
+    return (f"{len(paths)} of {total} {benchmark.name} videos are {what} (looked for under {where}): {shown}. Set "
+            f"{flag} (or --data.benchmark.root) to the folder that holds them, or raise "
+            f"--data.max_unreadable_fraction (now {allowed}) to score them as wrong")

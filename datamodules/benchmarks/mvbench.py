@@ -137,7 +137,14 @@ class MVBench(MultipleChoiceBenchmark):
         return f"{MVBENCH_PREAMBLE}Question: {question}\nOptions:\n{bracket_options(options)}{BEST_OPTION}"
 
     def accuracy(self, correct: Tensor, parsed: Tensor, known: Tensor, items: list[EvalItem]) -> dict:
-        """Also the unweighted mean of the per-task accuracies."""
+        """Also the unweighted mean of the per-task accuracies, and which of the 20 tasks it is not over
+        (``tasks_missing``: a partial run's mean is not the papers' MVBench number)."""
         out = super().accuracy(correct, parsed, known, items)
-        out["mean_over_tasks"] = sum(out["per_category"].values()) / len(out["per_category"])
+        tasks = out.get("per_category", {})
+        out["mean_over_tasks"] = sum(tasks.values()) / len(tasks) if tasks else None
+        out["tasks_evaluated"] = len(tasks)
+        out["tasks_missing"] = [n for n in MVBENCH_TASKS if n not in tasks]
+        if out["tasks_missing"]:
+            log.warning("MVBench: mean_over_tasks is over %d of 20 tasks; missing: %s", out["tasks_evaluated"],
+                        ", ".join(out["tasks_missing"]))
         return out

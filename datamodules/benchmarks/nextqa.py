@@ -17,14 +17,16 @@ class NExTQA(MultipleChoiceBenchmark):
     """NExT-QA multiple choice: rows ``video, question, a0..a4, answer (index), qid, type`` from the official CSV
     (``video,frame_count,width,height,question,answer,qid,type,a0,...,a4``) or lmms-eval's JSON/parquet.
 
-    Videos are ``<root>/NExTVideo/<video>.*``, through the release's ``map_vid_vidorID.json`` (video ->
-    ``<folder>/<video>``) when it is in ``root``, else flat in ``NExTVideo/`` or ``videos/``. Item ids are
+    Videos are ``<video_root>/<video>.*``, through the release's ``map_vid_vidorID.json`` (video ->
+    ``<folder>/<video>``) when it is in ``root``, else flat in ``video_root``. Item ids are
     ``<video>_<qid>``; category is the type's class (Causal / Temporal / Descriptive), ``extra["type"]`` the raw
     type.
 
     Args:
         root: NExT-QA folder.
         annotation: the rows file, relative to ``root`` (``MC/val.csv`` for the validation split).
+        video_root: the videos' folder, relative to ``root`` or absolute (the release's ``NExTVideo``; lmms-eval
+            keeps them flat in ``videos``).
         parse_rule: answer parser (an import path); None: this project's default rule, which covers lmms-eval's
             MMMU-style parser ((X) / "X " / "X." / option text).
         fallback_letter: letter an unparsed answer gets (the reference scripts use "C"); None: it counts wrong.
@@ -33,10 +35,10 @@ class NExTQA(MultipleChoiceBenchmark):
     name = "nextqa"
     reference_rule = staticmethod(parse_default)
 
-    def __init__(self, root: str, annotation: str = "MC/test.csv", parse_rule: ParseRule | None = None,
-                 fallback_letter: str | None = None):
+    def __init__(self, root: str, annotation: str = "MC/test.csv", video_root: str = "NExTVideo",
+                 parse_rule: ParseRule | None = None, fallback_letter: str | None = None):
         super().__init__(root, parse_rule, fallback_letter)
-        self.annotation = annotation
+        self.annotation, self.video_root = annotation, video_root
 
     def read(self) -> list[EvalItem]:
         root = Path(self.root)
@@ -52,7 +54,7 @@ class NExTQA(MultipleChoiceBenchmark):
             kind = str(row.get("type") or "")
             stems = [str(mapping[video])] if video in mapping else [video]
             answer = option_index(require(row, "answer", path, where, (int, str)), 5, path, where, "answer")
-            items.append(EvalItem(id=f"{video}_{qid}", video=find_video([root / "NExTVideo", root / "videos"], stems),
+            items.append(EvalItem(id=f"{video}_{qid}", video=find_video([root / self.video_root], stems),
                                   question=require_text(row, "question", path, where), options=options,
                                   answer=answer, category=NEXTQA_CLASSES.get(kind[:1], kind),
                                   extra={"type": kind, "qid": qid, "video": video}))

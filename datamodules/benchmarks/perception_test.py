@@ -4,7 +4,6 @@ writes the challenge server's submission file."""
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -44,11 +43,6 @@ class PerceptionTest(MultipleChoiceBenchmark):
                  parse_rule: ParseRule | None = None, fallback_letter: str | None = None):
         super().__init__(root, parse_rule, fallback_letter)
         self.annotation, self.video_root = annotation, video_root
-
-    def media_roots(self) -> list[str]:
-        """``root``, and the video folder where it lies outside it."""
-        videos = os.path.normpath(os.path.join(self.root, self.video_root))
-        return [self.root] + ([videos] if os.path.relpath(videos, self.root).startswith("..") else [])
 
     def read(self) -> list[EvalItem]:
         root = Path(self.root)

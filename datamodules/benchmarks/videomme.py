@@ -89,11 +89,6 @@ class VideoMME(MultipleChoiceBenchmark):
             return fallback
         return folder
 
-    def media_roots(self) -> list[str]:
-        """``root``, and the video folder where it lies outside it."""
-        videos = os.path.normpath(os.path.join(self.root, self.video_root))
-        return [self.root] + ([videos] if os.path.relpath(videos, self.root).startswith("..") else [])
-
     def read(self) -> list[EvalItem]:
         root = Path(self.root)
         path = root / self.annotation

@@ -3,6 +3,7 @@ circular rule (VideoNIAH ``evaluation/eval.py``); the synthetic needle set (``ma
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -15,6 +16,11 @@ from datamodules.benchmarks.parsing import ParseRule, first_letter
 from datamodules.benchmarks.prompts import LETTER_ONLY, bracket_options
 from datamodules.benchmarks.reading import load_list, option_index, option_letter, require, require_text
 
+log = logging.getLogger("lit_bvllm.data")
+
+TRIES = 4
+"""Tries per VNBench question (the options rotated); a group is scored only with all of them (``eval.py``)."""
+
 
 def parse_vnbench(text: str, options: list[str]) -> int | None:
     """The official VNBench scorer (VideoNIAH ``evaluation/eval.py``).
@@ -26,32 +32,48 @@ def parse_vnbench(text: str, options: list[str]) -> int | None:
     return first_letter(text.split(".")[0], len(options))
 
 
+def parse_vnbench_official(text: str, options: list[str]) -> int | None:
+    """The official VNBench rule exactly as ``evaluation/eval.py`` applies it: the text before the first ``.``,
+    then the first of ``A``, ``B``, ``C``, ``D`` (in that order) it contains anywhere, so "(B) A red square" reads as
+    A and "Based" as B. Offered as ``--data.benchmark.parse_rule
+    datamodules.benchmarks.vnbench.parse_vnbench_official`` to reproduce numbers scored by that script; the results
+    record which rule was used (``protocol.parse_rule``)."""
+    head = text.split(".")[0]
+    return next((k for k, letter in enumerate("ABCD"[: len(options)]) if letter in head), None)
+
+
 class VNBench(MultipleChoiceBenchmark):
     """VNBench (and the synthetic needle set): 4-way circular scoring.
 
-    Reads ``<root>/<annotation>`` (VideoNIAH ``VNBench_qa.json``): ``video (relative to root), question, options,
-    gt, type, try, question_id``; ``gt`` is the answer text or its index, or B-VLLM's ``gt_option`` letter replaces
-    it. The 4 circular tries of an item share ``group`` = ``question_id`` without its ``_<try>``; category is
-    ``type``.
+    Reads ``<root>/<annotation>`` (VideoNIAH ``VNBench_qa.json``): ``video (a file name under video_root), question,
+    options, gt, type, try, question_id``; ``gt`` is the answer text or its index, or B-VLLM's ``gt_option`` letter
+    replaces it. The 4 circular tries of an item share ``group`` = ``question_id`` without its ``_<try>``; category
+    is ``type``. A group counts in the circular accuracy only when all :data:`TRIES` of its tries were scored, as
+    ``eval.py`` requires; incomplete groups are counted (``incomplete_groups``) and left out.
 
     Args:
         root: VNBench folder.
         annotation: the question file, relative to ``root``.
-        parse_rule: answer parser (an import path); None: VNBench's own, :func:`parse_vnbench`.
+        video_root: the folder the annotation's ``video`` names are joined to, relative to ``root`` or absolute
+            (VideoNIAH's ``--video_dir``; default: ``root`` itself, where its example script keeps them).
+        parse_rule: answer parser (an import path); None: VNBench's own, :func:`parse_vnbench`, which reads "(B) A
+            red square" as B; ``datamodules.benchmarks.vnbench.parse_vnbench_official`` applies ``eval.py``'s rule
+            as it is (A there).
         fallback_letter: letter an unparsed answer gets (the reference scripts use "C"); None: it counts wrong.
     """
 
     name = "vnbench"
     reference_rule = staticmethod(parse_vnbench)
 
-    def __init__(self, root: str, annotation: str = "VNBench_qa.json", parse_rule: ParseRule | None = None,
-                 fallback_letter: str | None = None):
+    def __init__(self, root: str, annotation: str = "VNBench_qa.json", video_root: str = ".",
+                 parse_rule: ParseRule | None = None, fallback_letter: str | None = None):
         super().__init__(root, parse_rule, fallback_letter)
-        self.annotation = annotation
+        self.annotation, self.video_root = annotation, video_root
 
     def read(self) -> list[EvalItem]:
         root = Path(self.root)
         path = root / self.annotation
+        videos = root / self.video_root
         items = []
         for k, e in enumerate(load_list(path)):
             qid = require_text(e, "question_id", path, k)
@@ -69,7 +91,7 @@ class VNBench(MultipleChoiceBenchmark):
             extra = {"try": tries}
             if e.get("needle_times") is not None:  # the synthetic needle set's evidence spans (selection hit rate)
                 extra["needle_times"] = _spans(e["needle_times"], path, where)
-            items.append(EvalItem(id=qid, video=os.path.abspath(root / require_text(e, "video", path, where)),
+            items.append(EvalItem(id=qid, video=os.path.abspath(videos / require_text(e, "video", path, where)),
                                   question=require_text(e, "question", path, where), options=options, answer=answer,
                                   category=require_text(e, "type", path, where), group=group, extra=extra))
         return items
@@ -81,17 +103,26 @@ class VNBench(MultipleChoiceBenchmark):
 
     def accuracy(self, correct: Tensor, parsed: Tensor, known: Tensor, items: list[EvalItem]) -> dict:
         """Also the circular accuracy (VNBench ``eval.py``): an item counts only if all of its tries are right;
-        per type, and overall as the unweighted mean over types."""
+        per type, and overall as the unweighted mean over types (None when no group is complete)."""
         out = super().accuracy(correct, parsed, known, items)
         groups: dict[tuple[str, str], list[bool]] = defaultdict(list)
         for it, ok, k in zip(items, correct.tolist(), known.tolist()):
             if k:
                 groups[(it.category, it.group)].append(ok)
         per: dict[str, list[bool]] = defaultdict(list)
-        for (cat, _), oks in groups.items():
-            per[cat].append(all(oks))
+        incomplete = []
+        for (cat, group), oks in groups.items():
+            if len(oks) == TRIES:
+                per[cat].append(all(oks))
+            else:  # eval.py scores a group only with all of its tries: 2 right tries of 4 are not a right item
+                incomplete.append(group)
+        out["complete_groups"] = sum(len(v) for v in per.values())
+        out["incomplete_groups"] = len(incomplete)
+        if incomplete:
+            log.warning("vnbench: %d question group(s) lack some of their %d tries and are left out of the circular "
+                        "accuracy (first: %s)", len(incomplete), TRIES, incomplete[0])
         out["circular_per_category"] = {c: sum(v) / len(v) for c, v in sorted(per.items())}
-        out["circular_accuracy"] = sum(out["circular_per_category"].values()) / len(per)
+        out["circular_accuracy"] = sum(out["circular_per_category"].values()) / len(per) if per else None
         return out
 
 
