@@ -155,6 +155,82 @@ class KeepingConfigSnapshot(SaveConfigCallback):
         return super().setup(trainer, pl_module, stage)
 
 
+class SelectionFigures(L.Callback):
+    """TensorBoard figures of what the reducer selected (:mod:`lit_bvllm.figures`): for the first ``num_samples``
+    samples of the first validation batch (every validation run; the question, no answer) and of the first test
+    batch (the question and the model's answer, needle spans marked where the benchmark has them), the sampled
+    frames as a strip with the kept ones outlined (selection weight, merge group) and each kept frame's spatial
+    attention. Tags ``selection/<stage>/<sample>``, at the global step.
+
+    Args:
+        num_samples: samples drawn per stage.
+    """
+
+    def __init__(self, num_samples: int = 2):
+        self.num_samples = num_samples
+
+    @staticmethod
+    def _tensorboards(trainer) -> list:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+    def _draw(self, trainer, stage: str, batch: dict, info: dict, answers: list[str | None], needles: list) -> None:
+        from lit_bvllm.figures import sample_info, selection_figure
+
+        loggers = self._tensorboards(trainer)
+        if not loggers or not trainer.is_global_zero or "kept_frames" not in info:
+            return
+        import matplotlib.pyplot as plt
+
+        for b in range(min(self.num_samples, len(batch["meta"]))):
+            t = int(batch["frame_mask"][b].sum())
+            if t == 0:
+                continue
+            meta = batch["meta"][b]
+            question = meta.get("question") or meta.get("prompt") or ""
+            fig = selection_figure(batch["frames"][b, :t].cpu(), batch["frame_times"][b, :t].cpu(),
+                                   sample_info(info, b), question, answers[b], needles[b])
+            for lg in loggers:
+                lg.experiment.add_figure(f"selection/{stage}/{b}", fig, trainer.global_step, close=False)
+            plt.close(fig)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx != 0 or trainer.sanity_checking or not self._tensorboards(trainer):
+            return
+        from lit_bvllm.figures import recording_attention
+
+        model = pl_module.model
+        with torch.no_grad(), recording_attention(model.reducer):
+            _, _, info = model.visual_tokens(batch)
+        n = len(batch["meta"])
+        self._draw(trainer, "val", batch, info, [None] * n, [None] * n)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        reducer = pl_module.model.reducer
+        if batch_idx == 0 and self._tensorboards(trainer) and hasattr(reducer, "record_attention"):
+            self._recorded, reducer.record_attention = reducer.record_attention, True  # the maps of the first batch
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if hasattr(self, "_recorded"):
+            pl_module.model.reducer.record_attention = self._recorded
+            del self._recorded
+        if batch_idx != 0 or not self._tensorboards(trainer):
+            return
+        items = [trainer.datamodule.items[int(i)] if int(i) >= 0 else None for i in batch["index"]]
+        answers = []
+        for b, out in enumerate(outputs["output"]):
+            if isinstance(out, str):
+                answers.append(out)
+            elif items[b] is not None and items[b].options:  # likelihood mode: the option of highest score
+                k = int(out[: len(items[b].options)].argmax())
+                answers.append(f"({chr(65 + k)}) {items[b].options[k]}")
+            else:
+                answers.append(None)
+        needles = [None if it is None else it.extra.get("needle_times") for it in items]
+        self._draw(trainer, "test", batch, outputs["info"], answers, needles)
+
+
 class RNGState(L.Callback):
     """Carries the torch (and CUDA) RNG streams in the checkpoint, so a resumed run draws the Gumbel noise and dropout
     the uninterrupted one would. Restored at the first batch after the resume: starting a DataLoader draws from it."""

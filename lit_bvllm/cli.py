@@ -49,6 +49,7 @@ from lit_bvllm.callbacks import (  # noqa: E402
     PredictionWriter,
     RNGState,
     RunSummary,
+    SelectionFigures,
 )
 from lit_bvllm.checkpointing import AtomicCheckpointIO  # noqa: E402
 from lit_bvllm.export import export as export_model  # noqa: E402
@@ -116,7 +117,7 @@ def preview(data: VideoInstructDataModule, num_samples: int = 4) -> None:
 LINKED = {"tokenizer": "--model.llm", "vision_tower": "--model.vision_tower", "video_token": "--model.video_token"}
 OPTIMISATION = ("lr", "lr_llm", "weight_decay", "warmup_ratio", "schedule")  # restored with the optimizer on resume
 STRUCTURE = ("reducer", "feature_layer", "video_token", "lora_r", "lora_alpha")  # a checkpoint must agree on these
-CONFIG_COMMANDS = ("export", "scan", "preview")  # read the run config training reads; methods of the CLI below
+CONFIG_COMMANDS = ("export", "scan", "preview", "show-selection")  # read the run config training reads; methods below
 REPORTING = ("probe-tower",)  # commands that print their own report (a table) instead of their return value
 SETUP = {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "probe-tower": probe_tower}  # no run config
 
@@ -307,7 +308,7 @@ class VideoCLI(LightningCLI):
         # the suite's own machinery, in every run: skipped-sample counts, the run summary, the RNG streams in the
         # checkpoint, benchmark scoring, prediction files, the learning rate in the logs
         callbacks += [SkippedSamplesLogger(), RunSummary(), RNGState(), BenchmarkEvaluation(), PredictionWriter(),
-                      LearningRateMonitor(logging_interval="step")]
+                      SelectionFigures(), LearningRateMonitor(logging_interval="step")]
         return super().instantiate_trainer(**{"plugins": plugins, "callbacks": callbacks, **kwargs})
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -365,6 +366,42 @@ class VideoCLI(LightningCLI):
             num_samples: samples printed (the batch size is set to this).
         """
         preview(datamodule, num_samples)
+
+    def show_selection(self, model, datamodule, video: str, question: str, ckpt_path: str | None = None,
+                       options: list[str] | None = None, out: str = "selection.png", fps: float = 1.0,
+                       max_frames: int | None = 128, needle_times: list[list[float]] | None = None) -> None:
+        """Ask the trained model a question about one video and draw what its reducer kept (PNG): every frame at
+        ``fps``, the kept ones outlined with their selection weight and merge group, the answer, and each kept frame's
+        spatial attention (:mod:`lit_bvllm.figures`).
+
+        Args:
+            video: the video file.
+            question: the question, as a benchmark would ask it.
+            ckpt_path: the training checkpoint (``runs/finetune/tiny/checkpoints/last.ckpt``); or ``--model.weights``.
+            options: multiple-choice options (then VNBench's prompt: bracketed options, answer with the letter).
+            out: the PNG written.
+            fps: frames per second sampled, as ``lit_bvllm test`` does.
+            max_frames: the most frames sampled (uniformly thinned over the whole video).
+            needle_times: ``[[start, end], ...]`` seconds to mark as the evidence (the synthetic set's needles).
+        """
+        from lit_bvllm.figures import show_selection
+
+        model.configure_model()
+        if ckpt_path is not None:
+            state = (getattr(self, "checkpoint", None) or read_checkpoint(ckpt_path, "--ckpt_path")).get("state_dict") or {}
+            model.check_state(state, f"--ckpt_path '{ckpt_path}'")
+            model.load_state_dict(state, strict=False)
+        elif model.hparams.get("weights") is None:
+            print("warning: no --ckpt_path or --model.weights: drawing an untrained reducer's selection", file=sys.stderr)
+        h = datamodule.hparams
+        result = show_selection(model.model, video, question, out, options, model.hparams.vision_tower,
+                                h.get("transform", "processor"), fps, max_frames, h.get("question_tokenizer"),
+                                needle_times)
+        print(json.dumps(result, indent=1))
+
+
+# the command is spelt as the setup commands are (make-tiny); the parser and the runner look methods up by that name
+setattr(VideoCLI, "show-selection", VideoCLI.show_selection)
 
 
 def lightning_cli(args: list[str] | None = None, run: bool = True):

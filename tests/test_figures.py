@@ -1,0 +1,116 @@
+"""What a reducer selected, drawn: the figure on planted selections, the show-selection path on a synthetic needle
+video, and the TensorBoard callback in a test run."""
+
+import functools
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from lit_bvllm.figures import KEPT, kept_slots, save_figure, selection_figure, show_selection
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _planted():
+    frames = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3), dtype=np.uint8)
+    info = {"kept_frames": torch.tensor([2, 5, -1]),
+            "selection": torch.tensor([[0, 0, 0.9, 0.1, 0, 0, 0, 0], [0, 0, 0, 0, 0.2, 0.6, 0.2, 0], [0.0] * 8]),
+            "group_sizes": torch.tensor([1, 2, 0]),
+            "spatial_attention": torch.rand(3, 2, 4)}
+    return frames, np.arange(8.0), info
+
+
+def test_kept_slots_read_weights_groups_and_attention():
+    _, _, info = _planted()
+    slots = kept_slots(info)
+    assert [s["frame"] for s in slots] == [2, 5] and [s["group"] for s in slots] == [1, 2]
+    assert [round(s["weight"], 2) for s in slots] == [0.9, 0.6]
+    assert slots[0]["attention"].shape == (4,)
+    # a reducer with frame indices only (Uniform): weight 1, group 1, no attention
+    assert kept_slots({"kept_frames": torch.tensor([0, 3])}) == [
+        {"slot": 0, "frame": 0, "weight": 1.0, "group": 1, "attention": None},
+        {"slot": 1, "frame": 3, "weight": 1.0, "group": 1, "attention": None}]
+
+
+def test_the_figure_outlines_the_kept_frames_and_marks_the_needle(tmp_path):
+    frames, times, info = _planted()
+    fig = selection_figure(frames, times, info, "What appears?", "(B) a red star", needle_times=[[4.5, 5.5]],
+                           columns=4)
+    strip = fig.axes[:8]
+    outlined = [i for i, ax in enumerate(strip) if any(getattr(p, "get_edgecolor", None) and
+                                                          tuple(p.get_edgecolor()[:3]) == _rgb(KEPT) for p in ax.patches)]
+    assert outlined == [2, 5]
+    assert [i for i, ax in enumerate(strip) if " N" in ax.get_title()] == [5]  # the frame at 5 s shows the needle
+    assert "w0.60 g2" in strip[5].get_title() and len(fig.axes) == 8 + 2  # strip + one panel per kept frame
+    assert len(fig.axes[8].images) == 2  # the frame and its attention heatmap
+    path = save_figure(fig, tmp_path / "f" / "sel.png")
+    assert path.read_bytes()[:8] == PNG and path.stat().st_size > 2000
+
+
+def _rgb(hex_colour):
+    from matplotlib.colors import to_rgb
+
+    return to_rgb(hex_colour)
+
+
+@pytest.fixture(scope="module")
+def bvllm_model(tiny):
+    from lit_bvllm.lit_module import VideoLLMModule
+    from lit_bvllm.reducers import BVLLM
+
+    torch.manual_seed(0)
+    m = VideoLLMModule(tiny["llm"], tiny["vision"],
+                       functools.partial(BVLLM, num_frames=4, num_tokens=4, budget=16, num_queries=4, hidden_size=32,
+                                         num_layers=1, num_heads=2, vocab_size=2048), max_new_tokens=3)
+    m.configure_model()
+    return m.eval()
+
+
+def test_show_selection_draws_a_needle_video(bvllm_model, synthetic, tmp_path):
+    root = synthetic / "eval" / "vnbench"
+    entry = json.loads((root / "VNBench_qa.json").read_text())[0]
+    out = show_selection(bvllm_model.model, str(root / entry["video"]), entry["question"], tmp_path / "sel.png",
+                         options=entry["options"], needle_times=entry.get("needle_times"))
+    assert isinstance(out["answer"], str) and 1 <= len(out["kept_times"]) <= 4  # L* = 4, duplicates merged
+    assert (tmp_path / "sel.png").read_bytes()[:8] == PNG
+    with pytest.raises(FileNotFoundError, match="--video"):
+        show_selection(bvllm_model.model, str(tmp_path / "nothing.mp4"), "q", tmp_path / "x.png")
+
+
+def test_the_callback_logs_selection_figures_to_tensorboard(bvllm_model, tiny, synthetic, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from datamodules.benchmarks import BenchmarkDataModule, VNBench
+    from lit_bvllm.callbacks import BenchmarkEvaluation, SelectionFigures
+
+    dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
+                             num_workers=0, batch_size=2, limit=2, mode="likelihood")
+    logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="run", version="v")
+    L.Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, enable_model_summary=False,
+              callbacks=[BenchmarkEvaluation(), SelectionFigures(num_samples=2)]).test(bvllm_model, datamodule=dm)
+    events = EventAccumulator(str(tmp_path / "run" / "v"), size_guidance={"images": 0})
+    events.Reload()
+    assert sorted(events.Tags()["images"]) == ["selection/test/0", "selection/test/1"]
+    image = events.Images("selection/test/0")[0]
+    assert image.encoded_image_string[:8] == PNG and image.width > 200
+    assert bvllm_model.model.reducer.record_attention is False  # switched on for the first batch only
+
+
+def test_the_show_selection_command_reads_the_run_config(tiny, synthetic, tmp_path, monkeypatch, capsys):
+    import pathlib
+
+    from lit_bvllm.cli import lightning_cli
+
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
+    root = synthetic / "eval" / "vnbench"
+    entry = json.loads((root / "VNBench_qa.json").read_text())[0]
+    lightning_cli(["show-selection", "--config", "experiments/pretrain.yaml", "--model.llm", tiny["llm"],
+                   "--model.vision_tower", tiny["vision"], "--data.train", str(synthetic / "finetune.json"),
+                   "--video", str(root / entry["video"]), "--question", entry["question"],
+                   "--options", json.dumps(entry["options"]), "--out", str(tmp_path / "sel.png")])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["figure"] == str(tmp_path / "sel.png") and (tmp_path / "sel.png").read_bytes()[:8] == PNG
+    assert printed["kept_times"] and all(0 <= t <= 200 for t in printed["kept_times"])
