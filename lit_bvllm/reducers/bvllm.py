@@ -4,13 +4,28 @@ Lu et al., "B-VLLM: A Vision Large Language Model with Balanced Spatio-Temporal 
 frames (patch tokens V, [CLS] tokens V_cls) and a question:
 
 1. frame selection (§3.2, Eq. 1): a Q-Former reads the T [CLS] tokens and the question and makes L* queries Q;
-   ``S = GumbelSoftmax(Q V_clsᵀ, τ)`` is an L* x T matrix whose rows pick frames, and ``V* = S V``. Training uses
-   hard one-hot rows with straight-through gradients (``soft_selection=True`` keeps the soft mixture of the
-   released code); evaluation takes the noise-free argmax, so two evaluation passes agree. The selected frames
-   are put back in temporal order;
-2. temporal merging (§3.3, Eq. 2-5): rows of S whose cosine similarity is >= γ are duplicates; duplicate groups
-   are closed transitively (connected components) and each group's frame tokens are averaged, so no frame's
-   content is dropped (the released code keeps only one hop of a chain);
+   ``S = GumbelSoftmax(Q V_clsᵀ, τ)`` is an L* x T matrix whose rows weigh frames, and ``V* = S V``: row l* of V*
+   is, patch position by patch position, the S-weighted sum of the T frames' N patch tokens (the tower's raw
+   output; the [CLS] tokens only score frames and are neither mixed nor passed on; the spatial Q-Former's
+   LayerNorm comes after the mixture, where the released code normalises each frame before mixing). The rows
+   are put back in temporal order (by their argmax frame). ``selection`` says what the rows are:
+
+   - ``"hard"`` (default): one-hot rows, straight-through in training, the noise-free argmax in evaluation, so
+     V* holds whole frames. Duplicates are then identical rows: evaluation gives the same output for every
+     γ in (0, 1], and τ acts only in training. Deterministic and cheap (a gather); enough wherever τ and γ stay
+     fixed (Fig. 3a, Fig. 3c, Table 3), but it cannot reproduce Fig. 3b.
+   - ``"soft"``: the Gumbel-softmax rows themselves, as the paper writes Eq. 1 and the released code runs it:
+     with Gumbel noise in training, ``softmax(Q V_clsᵀ / τ)`` in evaluation (``eval_noise=True`` adds Gumbel
+     noise there too, seeded by ``noise_seed`` and keyed by (video length, query, frame), so two evaluation
+     passes agree: the released code's noisy selection, made repeatable). Low τ gives near one-hot rows, high τ
+     mixes frames (the "oversmoothing" of §5.3), and γ decides which mixtures count as duplicates: the mode
+     that reproduces the τ x γ study of Fig. 3b. It costs L*·T·N·D multiply-adds for ``S V`` instead of a gather;
+2. temporal merging (§3.3, Eq. 2-5): rows of S whose cosine similarity is >= γ are duplicates, and each group's
+   frame tokens are averaged (Eq. 4). ``"soft"`` groups as Eq. 2-5 write it: the first remaining row α (in
+   temporal order) takes every remaining row β with cos(s_α, s_β) >= γ, they are removed, and so on, so in a
+   chain a ~ b ~ c with a !~ c the groups are {a, b} and {c}. ``"hard"`` closes duplicate groups transitively
+   (connected components); on one-hot rows, whose cosines are 0 or 1, both rules give the same groups (the
+   released code keeps only one hop of a chain and drops the rest);
 3. spatial sampling (§3.4): a second Q-Former turns each kept frame's N patch tokens into R tokens, conditioned on
    the question;
 4. spatial merging (§3.4): while a sample holds more than θ tokens, every frame is halved by ToMe bipartite
@@ -19,13 +34,14 @@ frames (patch tokens V, [CLS] tokens V_cls) and a question:
 Each step has a switch for the ablation of Table 3: ``frame_selection=False`` takes L* uniformly spaced frames,
 ``temporal_merge=False`` keeps duplicates, ``spatial_sampling=False`` average-pools each frame to R tokens,
 ``spatial_merge=False`` drops whole trailing frames past θ instead of merging (the budget holds either way).
-L*, R, θ, τ and γ are plain attributes: they may change on a trained model (L* and R up to the trained number
-of queries; fewer uses the first ones).
+L*, R, θ, τ, γ, ``selection``, ``eval_noise`` and ``noise_seed`` are plain attributes: they may change on a trained
+model (L* and R up to the trained number of queries; fewer uses the first ones).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +50,7 @@ from torch import Tensor, nn
 from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
 from lit_bvllm.reducers.merging import merge_to_target
 from lit_bvllm.reducers.qformer import TextQFormer
-from lit_bvllm.reducers.sampling import gumbel_select, select_uniform_frames
+from lit_bvllm.reducers.sampling import gumbel_select, keyed_gumbel_noise, select_uniform_frames
 
 
 class BVLLM(Reducer):
@@ -45,15 +61,21 @@ class BVLLM(Reducer):
         num_frames: L*, frames selected per video.
         num_tokens: R, tokens sampled per kept frame.
         budget: θ, the most visual tokens a sample may get.
-        tau: Gumbel-softmax temperature τ.
-        gamma: cosine-similarity threshold γ above which two selections are duplicates.
+        tau: Gumbel-softmax temperature τ (in evaluation it acts only with ``selection="soft"``).
+        gamma: cosine-similarity threshold γ from which two selections are duplicates (in evaluation it acts only
+            with ``selection="soft"``: hard rows are either identical or orthogonal).
         num_queries: learned queries of each Q-Former (the largest L* and R usable later).
         hidden_size: Q-Former width (the output width of this reducer when spatial sampling is on).
         num_layers: Q-Former layers.
         num_heads: Q-Former attention heads.
         vocab_size: vocabulary of the question tokenizer.
         qformer: local InstructBLIP checkpoint that both Q-Formers start from (random initialisation when None).
-        soft_selection: train with the soft Gumbel-softmax mixture (the released code) instead of hard rows.
+        selection: "hard" (one-hot rows: straight-through in training, argmax in evaluation) or "soft" (the
+            Gumbel-softmax rows of Eq. 1 in training and evaluation, grouped by Eq. 2-5; reproduces Fig. 3b). Train
+            "soft" and evaluate "hard" for the former ``soft_selection=true``.
+        eval_noise: with ``selection="soft"``, add seeded Gumbel noise in evaluation as the released code does
+            (with "hard", evaluation takes a seeded Gumbel-max sample instead of the argmax).
+        noise_seed: seed of the evaluation noise; the same seed gives the same noise on every pass.
         frame_selection: text-conditioned selection (True) or L* uniformly spaced frames (False).
         temporal_merge: merge duplicate selections (Eq. 2-5).
         spatial_sampling: spatial Q-Former (True) or average pooling to R tokens (False).
@@ -83,7 +105,9 @@ class BVLLM(Reducer):
         num_heads: int = 12,
         vocab_size: int = 30523,
         qformer: str | None = None,
-        soft_selection: bool = False,
+        selection: Literal["hard", "soft"] = "hard",
+        eval_noise: bool = False,
+        noise_seed: int = 0,
         frame_selection: bool = True,
         temporal_merge: bool = True,
         spatial_sampling: bool = True,
@@ -104,10 +128,13 @@ class BVLLM(Reducer):
                        "would fit, and the LLM would get no visual token")
         if tau <= 0 or not 0 < gamma <= 1:
             bad.append(f"tau={tau} must be > 0 and gamma={gamma} in (0, 1]")
+        if selection not in ("hard", "soft"):
+            bad.append(f"selection={selection!r} must be 'hard' or 'soft'")
         if bad:
             raise ValueError("BVLLM: " + "; ".join(bad) + " (set them under --model.reducer.init_args)")
         self.in_dim, self.num_frames, self.num_tokens, self.budget = in_dim, num_frames, num_tokens, budget
-        self.tau, self.gamma, self.soft_selection = tau, gamma, soft_selection
+        self.tau, self.gamma = tau, gamma
+        self.selection, self.eval_noise, self.noise_seed = selection, eval_noise, noise_seed
         self.frame_selection, self.temporal_merge = frame_selection, temporal_merge
         self.spatial_sampling, self.spatial_merge = spatial_sampling, spatial_merge
         self.record_attention = record_attention
@@ -124,7 +151,7 @@ class BVLLM(Reducer):
         if spatial_sampling:
             self.spatial_qformer = TextQFormer(**qf)
         self.out_dim = self.spatial_qformer.hidden_size if spatial_sampling else in_dim
-        self.generator: torch.Generator | None = None  # optional RNG for the Gumbel noise
+        self.generator: torch.Generator | None = None  # optional RNG for the training Gumbel noise
 
     # ------------------------------------------------------------------ selection
 
@@ -132,24 +159,35 @@ class BVLLM(Reducer):
     def max_frames(self) -> int | None:
         return None if self.frame_selection else self.num_frames  # selection needs every frame's [CLS]
 
+    def scores(self, cls: Tensor, frame_mask: Tensor, text_ids: Tensor, text_mask: Tensor) -> Tensor:
+        """Frame scores ``Q V_clsᵀ / √D (B, L*, T)``, the logits of Eq. 1."""
+        q = self.temporal_qformer(self.num_frames, self.ln_vision(cls), frame_mask, text_ids, text_mask)  # (B, L*, H)
+        return torch.einsum("bkd,btd->bkt", self.temporal_proj(q).float(), cls.float()) / math.sqrt(self.in_dim)
+
     def select(self, cls: Tensor, frame_mask: Tensor, text_ids: Tensor, text_mask: Tensor) -> Tensor:
-        """Selection matrix ``S (B, L*, T)`` (Eq. 1), rows one-hot except with soft training selection."""
+        """Selection matrix ``S (B, L*, T)`` (Eq. 1): one-hot rows with ``selection="hard"``, soft ones with "soft"."""
         B, T, _ = cls.shape
         if not self.frame_selection:
             idx, valid = select_uniform_frames(frame_mask, self.num_frames)  # (B, min(L*, T))
             s = F.one_hot(idx, T).float() * valid[..., None]
             return F.pad(s, (0, 0, 0, self.num_frames - s.shape[1]))  # (B, L*, T): missing rows select nothing
-        q = self.temporal_qformer(self.num_frames, self.ln_vision(cls), frame_mask, text_ids, text_mask)  # (B, L*, H)
-        logits = torch.einsum("bkd,btd->bkt", self.temporal_proj(q).float(), cls.float()) / math.sqrt(self.in_dim)
+        logits = self.scores(cls, frame_mask, text_ids, text_mask)
+        noise = None
+        if self.eval_noise and not self.training:  # keyed by (real frames, query, frame): batch and padding free
+            dev = logits.device
+            noise = keyed_gumbel_noise(self.noise_seed, frame_mask.sum(1)[:, None, None],
+                                       torch.arange(logits.shape[1], device=dev)[None, :, None], torch.arange(T, device=dev)[None, None])
         any_frame = frame_mask.any(1)
         safe_mask = frame_mask | ~any_frame[:, None]  # a sample without frames selects nothing (zeroed below)
-        s = gumbel_select(logits, safe_mask, self.tau, self.training, hard=not self.soft_selection, generator=self.generator)
+        s = gumbel_select(logits, safe_mask, self.tau, self.training, hard=self.selection == "hard",
+                          generator=self.generator, noise=noise)
         return s * any_frame[:, None, None]
 
     # ------------------------------------------------------------------ temporal
 
     def order_and_group(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Temporal order and duplicate groups of the selected rows (Eq. 2-5, transitive).
+        """Temporal order and duplicate groups of the selected rows (Eq. 2-5: greedy with ``selection="soft"``,
+        connected components with "hard").
 
         Returns ``s`` with rows sorted by selected frame, the group matrix ``G (B, L, L)`` (``G[b, g, i] = 1`` when
         row i belongs to the group represented by row g, the group's earliest row) and ``keep (B, L)`` (the
@@ -161,17 +199,12 @@ class BVLLM(Reducer):
         order = torch.sort(frame, dim=1, stable=True).indices
         s = torch.gather(s, 1, order[..., None].expand(B, L, T))
         valid = torch.gather(valid, 1, order)
-        eye = torch.eye(L, dtype=torch.bool, device=s.device).expand(B, L, L)
+        rep = torch.arange(L, device=s.device).expand(B, L)  # (B, L) the row each row merges into: itself
         if self.temporal_merge:
             with torch.no_grad():
                 u = F.normalize(s.float(), dim=-1)
-                adj = (u @ u.transpose(1, 2) >= self.gamma - 1e-6) & valid[:, :, None] & valid[:, None, :]
-                reach = adj | eye
-                for _ in range(max(1, math.ceil(math.log2(max(L, 2))))):  # transitive closure by squaring
-                    reach = reach | ((reach.float() @ reach.float()) > 0)
-        else:
-            reach = eye
-        rep = torch.where(reach, torch.arange(L, device=s.device), L).min(-1).values  # (B, L) earliest row of the group
+                dup = (u @ u.transpose(1, 2) >= self.gamma - 1e-6) & valid[:, :, None] & valid[:, None, :]  # (B, L, L)
+                rep = _greedy_groups(dup, valid) if self.selection == "soft" else _connected_groups(dup)
         groups = F.one_hot(rep, L).transpose(1, 2).float()  # (B, L, L): groups[b, g, i] = rep[b, i] == g
         keep = (rep == torch.arange(L, device=s.device)) & valid
         return s, groups, keep
@@ -187,7 +220,7 @@ class BVLLM(Reducer):
         L = self.num_frames
         s = self.select(cls, frame_mask, text_ids, text_mask)  # (B, L*, T)
         s, groups, keep = self.order_and_group(s)
-        if self.training and (self.soft_selection or s.requires_grad):
+        if self.selection == "soft" or (self.training and s.requires_grad):  # soft rows, or straight-through ones
             picked = torch.einsum("blt,btnd->blnd", s.to(frames.dtype), frames)  # V* = S V (Eq. 1)
         else:  # one-hot rows: gather instead of a (L*, T) x (T, N*D) product
             idx = s.argmax(-1)  # (B, L*)
@@ -230,8 +263,8 @@ class BVLLM(Reducer):
             out, _, out_mask = merge_to_target(out, torch.full((B,), self.budget, device=out.device), size, out_mask)
             out = out * out_mask[..., None]
         info = {
-            "selection": s.detach(),  # (B, L*, T) rows in temporal order
-            "frame_indices": torch.where(keep, s.detach().argmax(-1), -1),  # (B, L*) representative frame or -1
+            "selection": s.detach(),  # (B, L*, T) rows (one-hot or soft weights) in temporal order
+            "frame_indices": torch.where(keep, s.detach().argmax(-1), -1),  # (B, L*) kept row's argmax frame or -1
             "group_sizes": torch.where(keep, counts.squeeze(-1).long(), 0),  # (B, L*) selections merged into each
             "num_frames_kept": k,
             "tokens_per_frame": frame_valid.sum(-1),  # (B, L*) after spatial merging
@@ -250,3 +283,31 @@ def _pool(x: Tensor, r: int) -> Tensor:
         grid = x.transpose(1, 2).reshape(K, D, g, g)  # (K, N, D) -> (K, D, g, g)
         return F.adaptive_avg_pool2d(grid, h).flatten(2).transpose(1, 2)  # -> (K, r, D)
     return F.adaptive_avg_pool1d(x.transpose(1, 2), r).transpose(1, 2)
+
+
+def _connected_groups(dup: Tensor) -> Tensor:
+    """``rep (B, L)``: the earliest row of each row's connected component of the duplicate graph ``dup (B, L, L)``."""
+    L = dup.shape[-1]
+    reach = dup | torch.eye(L, dtype=torch.bool, device=dup.device)
+    for _ in range(max(1, math.ceil(math.log2(max(L, 2))))):  # transitive closure by squaring
+        reach = reach | ((reach.float() @ reach.float()) > 0)
+    return torch.where(reach, torch.arange(L, device=dup.device), L).min(-1).values
+
+
+def _greedy_groups(dup: Tensor, valid: Tensor) -> Tensor:
+    """``rep (B, L)``: duplicate groups as Eq. 2-5 build them (B-VLLM §3.3), for rows in order.
+
+    The first remaining row α takes every remaining row β with ``dup[α, β]`` (D_α, Eq. 2), they are removed
+    (Eq. 3), and the next remaining row goes on; ``rep[b, β] = α``. Rows that are not ``valid`` stay alone.
+    """
+    B, L, _ = dup.shape
+    ar = torch.arange(L, device=dup.device)
+    dup = dup | torch.eye(L, dtype=torch.bool, device=dup.device)  # α belongs to D_α
+    rep, remaining = ar.expand(B, L).clone(), valid.clone()
+    # Eq. 2-5 are sequential over rows (which rows remain depends on the groups before), so this loops over the
+    # L* rows (L* <= 32), each step vectorised across the batch; row a is the first remaining one when it remains
+    for a in range(L):
+        members = dup[:, a] & remaining & remaining[:, a, None]  # (B, L): D_a, empty where row a was merged
+        rep = torch.where(members, a, rep)
+        remaining = remaining & ~members
+    return rep

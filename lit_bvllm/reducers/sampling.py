@@ -1,5 +1,5 @@
-"""Choosing and packing frames and tokens: Gumbel-softmax selection (B-VLLM §3.2, Eq. 1; Jang et al., ICLR 2017),
-uniform segment-midpoint frame indices (VideoLLaMA2's uniform sampling), and packing the kept items to the front.
+"""Choosing and packing frames and tokens: Gumbel-softmax selection (B-VLLM §3.2, Eq. 1; Jang et al., ICLR 2017)
+with optional seeded evaluation noise, uniform segment-midpoint frame indices (VideoLLaMA2's uniform sampling), and packing the kept items to the front.
 
 Nothing here has parameters. Index choices are made under ``no_grad`` unless a straight-through estimator carries
 the gradient (``gumbel_select``).
@@ -33,6 +33,28 @@ def gumbel_noise(shape: torch.Size, device, generator: torch.Generator | None = 
     return -torch.log(-torch.log(u))
 
 
+def keyed_gumbel_noise(seed: int, *keys: Tensor) -> Tensor:
+    """Standard Gumbel noise that is a fixed function of ``seed`` and integer ``keys`` (broadcast together).
+
+    A counter-based hash (two rounds of a 32-bit integer mix per key) instead of an RNG stream: an entry's noise
+    does not depend on the batch it is in, on padding, on the device or on what the global RNG did before, so two
+    evaluation passes agree. Keys are non-negative integer tensors; the result has their broadcast shape, float32.
+    """
+    mask = 0xFFFFFFFF
+
+    def mix(x: Tensor) -> Tensor:  # 32-bit avalanche mix on int64 holding values < 2**32 (no int64 overflow)
+        for _ in range(2):
+            x = x ^ (x >> 16)
+            x = (x * 0x45D9F3B) & mask
+        return x ^ (x >> 16)
+
+    x = torch.tensor(seed & mask, device=keys[0].device)
+    for k in keys:
+        x = mix(x ^ mix(k.long() & mask))
+    u = (x.double() + 0.5) / 2**32  # in (0, 1), never 0 or 1
+    return (-torch.log(-torch.log(u))).float()
+
+
 def gumbel_select(
     logits: Tensor,
     mask: Tensor,
@@ -40,6 +62,7 @@ def gumbel_select(
     training: bool,
     hard: bool = True,
     generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Per-row categorical selection over the last axis (B-VLLM Eq. 1: ``S = GumbelSoftmax(Q V^T, τ)``).
 
@@ -47,16 +70,25 @@ def gumbel_select(
         logits: ``(B, K, T)`` scores of K queries over T frames.
         mask: ``(B, T)`` bool; False entries are never selected.
         tau: Gumbel-softmax temperature τ.
-        training: add Gumbel noise (training); otherwise a noise-free one-hot argmax (deterministic evaluation).
-        hard: in training, one-hot forward with the soft gradient (straight-through); False gives the soft mixture.
-        generator: RNG for the noise.
+        training: draw fresh Gumbel noise ``g`` (from ``generator``) unless ``noise`` is given; in evaluation no
+            noise is added unless ``noise`` is given.
+        hard: one-hot rows: in training the one-hot of ``softmax((logits + g) / τ)`` with its soft gradient
+            (straight-through); in evaluation ``one_hot(argmax(logits + noise))``, the noise-free argmax by default.
+            False gives the soft rows ``softmax((logits + g) / τ)`` (no noise in evaluation by default), whose
+            sharpness τ sets.
+        generator: RNG for the training noise.
+        noise: ``(B, K, T)`` Gumbel noise to use instead of drawing it (e.g. :func:`keyed_gumbel_noise`).
 
-    Returns: ``(B, K, T)`` selection weights, each row summing to 1 (one-hot unless ``training and not hard``).
+    Returns: ``(B, K, T)`` selection weights, each row summing to 1 (one-hot when ``hard``).
     """
     logits = logits.float().masked_fill(~mask[:, None, :], float("-inf"))
-    if not training:
+    if noise is None and training:
+        noise = gumbel_noise(logits.shape, logits.device, generator)
+    if noise is not None:
+        logits = logits + noise
+    if hard and not training:
         return F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
-    y = torch.softmax((logits + gumbel_noise(logits.shape, logits.device, generator)) / tau, dim=-1)
+    y = torch.softmax(logits / tau, dim=-1)
     if not hard:
         return y
     y_hard = F.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
