@@ -234,8 +234,10 @@ class VideoCLI(LightningCLI):
             theirs = saved[key]
             if key == "reducer":
                 args, their_args = (ours or {}).get("init_args") or {}, theirs.get("init_args") or {}
+                # evaluating, the reducer's forward-pass knobs (L*, R, θ, τ, γ, ...) may differ: the sweeps of Fig. 3
+                free = set() if sub == "fit" else getattr(_resolve(ours.get("class_path")), "inference_args", set())
                 same = _same_class(ours.get("class_path"), theirs.get("class_path")) and all(
-                    args[k] == their_args[k] for k in set(args) & set(their_args))
+                    args[k] == their_args[k] for k in set(args) & set(their_args) - set(free))
             else:
                 same = ours == theirs
             if not same:
@@ -426,16 +428,18 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
     )
 
 
+def _resolve(path: str | None):
+    """The object a class path names, or the path itself when it names none."""
+    module, _, name = (path or "").rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return path
+
+
 def _same_class(a: str | None, b: str | None) -> bool:
     """Whether two class paths name one class (``lit_bvllm.reducers.BVLLM`` is ``lit_bvllm.reducers.bvllm.BVLLM``)."""
-    def resolve(path):
-        module, _, name = (path or "").rpartition(".")
-        try:
-            return getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError, ValueError):
-            return path
-
-    return a == b or resolve(a) is resolve(b)
+    return a == b or _resolve(a) is _resolve(b)
 
 
 def _underscore_flags(argv: list[str]) -> list[str]:

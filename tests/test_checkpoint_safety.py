@@ -110,3 +110,26 @@ def test_a_resume_refuses_a_learning_rate_it_would_ignore(tiny, synthetic, tmp_p
         main(["fit", *base, "--trainer.max_steps", "2", "--ckpt_path", str(ckpt), "--model.lr", "0.5"])
     main(["fit", *base, "--trainer.max_steps", "2", "--ckpt_path", str(ckpt)])  # the run's own values: it continues
     assert torch.load(ckpt, weights_only=True)["global_step"] == 2
+
+
+def test_evaluation_may_change_the_reducers_forward_knobs_but_not_its_structure(tiny, synthetic, tmp_path):
+    """The sweeps of the paper's Fig. 3 change L*, R, θ, τ, γ on one trained model; the checkpoint check refused every
+    such point. Evaluating now accepts a reducer's ``inference_args``; a structural argument still stops it, and a
+    resumed fit accepts no change at all."""
+    import yaml
+
+    base = config(tiny, synthetic) + ["--trainer.logger.init_args.save_dir", str(tmp_path), "--model.init_from", "null",
+                                      "--trainer.enable_progress_bar", "false"]
+    main(["fit", *base, "--trainer.max_steps", "1"])
+    ckpt = str(tmp_path / "finetune" / "tiny" / "checkpoints" / "last.ckpt")
+    knobs = ["--model.reducer.init_args.num_frames", "8", "--model.reducer.init_args.budget", "64",
+             "--model.reducer.init_args.tau", "0.5", "--model.reducer.init_args.selection", "soft"]
+    main(["export", *config(tiny, synthetic), "--ckpt_path", ckpt, "--out", str(tmp_path / "export"), *knobs])
+    saved = yaml.safe_load((tmp_path / "export" / "model.yaml").read_text())
+    args = saved["model"]["reducer"]["init_args"]
+    assert (args["num_frames"], args["budget"], args["tau"], args["selection"]) == (8, 64, 0.5, "soft")
+    with pytest.raises(ValueError, match=r"reducer: checkpoint .*num_queries"):
+        main(["export", *config(tiny, synthetic), "--ckpt_path", ckpt, "--out", str(tmp_path / "e2"),
+              "--model.reducer.init_args.num_queries", "32"])
+    with pytest.raises(ValueError, match=r"holds another model"):
+        main(["fit", *base, "--trainer.max_steps", "2", "--ckpt_path", ckpt, "--model.reducer.init_args.tau", "0.5"])

@@ -49,6 +49,10 @@ class Reducer(nn.Module):
     needs_cls_attention: bool = False
     max_frames: int | None = None
     """Frames read per sample, uniformly spaced; None reads every real frame."""
+    inference_args: frozenset[str] = frozenset()
+    """Init args that act on the forward pass only, so they may differ from a checkpoint's when evaluating it (the
+    sweeps of the B-VLLM paper's Fig. 3 change L*, R, θ, τ, γ on one trained model); every other init arg of a
+    checkpoint's reducer must match the config's."""
 
     @classmethod
     def example(cls, in_dim: int, num_patches: int) -> Reducer:

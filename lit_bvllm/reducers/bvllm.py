@@ -86,6 +86,9 @@ class BVLLM(Reducer):
 
     needs_text = True
 
+    inference_args = frozenset({"num_frames", "num_tokens", "budget", "tau", "gamma", "selection", "eval_noise",
+                                "noise_seed", "record_attention"})
+
     @classmethod
     def example(cls, in_dim: int, num_patches: int) -> BVLLM:
         return cls(in_dim, num_frames=4, num_tokens=4, budget=10, num_queries=6, hidden_size=16, num_layers=2, num_heads=2,

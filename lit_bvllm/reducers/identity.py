@@ -28,6 +28,8 @@ class Identity(Reducer):
             ``budget // num_patches`` before the tower runs), checked against the frames when given.
     """
 
+    inference_args = frozenset({"budget"})  # may change on a trained model (Reducer.inference_args)
+
     @classmethod
     def example(cls, in_dim: int, num_patches: int) -> Identity:
         return cls(in_dim, budget=4 * num_patches + 3, truncate=True, num_patches=num_patches)

@@ -42,6 +42,8 @@ class LLaMAVID(Reducer):
 
     needs_text = True
 
+    inference_args = frozenset({"budget"})  # may change on a trained model (Reducer.inference_args)
+
     @classmethod
     def example(cls, in_dim: int, num_patches: int) -> LLaMAVID:
         return cls(in_dim, budget=12, num_queries=4, hidden_size=16, num_layers=2, num_heads=2, vocab_size=50)

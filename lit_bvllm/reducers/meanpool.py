@@ -32,6 +32,8 @@ class MeanPool(Reducer):
         budget: maximum tokens per sample θ; at most ``budget - num_patches`` frames are pooled.
     """
 
+    inference_args = frozenset({"num_patches", "budget"})  # may change on a trained model (Reducer.inference_args)
+
     @classmethod
     def example(cls, in_dim: int, num_patches: int) -> MeanPool:
         return cls(in_dim, num_patches=num_patches, budget=num_patches + 4)

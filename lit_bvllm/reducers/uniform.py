@@ -62,6 +62,8 @@ class Uniform(Reducer):
         budget: maximum tokens per sample θ; ``num_frames · ceil(√N / pool)²`` must not exceed it.
     """
 
+    inference_args = frozenset({"num_frames", "pool", "budget"})  # may change on a trained model (Reducer.inference_args)
+
     @classmethod
     def example(cls, in_dim: int, num_patches: int) -> Uniform:
         return cls(in_dim, num_frames=4, pool=2, budget=16)

@@ -51,6 +51,8 @@ class WeightedSampler(Reducer):
         max_frames: frames sampled uniformly per video; the budget is ``max_frames · tokens_per_frame``.
     """
 
+    inference_args = frozenset({"tokens_per_frame", "weighting", "max_frames"})  # may change on a trained model (Reducer.inference_args)
+
     @classmethod
     def example(cls, in_dim: int, num_patches: int) -> WeightedSampler:
         return cls(in_dim, tokens_per_frame=3, max_frames=4)
