@@ -91,7 +91,7 @@ def selection_figure(frames, times, info: dict, question: str, answer: str | Non
         ax.imshow(images[t], interpolation="nearest")
         ax.set_xticks([]), ax.set_yticks([])
         needle = any(a <= times[t] <= b for a, b in spans)
-        label = f"{times[t]:.0f}s" + (" N" if needle else "")
+        label = f"{times[t]:.1f}s" + (" N" if needle else "")
         for side in ax.spines.values():
             side.set_edgecolor(NEEDLE if needle else "#bbbbbb")
             side.set_linewidth(1.5 if needle else 0.5)
@@ -114,7 +114,7 @@ def selection_figure(frames, times, info: dict, question: str, answer: str | Non
                 ax.imshow(heat, cmap="inferno", alpha=0.55, extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5),
                           interpolation="bilinear")
         ax.set_xticks([]), ax.set_yticks([])
-        ax.set_title(f"slot {s['slot']}: {times[s['frame']]:.0f}s, w{s['weight']:.2f} g{s['group']}", fontsize=7)
+        ax.set_title(f"slot {s['slot']}: {times[s['frame']]:.1f}s, w{s['weight']:.2f} g{s['group']}", fontsize=7)
     title = f"Q: {question.strip()}" + (f"\nA: {answer.strip()}" if answer is not None else "")
     title += f"\n{len(slots)} kept of {T} frames (outlined: kept; N: needle)"
     fig.suptitle(title, fontsize=9, ha="left", x=0.01)

@@ -50,3 +50,17 @@ def test_benchmarks_read_and_score_without_lightning():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_the_conda_environment_lists_what_pyproject_declares():
+    """environment.yml's pip list claims pyproject's ranges; it had fallen behind (pyarrow, matplotlib)."""
+    import tomllib
+    import yaml
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = set(project["dependencies"]) | set(project["optional-dependencies"]["sweep"])
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    missing = {d for d in declared if not d.startswith("torch") and d not in pip}
+    assert not missing, f"environment.yml lacks {sorted(missing)}"
+    assert "torch==2.13.0" in pip
