@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install demo lint test test-slow bench bench-reducers clean
+.PHONY: help install demo lint test test-slow bench bench-reducers clean study-data study study-quick
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,28 @@ bench: install  ## data-loading benchmark (writes numbers to stdout; see benchma
 
 bench-reducers: install  ## reducer cost against video length (see benchmarks/RESULTS.md)
 	$(BIN)/python benchmarks/bench_reducers.py --out $(ART)/bench
+
+# The needle study (issue 13; lit_bvllm/study.py). Its data: the demo's backbones and training set (the demo's
+# make-synthetic flags) and the held-out needle sets of 16, 64 and 128 s, each made only when missing.
+NEEDLE_LENGTHS ?= 16 64 128
+NEEDLE_VIDEOS ?= 50
+comma := ,
+space := $(subst ,, )
+SYNTHETIC_FLAGS := --out $(ART)/synthetic --seed 0 --num-videos 400 --max-duration 32 --min-fps 2 --max-fps 4 \
+	--num-eval-videos 48 --eval-min-duration 64 --eval-max-duration 128
+
+study-data: install  ## the study's backbones, training set and needle sets (each only when missing)
+	@test -f $(ART)/tiny/llm/config.json || $(BIN)/lit_bvllm make-tiny --out $(ART)/tiny
+	@test -f $(ART)/synthetic/finetune.json || $(BIN)/lit_bvllm make-synthetic $(SYNTHETIC_FLAGS)
+	@(for L in $(NEEDLE_LENGTHS); do test -f $(ART)/synthetic/eval/needle_$${L}s/VNBench_qa.json || exit 1; done) \
+		|| $(BIN)/lit_bvllm make-synthetic $(SYNTHETIC_FLAGS) --needle-lengths '[$(subst $(space),$(comma),$(strip $(NEEDLE_LENGTHS)))]' \
+			--needle-videos $(NEEDLE_VIDEOS) --needles-only true
+
+study: study-data  ## the needle study: every strategy at θ = 96, controls, ablation, 3 seeds; resumes; runs/sweeps/study
+	$(BIN)/lit_bvllm study
+
+study-quick: study-data  ## the study with one seed and the 64 s set only (runs/sweeps/study_quick)
+	$(BIN)/lit_bvllm study --quick true
 
 clean:  ## remove generated artifacts (keeps .venv)
 	rm -rf $(ART) runs lightning_logs

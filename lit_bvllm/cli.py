@@ -10,6 +10,7 @@ Subcommands::
     lit_bvllm make-synthetic --out DIR            synthetic mp4 videos and annotations in the public formats
     lit_bvllm probe-tower --vision_tower DIR --data DIR   linear probes: does the tower's [CLS] see the needle?
     lit_bvllm sweep --config experiments/sweeps/NAME.yaml [--dry-run true]   a grid of test or fit runs, table, curves
+    lit_bvllm study [--quick true]                the needle study: every strategy, controls, ablation; tables, figures
 
 fit, validate, test and predict write to a run directory, ``runs/<name>/<version>``: a new ``version_N`` unless
 the version is named, and a named one that already holds a run is refused (``--overwrite true`` deletes it first;
@@ -56,6 +57,7 @@ from lit_bvllm.checkpointing import AtomicCheckpointIO  # noqa: E402
 from lit_bvllm.export import export as export_model  # noqa: E402
 from lit_bvllm.lit_module import VideoLLMModule  # noqa: E402
 from lit_bvllm.probe import probe_tower  # noqa: E402
+from lit_bvllm.study import study  # noqa: E402
 from lit_bvllm.sweeps import sweep  # noqa: E402
 from lit_bvllm.synthetic import make_synthetic  # noqa: E402
 from lit_bvllm.tiny import make_tiny  # noqa: E402
@@ -120,9 +122,9 @@ LINKED = {"tokenizer": "--model.llm", "vision_tower": "--model.vision_tower", "v
 OPTIMISATION = ("lr", "lr_llm", "weight_decay", "warmup_ratio", "schedule")  # restored with the optimizer on resume
 STRUCTURE = ("reducer", "feature_layer", "video_token", "lora_r", "lora_alpha")  # a checkpoint must agree on these
 CONFIG_COMMANDS = ("export", "scan", "preview", "show-selection")  # read the run config training reads; methods below
-REPORTING = ("probe-tower", "sweep")  # commands that print their own report (a table) instead of their return value
+REPORTING = ("probe-tower", "sweep", "study")  # commands that print their own report (a table) instead of their return value
 SETUP = {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "probe-tower": probe_tower,
-         "sweep": sweep}  # no run config
+         "sweep": sweep, "study": study}  # no run config
 
 
 OVERWRITE_HELP = ("replace the run directory (--trainer.logger.init_args.version) if it already holds a run: "

@@ -1,6 +1,7 @@
 """lit_bvllm sweep: grid expansion and point ids, the commands a point runs, reruns, the table (mean ± std over
 seeds), figures and TensorBoard; end to end with the local launcher and with submitit's local executor."""
 
+import importlib
 import inspect
 import json
 import math
@@ -71,6 +72,7 @@ def test_point_ids_are_readable_sanitised_and_stable(tmp_path):
     ({"mode": "fit"}, "name the evaluations"),
     ({"name": "my sweep/1"}, "name 'my sweep/1'"),
     ({"grid": {BUDGET: [96, 96]}}, "share the id"),
+    ({"ckpt_path": "runs/s/reducer=U_seed={seed}/last.ckpt"}, "names {seed} but the sweep has no seeds"),
 ])
 def test_a_sweep_file_is_checked(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):
@@ -98,6 +100,15 @@ def test_test_and_fit_commands(tmp_path):
                                 "--config", "e2.yaml", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
                                 "--data.limit=4"]
     assert needle.argv[-1] == "--trainer.logger.init_args.version=reducer=U/needle"
+
+
+def test_a_test_mode_checkpoint_per_seed(tmp_path):
+    s = spec(tmp_path, ckpt_path="runs/fit/reducer=U_seed={seed}/last.ckpt", seeds=[0, 2],
+             zipped={"data.blind": [True, False]}, evals={"e": ["e.yaml"]})
+    argv = {p.id: steps(s, p, ["lit_bvllm"])[0].argv for p in expand(s)}
+    assert len(argv) == 4
+    assert "--ckpt_path=runs/fit/reducer=U_seed=2/last.ckpt" in argv["blind=false_seed=2"]
+    assert "--ckpt_path=runs/fit/reducer=U_seed=0/last.ckpt" in argv["blind=true_seed=0"]
 
 
 def test_a_rerun_overwrites_only_the_failed_steps_own_directories(tmp_path):
@@ -239,10 +250,14 @@ def test_the_shipped_sweeps_expand_to_commands(path, capsys):
     points = expand(s)
     assert f"{len(points)} points" in out and all(p.id in out for p in points)
     assert not pathlib.Path("/nonexistent").exists()  # a dry run writes nothing
-    signature = inspect.signature(BVLLM)
+    reducer = BVLLM  # the base configs' reducer, unless the sweep gives a whole spec in its flags
+    if isinstance(s.flags.get("model.reducer"), dict):
+        module, name = s.flags["model.reducer"]["class_path"].rsplit(".", 1)
+        reducer = getattr(importlib.import_module(module), name)
+    signature = inspect.signature(reducer)
     for key in [*s.grid, *s.zipped, *s.flags]:
         if key.startswith("model.reducer.init_args."):
-            assert key.rsplit(".", 1)[1] in signature.parameters, f"{path.name}: {key} is no BVLLM argument"
+            assert key.rsplit(".", 1)[1] in signature.parameters, f"{path.name}: {key} is no {reducer.__name__} argument"
     if "model.reducer.init_args.selection" in s.flags:
         assert s.flags["model.reducer.init_args.selection"] in str(signature.parameters["selection"].annotation)
     for config in [*s.configs, *(c for cs in s.evals.values() for c in cs)]:
@@ -250,8 +265,6 @@ def test_the_shipped_sweeps_expand_to_commands(path, capsys):
 
 
 def test_strategies_compares_every_reducer_at_one_budget():
-    import importlib
-
     raw = yaml.safe_load((REPO / "experiments" / "sweeps" / "strategies.yaml").read_text())
     visual_tokens = yaml.safe_load((REPO / "experiments" / "pretrain.yaml").read_text())["data"]["init_args"][
         "visual_tokens"]

@@ -52,7 +52,9 @@ def sweep(
         zipped: dotted keys whose lists (of one length) go together, row by row, crossed with ``grid``.
         seeds: ``seed_everything`` of each point's runs: every knob setting runs once per seed (none: the configs'
             seed, and no seed in the point ids).
-        ckpt_path: test mode: the trained checkpoint every point evaluates (none: the configs' weights).
+        ckpt_path: test mode: the trained checkpoint every point evaluates (none: the configs' weights); ``{seed}``
+            in it is each point's seed (``runs/sweeps/needle_strategies/reducer=Uniform_seed={seed}/checkpoints/
+            last.ckpt``: the checkpoint a fit sweep trained with that seed).
         evals: named evaluations, each a list of configs added after ``configs`` for a test
             (``needle: [experiments/eval/base.yaml, experiments/eval/needle.yaml]``); results go to
             ``<point>/<eval>``. Required in fit mode; in test mode, none: ``configs`` are the test's own.

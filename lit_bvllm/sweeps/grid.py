@@ -26,6 +26,7 @@ RESERVED = {  # set by the sweep itself for every point; a grid or flag entry fo
     "config": "configs / evals",
 }
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+SEED = "{seed}"  # in a test-mode ckpt_path: each point's seed (the checkpoint a fit sweep trained with that seed)
 
 
 @dataclass
@@ -75,6 +76,8 @@ class Sweep:
             bad.append("mode fit: name the evaluations (evals: {name: [config, ...]}) each trained point is tested with")
         if self.mode == "fit" and self.ckpt_path:
             bad.append("mode fit: ckpt_path is for test mode (a fit point is tested on its own last.ckpt)")
+        if self.ckpt_path and SEED in self.ckpt_path and not self.seeds:
+            bad.append(f"ckpt_path {self.ckpt_path!r} names {SEED} but the sweep has no seeds (seeds: [0, 1, ...])")
         for e in self.evals:
             if _SAFE.search(e) or e in ("checkpoints", "fit"):
                 bad.append(f"evals.{e}: letters, digits and . _ + - only, not 'checkpoints' or 'fit' (a folder name)")
@@ -196,6 +199,8 @@ def steps(sweep: Sweep, point: Point, launcher: list[str] | None = None) -> list
         ckpt = pdir / "checkpoints" / "last.ckpt"
     else:
         ckpt = sweep.ckpt_path
+        if ckpt and SEED in ckpt:
+            ckpt = ckpt.replace(SEED, str(point.seed))
     if not sweep.evals:
         return [Step("test", "test", command("test", sweep.configs, ckpt, sweep.test_flags, point.id), pdir)]
     for name, configs in sweep.evals.items():

@@ -1,0 +1,376 @@
+"""``lit_bvllm study``: the needle study (issue 13). At one visual-token budget θ, does text-conditioned frame selection
+beat uniform sampling and the other strategies on long videos whose evidence is short?
+
+Three sweep files make the study, run in order, each resuming where it stopped (finished points are skipped):
+
+- ``experiments/sweeps/needle_strategies.yaml``: every strategy trained with one fixed recipe, three seeds, each
+  tested on the held-out needle sets of 16, 64 and 128 s;
+- ``experiments/sweeps/needle_controls.yaml``: blind, random frames and oracle frames, on the Uniform checkpoints;
+- ``experiments/sweeps/needle_ablation.yaml``: B-VLLM's Table 3 (one component off at a time; soft selection).
+
+Then the report, in ``<root>/study`` (``study_quick`` for ``--quick true``): ``study.md`` (every table, the paired
+bootstrap of B-VLLM against Uniform, the points not finished, the wall time), ``summary.csv`` (mean ± std over seeds
+per method and length), ``points.csv`` (every method x length x seed, finished or not), ``bvllm_vs_uniform.csv`` and
+the figures (:mod:`lit_bvllm.study_figures`). ``--quick true``: the same sweeps with one seed, the 64 s set only,
+in their own folders (``<name>_quick``), with half the training steps (150: it runs in ~15 minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from lit_bvllm.sweeps import make_report, print_plan
+from lit_bvllm.sweeps.grid import SEED, Sweep, console_script, expand, steps
+from lit_bvllm.sweeps.paired import circular_groups, paired_bootstrap
+from lit_bvllm.sweeps.run import read_status, run_local, state
+
+ROLES = ("strategies", "controls", "ablation")
+FILES = {role: f"experiments/sweeps/needle_{role}.yaml" for role in ROLES}
+QUICK_EVAL = "needle_64s"
+QUICK_STEPS = 150  # the quick variant's training steps: 12 fits of 300 steps alone take ~13 min on this machine
+REFERENCE, CANDIDATE = "Uniform", "BVLLM"  # the bootstrap's pair: CANDIDATE - REFERENCE
+NAMES = {  # how the table names a control or an ablation row: (dotted key, value) -> name
+    ("data.blind", True): "blind (no frames)",
+    ("model.reducer.init_args.pick", "random"): "random frames",
+    ("model.reducer.init_args.pick", "oracle"): "oracle frames",
+    ("model.reducer.init_args.frame_selection", False): "BVLLM w/o frame selection",
+    ("model.reducer.init_args.temporal_merge", False): "BVLLM w/o temporal merge",
+    ("model.reducer.init_args.spatial_sampling", False): "BVLLM w/o spatial sampling",
+    ("model.reducer.init_args.selection", "soft"): "BVLLM soft selection",
+}
+
+
+@dataclass
+class Record:
+    """One method at one length and seed: its metrics when the point finished, else its state."""
+
+    role: str
+    method: str
+    seed: int | None
+    eval: str
+    length: int | None
+    status: str
+    point: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    tokens: float | None = None  # visual tokens per sample after reduction (the fit's first batch; 0 when blind)
+    predictions: Path | None = None
+
+
+# ------------------------------------------------------------------ the sweeps
+
+
+def load_sweeps(files: dict[str, str], root: str, quick: bool = False, quick_steps: int | None = None) -> dict[str, Sweep]:
+    """The study's sweeps, with ``root`` as their root; ``quick``: one seed, the 64 s set, ``<name>_quick`` folders
+    (and ``quick_steps`` training steps when given). A ``ckpt_path`` into another study sweep's folder follows it."""
+    full, moved = {}, {}
+    for role, path in files.items():
+        raw = {k: v for k, v in yaml.safe_load(Path(path).read_text()).items() if k not in ("launcher", "headline")}
+        before = Path(raw.get("root", "runs/sweeps")) / raw["name"]
+        full[role] = Sweep(**{**raw, "root": root})
+        moved[before.as_posix()] = full[role]
+    out = {}
+    for role, s in full.items():
+        if quick:
+            fit_flags = {**s.fit_flags, **({"trainer.max_steps": quick_steps} if quick_steps else {})}
+            s = replace(s, name=f"{s.name}_quick", seeds=(s.seeds or [0])[:1], fit_flags=fit_flags,
+                        evals={k: v for k, v in s.evals.items() if k == QUICK_EVAL} or s.evals)
+        out[role] = s
+    for s in out.values():
+        for before, f in moved.items():
+            if s.ckpt_path and s.ckpt_path.startswith(before + "/"):
+                s.ckpt_path = (out_dir(out, f) / s.ckpt_path[len(before) + 1:]).as_posix()
+    return out
+
+
+def out_dir(sweeps: dict[str, Sweep], original: Sweep) -> Path:
+    """The folder of the study sweep (quick or not) that was loaded as ``original``."""
+    return next(s.dir for s in sweeps.values() if s.name.removesuffix("_quick") == original.name)
+
+
+def run_sweeps(sweeps: dict[str, Sweep]) -> None:
+    """Each sweep in order: its unfinished points (one after another), then its own table (``results.md``)."""
+    for role in ROLES:
+        s = sweeps[role]
+        points = expand(s)
+        pending = [p for p in points if state(s, p) != "done"]
+        print(f"\n== study {role}: sweep {s.name}, {len(points)} points, {len(pending)} to run ({s.dir})", flush=True)
+        t0 = time.time()
+        run_local(s, pending)
+        if pending:
+            print(f"== study {role}: {time.time() - t0:.0f} s", flush=True)
+        make_report(s)
+
+
+# ------------------------------------------------------------------ gathering the results
+
+
+def method_name(role: str, point) -> str:
+    if role == "strategies":
+        return point.labels.get("model.reducer", point.setting)
+    names = [n for (k, v), n in NAMES.items() if k in point.knobs and point.knobs[k] == v]
+    return " + ".join(names) or point.setting
+
+
+def eval_length(name: str) -> int | None:
+    m = re.search(r"(\d+)s$", name)
+    return int(m.group(1)) if m else None
+
+
+def visual_tokens(sweep: Sweep, point) -> float | None:
+    """``derived/visual_tokens_after`` of the fit that trained the point's weights (0 for a blind evaluation)."""
+    if point.knobs.get("data.blind") is True:
+        return 0.0
+    fit_dir = sweep.dir / point.id if sweep.mode == "fit" else \
+        Path((sweep.ckpt_path or "").replace(SEED, str(point.seed))).parents[1]
+    try:
+        return float(json.loads((fit_dir / "run_summary.json").read_text())["derived/visual_tokens_after"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def result_metrics(result: dict) -> dict[str, float]:
+    """The study's numbers of a ``vnbench_results.json``."""
+    m = {"circular_accuracy": result["circular_accuracy"], "items": result.get("items", math.nan)}
+    m.update({f"circular/{c}": v for c, v in (result.get("circular_per_category") or {}).items()})
+    sel = result.get("selection") or {}
+    m.update({f"selection/{k}": sel[k] for k in ("hit_rate", "uniform_hit_rate", "frames_kept") if k in sel})
+    return m
+
+
+def collect(sweeps: dict[str, Sweep]) -> list[Record]:
+    """One record per method x evaluation x seed of every study sweep, finished or not."""
+    records = []
+    for role in ROLES:
+        s = sweeps[role]
+        for p in expand(s):
+            st, tokens = state(s, p), visual_tokens(s, p)
+            for step in steps(s, p, ["lit_bvllm"]):
+                if step.command != "test":
+                    continue
+                rec = Record(role, method_name(role, p), p.seed, step.name, eval_length(step.name), st, p.id,
+                             tokens=tokens)
+                results = step.run_dir / "vnbench_results.json"
+                if st == "done" and results.is_file():
+                    rec.metrics = result_metrics(json.loads(results.read_text()))
+                    preds = step.run_dir / "vnbench_predictions.jsonl"
+                    rec.predictions = preds if preds.is_file() else None
+                elif st == "done":
+                    rec.status = "no vnbench_results.json"
+                records.append(rec)
+    return records
+
+
+@dataclass
+class Cell:
+    """One method at one length: the finished seeds' values per metric."""
+
+    role: str
+    method: str
+    eval: str
+    length: int | None
+    expected: int
+    seeds: list = field(default_factory=list)
+    values: dict[str, list[float]] = field(default_factory=dict)
+    tokens: list[float] = field(default_factory=list)
+
+    def mean(self, metric: str) -> float:
+        v = self.values.get(metric, [])
+        return sum(v) / len(v) if v else math.nan
+
+    def std(self, metric: str) -> float:
+        v = self.values.get(metric, [])
+        if len(v) < 2:
+            return math.nan
+        m = sum(v) / len(v)
+        return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+
+def summarise(records: list[Record]) -> list[Cell]:
+    """Mean ± std over seeds per method and length, in the sweeps' order."""
+    cells: dict[tuple, Cell] = {}
+    for r in records:
+        c = cells.setdefault((r.role, r.method, r.eval), Cell(r.role, r.method, r.eval, r.length, 0))
+        c.expected += 1
+        if r.metrics:
+            c.seeds.append(r.seed)
+            for k, v in r.metrics.items():
+                c.values.setdefault(k, []).append(v)
+            if r.tokens is not None:
+                c.tokens.append(r.tokens)
+    return list(cells.values())
+
+
+def bootstrap(records: list[Record], resamples: int = 10000, seed: int = 0) -> list[dict]:
+    """BVLLM against Uniform at each length: the paired bootstrap over question groups (:mod:`lit_bvllm.sweeps.paired`)."""
+    out = []
+    evals = dict.fromkeys(r.eval for r in records if r.role == "strategies")
+    for ev in evals:
+        runs = {m: {r.seed: circular_groups(r.predictions) for r in records
+                    if r.role == "strategies" and r.method == m and r.eval == ev and r.predictions}
+                for m in (CANDIDATE, REFERENCE)}
+        row = {"eval": ev, "length": eval_length(ev), "a": CANDIDATE, "b": REFERENCE}
+        try:
+            iv = paired_bootstrap(runs[CANDIDATE], runs[REFERENCE], resamples, seed=seed)
+        except ValueError as e:
+            out.append({**row, "note": str(e)})
+            continue
+        out.append({**row, "acc_a": iv.a, "acc_b": iv.b, "diff": iv.diff, "low": iv.low, "high": iv.high,
+                    "level": iv.level, "groups": iv.groups, "seeds": iv.seeds, "dropped_groups": iv.dropped,
+                    "resamples": iv.resamples, "note": ""})
+    return out
+
+
+# ------------------------------------------------------------------ wall time
+
+
+def step_times(sweeps: dict[str, Sweep]) -> list[tuple[str, str, str, float, int | None]]:
+    """``(role, setting, step, seconds, training steps)`` of every finished step the sweeps' status files record."""
+    out = []
+    for role, s in sweeps.items():
+        for p in expand(s):
+            for name, rec in ((read_status(s, p) or {}).get("steps") or {}).items():
+                if rec.get("status") == "done" and rec.get("seconds") is not None:
+                    out.append((role, p.setting, name, float(rec["seconds"]), s.fit_flags.get("trainer.max_steps")))
+    return out
+
+
+def estimate(full: dict[str, Sweep], measured: list[tuple]) -> dict:
+    """The full study's wall time from measured step times: a step measured for the same method is its mean; a fit
+    measured with fewer training steps is scaled by the step ratio; a test of another length is scaled by the
+    length ratio (frames at 1 fps), from the same method's tests."""
+    total, how = 0.0, {"measured": 0, "scaled": 0, "unknown": 0}
+    for role, s in full.items():
+        for p in expand(s):
+            for st in steps(s, p, ["lit_bvllm"]):
+                same = [(t, n) for r, g, name, t, n in measured if (r, g, name) == (role, p.setting, st.name)]
+                if st.command == "fit":
+                    want = s.fit_flags.get("trainer.max_steps")
+                    exact = [t for t, n in same if n == want]
+                    guess = [t * want / n for t, n in same if n and want] if not exact else exact
+                else:
+                    exact = [t for t, _ in same]
+                    length = eval_length(st.name)
+                    guess = exact or [t * length / eval_length(name) for r, g, name, t, _ in measured
+                                      if (r, g) == (role, p.setting) and name != "fit" and length
+                                      and eval_length(name)]
+                if guess:
+                    total += sum(guess) / len(guess)
+                    how["measured" if exact else "scaled"] += 1
+                else:
+                    how["unknown"] += 1
+    return {"seconds": total, **how}
+
+
+# ------------------------------------------------------------------ one held-out example
+
+
+def selection_example(sweeps: dict[str, Sweep], path: Path) -> dict | None:
+    """``lit_bvllm show-selection`` of the first B-VLLM checkpoint that finished on the first retrieval question of
+    the longest needle set the strategies sweep tests; kept when ``path`` exists (the study resumes)."""
+    if path.is_file():
+        return {"figure": str(path), "kept": True}
+    s = sweeps["strategies"]
+    done = [p for p in expand(s) if p.labels.get("model.reducer") == CANDIDATE and state(s, p) == "done"]
+    if not done:
+        return None
+    ev = max(s.evals, key=lambda e: eval_length(e) or 0)
+    cfg = yaml.safe_load(Path(s.evals[ev][-1]).read_text())
+    root = Path(cfg["data"]["init_args"]["benchmark"]["init_args"]["root"])
+    files = [root / "VNBench_qa.json"] if (root / "VNBench_qa.json").is_file() else sorted(root.glob("*.json"))
+    items = [i for f in files for i in json.loads(f.read_text()) if isinstance(i, dict) and "question" in i]
+    item = next((i for i in items if str(i.get("type", "")).startswith("ret")), items[0] if items else None)
+    if item is None:
+        return None
+    spec = done[0].knobs["model.reducer"]
+    model_flags = {k: v for k, v in {**s.flags, **s.fit_flags}.items() if k.startswith("model.")}
+    argv = [*console_script(), "show-selection", *(a for c in s.configs for a in ("--config", c)),
+            *(f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in model_flags.items()),
+            f"--model.reducer={json.dumps(spec)}", f"--ckpt_path={s.dir / done[0].id / 'checkpoints' / 'last.ckpt'}",
+            f"--video={root / item['video']}", f"--question={item['question']}",
+            f"--options={json.dumps(item['options'])}", f"--needle_times={json.dumps(item.get('needle_times') or [])}",
+            f"--out={path}"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    (path.parent / "selection_example.log").write_text(" ".join(argv) + "\n\n" + proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not path.is_file():
+        print(f"selection example failed (exit code {proc.returncode}); see {path.parent / 'selection_example.log'}")
+        return None
+    return {"figure": str(path), "point": done[0].id, "eval": ev, "question_id": item.get("question_id"),
+            "question": item["question"], "gt": item.get("gt"), "needle_times": item.get("needle_times")}
+
+
+# ------------------------------------------------------------------ the command
+
+
+def study(quick: bool = False, root: str = "runs/sweeps", out: str | None = None, quick_steps: int = QUICK_STEPS,
+          strategies: str = FILES["strategies"], controls: str = FILES["controls"],
+          ablation: str = FILES["ablation"], resamples: int = 10000, example: bool = True, dry_run: bool = False,
+          report_only: bool = False) -> None:
+    """The needle study: every strategy at θ = 96, the controls and B-VLLM's ablation on the 16, 64 and 128 s needle
+    sets (three seeds), then its tables and figures. Run again, it resumes: finished points are skipped.
+
+    Args:
+        quick: one seed and the 64 s set only, in ``<sweep>_quick`` folders and ``<root>/study_quick``.
+        root: the folder of the study's sweeps.
+        out: the report's folder (default ``<root>/study``, ``<root>/study_quick`` with ``--quick true``).
+        quick_steps: training steps of the quick variant (the full study: the sweep files' 300).
+        strategies: the sweep file of the strategies.
+        controls: the sweep file of the controls (test mode on the strategies' Uniform checkpoints).
+        ablation: the sweep file of B-VLLM's ablation.
+        resamples: bootstrap resamples of the B-VLLM - Uniform interval.
+        example: draw the selection figure of one held-out example (``lit_bvllm show-selection``).
+        dry_run: print every point and its commands; run nothing.
+        report_only: run nothing; remake the tables and figures from what finished.
+    """
+    from lit_bvllm.study_figures import write_figures
+    from lit_bvllm.study_tables import write_report
+
+    files = {"strategies": strategies, "controls": controls, "ablation": ablation}
+    sweeps = load_sweeps(files, root, quick, quick_steps)
+    if dry_run:
+        for role in ROLES:
+            print_plan(sweeps[role], expand(sweeps[role]))
+        print(f"\nstudy{' (quick)' if quick else ''}: " + ", ".join(f"{r} {len(expand(sweeps[r]))} points"
+                                                             for r in ROLES))
+        return
+    t0 = time.time()
+    if not report_only:
+        run_sweeps(sweeps)
+    ran = time.time() - t0 if not report_only else None
+    folder = Path(out) if out else Path(root) / ("study_quick" if quick else "study")
+    records = collect(sweeps)
+    cells = summarise(records)
+    boot = bootstrap(records, resamples)
+    full = load_sweeps(files, root)
+    quick_sweeps = load_sweeps(files, root, True, quick_steps)
+    timing = estimate(full, step_times(full) + step_times(quick_sweeps))
+    timing["ran_seconds"] = ran
+    timing["points_seconds"] = sum(t for *_, t, _ in step_times(sweeps))
+    figures = write_figures(cells, folder)
+    chosen = selection_example(sweeps, folder / "selection_example.png") if example else None
+    paths = write_report(sweeps, records, cells, boot, timing, chosen, figures, folder)
+    print((folder / "study.md").read_text())
+    print("written: " + ", ".join(str(p) for p in [*paths, *figures] + ([chosen["figure"]] if chosen else [])))
+    missing = [r for r in records if not r.metrics]
+    if missing:
+        print(f"\n{len(missing)} of {len(records)} method x length x seed results missing (listed in study.md); run "
+              "the study again to resume")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lit_bvllm.study [--quick true] ...``: the same as ``lit_bvllm study``."""
+    from jsonargparse import CLI
+
+    CLI(study, args=argv)
+
+
+if __name__ == "__main__":
+    main()

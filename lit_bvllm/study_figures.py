@@ -1,0 +1,100 @@
+"""The needle study's figures (:mod:`lit_bvllm.study`), PNG with matplotlib's object API (Agg canvas, no pyplot):
+
+- ``accuracy_vs_length.png``: circular accuracy (mean ± std over seeds) against video length; left, a line per
+  strategy with the controls dashed; right, B-VLLM and its ablation variants, Uniform dashed for reference;
+- ``hit_rate_vs_length.png``: the selection hit rate against length for every method that reports kept frames,
+  with the uniform pick of as many frames as B-VLLM keeps dashed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from lit_bvllm.study import CANDIDATE, REFERENCE, Cell
+
+
+def write_figures(cells: list[Cell], out: Path) -> list[Path]:
+    """Both figures when any method finished at any length; their paths."""
+    if not any(c.seeds for c in cells):
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    return [accuracy_figure(cells, out / "accuracy_vs_length.png"),
+            hit_rate_figure(cells, out / "hit_rate_vs_length.png")]
+
+
+def lines(cells: list[Cell], metric: str) -> dict[tuple[str, str], list[tuple[float, float, float]]]:
+    """``{(role, method): [(length, mean, std), ...]}`` of the cells that report ``metric``."""
+    out: dict[tuple[str, str], list] = {}
+    for c in cells:
+        if c.values.get(metric) and c.length is not None:
+            std = c.std(metric)
+            out.setdefault((c.role, c.method), []).append((c.length, c.mean(metric), 0.0 if math.isnan(std) else std))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def accuracy_figure(cells: list[Cell], path: Path) -> Path:
+    data = lines(cells, "circular_accuracy")
+    fig = _figure(2)
+    left, right = fig.subplots(1, 2, sharey=True)
+    for i, ((role, method), pts) in enumerate(data.items()):
+        if role in ("strategies", "controls"):
+            _plot(left, pts, method, "--" if role == "controls" else "-", _color(i))
+        if role == "ablation" or (role == "strategies" and method in (CANDIDATE, REFERENCE)):
+            _plot(right, pts, method, "--" if method == REFERENCE else "-", _color(i))
+    left.set_title("strategies at θ = 96 (controls dashed)", fontsize="small")
+    right.set_title(f"{CANDIDATE} ablation (Table 3)", fontsize="small")
+    for ax in (left, right):
+        _axes(ax, [p[0] for pts in data.values() for p in pts])
+        ax.axhline(0.25, color="grey", linewidth=0.8, linestyle=":", label="chance")
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    left.set_ylabel("circular accuracy")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def hit_rate_figure(cells: list[Cell], path: Path) -> Path:
+    data = lines(cells, "selection/hit_rate")
+    fig = _figure(1)
+    ax = fig.subplots()
+    for i, ((role, method), pts) in enumerate(data.items()):
+        _plot(ax, pts, method, "--" if role == "controls" else ":" if role == "ablation" else "-", _color(i))
+    uniform = lines([c for c in cells if (c.role, c.method) == ("strategies", CANDIDATE)], "selection/uniform_hit_rate")
+    for pts in uniform.values():
+        _plot(ax, pts, f"uniform, as many frames as {CANDIDATE}", "--", color="grey")
+    _axes(ax, [p[0] for pts in data.values() for p in pts])
+    ax.set_ylabel("needle frame kept (hit rate)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if not data:
+        ax.text(0.5, 0.5, "no method reported kept frames", ha="center", va="center", transform=ax.transAxes)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def _plot(ax, pts, label, style, color=None) -> None:
+    xs, ys, es = zip(*pts)
+    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, linestyle=style, label=label, color=color)
+
+
+def _color(i: int):
+    from matplotlib import colormaps
+
+    return colormaps["tab20"](i % 20)
+
+
+def _axes(ax, lengths: list[float]) -> None:
+    ticks = sorted(set(lengths))
+    if len(ticks) > 1:
+        ax.set_xscale("log", base=2)
+    if ticks:
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+    ax.set_xlabel("video length (s, 1 fps)")
+    ax.grid(alpha=0.3)
+
+
+def _figure(panels: int):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(5.2 * panels, 4.0), layout="constrained")

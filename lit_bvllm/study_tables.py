@@ -1,0 +1,135 @@
+"""The needle study's tables (:mod:`lit_bvllm.study`): ``study.md`` (every table, the paired bootstrap, the missing
+points, the wall time), ``summary.csv`` (mean and std over seeds per method and length), ``points.csv`` (every
+method x length x seed and its state) and ``bvllm_vs_uniform.csv``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from lit_bvllm.study import CANDIDATE, REFERENCE, Cell, Record, eval_length
+from lit_bvllm.sweeps.grid import Sweep
+
+KINDS = {"strategies": "strategy", "controls": "control (Uniform ckpt)", "ablation": "ablation"}
+
+
+def pm(cell: Cell, metric: str) -> str:
+    """``mean ± std`` over the finished seeds, ``(n/N)`` when seeds are missing, ``missing`` when none finished, ``—``
+    when the method does not report the metric."""
+    v = cell.values.get(metric, [])
+    if not cell.seeds:
+        return "missing"
+    if not v:
+        return "—"
+    s = f"{cell.mean(metric):.3f}" + ("" if len(v) < 2 else f" ± {cell.std(metric):.3f}")
+    return s if len(v) == cell.expected else f"{s} ({len(v)}/{cell.expected})"
+
+
+def tokens(cells: list[Cell]) -> str:
+    t = [x for c in cells for x in c.tokens]
+    return "?" if not t else f"{sum(t) / len(t):.0f}" if max(t) - min(t) < 0.5 else f"{min(t):.0f}-{max(t):.0f}"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Cell], boot: list[dict], timing: dict,
+                 example: dict | None, figures: list[Path], out: Path) -> list[Path]:
+    """Write the tables; their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    evals = list(dict.fromkeys(c.eval for c in cells))
+    head = [f"{eval_length(e)} s" if eval_length(e) else e for e in evals]
+    methods = {}  # (role, method) -> {eval: cell}
+    for c in cells:
+        methods.setdefault((c.role, c.method), {})[c.eval] = c
+    metrics = list(dict.fromkeys(m for c in cells for m in c.values))
+    categories = [m for m in metrics if m.startswith("circular/")]
+
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["role", "method", "eval", "length", "seeds_done", "seeds_expected", "visual_tokens",
+                    *(x for m in metrics for x in (m, f"{m}_std"))])
+        for c in cells:
+            t = sum(c.tokens) / len(c.tokens) if c.tokens else math.nan
+            w.writerow([c.role, c.method, c.eval, c.length, len(c.seeds), c.expected, _num(t),
+                        *(_num(x) for m in metrics for x in (c.mean(m), c.std(m)))])
+    point_metrics = list(dict.fromkeys(m for r in records for m in r.metrics))
+    with open(out / "points.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["role", "method", "point", "seed", "eval", "length", "status", "visual_tokens", *point_metrics])
+        for r in records:
+            w.writerow([r.role, r.method, r.point, r.seed, r.eval, r.length, "done" if r.metrics else r.status,
+                        _num(r.tokens), *(_num(r.metrics.get(m)) for m in point_metrics)])
+    boot_cols = ["eval", "length", "a", "b", "acc_a", "acc_b", "diff", "low", "high", "level", "groups", "seeds",
+                 "dropped_groups", "resamples", "note"]
+    with open(out / "bvllm_vs_uniform.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, boot_cols)
+        w.writeheader()
+        w.writerows(boot)
+
+    s = sweeps["strategies"]
+    recipe = ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in s.fit_flags.items())
+    lines = ["# The needle study", "",
+             f"Every strategy at θ = 96 visual tokens, trained with one fixed recipe ({' + '.join(s.configs)}, {recipe};"
+             f" seeds {s.seeds}); no strategy was tuned (search budget: none, the same recipe for each). Circular "
+             "accuracy (VNBench's rule, option likelihood; chance 0.25), mean ± std over seeds; `(n/N)`: seeds "
+             "finished; tokens: visual tokens per sample after reduction on the fit's first (training) batch.", "",
+             "## Answer accuracy", ""]
+    rows = [[m, KINDS[role], tokens(list(by.values())), *(pm(by[e], "circular_accuracy") if e in by else "" for e in evals)]
+            for (role, m), by in methods.items() if role in ("strategies", "controls")]
+    lines += md_table(["method", "kind", "tokens", *head], rows)
+    lines += ["", "## Per task type", ""]
+    rows = [[m, f"{c.length} s" if c.length else e, *(pm(c, k) for k in categories), pm(c, "circular_accuracy")]
+            for (role, m), by in methods.items() for e, c in by.items()]
+    lines += md_table(["method", "length", *(k.split("/", 1)[1] for k in categories), "overall"], rows)
+    lines += ["", "## Selection: needle frame among the frames kept (no LLM involved)", "",
+              "hit rate: share of needle questions for which a kept frame shows the needle; uniform: as many "
+              "uniformly spaced frames.", ""]
+    rows = [[m, f"{c.length} s" if c.length else e, pm(c, "selection/hit_rate"), pm(c, "selection/uniform_hit_rate"),
+             pm(c, "selection/frames_kept")]
+            for (role, m), by in methods.items() for e, c in by.items() if c.values.get("selection/hit_rate")]
+    lines += md_table(["method", "length", "hit rate", "uniform, as many frames", "frames kept"], rows)
+    lines += ["", "## B-VLLM's Table 3 on the needle sets", ""]
+    rows = [[m, tokens(list(by.values())), *(pm(by[e], "circular_accuracy") if e in by else "" for e in evals),
+             *(pm(by[e], "selection/hit_rate") if e in by else "" for e in evals)]
+            for (role, m), by in methods.items() if role == "ablation" or (role, m) == ("strategies", CANDIDATE)]
+    lines += md_table(["variant", "tokens", *(f"acc {h}" for h in head), *(f"hit {h}" for h in head)], rows)
+    lines += ["", f"## {CANDIDATE} − {REFERENCE}: paired bootstrap over question groups", ""]
+    rows = [[str(b["length"] or b["eval"]), *(f"{b[k]:.3f}" for k in ("acc_a", "acc_b", "diff")),
+             f"[{b['low']:.3f}, {b['high']:.3f}]", str(b["groups"]), str(b["seeds"])] if not b.get("note") else
+            [str(b["length"] or b["eval"]), "", "", "", b["note"], "", ""] for b in boot]
+    lines += md_table(["length (s)", CANDIDATE, REFERENCE, "difference", f"{int(100 * (boot[0].get('level') or 0.95)) if boot else 95}% interval",
+                       "groups", "seeds"], rows)
+    lines += ["", "Groups resampled with replacement, the same for both methods and every seed "
+              "(`lit_bvllm.sweeps.paired`); the difference is the mean over groups and seeds.", ""]
+    missing = [r for r in records if not r.metrics]
+    lines += ["## Not finished", ""]
+    lines += [f"- {r.role} {r.method} seed {r.seed} {r.eval}: {r.status} (point {r.point})" for r in missing] or ["none"]
+    lines += ["", "## Wall time", ""]
+    if timing.get("ran_seconds") is not None:
+        lines.append(f"- this invocation: {_hms(timing['ran_seconds'])} (running points and per-sweep reports)")
+    lines.append(f"- the finished points' commands of this run's sweeps: {_hms(timing.get('points_seconds', 0))}")
+    lines.append(f"- the full study, expected on this machine: {_hms(timing['seconds'])} "
+                 f"({timing['measured']} commands measured, {timing['scaled']} scaled from measured ones (training by "
+                 f"steps, tests by video length), {timing['unknown']} without a measurement)")
+    if example:
+        lines += ["", "## One held-out example", "",
+                  f"![selection]({Path(example['figure']).name}) {example.get('question_id', '')}: "
+                  f"{example.get('question', '')} (answer: {example.get('gt', '')}; needle at "
+                  f"{example.get('needle_times', '')} s; {example.get('point', '')})"]
+    lines += ["", "Figures: " + ", ".join(p.name for p in figures)]
+    (out / "study.md").write_text("\n".join(lines) + "\n")
+    return [out / "study.md", out / "summary.csv", out / "points.csv", out / "bvllm_vs_uniform.csv"]
+
+
+def _num(x) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(x)
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"

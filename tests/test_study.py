@@ -1,0 +1,258 @@
+"""lit_bvllm study (the needle study, issue 13): the report on planted results (fake sweep folders with results
+JSONs and predictions JSONL), the paired bootstrap, missing points, figures, the wall-time estimate, and the study's
+sweep files expanded to their points."""
+
+import csv
+import importlib
+import inspect
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import yaml
+
+from lit_bvllm.cli import main
+from lit_bvllm.reducers import BVLLM
+from lit_bvllm.study import FILES, estimate, load_sweeps, step_times, study
+from lit_bvllm.sweeps import expand, steps
+from lit_bvllm.sweeps.paired import circular_groups, paired_bootstrap
+from lit_bvllm.sweeps.run import write_status
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STRATEGIES = ["BVLLM", "Uniform", "LLaMAVID", "MeanPool", "TokenLearner", "GroupedTTM", "WeightedSampler", "Identity"]
+CATEGORIES = ["ret_insert1", "ord_insert1", "cnt_insert1"]
+VIDEOS = 12  # per length: 36 question groups, 144 items
+P_RIGHT = {"BVLLM": 0.75, "Uniform": 0.35}  # a planted effect: B-VLLM answers more groups
+
+
+@pytest.fixture(autouse=True)
+def repo_root(monkeypatch):
+    monkeypatch.chdir(REPO)  # the sweep files name configs relative to the repository
+
+
+def planted_run(run_dir: pathlib.Path, rng: np.random.Generator, p_right: float, picks: bool) -> float:
+    """Write a VNBench predictions JSONL and results JSON of planted answers; the circular accuracy."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    per_cat, lines = {}, []
+    for c in CATEGORIES:
+        right = [bool(rng.random() < p_right) for _ in range(VIDEOS)]
+        per_cat[c] = sum(right) / VIDEOS
+        for v, ok in enumerate(right):
+            for t in range(4):
+                lines.append({"id": f"needle_{v:04d}_{c}_{t}", "index": len(lines), "correct": ok or t > 0,
+                              "pred": 0, "answer": 0 if ok else 1})
+    (run_dir / "vnbench_predictions.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    acc = sum(per_cat.values()) / len(per_cat)
+    result = {"benchmark": "vnbench", "items": len(lines), "circular_accuracy": acc, "circular_per_category": per_cat}
+    if picks:
+        result["selection"] = {"hit_rate": p_right, "uniform_hit_rate": 0.25, "frames_kept": 6.0}
+    (run_dir / "vnbench_results.json").write_text(json.dumps(result))
+    return acc
+
+
+def plant(root: pathlib.Path, skip: tuple[str, ...] = (), quick: bool = False) -> dict:
+    """Every point of the study's sweeps under ``root`` finished, with planted results (but the points in ``skip``);
+    returns ``{(role, method label, eval, seed): circular accuracy}``."""
+    sweeps = load_sweeps(FILES, str(root), quick)
+    planted = {}
+    for role, s in sweeps.items():
+        for i, p in enumerate(expand(s)):
+            if p.id in skip:
+                continue
+            record = {}
+            for step in steps(s, p, ["lit_bvllm"]):
+                record[step.name] = {"status": "done", "seconds": 100.0 if step.command == "fit" else 40.0}
+                if step.command == "fit":
+                    (step.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+                    (step.run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+                    tokens = 48.0 if p.labels.get("model.reducer") == "LLaMAVID" else 96.0
+                    (step.run_dir / "run_summary.json").write_text(json.dumps({"derived/visual_tokens_after": tokens}))
+                    continue
+                label = p.labels.get("model.reducer", p.setting)
+                rng = np.random.default_rng([p.seed, i, int(step.name.split("_")[1][:-1]), len(role)])
+                picks = label in ("BVLLM", "Uniform", "WeightedSampler") or role != "strategies"
+                planted[(role, label, step.name, p.seed)] = planted_run(step.run_dir, rng, P_RIGHT.get(label, 0.5),
+                                                                         picks)
+            write_status(s, p, {"id": p.id, "status": "done", "steps": record})
+    return planted
+
+
+def read_csv(path: pathlib.Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------ the report
+
+
+def test_the_report_has_every_strategy_length_and_seed_with_mean_and_std(tmp_path, capsys):
+    planted = plant(tmp_path)
+    study(root=str(tmp_path), report_only=True, example=False, resamples=500)
+    out = tmp_path / "study"
+    points = read_csv(out / "points.csv")
+    strategies = {(r["method"], r["eval"], r["seed"]) for r in points if r["role"] == "strategies"}
+    assert strategies == {(m, f"needle_{n}s", str(s)) for m in STRATEGIES for n in (16, 64, 128) for s in (0, 1, 2)}
+    assert all(r["status"] == "done" for r in points) and len(points) == (8 * 3 + 3 * 3 + 4 * 3) * 3
+    summary = {(r["role"], r["method"], r["eval"]): r for r in read_csv(out / "summary.csv")}
+    for method in STRATEGIES:
+        for n in (16, 64, 128):
+            row = summary[("strategies", method, f"needle_{n}s")]
+            values = [planted[("strategies", method, f"needle_{n}s", s)] for s in (0, 1, 2)]
+            assert float(row["circular_accuracy"]) == pytest.approx(np.mean(values))
+            assert float(row["circular_accuracy_std"]) == pytest.approx(np.std(values, ddof=1))
+            assert (row["seeds_done"], row["seeds_expected"]) == ("3", "3")
+    assert float(summary[("strategies", "LLaMAVID", "needle_64s")]["visual_tokens"]) == 48.0  # its actual tokens
+    assert float(summary[("controls", "blind (no frames)", "needle_64s")]["visual_tokens"]) == 0.0
+    assert float(summary[("controls", "random frames", "needle_16s")]["visual_tokens"]) == 96.0  # Uniform's fit
+    md = (out / "study.md").read_text()
+    for name in ["blind (no frames)", "random frames", "oracle frames", "BVLLM w/o frame selection",
+                 "BVLLM w/o temporal merge", "BVLLM w/o spatial sampling", "BVLLM soft selection", *STRATEGIES]:
+        assert f"| {name} |" in md, name
+    bv = planted[("strategies", "BVLLM", "needle_64s", 0)], planted[("strategies", "BVLLM", "needle_64s", 1)]
+    assert f"{np.mean([*bv, planted[('strategies', 'BVLLM', 'needle_64s', 2)]]):.3f} ± " in md
+    assert "## Not finished\n\nnone" in md
+    assert "| method | kind | tokens | 16 s | 64 s | 128 s |" in md  # the lengths are columns
+    assert "the full study, expected on this machine" in md
+    assert "study.md" in capsys.readouterr().out
+
+
+def test_the_bootstrap_interval_brackets_the_difference_and_is_deterministic(tmp_path):
+    planted = plant(tmp_path)
+    study(root=str(tmp_path), report_only=True, example=False, resamples=2000)
+    rows = {r["eval"]: r for r in read_csv(tmp_path / "study" / "bvllm_vs_uniform.csv")}
+    assert set(rows) == {"needle_16s", "needle_64s", "needle_128s"}
+    for ev, r in rows.items():
+        observed = np.mean([planted[("strategies", "BVLLM", ev, s)] - planted[("strategies", "Uniform", ev, s)]
+                            for s in (0, 1, 2)])  # balanced types: the mean over groups is the mean over types
+        assert float(r["diff"]) == pytest.approx(observed)
+        assert float(r["low"]) <= observed <= float(r["high"])
+        assert (r["groups"], r["seeds"], r["dropped_groups"]) == (str(3 * VIDEOS), "3", "0")
+    first = (tmp_path / "study" / "bvllm_vs_uniform.csv").read_text()
+    study(root=str(tmp_path), report_only=True, example=False, resamples=2000)
+    assert (tmp_path / "study" / "bvllm_vs_uniform.csv").read_text() == first  # same inputs, same interval
+
+    run = tmp_path / "needle_strategies"
+    a = {s: circular_groups(run / f"reducer=BVLLM_seed={s}" / "needle_64s" / "vnbench_predictions.jsonl")
+         for s in (0, 1, 2)}
+    b = {s: circular_groups(run / f"reducer=Uniform_seed={s}" / "needle_64s" / "vnbench_predictions.jsonl")
+         for s in (0, 1, 2)}
+    one, two, other = (paired_bootstrap(a, b, 1000, seed=k) for k in (7, 7, 8))
+    assert one == two and (one.low, one.high) != (other.low, other.high) and one.diff == other.diff
+    assert one.low < one.diff < one.high and one.level == 0.95
+    # a group missing from one run is left out of every run, and counted
+    del a[1]["needle_0003_ret_insert1"]
+    assert paired_bootstrap(a, b, 100).groups == 3 * VIDEOS - 1 and paired_bootstrap(a, b, 100).dropped == 1
+
+
+def test_circular_groups_need_every_try(tmp_path):
+    lines = [{"id": "v_ret_0", "correct": True}, {"id": "v_ret_1", "correct": True},
+             {"id": "w_ret_0", "correct": True}, {"id": "w_ret_1", "correct": False},
+             {"id": "x_ret_0", "correct": True}]  # x's second try is missing: left out
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    assert circular_groups(tmp_path / "p.jsonl") == {"v_ret": True, "w_ret": False}
+
+
+def test_a_missing_point_is_reported_not_dropped(tmp_path, capsys):
+    plant(tmp_path, skip=("reducer=TokenLearner_seed=1", "blind=false_pick=oracle_seed=2"))
+    study(root=str(tmp_path), report_only=True, example=False, resamples=200)
+    out = tmp_path / "study"
+    points = read_csv(out / "points.csv")
+    missing = [(r["method"], r["seed"], r["eval"], r["status"]) for r in points if r["status"] != "done"]
+    assert sorted(missing) == sorted([("TokenLearner", "1", f"needle_{n}s", "pending") for n in (16, 64, 128)]
+                                     + [("oracle frames", "2", f"needle_{n}s", "pending") for n in (16, 64, 128)])
+    summary = {(r["method"], r["eval"]): r for r in read_csv(out / "summary.csv")}
+    assert (summary[("TokenLearner", "needle_64s")]["seeds_done"], summary[("TokenLearner", "needle_64s")][
+        "seeds_expected"]) == ("2", "3")
+    md = (out / "study.md").read_text()
+    assert "(2/3)" in md.split("## Per task type")[0]
+    assert "- strategies TokenLearner seed 1 needle_128s: pending (point reducer=TokenLearner_seed=1)" in md
+    assert "- controls oracle frames seed 2 needle_16s: pending" in md
+    assert "6 of 135 method x length x seed results missing" in capsys.readouterr().out
+
+
+def test_a_method_with_no_finished_seed_reads_missing(tmp_path):
+    plant(tmp_path, skip=tuple(f"reducer=GroupedTTM_seed={s}" for s in (0, 1, 2)))
+    study(root=str(tmp_path), report_only=True, example=False, resamples=200)
+    md = (tmp_path / "study" / "study.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| GroupedTTM | strategy"))
+    assert row.count("missing") == 3
+
+
+def test_the_figures_are_written(tmp_path):
+    plant(tmp_path)
+    study(root=str(tmp_path), report_only=True, example=False, resamples=200)
+    for name in ("accuracy_vs_length.png", "hit_rate_vs_length.png"):
+        path = tmp_path / "study" / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000, name
+    assert "Figures: accuracy_vs_length.png, hit_rate_vs_length.png" in (tmp_path / "study" / "study.md").read_text()
+
+
+def test_the_quick_variant_reports_on_its_own_folders(tmp_path):
+    plant(tmp_path, quick=True)
+    study(root=str(tmp_path), quick=True, report_only=True, example=False, resamples=200)
+    points = read_csv(tmp_path / "study_quick" / "points.csv")
+    assert {(r["eval"], r["seed"]) for r in points} == {("needle_64s", "0")} and len(points) == 8 + 3 + 4
+    assert all(r["status"] == "done" for r in points)
+    assert not (tmp_path / "study").exists()
+
+
+# ------------------------------------------------------------------ wall time
+
+
+def test_the_full_wall_time_is_estimated_from_measured_quick_points(tmp_path):
+    plant(tmp_path, quick=True)  # every fit 100 s at the full recipe's steps, every 64 s test 40 s
+    full = load_sweeps(FILES, str(tmp_path))
+    quick = load_sweeps(FILES, str(tmp_path), quick=True)
+    t = estimate(full, step_times(full) + step_times(quick))
+    fits, tests = 24 + 12, (24 + 9 + 12) * 3
+    assert (t["measured"], t["scaled"], t["unknown"]) == (fits + tests // 3, 2 * tests // 3, 0)
+    assert t["seconds"] == pytest.approx(fits * 100 + (24 + 9 + 12) * 40 * (16 + 64 + 128) / 64)
+    fewer = load_sweeps(FILES, str(tmp_path), quick=True, quick_steps=150)
+    assert fewer["strategies"].fit_flags["trainer.max_steps"] == 150
+    assert estimate(full, [("strategies", "reducer=BVLLM", "fit", 50.0, 150)])["scaled"] == 3  # 3 seeds, 2x
+
+
+# ------------------------------------------------------------------ the sweep files
+
+
+def test_the_study_sweeps_expand_to_the_expected_points(capsys):
+    main(["study", "--dry-run", "true", "--root", "/nonexistent/sweeps"])
+    out = capsys.readouterr().out
+    assert "study: strategies 24 points, controls 9 points, ablation 12 points" in out
+    assert not pathlib.Path("/nonexistent").exists()
+    for s in (0, 1, 2):
+        assert f"--ckpt_path=/nonexistent/sweeps/needle_strategies/reducer=Uniform_seed={s}/checkpoints/last.ckpt" in out
+    assert out.count(" fit --config") == 24 + 12 and out.count("--trainer.max_steps=300") == 24 + 12
+    assert out.count(" test --config") == (24 + 9 + 12) * 3
+    for n in (16, 64, 128):
+        assert out.count(f"--config experiments/eval/needle_{n}s.yaml") == 24 + 9 + 12
+    assert out.count("--data.blind=true") == 3 * 3 and out.count("--model.reducer.init_args.pick=oracle") == 3 * 3
+    for switch in ("frame_selection", "temporal_merge", "spatial_sampling"):
+        assert out.count(f"--model.reducer.init_args.{switch}=false") == 4 * 3  # its variant's fit + 3 tests x 3 seeds
+
+    main(["study", "--quick", "true", "--dry-run", "true", "--root", "/nonexistent/sweeps"])
+    out = capsys.readouterr().out
+    assert "study (quick): strategies 8 points, controls 3 points, ablation 4 points" in out
+    assert out.count("--trainer.max_steps=150") == 8 + 4 and "--trainer.max_steps=300" not in out
+    assert "needle_16s" not in out and "needle_128s" not in out
+    assert "--ckpt_path=/nonexistent/sweeps/needle_strategies_quick/reducer=Uniform_seed=0/checkpoints/last.ckpt" in out
+
+
+def test_every_strategy_of_the_study_has_the_same_budget_and_recipe():
+    raw = {role: yaml.safe_load((REPO / path).read_text()) for role, path in FILES.items()}
+    names = []
+    for spec in raw["strategies"]["grid"]["model.reducer"]:
+        module, name = spec["class_path"].rsplit(".", 1)
+        reducer = getattr(importlib.import_module(module), name)(in_dim=64, **spec["init_args"])
+        assert reducer.budget == 96, name
+        names.append(name)
+    assert names == STRATEGIES
+    bvllm = raw["strategies"]["grid"]["model.reducer"][0]
+    assert raw["ablation"]["flags"]["model.reducer"] == bvllm  # the ablation varies the very B-VLLM compared
+    assert raw["controls"]["flags"]["model.reducer"] == raw["strategies"]["grid"]["model.reducer"][1]  # Uniform's
+    assert raw["ablation"]["fit_flags"] == raw["strategies"]["fit_flags"]  # one recipe
+    assert raw["ablation"]["seeds"] == raw["strategies"]["seeds"] == raw["controls"]["seeds"] == [0, 1, 2]
+    assert raw["ablation"]["evals"] == raw["strategies"]["evals"] == raw["controls"]["evals"]
+    for key in raw["ablation"]["zipped"]:
+        assert key.rsplit(".", 1)[1] in inspect.signature(BVLLM).parameters, key
