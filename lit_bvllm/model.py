@@ -123,8 +123,14 @@ class VideoLLM(nn.Module):
             empty = torch.zeros(B, dtype=torch.long, device=weight.device)
             return weight.new_zeros(B, 0, hidden), torch.zeros(B, 0, dtype=torch.bool, device=weight.device), {
                 "num_tokens": empty, "frames_encoded": empty}
+        extra = {}
+        if r.needs_evidence:  # batch["frame_evidence"] (B, T), the frames inside the needle spans -> (B, T') encoded
+            evidence, index = batch.get("frame_evidence"), enc["frame_index"]  # None: the batch has none (training)
+            if evidence is not None:
+                evidence = torch.gather(evidence, 1, index.clamp_min(0)) & (index >= 0)
+            extra["evidence"] = evidence
         out = r(enc["frames"], enc["cls"], enc["frame_mask"], text_ids=batch.get("question_ids"),
-                text_mask=batch.get("question_mask"), cls_attn=enc.get("cls_attn"))
+                text_mask=batch.get("question_mask"), cls_attn=enc.get("cls_attn"), **extra)
         tokens = self.projector(out.tokens.to(weight.dtype)) * out.token_mask[..., None]
         info = {**out.info, "frames_encoded": enc["frame_mask"].sum(1)}
         if "frame_indices" in out.info:  # the frames whose content reaches the LLM, as positions in batch["frames"]

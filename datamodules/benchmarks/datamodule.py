@@ -11,7 +11,10 @@ and hands the model an :class:`~datamodules.benchmarks.evaluator.Evaluator` (``e
 
 A batch holds the frame fields of :class:`~datamodules.video_instruct.VideoInstructCollator` (prompts left-padded
 for batched generation), plus ``index`` (each item's position in the benchmark, for the metric states),
-``mode`` and, in likelihood mode, the option continuations of
+``mode``, ``frame_evidence (B, T) bool`` when every item of the batch says where its needles are
+(``extra["needle_times"]``, the synthetic needle sets: True on the sampled frames inside a needle span, False on
+padding; the oracle control reads it, :class:`lit_bvllm.reducers.Uniform`) and, in likelihood mode, the option
+continuations of
 ``option_ids`` / ``option_mask`` / ``option_labels`` ``(sum_b K_b, L)`` (prompt + option k, right-padded, labels
 -100 except on the option's tokens), and ``num_options`` ``(B,)``.
 
@@ -130,10 +133,22 @@ class BenchmarkDataset(Dataset):
             "index": i,
             "meta": {"id": item.id, "error": error, "prompt": text},
         }
+        if (spans := item.extra.get("needle_times")) is not None:
+            sample["frame_evidence"] = frame_evidence(times, spans)
         if self.mode == "likelihood":
             options = [tok(o + tok.eos_token, add_special_tokens=False)["input_ids"] for o in item.options]
             sample["options"] = [(torch.tensor(ids + o), torch.tensor([IGNORE_INDEX] * len(ids) + o)) for o in options]
         return sample
+
+
+def frame_evidence(times: torch.Tensor, spans: list[list[float]]) -> torch.Tensor:
+    """``(T,) bool``: which frames, decoded at ``times`` (seconds), lie inside one of the ``[start, end)`` needle spans,
+    the rule of :func:`datamodules.benchmarks.selection.shown` (the renderer's, with its tolerance)."""
+    if not len(spans) or not len(times):
+        return torch.zeros(len(times), dtype=torch.bool)
+    t = times.double()[:, None]  # (T, 1)
+    s = torch.tensor(spans, dtype=torch.float64)  # (S, 2)
+    return ((t >= s[None, :, 0] - 1e-6) & (t < s[None, :, 1] - 1e-6)).any(1)
 
 
 def refusals(items: list[EvalItem], roots: list[str]) -> dict[int, str]:
@@ -173,6 +188,11 @@ class BenchmarkCollator:
         batch = self.inner(samples)
         batch["index"] = torch.tensor([s["index"] for s in samples])
         batch["mode"] = self.mode
+        if all("frame_evidence" in s for s in samples):  # frames are right-padded: so is their evidence
+            evidence = torch.zeros(batch["frame_mask"].shape, dtype=torch.bool)
+            for b, s in enumerate(samples):
+                evidence[b, : len(s["frame_evidence"])] = s["frame_evidence"]
+            batch["frame_evidence"] = evidence
         return batch
 
 

@@ -89,7 +89,8 @@ class VNBench(MultipleChoiceBenchmark):
             tries = e.get("try")
             group = qid.rsplit("_", 1)[0] if tries is not None and qid.endswith(f"_{tries}") else qid
             extra = {"try": tries}
-            if e.get("needle_times") is not None:  # the synthetic needle set's evidence spans (selection hit rate)
+            # the synthetic needle sets' evidence spans: the selection hit rate, and the batches' frame_evidence
+            if e.get("needle_times") is not None:
                 extra["needle_times"] = _spans(e["needle_times"], path, where)
             items.append(EvalItem(id=qid, video=os.path.abspath(videos / require_text(e, "video", path, where)),
                                   question=require_text(e, "question", path, where), options=options, answer=answer,

@@ -9,6 +9,8 @@ videos to at most ``budget`` (θ) visual tokens per sample::
     text_ids    (B, S) long    the question, tokenized with the reducer's tokenizer (text-conditioned reducers)
     text_mask   (B, S)
     cls_attn    (B, T, N)      [CLS]-to-patch attention of the tower (only reducers with ``needs_cls_attention``)
+    evidence    (B, T) bool    the frames that show what the question asks about (only reducers with
+                               ``needs_evidence``, as ``evidence=``; None when the batch has none, as in training)
   ->
     ReducerOutput(tokens (B, M, D_out), token_mask (B, M) bool, info: dict)
 
@@ -47,6 +49,10 @@ class Reducer(nn.Module):
     budget: int
     needs_text: bool = False
     needs_cls_attention: bool = False
+    needs_evidence: bool = False
+    """True: ``forward`` takes ``evidence=`` (``(B, T) bool`` or None), the frames a benchmark item's ``needle_times``
+    cover (``batch["frame_evidence"]``): the oracle control of :class:`~lit_bvllm.reducers.uniform.Uniform`. Only such
+    a reducer is passed it, so no other reducer's signature has it."""
     max_frames: int | None = None
     """Frames read per sample, uniformly spaced; None reads every real frame."""
     inference_args: frozenset[str] = frozenset()

@@ -5,18 +5,76 @@ patch tokens in time order, each frame's √N×√N patch grid optionally averag
 (PLLaVA, Xu et al., 2024, pools 24×24 → 12×12). Parameter-free.
 
 :func:`select_uniform_frames` is the frame choice every reducer that caps its frame count shares.
+
+The needle study's controls are other frame choices of the same reducer (``pick``), so that one trained model,
+evaluated three ways, isolates what frame selection is worth: ``random`` (:func:`random_frames`, as many frames
+drawn at random) and ``oracle`` (:func:`oracle_frames`, the frames that show the needle the question asks about,
+from the benchmark's ``needle_times``: the ceiling of any selector at that frame count).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
-from lit_bvllm.reducers.sampling import select_uniform_frames
+from lit_bvllm.reducers.sampling import keyed_gumbel_noise, select_uniform_frames, uniform_frame_mask
+
+PICKS = ("uniform", "random", "oracle")
+
+
+def chosen_frames(chosen: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """The ``chosen (B, T) bool`` frames of each row as ``indices, valid (B, n)``: ascending (time order), then
+    invalid slots (pointing at unchosen frames); ``n`` must cover every row's count."""
+    order = torch.sort((~chosen).to(torch.int8), dim=1, stable=True).indices[:, :n]  # (B, n) chosen first
+    return order, torch.gather(chosen, 1, order)
+
+
+def random_frames(frame_mask: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``min(n, real)`` distinct real frames per row, drawn uniformly at random, in time order: ``(B, T) bool ->
+    indices, valid (B, n')``, ``n' = min(n, T)``.
+
+    The draw is the top ``n`` of keyed Gumbel noise (:func:`~lit_bvllm.reducers.sampling.keyed_gumbel_noise`, keys:
+    ``seed``, the row's real-frame count and each frame's position among its real frames): a fixed function of the
+    seed and the video's frame count, whatever the batch, its padding or the device, so two passes agree and the
+    frames given and the frames encoded (all real ones) choose alike. Videos with as many frames share their draw.
+    """
+    n = min(n, frame_mask.shape[1])
+    count = frame_mask.sum(1, keepdim=True)  # (B, 1)
+    rank = (frame_mask.long().cumsum(1) - 1).clamp_min(0)  # (B, T) position among the row's real frames
+    score = keyed_gumbel_noise(seed, count.expand_as(rank), rank).masked_fill(~frame_mask, float("-inf"))
+    top = score.topk(n, dim=1).indices  # (B, n) real frames first (padding scores -inf)
+    chosen = torch.zeros_like(frame_mask).scatter_(1, top, torch.gather(frame_mask, 1, top))
+    return chosen_frames(chosen, n)
+
+
+def spread_mask(mask: Tensor, counts: Tensor) -> Tensor:
+    """``(B, T) bool``: ``counts (B,)`` of each row's True frames at the midpoints of equal segments of them (the rule
+    of ``sampling.uniform_indices``, a count per row); all of them where ``counts`` reaches their number."""
+    B, T = mask.shape
+    total = mask.sum(1, keepdim=True)  # (B, 1)
+    m = torch.minimum(counts[:, None].clamp_min(0), total)  # (B, 1) frames to take
+    i = torch.arange(T, device=mask.device)[None]  # (1, T) slots
+    pos = torch.floor((i + 0.5) * total / m.clamp_min(1)).long().clamp_max(T - 1)  # (B, T) positions among True
+    real_first = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices  # (B, T) True frames first
+    hits = torch.zeros(B, T, dtype=torch.long, device=mask.device)
+    hits.scatter_add_(1, torch.gather(real_first, 1, pos), (i < m).long())
+    return (hits > 0) & mask
+
+
+def oracle_frames(frame_mask: Tensor, evidence: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """``min(n, real)`` real frames per row, the evidence first: every ``evidence (B, T) bool`` frame when there are
+    at most ``n`` (else ``n`` uniformly spaced among them), the rest uniformly spaced among the other real frames;
+    in time order, ``indices, valid (B, n')`` as :func:`random_frames`. A row without evidence is uniform."""
+    n = min(n, frame_mask.shape[1])
+    evidence = evidence & frame_mask
+    shown = uniform_frame_mask(evidence, n)  # (B, T): the evidence frames, thinned uniformly to n
+    rest = spread_mask(frame_mask & ~evidence, n - shown.sum(1))  # (B, T): the other frames, to n in all
+    return chosen_frames(shown | rest, n)
 
 
 def gather_frames(x: Tensor, idx: Tensor) -> Tensor:
@@ -55,34 +113,56 @@ class Uniform(Reducer):
 
     ``info``: ``num_tokens (B,)``, ``frame_indices (B, n)`` and ``frame_valid (B, n)``.
 
+    ``pick`` chooses the frames otherwise (the needle study's controls; the tokens of a chosen frame are the same):
+    ``random`` draws ``num_frames`` of the real frames at random (:func:`random_frames`, seeded by ``seed``, the same
+    frames in every pass), ``oracle`` keeps the frames inside the needle spans the question is about
+    (:func:`oracle_frames`; ``evidence (B, T) bool``, which the model passes from ``batch["frame_evidence"]``: only
+    a benchmark whose items carry ``needle_times`` has it, training batches do not, and the oracle then raises).
+    Both read every real frame (the data's ``max_frames`` caps them), so the tower encodes them all.
+
     Args:
         in_dim: width D of the vision tower's patch tokens.
         num_frames: frames kept per video, uniformly spaced.
         pool: stride (= kernel) of the spatial average pooling over the √N×√N patch grid; 1 keeps every patch.
         budget: maximum tokens per sample θ; ``num_frames · ceil(√N / pool)²`` must not exceed it.
+        pick: how the ``num_frames`` frames are chosen: ``uniform`` (segment midpoints), ``random`` (seeded, in time
+            order) or ``oracle`` (the needle frames first; needs the batch's ``frame_evidence``).
+        seed: the seed of ``pick="random"``.
     """
 
-    inference_args = frozenset({"num_frames", "pool", "budget"})  # may change on a trained model (Reducer.inference_args)
+    # may change on a trained model (Reducer.inference_args): a Uniform checkpoint is evaluated with every pick
+    inference_args = frozenset({"num_frames", "pool", "budget", "pick", "seed"})
 
     @classmethod
     def example(cls, in_dim: int, num_patches: int) -> Uniform:
         return cls(in_dim, num_frames=4, pool=2, budget=16)
 
-    def __init__(self, in_dim: int, num_frames: int = 8, pool: int = 1, budget: int = 4096):
+    def __init__(self, in_dim: int, num_frames: int = 8, pool: int = 1, budget: int = 4096,
+                 pick: Literal["uniform", "random", "oracle"] = "uniform", seed: int = 0):
         super().__init__()
         if num_frames < 1 or pool < 1 or budget < 1:
             raise ValueError(
                 f"Uniform needs num_frames, pool and budget >= 1, got {num_frames}, {pool}, {budget}; "
                 "check --model.reducer.init_args.num_frames / .pool / .budget"
             )
+        if pick not in PICKS:
+            raise ValueError(f"Uniform: pick must be one of {', '.join(PICKS)}, got {pick!r}; set "
+                             "--model.reducer.init_args.pick")
         self.in_dim = self.out_dim = in_dim
         self.num_frames = num_frames
         self.pool = pool
         self.budget = budget
+        self.pick = pick
+        self.seed = seed
 
     @property
-    def max_frames(self) -> int:
-        return self.num_frames
+    def max_frames(self) -> int | None:
+        """``num_frames`` uniformly spaced frames are encoded; the random and oracle picks read every real frame."""
+        return self.num_frames if self.pick == "uniform" else None
+
+    @property
+    def needs_evidence(self) -> bool:
+        return self.pick == "oracle"
 
     def forward(
         self,
@@ -92,6 +172,7 @@ class Uniform(Reducer):
         text_ids: Tensor | None = None,
         text_mask: Tensor | None = None,
         cls_attn: Tensor | None = None,
+        evidence: Tensor | None = None,
     ) -> ReducerOutput:
         B, T, N, D = frames.shape
         per_frame = N if self.pool == 1 else math.ceil(math.isqrt(N) / self.pool) ** 2
@@ -102,7 +183,7 @@ class Uniform(Reducer):
                 "--model.reducer.init_args.num_frames, raise --model.reducer.init_args.pool or "
                 "--model.reducer.init_args.budget"
             )
-        idx, valid = select_uniform_frames(frame_mask, self.num_frames)  # (B, n)
+        idx, valid = self.select(frame_mask, evidence)  # (B, n)
         picked = spatial_pool(gather_frames(frames, idx), self.pool)  # (B, n, N', D)
         n, n_tok = picked.shape[1], picked.shape[2]
         tokens = picked.reshape(B, n * n_tok, D)  # (B, n, N', D) -> (B, n*N', D)
@@ -110,3 +191,18 @@ class Uniform(Reducer):
         tokens, token_mask = pack(tokens, keep)
         info = {"num_tokens": token_mask.sum(1), "frame_indices": idx, "frame_valid": valid}
         return ReducerOutput(tokens, token_mask, info)
+
+    def select(self, frame_mask: Tensor, evidence: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The ``pick``'s frames: ``indices, valid (B, n)``, ascending absolute frame positions."""
+        if self.pick == "uniform":
+            return select_uniform_frames(frame_mask, self.num_frames)
+        if self.pick == "random":
+            return random_frames(frame_mask, self.num_frames, self.seed)
+        if evidence is None:
+            raise ValueError(
+                "Uniform(pick='oracle') keeps the frames inside each question's needle spans, and this batch says "
+                "none (batch['frame_evidence'] comes only from a benchmark whose items carry needle_times, such as "
+                "the synthetic needle sets, experiments/eval/needle_*s.yaml; training batches have none). Evaluate "
+                "on such a set, or set --model.reducer.init_args.pick uniform (or random)"
+            )
+        return oracle_frames(frame_mask, evidence, self.num_frames)

@@ -10,10 +10,11 @@ import numpy as np
 from lit_bvllm.synthetic.annotations import finetune_entries, pretrain_entries, to_llamavid
 from lit_bvllm.synthetic.benchmarks import write_benchmark_fixtures
 from lit_bvllm.synthetic.evalsets import msvd_files, vnbench_entries
+from lit_bvllm.synthetic.needles import NEEDLE_FILES, needle_folder, write_needle_sets
 from lit_bvllm.synthetic.render import write_jpg, write_mp4
 from lit_bvllm.synthetic.scenes import sample_image, sample_video
 
-# Independent random streams: numpy.random.default_rng([seed, stream, index]).
+# Independent random streams: numpy.random.default_rng([seed, stream, index]); needles.py draws from 8 and 9.
 TRAIN_VIDEOS, EVAL_VIDEOS, IMAGES, PRETRAIN, FINETUNE, VNBENCH, MSVD, BENCHMARKS = range(8)
 MIN_DURATION = 8  # seconds: room for two needle events of up to 2 s, 1 s apart, 1 s clear of both ends
 
@@ -29,8 +30,10 @@ def _duration_checks(low: float, high: float, flag: str) -> list[tuple[bool, str
 
 def validate(seed: int, num_videos: int, num_eval_videos: int, min_duration: float, max_duration: float,
              min_fps: int, max_fps: int, width: int, height: int, eval_min_duration: float | None = None,
-             eval_max_duration: float | None = None) -> None:
+             eval_max_duration: float | None = None, needle_lengths: list[int] | None = None,
+             needle_videos: int = 50, needles_only: bool = False) -> None:
     """Raise ValueError naming the flag to change when the arguments of make_synthetic cannot work."""
+    lengths = list(needle_lengths or [])
     checks = [
         (seed >= 0, f"--seed must be >= 0, got {seed}"),
         (num_videos >= 1, f"--num-videos must be >= 1, got {num_videos}"),
@@ -42,6 +45,11 @@ def validate(seed: int, num_videos: int, num_eval_videos: int, min_duration: flo
         (min_fps <= max_fps, f"--min-fps ({min_fps}) must be <= --max-fps ({max_fps})"),
         (width >= 32 and height >= 32, f"--width and --height must be >= 32 px, got {width}x{height}"),
         (width % 2 == 0 and height % 2 == 0, f"--width and --height must be even for yuv420p, got {width}x{height}"),
+        (all(isinstance(n, int) and n >= MIN_DURATION for n in lengths),
+         f"--needle-lengths must be whole seconds >= {MIN_DURATION} (two needle events with gaps), got {lengths}"),
+        (len(set(lengths)) == len(lengths), f"--needle-lengths repeats a length: {lengths}"),
+        (needle_videos >= 1, f"--needle-videos must be >= 1, got {needle_videos}"),
+        (bool(lengths) or not needles_only, "--needles-only true writes the needle sets alone: give --needle-lengths"),
     ]
     for ok, message in checks:
         if not ok:
@@ -74,6 +82,9 @@ def make_synthetic(
     height: int = 96,
     eval_min_duration: float | None = None,
     eval_max_duration: float | None = None,
+    needle_lengths: list[int] | None = None,
+    needle_videos: int = 50,
+    needles_only: bool = False,
 ) -> dict:
     """Write a deterministic synthetic dataset of H.264 videos with timed "needle" shapes and their annotations.
 
@@ -81,7 +92,8 @@ def make_synthetic(
     eval/vnbench/{VNBench_qa.json,videos/} and eval/msvd/{test_qa.json,test_q.json,test_a.json,videos/}, then
     the other benchmarks' eval sets in their official formats (benchmarks.py): eval/mvbench, eval/videomme,
     eval/egoschema, eval/perception_test, eval/nextqa, eval/msrvtt_qa and eval/activitynet_qa, their videos hard
-    links to (or copies of) the eval mp4s. The same seed gives byte-identical JSON and identical decoded frames.
+    links to (or copies of) the eval mp4s; with ``needle_lengths``, eval/needle_<L>s/ per length (needles.py). The
+    same seed gives byte-identical JSON and identical decoded frames.
 
     Args:
         out: folder to write the dataset into (created if missing; our own files in it are overwritten).
@@ -97,16 +109,28 @@ def make_synthetic(
         eval_min_duration: shortest eval video in seconds (default: ``min_duration``); eval videos may be longer
             than training ones, as benchmark videos are (the needle set: 64-128 s against <= 32 s of training).
         eval_max_duration: longest eval video in seconds (default: ``max_duration``).
+        needle_lengths: also write the needle study's held-out sets, one per length (whole seconds):
+            ``eval/needle_<L>s/{VNBench_qa.json,metadata.json,videos/}``, ``needle_videos`` videos of exactly ``L``
+            s each, drawn from their own random streams (needles.py); None (the default) writes none.
+        needle_videos: videos per needle set (3 questions x 4 circular tries each; 50 makes one question worth
+            2 points of a per-type circular score).
+        needles_only: write only the needle sets, leaving everything else under ``out`` as it is (add them to a
+            dataset written earlier; give the flags it was written with: the sets use ``seed``, the fps range and
+            the frame size).
 
     Returns:
         A summary: counts of videos, images and entries per annotation file, total seconds, files written;
-        ``benchmark_entries`` counts the questions of each benchmark fixture file (benchmarks.py).
+        ``benchmark_entries`` counts the questions of each benchmark fixture file (benchmarks.py); with
+        ``needle_lengths``, ``needle_sets``: per folder its videos, items, seconds and generation time.
     """
     eval_min = min_duration if eval_min_duration is None else eval_min_duration
     eval_max = max_duration if eval_max_duration is None else eval_max_duration
     validate(seed, num_videos, num_eval_videos, min_duration, max_duration, min_fps, max_fps, width, height,
-             eval_min, eval_max)
+             eval_min, eval_max, needle_lengths, needle_videos, needles_only)
     root = Path(out)
+    if needles_only:
+        return {"out": str(root), "needle_sets": write_needle_sets(
+            root, seed, list(needle_lengths), needle_videos, (min_fps, max_fps), width, height, _write_json)}
     durations, fps_range = (math.ceil(min_duration), math.floor(max_duration)), (min_fps, max_fps)
     eval_durations = (math.ceil(eval_min), math.floor(eval_max))
     for folder in ("videos", "images", "eval/vnbench/videos", "eval/msvd/videos"):
@@ -152,6 +176,8 @@ def make_synthetic(
     for name, entries in files.items():
         _write_json(root / name, entries)
     benchmarks = write_benchmark_fixtures(root, evals, lambda index: rng(BENCHMARKS, index), _write_json)
+    needles = write_needle_sets(root, seed, list(needle_lengths or []), needle_videos, fps_range, width, height,
+                                _write_json)
     return {
         "out": str(root),
         "videos": len(videos),
@@ -161,5 +187,7 @@ def make_synthetic(
         "eval_seconds": sum(r["duration"] for r in evals),
         "entries": {name: len(entries) for name, entries in files.items()},
         "benchmark_entries": benchmarks,
-        "files": ["metadata.json", *files, *benchmarks],
+        "files": ["metadata.json", *files, *benchmarks,
+                  *(f"{needle_folder(n)}/{name}" for n in needle_lengths or [] for name in NEEDLE_FILES)],
+        **({"needle_sets": needles} if needles else {}),
     }
