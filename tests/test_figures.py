@@ -114,3 +114,18 @@ def test_the_show_selection_command_reads_the_run_config(tiny, synthetic, tmp_pa
     printed = json.loads(capsys.readouterr().out)
     assert printed["figure"] == str(tmp_path / "sel.png") and (tmp_path / "sel.png").read_bytes()[:8] == PNG
     assert printed["kept_times"] and all(0 <= t <= 200 for t in printed["kept_times"])
+
+
+def test_show_selection_hands_the_needle_times_to_an_oracle_pick(tiny, synthetic, tmp_path):
+    """The oracle control needs the evidence in the batch: show-selection used to stop with "no evidence"."""
+    from lit_bvllm.lit_module import VideoLLMModule
+    from lit_bvllm.reducers import Uniform
+
+    m = VideoLLMModule(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=3, budget=48, pick="oracle"),
+                       max_new_tokens=2)
+    m.configure_model()
+    root = synthetic / "eval" / "vnbench"
+    entry = json.loads((root / "VNBench_qa.json").read_text())[0]
+    out = show_selection(m.eval().model, str(root / entry["video"]), entry["question"], tmp_path / "o.png",
+                         needle_times=entry["needle_times"])
+    assert any(a <= t <= b for t in out["kept_times"] for a, b in entry["needle_times"])  # a needle frame is kept
