@@ -231,42 +231,70 @@ def bootstrap(records: list[Record], resamples: int = 10000, seed: int = 0) -> l
 # ------------------------------------------------------------------ wall time
 
 
-def step_times(sweeps: dict[str, Sweep]) -> list[tuple[str, str, str, float, int | None]]:
-    """``(role, setting, step, seconds, training steps)`` of every finished step the sweeps' status files record."""
+def seconds_per_step(run_dir: Path) -> float | None:
+    """Training seconds per step of a fit, from the wall times of its logged ``train/loss`` (TensorBoard events)."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        return None
+    rates = []
+    for events in sorted(run_dir.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        loss = acc.Scalars("train/loss") if "train/loss" in acc.Tags().get("scalars", []) else []
+        if len(loss) >= 2 and loss[-1].step > loss[0].step:
+            rates.append((loss[-1].wall_time - loss[0].wall_time) / (loss[-1].step - loss[0].step))
+    return sum(rates) / len(rates) if rates else None
+
+
+def step_times(sweeps: dict[str, Sweep]) -> list[tuple]:
+    """``(role, setting, step, seconds, training steps, seconds per training step)`` of every finished step the
+    sweeps' status files record (the last two for fits: None for tests)."""
     out = []
     for role, s in sweeps.items():
         for p in expand(s):
             for name, rec in ((read_status(s, p) or {}).get("steps") or {}).items():
                 if rec.get("status") == "done" and rec.get("seconds") is not None:
-                    out.append((role, p.setting, name, float(rec["seconds"]), s.fit_flags.get("trainer.max_steps")))
+                    fit = s.mode == "fit" and name == "fit"
+                    out.append((role, p.setting, name, float(rec["seconds"]),
+                                s.fit_flags.get("trainer.max_steps") if fit else None,
+                                seconds_per_step(s.dir / p.id) if fit else None))
     return out
 
 
-def estimate(full: dict[str, Sweep], measured: list[tuple]) -> dict:
-    """The full study's wall time from measured step times: a step measured for the same method is its mean; a fit
-    measured with fewer training steps is scaled by the step ratio; a test of another length is scaled by the
+def estimate(full: dict[str, Sweep], measured: list[tuple], test_base: float | None = None) -> dict:
+    """The full study's wall time from measured step times (:func:`step_times`). A command measured for the same
+    method is its mean. A fit measured with another number of training steps adds or removes steps at its measured
+    seconds per step (in proportion to the steps when that is unknown). A test of another length keeps
+    ``test_base`` (the length-independent part: a blind test's time; 0 when unknown) and scales the rest by the
     length ratio (frames at 1 fps), from the same method's tests."""
     total, how = 0.0, {"measured": 0, "scaled": 0, "unknown": 0}
     for role, s in full.items():
         for p in expand(s):
             for st in steps(s, p, ["lit_bvllm"]):
-                same = [(t, n) for r, g, name, t, n in measured if (r, g, name) == (role, p.setting, st.name)]
+                same = [m[3:] for m in measured if m[:3] == (role, p.setting, st.name)]
                 if st.command == "fit":
                     want = s.fit_flags.get("trainer.max_steps")
-                    exact = [t for t, n in same if n == want]
-                    guess = [t * want / n for t, n in same if n and want] if not exact else exact
+                    exact = [t for t, n, _ in same if n == want]
+                    guess = exact or [t + (want - n) * rate if rate else t * want / n for t, n, rate in same
+                                      if n and want]
                 else:
-                    exact = [t for t, _ in same]
+                    exact = [t for t, _, _ in same]
                     length = eval_length(st.name)
-                    guess = exact or [t * length / eval_length(name) for r, g, name, t, _ in measured
-                                      if (r, g) == (role, p.setting) and name != "fit" and length
-                                      and eval_length(name)]
+                    guess = exact or [_rescale(t, test_base, length / eval_length(m[2])) for m in measured
+                                      if m[:2] == (role, p.setting) and m[2] != "fit" and length
+                                      and eval_length(m[2]) for t in [m[3]]]
                 if guess:
                     total += sum(guess) / len(guess)
                     how["measured" if exact else "scaled"] += 1
                 else:
                     how["unknown"] += 1
     return {"seconds": total, **how}
+
+
+def _rescale(seconds: float, base: float | None, ratio: float) -> float:
+    base = min(base or 0.0, seconds)
+    return base + (seconds - base) * ratio
 
 
 # ------------------------------------------------------------------ one held-out example
@@ -351,9 +379,13 @@ def study(quick: bool = False, root: str = "runs/sweeps", out: str | None = None
     boot = bootstrap(records, resamples)
     full = load_sweeps(files, root)
     quick_sweeps = load_sweeps(files, root, True, quick_steps)
-    timing = estimate(full, step_times(full) + step_times(quick_sweeps))
+    c = sweeps["controls"]  # a blind test decodes and encodes no frame: the part of a test that length leaves alone
+    blind = [r["seconds"] for p in expand(c) if p.knobs.get("data.blind") is True
+             for r in ((read_status(c, p) or {}).get("steps") or {}).values() if r.get("status") == "done"]
+    base = sum(blind) / len(blind) if blind else None
+    timing = {**estimate(full, step_times(full) + step_times(quick_sweeps), base), "test_base": base}
     timing["ran_seconds"] = ran
-    timing["points_seconds"] = sum(t for *_, t, _ in step_times(sweeps))
+    timing["points_seconds"] = sum(m[3] for m in step_times(sweeps))
     figures = write_figures(cells, folder)
     chosen = selection_example(sweeps, folder / "selection_example.png") if example else None
     paths = write_report(sweeps, records, cells, boot, timing, chosen, figures, folder)

@@ -87,11 +87,12 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
     lines += md_table(["method", "length", *(k.split("/", 1)[1] for k in categories), "overall"], rows)
     lines += ["", "## Selection: needle frame among the frames kept (no LLM involved)", "",
               "hit rate: share of needle questions for which a kept frame shows the needle; uniform: as many "
-              "uniformly spaced frames.", ""]
+              "uniformly spaced frames. `= uniform`: the hit rate is the uniform pick's on every seed (the method "
+              "keeps uniformly spaced frames, or reads every frame up to a cap; it does not choose by content).", ""]
     rows = [[m, f"{c.length} s" if c.length else e, pm(c, "selection/hit_rate"), pm(c, "selection/uniform_hit_rate"),
-             pm(c, "selection/frames_kept")]
+             pm(c, "selection/frames_kept"), "= uniform" if _uniform(c) else "differs"]
             for (role, m), by in methods.items() for e, c in by.items() if c.values.get("selection/hit_rate")]
-    lines += md_table(["method", "length", "hit rate", "uniform, as many frames", "frames kept"], rows)
+    lines += md_table(["method", "length", "hit rate", "uniform, as many frames", "frames kept", "choice"], rows)
     lines += ["", "## B-VLLM's Table 3 on the needle sets", ""]
     rows = [[m, tokens(list(by.values())), *(pm(by[e], "circular_accuracy") if e in by else "" for e in evals),
              *(pm(by[e], "selection/hit_rate") if e in by else "" for e in evals)]
@@ -112,9 +113,11 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
     if timing.get("ran_seconds") is not None:
         lines.append(f"- this invocation: {_hms(timing['ran_seconds'])} (running points and per-sweep reports)")
     lines.append(f"- the finished points' commands of this run's sweeps: {_hms(timing.get('points_seconds', 0))}")
+    fixed = f"beyond a blind test's {timing['test_base']:.1f} s" if timing.get("test_base") else "in proportion"
     lines.append(f"- the full study, expected on this machine: {_hms(timing['seconds'])} "
-                 f"({timing['measured']} commands measured, {timing['scaled']} scaled from measured ones (training by "
-                 f"steps, tests by video length), {timing['unknown']} without a measurement)")
+                 f"({timing['measured']} commands measured, {timing['scaled']} scaled from measured ones: training "
+                 f"by its measured seconds per step, tests by video length {fixed}; {timing['unknown']} without "
+                 f"a measurement)")
     if example:
         lines += ["", "## One held-out example", "",
                   f"![selection]({Path(example['figure']).name}) {example.get('question_id', '')}: "
@@ -123,6 +126,11 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
     lines += ["", "Figures: " + ", ".join(p.name for p in figures)]
     (out / "study.md").write_text("\n".join(lines) + "\n")
     return [out / "study.md", out / "summary.csv", out / "points.csv", out / "bvllm_vs_uniform.csv"]
+
+
+def _uniform(cell: Cell) -> bool:
+    hit, uni = cell.values.get("selection/hit_rate", []), cell.values.get("selection/uniform_hit_rate", [])
+    return len(hit) == len(uni) and all(abs(a - b) < 1e-9 for a, b in zip(hit, uni))
 
 
 def _num(x) -> str:

@@ -14,7 +14,7 @@ import yaml
 
 from lit_bvllm.cli import main
 from lit_bvllm.reducers import BVLLM
-from lit_bvllm.study import FILES, estimate, load_sweeps, step_times, study
+from lit_bvllm.study import FILES, estimate, load_sweeps, seconds_per_step, step_times, study
 from lit_bvllm.sweeps import expand, steps
 from lit_bvllm.sweeps.paired import circular_groups, paired_bootstrap
 from lit_bvllm.sweeps.run import write_status
@@ -208,9 +208,25 @@ def test_the_full_wall_time_is_estimated_from_measured_quick_points(tmp_path):
     fits, tests = 24 + 12, (24 + 9 + 12) * 3
     assert (t["measured"], t["scaled"], t["unknown"]) == (fits + tests // 3, 2 * tests // 3, 0)
     assert t["seconds"] == pytest.approx(fits * 100 + (24 + 9 + 12) * 40 * (16 + 64 + 128) / 64)
+    # a test's length-independent part (a blind test's time) is kept, the rest scales with the length
+    with_base = estimate(full, step_times(full) + step_times(quick), test_base=8.0)
+    assert with_base["seconds"] == pytest.approx(fits * 100 + 45 * (40 + 2 * 8 + 32 * (16 + 128) / 64))
     fewer = load_sweeps(FILES, str(tmp_path), quick=True, quick_steps=150)
     assert fewer["strategies"].fit_flags["trainer.max_steps"] == 150
-    assert estimate(full, [("strategies", "reducer=BVLLM", "fit", 50.0, 150)])["scaled"] == 3  # 3 seeds, 2x
+    half = [("strategies", "reducer=BVLLM", "fit", 50.0, 150, None)]
+    assert estimate(full, half)["scaled"] == 3 and estimate(full, half)["seconds"] == pytest.approx(3 * 100)
+    timed = [("strategies", "reducer=BVLLM", "fit", 50.0, 150, 0.2)]  # 150 more steps at 0.2 s
+    assert estimate(full, timed)["seconds"] == pytest.approx(3 * 80)
+
+
+def test_seconds_per_step_from_the_fits_logged_losses(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path)) as w:
+        for step in (9, 19, 29):
+            w.add_scalar("train/loss", 1.0, step, walltime=100.0 + 0.5 * step)
+    assert seconds_per_step(tmp_path) == pytest.approx(0.5)
+    assert seconds_per_step(tmp_path / "none") is None
 
 
 # ------------------------------------------------------------------ the sweep files
