@@ -3,15 +3,22 @@
 - ``accuracy_vs_length.png``: circular accuracy (mean ± std over seeds) against video length; left, a line per
   strategy with the controls dashed; right, B-VLLM and its ablation variants, Uniform dashed for reference;
 - ``hit_rate_vs_length.png``: the selection hit rate against length for every method that reports kept frames,
-  with the uniform pick of as many frames as B-VLLM keeps dashed.
+  with the uniform pick of as many frames as B-VLLM keeps dashed;
+- ``selection_example.png``: ``lit_bvllm show-selection`` of a trained B-VLLM on one held-out needle question.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
 from pathlib import Path
 
-from lit_bvllm.study import CANDIDATE, REFERENCE, Cell
+import yaml
+
+from lit_bvllm.study import CANDIDATE, REFERENCE, Cell, eval_length
+from lit_bvllm.sweeps.grid import Sweep, console_script, expand
+from lit_bvllm.sweeps.run import state
 
 
 def write_figures(cells: list[Cell], out: Path) -> list[Path]:
@@ -70,6 +77,41 @@ def hit_rate_figure(cells: list[Cell], path: Path) -> Path:
         ax.text(0.5, 0.5, "no method reported kept frames", ha="center", va="center", transform=ax.transAxes)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
+
+
+def selection_example(sweeps: dict[str, Sweep], path: Path) -> dict | None:
+    """``lit_bvllm show-selection`` of the first B-VLLM checkpoint that finished on the first retrieval question of
+    the longest needle set the strategies sweep tests; kept when ``path`` exists (the study resumes)."""
+    if path.is_file():
+        return {"figure": str(path), "kept": True}
+    s = sweeps["strategies"]
+    done = [p for p in expand(s) if p.labels.get("model.reducer") == CANDIDATE and state(s, p) == "done"]
+    if not done:
+        return None
+    ev = max(s.evals, key=lambda e: eval_length(e) or 0)
+    cfg = yaml.safe_load(Path(s.evals[ev][-1]).read_text())
+    root = Path(cfg["data"]["init_args"]["benchmark"]["init_args"]["root"])
+    files = [root / "VNBench_qa.json"] if (root / "VNBench_qa.json").is_file() else sorted(root.glob("*.json"))
+    items = [i for f in files for i in json.loads(f.read_text()) if isinstance(i, dict) and "question" in i]
+    item = next((i for i in items if str(i.get("type", "")).startswith("ret")), items[0] if items else None)
+    if item is None:
+        return None
+    spec = done[0].knobs["model.reducer"]
+    model_flags = {k: v for k, v in {**s.flags, **s.fit_flags}.items() if k.startswith("model.")}
+    argv = [*console_script(), "show-selection", *(a for c in s.configs for a in ("--config", c)),
+            *(f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in model_flags.items()),
+            f"--model.reducer={json.dumps(spec)}", f"--ckpt_path={s.dir / done[0].id / 'checkpoints' / 'last.ckpt'}",
+            f"--video={root / item['video']}", f"--question={item['question']}",
+            f"--options={json.dumps(item['options'])}", f"--needle_times={json.dumps(item.get('needle_times') or [])}",
+            f"--out={path}"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    (path.parent / "selection_example.log").write_text(" ".join(argv) + "\n\n" + proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not path.is_file():
+        print(f"selection example failed (exit code {proc.returncode}); see {path.parent / 'selection_example.log'}")
+        return None
+    return {"figure": str(path), "point": done[0].id, "eval": ev, "question_id": item.get("question_id"),
+            "question": item["question"], "gt": item.get("gt"), "needle_times": item.get("needle_times")}
 
 
 def _plot(ax, pts, label, style, color=None) -> None:

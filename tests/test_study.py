@@ -272,3 +272,12 @@ def test_every_strategy_of_the_study_has_the_same_budget_and_recipe():
     assert raw["ablation"]["evals"] == raw["strategies"]["evals"] == raw["controls"]["evals"]
     for key in raw["ablation"]["zipped"]:
         assert key.rsplit(".", 1)[1] in inspect.signature(BVLLM).parameters, key
+
+
+def test_the_selection_example_is_kept_or_skipped_without_a_trained_bvllm(tmp_path):
+    from lit_bvllm.study_figures import selection_example
+
+    sweeps = load_sweeps(FILES, str(tmp_path), quick=True)
+    assert selection_example(sweeps, tmp_path / "ex.png") is None  # no B-VLLM point finished: nothing to draw
+    (tmp_path / "ex.png").write_bytes(b"\x89PNG")
+    assert selection_example(sweeps, tmp_path / "ex.png") == {"figure": str(tmp_path / "ex.png"), "kept": True}
