@@ -327,3 +327,17 @@ def test_a_uniform_checkpoint_is_evaluated_with_the_oracle_pick(tiny, synthetic,
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["reducer"]["init_args"]["pick"] == "oracle"
     selection = load(run / "vnbench_results.json")["selection"]
     assert selection["hit_rate"] == 1.0 and selection["frames_kept"] == 4
+
+
+def test_the_random_pick_follows_the_runs_seed_unless_given_one():
+    """needle_controls.yaml evaluates the random control at seeds 0, 1, 2; with a fixed default seed every study seed
+    drew the same frames (a standard deviation of 0 over seeds that measured nothing)."""
+    import torch
+
+    from lit_bvllm.reducers import Uniform
+
+    torch.manual_seed(1)
+    assert Uniform(8, num_frames=2, budget=8, pick="random").seed == 1
+    torch.manual_seed(2)
+    assert Uniform(8, num_frames=2, budget=8, pick="random").seed == 2
+    assert Uniform(8, num_frames=2, budget=8, pick="random", seed=7).seed == 7

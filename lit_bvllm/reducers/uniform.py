@@ -127,7 +127,8 @@ class Uniform(Reducer):
         budget: maximum tokens per sample θ; ``num_frames · ceil(√N / pool)²`` must not exceed it.
         pick: how the ``num_frames`` frames are chosen: ``uniform`` (segment midpoints), ``random`` (seeded, in time
             order) or ``oracle`` (the needle frames first; needs the batch's ``frame_evidence``).
-        seed: the seed of ``pick="random"``.
+        seed: the seed of ``pick="random"``; None: the run's seed (``--seed_everything``, read when the reducer is
+            built), so a study's seeds draw different random frames.
     """
 
     # may change on a trained model (Reducer.inference_args): a Uniform checkpoint is evaluated with every pick
@@ -138,7 +139,7 @@ class Uniform(Reducer):
         return cls(in_dim, num_frames=4, pool=2, budget=16)
 
     def __init__(self, in_dim: int, num_frames: int = 8, pool: int = 1, budget: int = 4096,
-                 pick: Literal["uniform", "random", "oracle"] = "uniform", seed: int = 0):
+                 pick: Literal["uniform", "random", "oracle"] = "uniform", seed: int | None = None):
         super().__init__()
         if num_frames < 1 or pool < 1 or budget < 1:
             raise ValueError(
@@ -153,7 +154,7 @@ class Uniform(Reducer):
         self.pool = pool
         self.budget = budget
         self.pick = pick
-        self.seed = seed
+        self.seed = torch.initial_seed() % 2**31 if seed is None else seed  # the run's seed
 
     @property
     def max_frames(self) -> int | None:
