@@ -64,8 +64,9 @@ class RunSummary(L.Callback):
                                               for k, v in self.stats.items()), flush=True)
         for logger in trainer.loggers:
             logger.log_hyperparams(self.stats)
-        if trainer.is_global_zero and trainer.log_dir:
-            write_json(Path(trainer.log_dir) / "run_summary.json", self.stats)
+        log_dir = trainer.log_dir  # broadcasts from rank 0: every rank must ask, or rank 0 waits for ever
+        if trainer.is_global_zero and log_dir:
+            write_json(Path(log_dir) / "run_summary.json", self.stats)
 
 
 class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
@@ -76,15 +77,16 @@ class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
         super().__init__(write_interval="batch")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
-        out = Path(trainer.log_dir or ".")
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / f"predictions.rank{trainer.global_rank}.jsonl", "a") as f:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
             for record in prediction:
                 f.write(json.dumps(record) + "\n")
 
-    def on_predict_start(self, trainer, pl_module) -> None:  # a rerun into the same dir starts the file afresh
-        out = Path(trainer.log_dir or ".") / f"predictions.rank{trainer.global_rank}.jsonl"
-        out.unlink(missing_ok=True)
+    def on_predict_start(self, trainer, pl_module) -> None:
+        # trainer.log_dir broadcasts from rank 0: asked here, once, by every rank together; asked per batch, a rank
+        # with more batches than another (uneven shards) would wait for ever for a broadcast nobody else makes
+        self.path = Path(trainer.log_dir or ".") / f"predictions.rank{trainer.global_rank}.jsonl"
+        self.path.unlink(missing_ok=True)  # a rerun into the same dir starts the file afresh
 
 
 class TemperatureSchedule(L.Callback):
@@ -195,27 +197,35 @@ class SelectionFigures(L.Callback):
                 lg.experiment.add_figure(f"selection/{stage}/{b}", fig, trainer.global_step, close=False)
             plt.close(fig)
 
+    @staticmethod
+    def _recorded_info(trainer, pl_module, batch) -> dict | None:
+        """The reducer's info on ``batch`` from a pass of its own with the attention maps recorded (the model's own
+        pass stays as it is: recording switches the Q-Former to eager attention, numerically not the same), under
+        the run's precision; None under a sharding strategy, whose parameters are gathered only inside the
+        wrapped model's own forward."""
+        from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+        from lit_bvllm.figures import recording_attention
+
+        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
+            return None
+        model = pl_module.model
+        with torch.no_grad(), recording_attention(model.reducer), trainer.precision_plugin.forward_context():
+            return model.visual_tokens(batch)[2]
+
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx != 0 or trainer.sanity_checking or not self._tensorboards(trainer):
             return
-        from lit_bvllm.figures import recording_attention
-
-        model = pl_module.model
-        with torch.no_grad(), recording_attention(model.reducer):
-            _, _, info = model.visual_tokens(batch)
-        n = len(batch["meta"])
-        self._draw(trainer, "val", batch, info, [None] * n, [None] * n)
-
-    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        reducer = pl_module.model.reducer
-        if batch_idx == 0 and self._tensorboards(trainer) and hasattr(reducer, "record_attention"):
-            self._recorded, reducer.record_attention = reducer.record_attention, True  # the maps of the first batch
+        info = self._recorded_info(trainer, pl_module, batch)
+        if info is not None:
+            n = len(batch["meta"])
+            self._draw(trainer, "val", batch, info, [None] * n, [None] * n)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if hasattr(self, "_recorded"):
-            pl_module.model.reducer.record_attention = self._recorded
-            del self._recorded
         if batch_idx != 0 or not self._tensorboards(trainer):
+            return
+        info = self._recorded_info(trainer, pl_module, batch)
+        if info is None:
             return
         items = [trainer.datamodule.items[int(i)] if int(i) >= 0 else None for i in batch["index"]]
         answers = []
@@ -228,7 +238,7 @@ class SelectionFigures(L.Callback):
             else:
                 answers.append(None)
         needles = [None if it is None else it.extra.get("needle_times") for it in items]
-        self._draw(trainer, "test", batch, outputs["info"], answers, needles)
+        self._draw(trainer, "test", batch, info, answers, needles)
 
 
 class RNGState(L.Callback):

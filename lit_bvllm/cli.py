@@ -154,19 +154,21 @@ def claim_run_dir(trainer: L.Trainer, command: str, ckpt_path: str | None, overw
     held = sorted(p.name for p in run.iterdir()) if run.is_dir() else []
     if not held:
         return run
-    resuming = command == "fit" and ckpt_path is not None and (
+    inside = ckpt_path is not None and (
         ckpt_path in ("last", "hpc") or run.resolve() in Path(ckpt_path).resolve().parents)
-    if resuming and overwrite:
-        raise ValueError(f"--overwrite true would delete {run}, which holds the checkpoint this fit resumes from "
-                         f"(--ckpt_path {ckpt_path}); drop one of the two")
-    if resuming:
+    if inside and overwrite:  # whatever the command: deleting the run would delete the weights it is about to read
+        raise ValueError(f"--overwrite true would delete {run}, which holds the checkpoint this {command} reads "
+                         f"(--ckpt_path {ckpt_path}); drop --overwrite, or name another run directory with "
+                         "--trainer.logger.init_args.version NAME")
+    if inside and command == "fit":  # a resume continues the run in place
         return run
     if not overwrite:
         shown = ", ".join(held[:5]) + (f", ... ({len(held)} entries)" if len(held) > 5 else "")
+        replace = "" if inside else ", replace it with --overwrite true"
         raise FileExistsError(
             f"run directory {run} already holds a run ({shown}); name another with "
-            "--trainer.logger.init_args.version NAME (or set it to null for a new version_N), replace it with "
-            f"--overwrite true, or resume a training run with fit --ckpt_path {run / 'checkpoints' / 'last.ckpt'}")
+            f"--trainer.logger.init_args.version NAME (or set it to null for a new version_N){replace}, or resume a "
+            f"training run with fit --ckpt_path {run / 'checkpoints' / 'last.ckpt'}")
     if any(os.environ.get(k, "0") != "0" for k in LAUNCHER_RANKS):
         return run  # the first process deletes
     target, here = run.resolve(), Path.cwd().resolve()
@@ -262,8 +264,9 @@ class VideoCLI(LightningCLI):
             super()._set_seed()
 
     def parse_arguments(self, parser, args) -> None:
-        """Refuse a flag that sets a linked data setting: the link would override it without a word."""
-        for arg in args or []:
+        """Refuse a flag that sets a linked data setting: the link would override it without a word (the console
+        script hands no ``args``: LightningCLI reads ``sys.argv``, and so does this check)."""
+        for arg in sys.argv[1:] if args is None else args:
             key = str(arg).split("=", 1)[0]
             for name, source in LINKED.items():
                 if key in (f"--data.{name}", f"--data.init_args.{name}"):
@@ -393,6 +396,7 @@ class VideoCLI(LightningCLI):
         """
         from lit_bvllm.figures import show_selection
 
+        model.hparams.init_from = None  # the earlier stage's weights are for fitting; the checkpoint holds every tensor
         model.configure_model()
         if ckpt_path is not None:
             state = (getattr(self, "checkpoint", None) or read_checkpoint(ckpt_path, "--ckpt_path")).get("state_dict") or {}

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from datamodules.benchmarks.selection import shown
+
 KEPT = "#ff7f0e"
 NEEDLE = "#d62728"
 
@@ -90,7 +92,7 @@ def selection_figure(frames, times, info: dict, question: str, answer: str | Non
         ax = fig.add_subplot(grid[t // columns, t % columns])
         ax.imshow(images[t], interpolation="nearest")
         ax.set_xticks([]), ax.set_yticks([])
-        needle = any(a <= times[t] <= b for a, b in spans)
+        needle = any(shown([times[t]], [span])[0] for span in spans)  # [start, end), as the hit rate counts
         label = f"{times[t]:.1f}s" + (" N" if needle else "")
         for side in ax.spines.values():
             side.set_edgecolor(NEEDLE if needle else "#bbbbbb")

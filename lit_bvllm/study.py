@@ -127,6 +127,8 @@ def visual_tokens(sweep: Sweep, point) -> float | None:
     """``derived/visual_tokens_after`` of the fit that trained the point's weights (0 for a blind evaluation)."""
     if point.knobs.get("data.blind") is True:
         return 0.0
+    if sweep.mode != "fit" and not sweep.ckpt_path:
+        return None
     fit_dir = sweep.dir / point.id if sweep.mode == "fit" else \
         Path((sweep.ckpt_path or "").replace(SEED, str(point.seed))).parents[1]
     try:
@@ -137,11 +139,11 @@ def visual_tokens(sweep: Sweep, point) -> float | None:
 
 def result_metrics(result: dict) -> dict[str, float]:
     """The study's numbers of a ``vnbench_results.json``."""
-    m = {"circular_accuracy": result["circular_accuracy"], "items": result.get("items", math.nan)}
+    m = {"circular_accuracy": result.get("circular_accuracy"), "items": result.get("items", math.nan)}
     m.update({f"circular/{c}": v for c, v in (result.get("circular_per_category") or {}).items()})
     sel = result.get("selection") or {}
     m.update({f"selection/{k}": sel[k] for k in ("hit_rate", "uniform_hit_rate", "frames_kept") if k in sel})
-    return m
+    return {k: v for k, v in m.items() if v is not None}  # VNBench: None when no question group is complete
 
 
 def collect(sweeps: dict[str, Sweep]) -> list[Record]:

@@ -53,7 +53,7 @@ def accuracy_figure(cells: list[Cell], path: Path) -> Path:
     right.set_title(f"{CANDIDATE} ablation (Table 3)", fontsize="small")
     for ax in (left, right):
         _axes(ax, [p[0] for pts in data.values() for p in pts])
-        ax.axhline(0.25, color="grey", linewidth=0.8, linestyle=":", label="chance")
+        ax.axhline(0.25, color="grey", linewidth=0.8, linestyle=":", label="same option every try (0.25)")
         ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     left.set_ylabel("circular accuracy")
     fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -75,7 +75,7 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
     lines = ["# The needle study", "",
              f"Every strategy at θ = 96 visual tokens, trained with one fixed recipe ({' + '.join(s.configs)}, {recipe};"
              f" seeds {s.seeds}); no strategy was tuned (search budget: none, the same recipe for each). Circular "
-             "accuracy (VNBench's rule, option likelihood; chance 0.25), mean ± std over seeds; `(n/N)`: seeds "
+             "accuracy (VNBench's rule, option likelihood; 0.25: always the same option text, the option order being ignored), mean ± std over seeds; `(n/N)`: seeds "
              "finished; tokens: visual tokens per sample after reduction on the fit's first (training) batch.", "",
              "## Answer accuracy", ""]
     rows = [[m, KINDS[role], tokens(list(by.values())), *(pm(by[e], "circular_accuracy") if e in by else "" for e in evals)]

@@ -90,9 +90,30 @@ def test_fit_resumes_in_its_own_directory(tmp_path):
         claim_run_dir(trainer(tmp_path, "tiny"), "test", ckpt, False)
     with pytest.raises(FileExistsError):  # a checkpoint from another run is no resume of this one
         claim_run_dir(trainer(tmp_path, "tiny"), "fit", str(tmp_path / "elsewhere.ckpt"), False)
-    with pytest.raises(ValueError, match="holds the checkpoint this fit resumes from"):
+    with pytest.raises(ValueError, match="holds the checkpoint this fit reads"):
         claim_run_dir(trainer(tmp_path, "tiny"), "fit", ckpt, True)
+    # nor may a test, validate or predict of that checkpoint delete it: the refusal suggested --overwrite, and
+    # following it deleted the trained run
+    for command in ("test", "validate", "predict"):
+        with pytest.raises(FileExistsError) as err:
+            claim_run_dir(trainer(tmp_path, "tiny"), command, ckpt, False)
+        assert "--overwrite" not in str(err.value)
+        with pytest.raises(ValueError, match=f"holds the checkpoint this {command} reads"):
+            claim_run_dir(trainer(tmp_path, "tiny"), command, ckpt, True)
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_linked_data_flag_is_refused_from_the_console_script(monkeypatch):
+    """The console script lets LightningCLI read sys.argv (DDP's launcher re-runs it); the linked-flag check read only
+    ``args`` and let ``--data.tokenizer`` through, silently overridden by the link."""
+    import sys
+
+    from lit_bvllm.cli import VideoCLI
+
+    monkeypatch.setattr(sys, "argv", ["lit_bvllm", "fit", "--data.init_args.tokenizer", "/elsewhere"])
+    cli = VideoCLI.__new__(VideoCLI)
+    with pytest.raises(ValueError, match="--data.init_args.tokenizer is set from --model"):
+        cli.parse_arguments(None, None)
 
 
 def test_without_a_versioned_logger_nothing_is_checked(tmp_path):
