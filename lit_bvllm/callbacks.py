@@ -207,8 +207,8 @@ class SelectionFigures(L.Callback):
 
         from lit_bvllm.figures import recording_attention
 
-        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
-            return None
+        if not trainer.is_global_zero or not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
+            return None  # only the first process draws: the others need no second pass
         model = pl_module.model
         with torch.no_grad(), recording_attention(model.reducer), trainer.precision_plugin.forward_context():
             return model.visual_tokens(batch)[2]

@@ -225,7 +225,7 @@ class VideoCLI(LightningCLI):
         if not ckpt_path or not Path(ckpt_path).is_file():
             return  # none, or "last"/"best": Lightning resolves it, and the model checks what it loads
         checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")
-        if sub == "export":  # export takes its weights from it: read once (a fit lets it go, optimizer state and all)
+        if sub in CONFIG_COMMANDS:  # export, show-selection take their weights from it: read once (a fit lets it go)
             self.checkpoint = checkpoint
         saved = checkpoint.get("hyper_parameters") or {}
         model = self.config[sub]["model"]
@@ -348,14 +348,21 @@ class VideoCLI(LightningCLI):
         """
         if ckpt_path is None:
             raise ValueError("lit_bvllm export needs --ckpt_path (a training checkpoint)")
-        model.hparams.init_from = None  # the checkpoint holds every trained tensor
+        loaded = self._load_trained(model, ckpt_path)
+        path = export_model(model.model, out, merge_lora=merge_lora)
+        print(f"exported {loaded} trained tensors to {path}")
+
+    def _load_trained(self, model, ckpt_path: str | None) -> int:
+        """Build ``model`` and load a training checkpoint's tensors into it (checked; none without ``ckpt_path``);
+        their number. ``init_from`` is skipped: it is for fitting, and the checkpoint holds every trained tensor."""
+        model.hparams.init_from = None
         model.configure_model()
-        checkpoint = getattr(self, "checkpoint", None) or read_checkpoint(ckpt_path, "--ckpt_path")
-        state = checkpoint.get("state_dict") or {}
+        if ckpt_path is None:
+            return 0
+        state = (getattr(self, "checkpoint", None) or read_checkpoint(ckpt_path, "--ckpt_path")).get("state_dict") or {}
         model.check_state(state, f"--ckpt_path '{ckpt_path}'")
         model.load_state_dict(state, strict=False)
-        path = export_model(model.model, out, merge_lora=merge_lora)
-        print(f"exported {len(state)} trained tensors to {path}")
+        return len(state)
 
     def scan(self, model, datamodule, out: str = "scan_report.json", workers: int = 2, decode: bool = False,
              timeout: float = 300.0) -> None:
@@ -396,13 +403,7 @@ class VideoCLI(LightningCLI):
         """
         from lit_bvllm.figures import show_selection
 
-        model.hparams.init_from = None  # the earlier stage's weights are for fitting; the checkpoint holds every tensor
-        model.configure_model()
-        if ckpt_path is not None:
-            state = (getattr(self, "checkpoint", None) or read_checkpoint(ckpt_path, "--ckpt_path")).get("state_dict") or {}
-            model.check_state(state, f"--ckpt_path '{ckpt_path}'")
-            model.load_state_dict(state, strict=False)
-        elif model.hparams.get("weights") is None:
+        if not self._load_trained(model, ckpt_path) and model.hparams.get("weights") is None:
             print("warning: no --ckpt_path or --model.weights: drawing an untrained reducer's selection", file=sys.stderr)
         h = datamodule.hparams
         result = show_selection(model.model, video, question, out, options, model.hparams.vision_tower,

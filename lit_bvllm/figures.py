@@ -12,13 +12,14 @@ where it records it. Used by :class:`lit_bvllm.callbacks.SelectionFigures` (Tens
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.benchmarks.selection import shown
+from datamodules.benchmarks.selection import in_spans
 
 KEPT = "#ff7f0e"
 NEEDLE = "#d62728"
@@ -92,7 +93,7 @@ def selection_figure(frames, times, info: dict, question: str, answer: str | Non
         ax = fig.add_subplot(grid[t // columns, t % columns])
         ax.imshow(images[t], interpolation="nearest")
         ax.set_xticks([]), ax.set_yticks([])
-        needle = any(shown([times[t]], [span])[0] for span in spans)  # [start, end), as the hit rate counts
+        needle = bool(in_spans([times[t]], spans).any())  # [start, end), as the hit rate counts
         label = f"{times[t]:.1f}s" + (" N" if needle else "")
         for side in ax.spines.values():
             side.set_edgecolor(NEEDLE if needle else "#bbbbbb")
@@ -134,19 +135,19 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
-class recording_attention:
-    """Within the block, a reducer with ``record_attention`` (B-VLLM's spatial Q-Former) puts its maps in ``info``."""
-
-    def __init__(self, reducer):
-        self.reducer, self.before = reducer, getattr(reducer, "record_attention", None)
-
-    def __enter__(self):
-        if self.before is not None:
-            self.reducer.record_attention = True
-
-    def __exit__(self, *exc):
-        if self.before is not None:
-            self.reducer.record_attention = self.before
+@contextmanager
+def recording_attention(reducer):
+    """Within the block, a reducer with ``record_attention`` (B-VLLM's spatial Q-Former) puts its maps in ``info``;
+    the flag is restored after it, exception or not."""
+    before = getattr(reducer, "record_attention", None)
+    if before is None:
+        yield
+        return
+    reducer.record_attention = True
+    try:
+        yield
+    finally:
+        reducer.record_attention = before
 
 
 @torch.no_grad()

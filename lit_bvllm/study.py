@@ -29,6 +29,7 @@ import yaml
 from lit_bvllm.sweeps import make_report, print_plan
 from lit_bvllm.sweeps.grid import SEED, Sweep, expand, steps
 from lit_bvllm.sweeps.paired import circular_groups, paired_bootstrap
+from lit_bvllm.sweeps.report import seed_mean, seed_std
 from lit_bvllm.sweeps.run import read_status, run_local, state
 
 ROLES = ("strategies", "controls", "ablation")
@@ -183,15 +184,10 @@ class Cell:
     tokens: list[float] = field(default_factory=list)
 
     def mean(self, metric: str) -> float:
-        v = self.values.get(metric, [])
-        return sum(v) / len(v) if v else math.nan
+        return seed_mean(self.values.get(metric, []))
 
     def std(self, metric: str) -> float:
-        v = self.values.get(metric, [])
-        if len(v) < 2:
-            return math.nan
-        m = sum(v) / len(v)
-        return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+        return seed_std(self.values.get(metric, []))
 
 
 def summarise(records: list[Record]) -> list[Cell]:

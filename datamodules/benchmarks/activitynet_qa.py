@@ -52,7 +52,7 @@ class ActivityNetQA(OpenEndedBenchmark):
             name = require_text(q, "video_name", q_path, f"{k} ({qid})")
             kind = a.get("type")
             numeric = isinstance(kind, int) or (isinstance(kind, str) and kind.isdigit())
-            items.append(EvalItem(id=qid, video=find_video([root / self.video_root], [f"v_{name}", name]),
+            items.append(EvalItem(id=qid, video=find_video([self.video_folder()], [f"v_{name}", name]),
                                   question=require_text(q, "question", q_path, f"{k} ({qid})"), options=[],
                                   answer=require_text(a, "answer", a_path, f"{k} ({qid})"),
                                   category=ACTIVITYNET_TYPES.get(int(kind), str(kind)) if numeric else str(kind or ""),

@@ -37,6 +37,7 @@ from datamodules.benchmarks.evaluator import Evaluator, unreadable_report
 from datamodules.benchmarks.items import EvalItem
 from datamodules.benchmarks.prompts import with_subtitles
 from datamodules.benchmarks.reading import confine_media
+from datamodules.benchmarks.selection import in_spans
 from datamodules.conversation import IGNORE_INDEX
 from datamodules.errors import SampleError
 from datamodules.transforms import FrameTransform
@@ -142,13 +143,9 @@ class BenchmarkDataset(Dataset):
 
 
 def frame_evidence(times: torch.Tensor, spans: list[list[float]]) -> torch.Tensor:
-    """``(T,) bool``: which frames, decoded at ``times`` (seconds), lie inside one of the ``[start, end)`` needle spans,
-    the rule of :func:`datamodules.benchmarks.selection.shown` (the renderer's, with its tolerance)."""
-    if not len(spans) or not len(times):
-        return torch.zeros(len(times), dtype=torch.bool)
-    t = times.double()[:, None]  # (T, 1)
-    s = torch.tensor(spans, dtype=torch.float64)  # (S, 2)
-    return ((t >= s[None, :, 0] - 1e-6) & (t < s[None, :, 1] - 1e-6)).any(1)
+    """``(T,) bool``: which frames, decoded at ``times`` (seconds), lie inside one of the ``[start, end)`` needle spans
+    (:func:`~datamodules.benchmarks.selection.in_spans`, the hit rate's rule)."""
+    return torch.from_numpy(in_spans(times.numpy(), spans).any(1))
 
 
 def refusals(items: list[EvalItem], roots: list[str]) -> dict[int, str]:

@@ -63,7 +63,7 @@ class EgoSchema(MultipleChoiceBenchmark):
             if self.subset and q_uid not in known:
                 continue
             answer = option_index(known[q_uid], 5, answers_path, repr(q_uid), "answer") if q_uid in known else -1
-            items.append(EvalItem(id=q_uid, video=find_video([root / self.video_root], [q_uid]),
+            items.append(EvalItem(id=q_uid, video=find_video([self.video_folder()], [q_uid]),
                                   question=require_text(e, "question", path, where), options=options, answer=answer,
                                   extra={"q_uid": q_uid}))
         return items

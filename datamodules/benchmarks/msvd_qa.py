@@ -42,7 +42,7 @@ class MSVDQA(OpenEndedBenchmark):
         for k, (e, uid) in enumerate(zip(entries, unique_ids(raw))):
             where = f"{k} (id {raw[k]})"
             video_id = require_text(e, "video_id", path, where)
-            items.append(EvalItem(id=uid, video=find_video([root / self.video_root], self.video_stems(video_id)),
+            items.append(EvalItem(id=uid, video=find_video([self.video_folder()], self.video_stems(video_id)),
                                   question=require_text(e, "question", path, where), options=[],
                                   answer=require_text(e, "answer", path, where),
                                   category=str(e.get("answer_type") or ""),

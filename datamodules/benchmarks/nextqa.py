@@ -54,7 +54,7 @@ class NExTQA(MultipleChoiceBenchmark):
             kind = str(row.get("type") or "")
             stems = [str(mapping[video])] if video in mapping else [video]
             answer = option_index(require(row, "answer", path, where, (int, str)), 5, path, where, "answer")
-            items.append(EvalItem(id=f"{video}_{qid}", video=find_video([root / self.video_root], stems),
+            items.append(EvalItem(id=f"{video}_{qid}", video=find_video([self.video_folder()], stems),
                                   question=require_text(row, "question", path, where), options=options,
                                   answer=answer, category=NEXTQA_CLASSES.get(kind[:1], kind),
                                   extra={"type": kind, "qid": qid, "video": video}))

@@ -54,7 +54,7 @@ class PerceptionTest(MultipleChoiceBenchmark):
         for key, value in data.items():
             metadata = require(value, "metadata", path, f"'{key}'", (dict,))
             video_id = require_text(metadata, "video_id", path, f"'{key}' metadata")
-            video = find_video([root / self.video_root], [video_id])
+            video = find_video([self.video_folder()], [video_id])
             for j, q in enumerate(require(value, "mc_question", path, f"'{key}'", (list,))):
                 where = f"'{key}' mc_question {j}"
                 qid = require(q, "id", path, where, (str, int))  # kept as written: the submission echoes it

@@ -20,15 +20,17 @@ from collections import defaultdict
 import numpy as np
 
 
+def in_spans(times, spans: list[list[float]]) -> np.ndarray:
+    """``(T, S) bool``: whether time ``t`` (seconds) lies in span ``[start, end)`` (1e-6 s of tolerance): the one
+    rule behind the hit rate, the batch's ``frame_evidence`` and the figures' needle marks."""
+    t = np.asarray(times, dtype=np.float64).reshape(-1, 1)
+    s = np.asarray(spans, dtype=np.float64).reshape(-1, 2)
+    return (t >= s[None, :, 0] - 1e-6) & (t < s[None, :, 1] - 1e-6)
+
+
 def shown(times: list[float], spans: list[list[float]]) -> list[bool]:
     """Per span, whether any of ``times`` lies in ``[start, end)``."""
-    t = np.asarray(times, dtype=np.float64)[:, None]
-    if not len(spans):
-        return []
-    s = np.asarray(spans, dtype=np.float64)
-    if t.size == 0:
-        return [False] * len(s)
-    return (((t >= s[None, :, 0] - 1e-6) & (t < s[None, :, 1] - 1e-6)).any(0)).tolist()
+    return in_spans(times, spans).any(0).tolist()
 
 
 def uniform_times(times: list[float], k: int) -> list[float]:

@@ -73,7 +73,7 @@ class VNBench(MultipleChoiceBenchmark):
     def read(self) -> list[EvalItem]:
         root = Path(self.root)
         path = root / self.annotation
-        videos = root / self.video_root
+        videos = self.video_folder()
         items = []
         for k, e in enumerate(load_list(path)):
             qid = require_text(e, "question_id", path, k)

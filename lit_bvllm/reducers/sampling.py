@@ -173,13 +173,21 @@ def select_uniform_frames(frame_mask: Tensor, n: int) -> tuple[Tensor, Tensor]:
     return torch.gather(real_first, 1, pos), valid
 
 
-def uniform_frame_mask(frame_mask: Tensor, n: int | None) -> Tensor:
-    """``(B, T) bool``: the frames :func:`select_uniform_frames` picks (for ``frames_to_encode``); all when ``n`` is None."""
+def uniform_frame_mask(frame_mask: Tensor, n: int | Tensor | None) -> Tensor:
+    """``(B, T) bool``: ``n`` (an int, or a count per row ``(B,)``) of each row's real frames at the midpoints of equal
+    segments of them, the frames :func:`select_uniform_frames` picks (for ``frames_to_encode``); all of them where
+    ``n`` reaches their number, or is None."""
     if n is None:
         return frame_mask
-    idx, valid = select_uniform_frames(frame_mask, n)
-    hits = torch.zeros(frame_mask.shape, dtype=torch.long, device=frame_mask.device)
-    hits.scatter_add_(1, idx, valid.long())  # invalid slots repeat a real frame; they add 0
+    B, T = frame_mask.shape
+    counts = torch.as_tensor(n, device=frame_mask.device).expand(B)
+    total = frame_mask.sum(1, keepdim=True)  # (B, 1)
+    m = torch.minimum(counts[:, None].clamp_min(0), total)  # (B, 1) frames to take
+    i = torch.arange(T, device=frame_mask.device)[None]  # (1, T) slots; slot i < m takes uniform_indices' frame i
+    pos = torch.floor((i + 0.5) * total / m.clamp_min(1)).long().clamp_max(T - 1)  # (B, T) positions among real
+    real_first = torch.sort((~frame_mask).to(torch.int8), dim=1, stable=True).indices  # (B, T) real frames first
+    hits = torch.zeros(B, T, dtype=torch.long, device=frame_mask.device)
+    hits.scatter_add_(1, torch.gather(real_first, 1, pos), (i < m).long())
     return (hits > 0) & frame_mask
 
 

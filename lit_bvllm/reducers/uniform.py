@@ -52,20 +52,6 @@ def random_frames(frame_mask: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor
     return chosen_frames(chosen, n)
 
 
-def spread_mask(mask: Tensor, counts: Tensor) -> Tensor:
-    """``(B, T) bool``: ``counts (B,)`` of each row's True frames at the midpoints of equal segments of them (the rule
-    of ``sampling.uniform_indices``, a count per row); all of them where ``counts`` reaches their number."""
-    B, T = mask.shape
-    total = mask.sum(1, keepdim=True)  # (B, 1)
-    m = torch.minimum(counts[:, None].clamp_min(0), total)  # (B, 1) frames to take
-    i = torch.arange(T, device=mask.device)[None]  # (1, T) slots
-    pos = torch.floor((i + 0.5) * total / m.clamp_min(1)).long().clamp_max(T - 1)  # (B, T) positions among True
-    real_first = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices  # (B, T) True frames first
-    hits = torch.zeros(B, T, dtype=torch.long, device=mask.device)
-    hits.scatter_add_(1, torch.gather(real_first, 1, pos), (i < m).long())
-    return (hits > 0) & mask
-
-
 def oracle_frames(frame_mask: Tensor, evidence: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """``min(n, real)`` real frames per row, the evidence first: every ``evidence (B, T) bool`` frame when there are
     at most ``n`` (else ``n`` uniformly spaced among them), the rest uniformly spaced among the other real frames;
@@ -73,7 +59,7 @@ def oracle_frames(frame_mask: Tensor, evidence: Tensor, n: int) -> tuple[Tensor,
     n = min(n, frame_mask.shape[1])
     evidence = evidence & frame_mask
     shown = uniform_frame_mask(evidence, n)  # (B, T): the evidence frames, thinned uniformly to n
-    rest = spread_mask(frame_mask & ~evidence, n - shown.sum(1))  # (B, T): the other frames, to n in all
+    rest = uniform_frame_mask(frame_mask & ~evidence, n - shown.sum(1))  # (B, T): the other frames, to n in all
     return chosen_frames(shown | rest, n)
 
 

@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import shutil
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,16 +33,20 @@ class Row:
     metrics: dict[str, list[float]] = field(default_factory=dict)
 
     def mean(self, metric: str) -> float:
-        v = self.metrics.get(metric, [])
-        return sum(v) / len(v) if v else math.nan
+        return seed_mean(self.metrics.get(metric, []))
 
     def std(self, metric: str) -> float:
-        """Sample standard deviation over seeds (n - 1); NaN for a single seed."""
-        v = self.metrics.get(metric, [])
-        if len(v) < 2:
-            return math.nan
-        m = sum(v) / len(v)
-        return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+        return seed_std(self.metrics.get(metric, []))
+
+
+def seed_mean(values: list[float]) -> float:
+    """The mean over seeds; NaN for none."""
+    return statistics.fmean(values) if values else math.nan
+
+
+def seed_std(values: list[float]) -> float:
+    """The sample standard deviation over seeds (n - 1); NaN for fewer than two."""
+    return statistics.stdev(values) if len(values) >= 2 else math.nan
 
 
 @dataclass
