@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from lit_bvllm.sweeps import make_report, print_plan
-from lit_bvllm.sweeps.grid import SEED, Sweep, expand, steps
+from lit_bvllm.sweeps.grid import Sweep, expand, steps
 from lit_bvllm.sweeps.paired import circular_groups, paired_bootstrap
 from lit_bvllm.sweeps.report import seed_mean, seed_std
 from lit_bvllm.sweeps.run import read_status, run_local, state
@@ -60,7 +60,7 @@ class Record:
     status: str
     point: str
     metrics: dict[str, float] = field(default_factory=dict)
-    tokens: float | None = None  # visual tokens per sample after reduction (the fit's first batch; 0 when blind)
+    tokens: float | None = None  # visual tokens per item handed to the LLM in the evaluation (0 when blind)
     predictions: Path | None = None
 
 
@@ -124,18 +124,13 @@ def eval_length(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def visual_tokens(sweep: Sweep, point) -> float | None:
-    """``derived/visual_tokens_after`` of the fit that trained the point's weights (0 for a blind evaluation)."""
-    if point.knobs.get("data.blind") is True:
+def visual_tokens(result: dict, blind: bool) -> float | None:
+    """Visual tokens handed to the LLM per item of the evaluation, mean over its items (``visual_tokens`` of
+    the results; 0 for a blind evaluation; None for results written before they were recorded)."""
+    if blind:
         return 0.0
-    if sweep.mode != "fit" and not sweep.ckpt_path:
-        return None
-    fit_dir = sweep.dir / point.id if sweep.mode == "fit" else \
-        Path((sweep.ckpt_path or "").replace(SEED, str(point.seed))).parents[1]
-    try:
-        return float(json.loads((fit_dir / "run_summary.json").read_text())["derived/visual_tokens_after"])
-    except (OSError, KeyError, ValueError):
-        return None
+    tokens = result.get("visual_tokens")
+    return float(tokens["mean"]) if tokens else None
 
 
 def result_metrics(result: dict) -> dict[str, float]:
@@ -153,15 +148,16 @@ def collect(sweeps: dict[str, Sweep]) -> list[Record]:
     for role in ROLES:
         s = sweeps[role]
         for p in expand(s):
-            st, tokens = state(s, p), visual_tokens(s, p)
+            st = state(s, p)
             for step in steps(s, p, ["lit_bvllm"]):
                 if step.command != "test":
                     continue
-                rec = Record(role, method_name(role, p), p.seed, step.name, eval_length(step.name), st, p.id,
-                             tokens=tokens)
+                rec = Record(role, method_name(role, p), p.seed, step.name, eval_length(step.name), st, p.id)
                 results = step.run_dir / "vnbench_results.json"
                 if st == "done" and results.is_file():
-                    rec.metrics = result_metrics(json.loads(results.read_text()))
+                    result = json.loads(results.read_text())
+                    rec.metrics = result_metrics(result)
+                    rec.tokens = visual_tokens(result, p.knobs.get("data.blind") is True)
                     preds = step.run_dir / "vnbench_predictions.jsonl"
                     rec.predictions = preds if preds.is_file() else None
                 elif st == "done":

@@ -28,8 +28,15 @@ def pm(cell: Cell, metric: str) -> str:
 
 
 def tokens(cells: list[Cell]) -> str:
-    t = [x for c in cells for x in c.tokens]
-    return "?" if not t else f"{sum(t) / len(t):.0f}" if max(t) - min(t) < 0.5 else f"{min(t):.0f}-{max(t):.0f}"
+    """Visual tokens per item in the evaluations, mean over items and seeds: one number when every length gives the
+    same, else one per length (``32 / 96 / 96``), ``?`` for a length without a measurement."""
+    means = [sum(c.tokens) / len(c.tokens) if c.tokens else None for c in cells]
+    known = [t for t in means if t is not None]
+    if not known:
+        return "?"
+    if len(known) == len(means) and max(known) - min(known) < 0.5:
+        return f"{known[0]:.0f}"
+    return " / ".join("?" if t is None else f"{t:.0f}" for t in means)
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -76,7 +83,8 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
              f"Every strategy at θ = 96 visual tokens, trained with one fixed recipe ({' + '.join(s.configs)}, {recipe};"
              f" seeds {s.seeds}); no strategy was tuned (search budget: none, the same recipe for each). Circular "
              "accuracy (VNBench's rule, option likelihood; 0.25: always the same option text, the option order being ignored), mean ± std over seeds; `(n/N)`: seeds "
-             "finished; tokens: visual tokens per sample after reduction on the fit's first (training) batch.", "",
+             "finished; tokens: visual tokens handed to the LLM per item in the evaluation, mean over items and seeds "
+             "(one per length when they differ).", "",
              "## Answer accuracy", ""]
     rows = [[m, KINDS[role], tokens(list(by.values())), *(pm(by[e], "circular_accuracy") if e in by else "" for e in evals)]
             for (role, m), by in methods.items() if role in ("strategies", "controls")]

@@ -111,6 +111,9 @@ def test_needle_questions_report_the_selection_hit_rate(tiny, synthetic, tmp_pat
         assert 1 <= s["frames_kept"] <= 3 and s["frames_kept"] == len(s["kept_times"])
         hit = any(a <= t < b for t in s["kept_times"] for a, b in item.extra["needle_times"])
         assert s["hit"] == hit
+        assert r["visual_tokens"] == 2 * s["frames_kept"]  # R = 2 tokens per kept frame, under θ = 6: no merge
+    tokens = [r["visual_tokens"] for r in records]
+    assert result["visual_tokens"] == {"mean": pytest.approx(sum(tokens) / 24), "min": min(tokens), "max": max(tokens)}
     groups = {dm.items[r["index"]].group: r["selection"]["hit"] for r in records}
     assert sel["hit_rate"] == pytest.approx(sum(groups.values()) / len(groups))
     assert 0.0 <= sel["uniform_hit_rate"] <= 1.0

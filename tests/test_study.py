@@ -31,8 +31,10 @@ def repo_root(monkeypatch):
     monkeypatch.chdir(REPO)  # the sweep files name configs relative to the repository
 
 
-def planted_run(run_dir: pathlib.Path, rng: np.random.Generator, p_right: float, picks: bool) -> float:
-    """Write a VNBench predictions JSONL and results JSON of planted answers; the circular accuracy."""
+def planted_run(run_dir: pathlib.Path, rng: np.random.Generator, p_right: float, picks: bool,
+                tokens: float | None = None) -> float:
+    """Write a VNBench predictions JSONL and results JSON of planted answers (and ``tokens`` visual tokens per item);
+    the circular accuracy."""
     run_dir.mkdir(parents=True, exist_ok=True)
     per_cat, lines = {}, []
     for c in CATEGORIES:
@@ -47,6 +49,8 @@ def planted_run(run_dir: pathlib.Path, rng: np.random.Generator, p_right: float,
     result = {"benchmark": "vnbench", "items": len(lines), "circular_accuracy": acc, "circular_per_category": per_cat}
     if picks:
         result["selection"] = {"hit_rate": p_right, "uniform_hit_rate": 0.25, "frames_kept": 6.0}
+    if tokens is not None:
+        result["visual_tokens"] = {"mean": tokens, "min": int(tokens), "max": int(tokens)}
     (run_dir / "vnbench_results.json").write_text(json.dumps(result))
     return acc
 
@@ -66,14 +70,14 @@ def plant(root: pathlib.Path, skip: tuple[str, ...] = (), quick: bool = False) -
                 if step.command == "fit":
                     (step.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
                     (step.run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
-                    tokens = 48.0 if p.labels.get("model.reducer") == "LLaMAVID" else 96.0
-                    (step.run_dir / "run_summary.json").write_text(json.dumps({"derived/visual_tokens_after": tokens}))
                     continue
                 label = p.labels.get("model.reducer", p.setting)
-                rng = np.random.default_rng([p.seed, i, int(step.name.split("_")[1][:-1]), len(role)])
+                length = int(step.name.split("_")[1][:-1])
+                rng = np.random.default_rng([p.seed, i, length, len(role)])
                 picks = label in ("BVLLM", "Uniform", "WeightedSampler") or role != "strategies"
+                tokens = float(min(2 * length, 96)) if label == "LLaMAVID" else 96.0  # 2 per frame up to θ
                 planted[(role, label, step.name, p.seed)] = planted_run(step.run_dir, rng, P_RIGHT.get(label, 0.5),
-                                                                         picks)
+                                                                         picks, tokens)
             write_status(s, p, {"id": p.id, "status": "done", "steps": record})
     return planted
 
@@ -102,9 +106,10 @@ def test_the_report_has_every_strategy_length_and_seed_with_mean_and_std(tmp_pat
             assert float(row["circular_accuracy"]) == pytest.approx(np.mean(values))
             assert float(row["circular_accuracy_std"]) == pytest.approx(np.std(values, ddof=1))
             assert (row["seeds_done"], row["seeds_expected"]) == ("3", "3")
-    assert float(summary[("strategies", "LLaMAVID", "needle_64s")]["visual_tokens"]) == 48.0  # its actual tokens
-    assert float(summary[("controls", "blind (no frames)", "needle_64s")]["visual_tokens"]) == 0.0
-    assert float(summary[("controls", "random frames", "needle_16s")]["visual_tokens"]) == 96.0  # Uniform's fit
+    assert float(summary[("strategies", "LLaMAVID", "needle_16s")]["visual_tokens"]) == 32.0  # its actual tokens
+    assert float(summary[("strategies", "LLaMAVID", "needle_64s")]["visual_tokens"]) == 96.0
+    assert float(summary[("controls", "blind (no frames)", "needle_64s")]["visual_tokens"]) == 0.0  # not its 96
+    assert float(summary[("controls", "random frames", "needle_16s")]["visual_tokens"]) == 96.0
     md = (out / "study.md").read_text()
     for name in ["blind (no frames)", "random frames", "oracle frames", "BVLLM w/o frame selection",
                  "BVLLM w/o temporal merge", "BVLLM w/o spatial sampling", "BVLLM soft selection", *STRATEGIES]:
@@ -113,6 +118,7 @@ def test_the_report_has_every_strategy_length_and_seed_with_mean_and_std(tmp_pat
     assert f"{np.mean([*bv, planted[('strategies', 'BVLLM', 'needle_64s', 2)]]):.3f} ± " in md
     assert "## Not finished\n\nnone" in md
     assert "| method | kind | tokens | 16 s | 64 s | 128 s |" in md  # the lengths are columns
+    assert "| LLaMAVID | strategy | 32 / 96 / 96 |" in md and "| Uniform | strategy | 96 |" in md  # per length
     assert "the full study, expected on this machine" in md
     assert "study.md" in capsys.readouterr().out
 

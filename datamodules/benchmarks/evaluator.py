@@ -62,6 +62,11 @@ class Evaluator:
         kept = (info or {}).get("kept_frames")
         if kept is not None:
             self._selection(batch, kept.cpu(), records)
+        tokens = (info or {}).get("num_tokens")
+        if tokens is not None and len(tokens) == len(batch["index"]):
+            rows = [b for b, i in enumerate(batch["index"].tolist()) if i >= 0]
+            for b, record in zip(rows, records):
+                record["visual_tokens"] = int(tokens[b])  # handed to the LLM for this item, after reduction
         update = {
             "index": torch.tensor([r["index"] for r in records], dtype=torch.long),
             "correct": torch.tensor([float(r.get("correct", False)) for r in records]),
@@ -104,6 +109,8 @@ class Evaluator:
         result["error_ids"] = sorted(r["id"] for r in records if r["error"] is not None)
         if selection := selection_summary(records, self.items):
             result["selection"] = selection
+        if tokens := [r["visual_tokens"] for r in records if r["error"] is None and "visual_tokens" in r]:
+            result["visual_tokens"] = {"mean": sum(tokens) / len(tokens), "min": min(tokens), "max": max(tokens)}
         return result
 
     def videos(self, records: list[dict]) -> dict:
