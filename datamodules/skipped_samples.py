@@ -49,8 +49,10 @@ class SkippedSamplesLogger(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         report = self.report(trainer)
-        if trainer.is_global_zero and trainer.log_dir is not None:
-            write_json(Path(trainer.log_dir) / "skipped_samples.json", report)
+        log_dir = trainer.log_dir  # a broadcast from rank 0: every rank asks (asked by rank 0 alone, it met the next
+        # collective of the others, DDP's buffer broadcast, and fed them the pickled path as position ids)
+        if trainer.is_global_zero and log_dir is not None:
+            write_json(Path(log_dir) / "skipped_samples.json", report)
 
     def state_dict(self) -> dict:
         return {"entries": list(self.seen.values())}

@@ -1,0 +1,99 @@
+"""Data parallel on 2 CPU processes (DDP over gloo), through the console script as users launch it: ``fit`` then
+``test``, against one process on the same data and checkpoint."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+LIT_BVLLM = os.path.join(os.path.dirname(sys.executable), "lit_bvllm")
+ENTRIES = 6  # training samples (videos and images): an even count, so the sampler pads none: each seen once per epoch
+
+
+def launch(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "tests"),
+                                                                                os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([LIT_BVLLM, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+def common(tiny) -> list[str]:
+    return ["--config", "experiments/pretrain.yaml", "--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"],
+            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def ddp_fit(tiny, synthetic, tmp_path_factory):
+    """2 epochs of pretraining on 2 processes, batch 2 per process: 3 samples and 2 optimizer steps per epoch each."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    entries = json.loads((synthetic / "pretrain.json").read_text())
+    assert len(entries) >= ENTRIES
+    train = synthetic / f"pretrain_first{ENTRIES}.json"  # beside the media it names
+    train.write_text(json.dumps(entries[:ENTRIES]))
+    launch(["fit", *common(tiny), "--data.train", str(train), "--data.batch_size", "2",
+            "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "2",
+            "--trainer.max_steps", "-1", "--trainer.logger.init_args.save_dir", str(tmp),
+            "--trainer.logger.init_args.version", "ddp",
+            "--trainer.callbacks+=ddp_probe.RankRecorder", f"--trainer.callbacks.dirpath={tmp / 'ranks'}"], tmp)
+    ranks = [json.loads((tmp / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return tmp, ranks
+
+
+def test_each_sample_is_seen_once_per_epoch_across_the_two_processes(ddp_fit):
+    _, ranks = ddp_fit
+    assert [r["world"] for r in ranks] == [2, 2]
+    for epoch in ("0", "1"):
+        seen = [tuple(s) for r in ranks for s in r["samples"][epoch]]
+        assert len(seen) == ENTRIES and sorted(i for _, i in seen) == list(range(ENTRIES))  # each once
+        assert not set(map(tuple, ranks[0]["samples"][epoch])) & set(map(tuple, ranks[1]["samples"][epoch]))
+    assert ranks[0]["samples"]["0"] != ranks[0]["samples"]["1"]  # reshuffled per epoch
+
+
+def test_both_processes_end_with_the_same_weights_and_the_checkpoint_holds_them(ddp_fit):
+    tmp, ranks = ddp_fit
+    assert ranks[0]["tensors"] == ranks[1]["tensors"] and len(ranks[0]["tensors"]) > 0
+    ckpt = torch.load(tmp / "pretrain" / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 * 2  # 2 epochs x 2 batches (3 samples per process, batch 2)
+    state = ckpt["state_dict"]
+    assert sorted(state) == sorted(ranks[0]["tensors"])  # the trainable-only filter under DDP: what rank 0 held
+    assert all(hashlib.sha256(state[k].float().numpy().tobytes()).hexdigest() == v
+               for k, v in ranks[0]["tensors"].items())
+    assert not any(k.startswith(("model.llm.", "model.vision.")) for k in state)  # frozen backbones stay out
+
+
+def test_two_process_test_scores_what_one_process_scores(ddp_fit, tiny, synthetic):
+    tmp, _ = ddp_fit
+    ckpt = tmp / "pretrain" / "ddp" / "checkpoints" / "last.ckpt"
+    results = {}
+    for devices in ("1", "2"):
+        launch(["test", *common(tiny), "--config", "experiments/eval/base.yaml", "--config",
+                "experiments/eval/vnbench.yaml", "--data.benchmark.root", str(synthetic / "eval" / "vnbench"),
+                "--data.limit", "8", "--data.mode", "likelihood", "--ckpt_path", str(ckpt), "--trainer.devices", devices,
+                "--trainer.strategy", "ddp" if devices == "2" else "auto",
+                "--trainer.logger.init_args.save_dir", str(tmp), "--trainer.logger.init_args.version", f"d{devices}"],
+               tmp)
+        run = tmp / "eval_vnbench" / f"d{devices}"
+        result = json.loads((run / "vnbench_results.json").read_text())
+        records = {(r := json.loads(line))["id"]: r for line in (run / "vnbench_predictions.jsonl").read_text().splitlines()}
+        results[devices] = result, records
+    (one, one_records), (two, two_records) = results["1"], results["2"]
+    assert (two["evaluated"], two["duplicates"], two["missing"]) == (one["evaluated"], 0, 0) == (8, 0, 0)
+    assert sorted(two_records) == sorted(one_records)
+    assert {i: r["pred"] for i, r in two_records.items()} == {i: r["pred"] for i, r in one_records.items()}
+    for i, r in two_records.items():  # option scores: batches differ in padding, numbers agree to float error
+        assert r["scores"] == pytest.approx(one_records[i]["scores"], abs=1e-4)
+    for key in ("accuracy", "circular_accuracy", "circular_per_category", "selection", "visual_tokens"):
+        assert key in one and flat(two[key]) == pytest.approx(flat(one[key])), key
+
+
+def flat(value, prefix: str = "") -> dict:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    return {k: v for name, x in value.items() for k, v in flat(x, f"{prefix}/{name}").items()}
