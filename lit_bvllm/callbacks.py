@@ -16,7 +16,8 @@ from datamodules.io import write_json
 
 
 class RunSummary(L.Callback):
-    """Parameter counts at fit start; frames and visual tokens per sample, before and after reduction, on the first batch.
+    """Parameter counts at fit start; frames and visual tokens per sample, before and after reduction, on the first
+    training batch (as that step reduced it).
 
     Everything goes to stdout, to the logger as hyperparameters (``derived/...``) and to ``run_summary.json`` in the
     run directory.
@@ -34,20 +35,17 @@ class RunSummary(L.Callback):
         self.stats.update({f"derived/trainable_{n}": c for n, c in per_module.items() if c})
 
     @torch.no_grad()
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.done:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        info = getattr(pl_module, "last_info", None)  # the reducer's info of this training step
+        if self.done or info is None:
             return
         self.done = True
-        frames = batch["frame_mask"].sum(1).float()
+        frames = batch["frame_mask"].sum(1).float().cpu()
         model = pl_module.model
         r = model.reducer
-        keep = r.frames_to_encode(batch["frame_mask"]).sum(1).float()
+        keep = r.frames_to_encode(batch["frame_mask"]).sum(1).float().cpu()
         n = getattr(model.vision, "num_patches", 0)
-        was = model.training
-        model.eval()
-        _, mask, _ = model.visual_tokens(batch)
-        model.train(was)
-        after = mask.sum(1).float()
+        after = info["num_tokens"].float().cpu()  # from the step itself: no extra pass (which FSDP2 would refuse)
         media = frames > 0
         mean = lambda x: float(x[media].mean()) if media.any() else 0.0  # noqa: E731
         self.stats.update({

@@ -11,6 +11,7 @@ Subcommands::
     lit_bvllm probe-tower --vision_tower DIR --data DIR   linear probes: does the tower's [CLS] see the needle?
     lit_bvllm sweep --config experiments/sweeps/NAME.yaml [--dry-run true]   a grid of test or fit runs, table, curves
     lit_bvllm study [--quick true]                the needle study: every strategy, controls, ablation; tables, figures
+    lit_bvllm consolidate --ckpt_path DIR [--out FILE]   one file from a sharded (FSDP2) checkpoint folder
 
 fit, validate, test and predict write to a run directory, ``runs/<name>/<version>``: a new ``version_N`` unless
 the version is named, and a named one that already holds a run is refused (``--overwrite true`` deletes it first;
@@ -54,6 +55,7 @@ from lit_bvllm.callbacks import (  # noqa: E402
     SelectionFigures,
 )
 from lit_bvllm.checkpointing import AtomicCheckpointIO  # noqa: E402
+from lit_bvllm.distributed import consolidate  # noqa: E402
 from lit_bvllm.export import export as export_model  # noqa: E402
 from lit_bvllm.lit_module import VideoLLMModule  # noqa: E402
 from lit_bvllm.probe import probe_tower  # noqa: E402
@@ -124,7 +126,7 @@ STRUCTURE = ("reducer", "feature_layer", "video_token", "lora_r", "lora_alpha") 
 CONFIG_COMMANDS = ("export", "scan", "preview", "show-selection")  # read the run config training reads; methods below
 REPORTING = ("probe-tower", "sweep", "study")  # commands that print their own report (a table) instead of their return value
 SETUP = {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "probe-tower": probe_tower,
-         "sweep": sweep, "study": study}  # no run config
+         "sweep": sweep, "study": study, "consolidate": consolidate}  # no run config
 
 
 OVERWRITE_HELP = ("replace the run directory (--trainer.logger.init_args.version) if it already holds a run: "

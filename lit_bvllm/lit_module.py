@@ -23,6 +23,7 @@ from torch import Tensor
 from transformers import get_scheduler
 
 from lit_bvllm.backbones import VIDEO_TOKEN
+from lit_bvllm.distributed import checkpoint_layers, clean_name, shard
 from lit_bvllm.model import VideoLLM, reducer_spec
 from lit_bvllm.reducers.base import Reducer
 from lit_bvllm.weights import VISUAL_PREFIXES, check_tensors, load_visual_weights
@@ -54,7 +55,10 @@ class VideoLLMModule(L.LightningModule):
         warmup_ratio: share of the training steps spent warming up linearly.
         schedule: decay after warm-up (``transformers.get_scheduler``): ``linear`` or ``cosine`` (to 0), or
             ``constant``.
-        gradient_checkpointing: recompute the LLM's activations in backward.
+        gradient_checkpointing: recompute the LLM's activations in backward (Hugging Face's, the LLM only).
+        activation_checkpointing: recompute every layer's activations in backward, the LLM's, the tower's and the
+            reducer's (torch's checkpoint wrapper on :func:`lit_bvllm.distributed.layer_classes`); what
+            ``experiments/strategies/fsdp.yaml`` sets.
         freeze: name prefixes of reducer/projector parameters kept frozen in this stage (e.g.
             ``["reducer.temporal_qformer", "reducer.temporal_proj"]``: the official B-VLLM pretraining likewise
             freezes its spatial Q-Former); they are still saved, so the next stage starts from them.
@@ -83,6 +87,7 @@ class VideoLLMModule(L.LightningModule):
         warmup_ratio: float = 0.03,
         schedule: Literal["linear", "cosine", "constant"] = "linear",
         gradient_checkpointing: bool = False,
+        activation_checkpointing: bool = False,
         freeze: list[str] | None = None,
         video_token: str = VIDEO_TOKEN,
         max_new_tokens: int = 32,
@@ -94,6 +99,7 @@ class VideoLLMModule(L.LightningModule):
         self.reducer_factory = reducer
         self.model: VideoLLM | None = None  # built in configure_model
         self.nonfinite_in_a_row = 0
+        self.last_info: dict | None = None  # the reducer's info of the last training step
         self.strict_loading = False  # checkpoints hold the trainable tensors only (see on_save_checkpoint)
 
     def configure_model(self) -> None:
@@ -117,6 +123,12 @@ class VideoLLMModule(L.LightningModule):
             load_visual_weights(model, h.weights, flag="--model.weights")
         if h.init_from is not None and self._fitting():
             load_visual_weights(model, h.init_from)
+        if self._device_mesh is not None:  # ModelParallelStrategy (experiments/strategies/fsdp.yaml): FSDP2
+            mesh = self._device_mesh
+            shard(model, mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names
+                  else mesh, checkpointing=h.activation_checkpointing)
+        elif h.activation_checkpointing:
+            checkpoint_layers(model)
         self.model = model
         self._check_reservation()
 
@@ -145,6 +157,7 @@ class VideoLLMModule(L.LightningModule):
         if bad:  # every rank skips together (DDP), so no rank waits for gradients that never come
             return self._skip_nonfinite(batch, out.loss)
         self.nonfinite_in_a_row = 0
+        self.last_info = {"num_tokens": info["num_tokens"].detach()}  # RunSummary reads it
         self.log("train/loss", out.loss, prog_bar=True, batch_size=B)
         self.log("train/visual_tokens", info["num_tokens"].float().mean(), batch_size=B)
         return out.loss
@@ -218,21 +231,27 @@ class VideoLLMModule(L.LightningModule):
         another shape, or holds visual tensors this model does not have (:func:`~lit_bvllm.weights.check_tensors`)."""
         own = self.state_dict()
         visual = tuple(f"model.{p}" for p in VISUAL_PREFIXES)
-        required = {n for n, p in self.named_parameters() if p.requires_grad} | {k for k in own if k.startswith(visual)}
+        required = self._trainable_names() | {k for k in own if k.startswith(visual)}
         check_tensors(own, state, required, visual, source, "does not hold what this model needs")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         path = getattr(self._trainer, "ckpt_path", None)
-        self.check_state(checkpoint["state_dict"], f"--ckpt_path '{path}'")
+        if "state_dict" in checkpoint:  # a sharded checkpoint's tensors were read and checked by ShardedStrategy
+            self.check_state(checkpoint["state_dict"], f"--ckpt_path '{path}'")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the reducer and projector whole and the LLM's trainable (LoRA) tensors; the frozen tower and LLM
         come back from their folders."""
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        trainable = self._trainable_names()
         visual = tuple(f"model.{p}" for p in VISUAL_PREFIXES)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if k in trainable or k.startswith(visual)}
         _keep_a_cut_epoch_open(self.trainer, checkpoint)
+
+    def _trainable_names(self) -> set[str]:
+        """Names of the trainable parameters as the state dict has them (without activation-checkpoint or FSDP
+        wrapper segments, which ``named_parameters`` keeps and the state dict drops)."""
+        return {clean_name(n) for n, p in self.named_parameters() if p.requires_grad}
 
 
 def _keep_a_cut_epoch_open(trainer, checkpoint: dict) -> None:

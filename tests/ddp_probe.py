@@ -7,11 +7,14 @@ import json
 import os
 
 import lightning as L
+import torch
+from torch.distributed.tensor import DTensor
 
 
 class RankRecorder(L.Callback):
     """Per rank: the (source file, entry index) of every training sample per epoch, and a digest of every tensor the
-    checkpoint keeps (trainable and reducer/projector) at the end of fit."""
+    checkpoint keeps (trainable and reducer/projector) at the end of fit; rank 0 also saves those tensors whole
+    (``tensors/<name>.pt``)."""
 
     def __init__(self, dirpath: str):
         self.dirpath = dirpath
@@ -23,10 +26,16 @@ class RankRecorder(L.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         kept = {}
+        os.makedirs(os.path.join(self.dirpath, "tensors"), exist_ok=True)
         pl_module.on_save_checkpoint(probe := {"state_dict": pl_module.state_dict(), "loops": {}})
         for name, tensor in sorted(probe["state_dict"].items()):
+            if isinstance(tensor, DTensor):  # a shard (FSDP2): every rank gathers the whole, in the same order
+                tensor = tensor.full_tensor()
             kept[name] = hashlib.sha256(tensor.detach().float().cpu().numpy().tobytes()).hexdigest()
+            if trainer.global_rank == 0:
+                torch.save(tensor.detach().cpu(), os.path.join(self.dirpath, "tensors", f"{name}.pt"))
         os.makedirs(self.dirpath, exist_ok=True)
         with open(os.path.join(self.dirpath, f"rank{trainer.global_rank}.json"), "w") as f:
             json.dump({"rank": trainer.global_rank, "world": trainer.world_size, "samples": self.samples,
                        "tensors": kept}, f)
+

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.distributed.checkpoint import FileSystemReader
 
 REPO = Path(__file__).resolve().parents[1]
 LIT_BVLLM = os.path.join(os.path.dirname(sys.executable), "lit_bvllm")
@@ -29,21 +30,43 @@ def common(tiny) -> list[str]:
             "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0"]
 
 
-@pytest.fixture(scope="module")
-def ddp_fit(tiny, synthetic, tmp_path_factory):
-    """2 epochs of pretraining on 2 processes, batch 2 per process: 3 samples and 2 optimizer steps per epoch each."""
-    tmp = tmp_path_factory.mktemp("ddp")
+def fit(tiny, synthetic, tmp: Path, version: str, strategy: list[str], epochs: int = 2, ckpt: Path | None = None):
+    """Pretraining on 2 processes, batch 2 per process (3 samples and 2 optimizer steps per epoch each); the ranks'
+    records (tests/ddp_probe.py)."""
     entries = json.loads((synthetic / "pretrain.json").read_text())
     assert len(entries) >= ENTRIES
     train = synthetic / f"pretrain_first{ENTRIES}.json"  # beside the media it names
     train.write_text(json.dumps(entries[:ENTRIES]))
-    launch(["fit", *common(tiny), "--data.train", str(train), "--data.batch_size", "2",
-            "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "2",
-            "--trainer.max_steps", "-1", "--trainer.logger.init_args.save_dir", str(tmp),
-            "--trainer.logger.init_args.version", "ddp",
-            "--trainer.callbacks+=ddp_probe.RankRecorder", f"--trainer.callbacks.dirpath={tmp / 'ranks'}"], tmp)
-    ranks = [json.loads((tmp / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = tmp / f"ranks_{version}_{epochs}"
+    launch(["fit", *common(tiny), *strategy, "--data.train", str(train), "--data.batch_size", "2",
+            "--trainer.devices", "2", "--trainer.max_epochs", str(epochs), "--trainer.max_steps", "-1",
+            "--trainer.logger.init_args.save_dir", str(tmp), "--trainer.logger.init_args.version", version,
+            "--trainer.callbacks+=ddp_probe.RankRecorder", f"--trainer.callbacks.dirpath={ranks}",
+            *(["--ckpt_path", str(ckpt)] if ckpt else [])], tmp)
+    return [json.loads((ranks / f"rank{r}.json").read_text()) for r in (0, 1)], ranks / "tensors"
+
+
+@pytest.fixture(scope="module")
+def ddp_fit(tiny, synthetic, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    ranks, _ = fit(tiny, synthetic, tmp, "ddp", ["--trainer.strategy", "ddp"])
     return tmp, ranks
+
+
+FSDP = ["--config", "experiments/strategies/fsdp.yaml", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]
+
+
+@pytest.fixture(scope="module")
+def fsdp_fit(tiny, synthetic, tmp_path_factory):
+    """The same run sharded with experiments/strategies/fsdp.yaml (FSDP2, activation checkpointing, sharded
+    checkpoints), then resumed from its sharded checkpoint for a third epoch."""
+    tmp = tmp_path_factory.mktemp("fsdp")
+    two = fit(tiny, synthetic, tmp, "fsdp", FSDP)
+    ckpt = tmp / "pretrain" / "fsdp" / "checkpoints" / "last.ckpt"
+    stored = sorted(k.split(".", 1)[1] for k in FileSystemReader(ckpt).read_metadata().state_dict_metadata
+                    if k.startswith("state_dict."))
+    three = fit(tiny, synthetic, tmp, "fsdp", FSDP, epochs=3, ckpt=ckpt)
+    return tmp, two, stored, three
 
 
 def test_each_sample_is_seen_once_per_epoch_across_the_two_processes(ddp_fit):
@@ -97,3 +120,49 @@ def flat(value, prefix: str = "") -> dict:
     if not isinstance(value, dict):
         return {prefix: value}
     return {k: v for name, x in value.items() for k, v in flat(x, f"{prefix}/{name}").items()}
+
+
+# ---------------------------------------------------------------------- FSDP2 (experiments/strategies/fsdp.yaml)
+
+
+def test_fsdp_checkpoints_are_sharded_and_hold_what_ddp_checkpoints_hold(ddp_fit, fsdp_fit):
+    ddp_tmp, _ = ddp_fit
+    tmp, _, stored, _ = fsdp_fit
+    ddp = torch.load(ddp_tmp / "pretrain" / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert stored == sorted(ddp["state_dict"])  # the trainable-only filter under the sharded state-dict format
+    files = sorted(p.name for p in (tmp / "pretrain" / "fsdp" / "checkpoints" / "last.ckpt").iterdir())
+    assert files == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]  # one shard file per rank
+    assert not (tmp / "pretrain" / "fsdp" / "checkpoints" / "last.ckpt.tmp").exists()
+
+
+def test_fsdp_trains_the_same_weights_as_ddp(ddp_fit, fsdp_fit):
+    """Same data, seed and steps: sharding changes where the tensors live, not what training computes."""
+    ddp_tmp, ddp_ranks = ddp_fit
+    ranks, tensors = fsdp_fit[1]
+    assert ranks[0]["tensors"] == ranks[1]["tensors"]  # both ranks gather the same whole tensors
+    ddp_tensors = ddp_tmp / "ranks_ddp_2" / "tensors"
+    names = sorted(ranks[0]["tensors"])
+    assert names == sorted(ddp_ranks[0]["tensors"])
+    for name in names:
+        a, b = torch.load(tensors / f"{name}.pt"), torch.load(ddp_tensors / f"{name}.pt")
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name
+    assert [r["samples"] for r in ranks] == [r["samples"] for r in ddp_ranks]
+
+
+def test_fsdp_resumes_from_its_sharded_checkpoint_and_consolidates_for_one_process(fsdp_fit, tiny, synthetic):
+    tmp, (two, _), stored, (three, tensors) = fsdp_fit
+    assert three[0]["tensors"] != two[0]["tensors"] and three[0]["tensors"] == three[1]["tensors"]
+    assert list(three[0]["samples"]) == ["2"]  # the resumed run trained epoch 2 only
+    ckpt = tmp / "pretrain" / "fsdp" / "checkpoints" / "last.ckpt"
+    out = launch(["consolidate", "--ckpt_path", str(ckpt)], tmp)
+    whole = torch.load(str(ckpt) + ".consolidated", map_location="cpu", weights_only=True)
+    assert whole["global_step"] == 3 * 2 and sorted(whole["state_dict"]) == stored
+    assert all(torch.equal(whole["state_dict"][k], torch.load(tensors / f"{k}.pt")) for k in stored)
+    assert len(whole["optimizer_states"]) == 1 and "consolidated" in out.stdout
+    launch(["test", *common(tiny), "--config", "experiments/eval/base.yaml", "--config",
+            "experiments/eval/vnbench.yaml", "--data.benchmark.root", str(synthetic / "eval" / "vnbench"),
+            "--data.limit", "4", "--data.mode", "likelihood", "--ckpt_path", str(ckpt) + ".consolidated",
+            "--trainer.devices", "1", "--trainer.logger.init_args.save_dir", str(tmp),
+            "--trainer.logger.init_args.version", "consolidated"], tmp)
+    result = json.loads((tmp / "eval_vnbench" / "consolidated" / "vnbench_results.json").read_text())
+    assert (result["evaluated"], result["errors"]) == (4, 0)
