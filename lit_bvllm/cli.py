@@ -38,6 +38,9 @@ import shutil  # noqa: E402
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+
+if not torch.cuda.is_available():  # DeepSpeed, when installed, would print its CPU fallback warning to stdout on import
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # (transformers imports it): `--print_config` must stay YAML
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: E402

@@ -26,7 +26,7 @@ from lit_bvllm.backbones import VIDEO_TOKEN
 from lit_bvllm.distributed import checkpoint_layers, clean_name, shard
 from lit_bvllm.model import VideoLLM, reducer_spec
 from lit_bvllm.reducers.base import Reducer
-from lit_bvllm.weights import VISUAL_PREFIXES, check_tensors, load_visual_weights
+from lit_bvllm.weights import VISUAL_PREFIXES, check_tensors, load_visual_weights, unused_names
 
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}  # transformers' names
 
@@ -231,7 +231,8 @@ class VideoLLMModule(L.LightningModule):
         another shape, or holds visual tensors this model does not have (:func:`~lit_bvllm.weights.check_tensors`)."""
         own = self.state_dict()
         visual = tuple(f"model.{p}" for p in VISUAL_PREFIXES)
-        required = self._trainable_names() | {k for k in own if k.startswith(visual)}
+        required = (self._trainable_names() | {k for k in own if k.startswith(visual)}) - {
+            clean_name(n) for n in unused_names(self)}
         check_tensors(own, state, required, visual, source, "does not hold what this model needs")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -76,16 +76,25 @@ def check_tensors(own: dict[str, torch.Tensor], src: dict[str, torch.Tensor], re
         )
 
 
-def check_visual(own: dict[str, torch.Tensor], src: dict[str, torch.Tensor], source: str) -> None:
-    """:func:`check_tensors` over the reducer and projector tensors."""
-    required = {k for k in own if k.startswith(VISUAL_PREFIXES)}
+def check_visual(own: dict[str, torch.Tensor], src: dict[str, torch.Tensor], source: str,
+                 unused: set[str] = frozenset()) -> None:
+    """:func:`check_tensors` over the reducer and projector tensors; ``unused`` (:func:`unused_names`) may be
+    missing."""
+    required = {k for k in own if k.startswith(VISUAL_PREFIXES)} - set(unused)
     check_tensors(own, src, required, VISUAL_PREFIXES, source, "does not match this model's reducer/projector")
+
+
+def unused_names(model: nn.Module) -> set[str]:
+    """Names of the parameters no output reads (flagged ``unused_output`` by their module, e.g. the text feed-forward
+    of a Q-Former's last layer; frozen): a checkpoint may leave them out (DeepSpeed's ``exclude_frozen_parameters``
+    does), and they keep their initial values, which change nothing."""
+    return {n for n, p in model.named_parameters() if getattr(p, "unused_output", False)}
 
 
 def load_visual_weights(model: nn.Module, path: str | os.PathLike, flag: str = "--model.init_from") -> int:
     """Copy every ``reducer.*`` and ``projector.*`` tensor of ``path`` into ``model`` (a
     :class:`~lit_bvllm.model.VideoLLM`); returns how many. Refuses a mismatch (:func:`check_visual`)."""
     src = visual_state(path, flag)
-    check_visual(model.state_dict(), src, f"{flag} '{path}'")
+    check_visual(model.state_dict(), src, f"{flag} '{path}'", unused_names(model))
     model.load_state_dict(src, strict=False)
     return len(src)

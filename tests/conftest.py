@@ -8,6 +8,11 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import socket  # noqa: E402
 
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():  # as lit_bvllm.cli: DeepSpeed's accelerator, named, prints no fallback warning
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 import pytest  # noqa: E402
 
 _LOCAL = ("127.", "::1", "localhost", "/")

@@ -71,10 +71,12 @@ class TextQFormer(nn.Module):
         if pretrained is not None:
             self._load(pretrained, num_queries)
         # The last layer's text feed-forward only produces text outputs, which nobody reads (the queries are the
-        # output): frozen, so DDP sees no parameter without a gradient.
+        # output): frozen, so DDP sees no parameter without a gradient, and flagged, so a checkpoint that leaves
+        # frozen tensors out (DeepSpeed's exclude_frozen_parameters) still loads (lit_bvllm.weights.unused_names).
         last = self.qformer.encoder.layer[-1]
         for p in [*last.intermediate.parameters(), *last.output.parameters()]:
             p.requires_grad_(False)
+            p.unused_output = True
 
     def forward(
         self,
