@@ -1,6 +1,9 @@
 """Frames to the vision tower's input: one policy, shared by training and evaluation.
 
-``FrameTransform`` takes ``(T, H, W, 3)`` uint8 RGB frames and returns ``(T, 3, S, S)`` float32, normalised.
+``FrameTransform`` takes ``(T, H, W, 3)`` uint8 RGB frames and returns ``(T, 3, S, S)``: uint8, resized, when the
+data modules build it (``normalize=False``: frames travel from the workers to the device as bytes, a quarter of
+float32's size, and :class:`~lit_bvllm.vision.VisionEncoder` normalises them there, chunk by chunk), or float32,
+normalised (the default, for code that feeds the tower directly).
 
 - ``processor``: the vision tower's own HF ``AutoImageProcessor`` (exact parity with the checkpoint);
 - ``plain``: a batched torch resize + normalise. Its size, mean and std come from the same processor config when
@@ -33,6 +36,8 @@ class FrameTransform:
         resize_mode: ``crop``, ``pad`` or ``squash`` (``plain`` only); None follows the vision tower's processor
             (``crop`` when it centre-crops, as CLIP's does; ``squash`` when it resizes to a square, as SigLIP's and
             the tiny CLIP's do), or ``crop`` without a tower.
+        normalize: return normalised float32 (True) or the resized frames as uint8 (False), rounded as an image
+            library's resize rounds; :func:`normalize` then does the rest where the frames are used.
     """
 
     def __init__(
@@ -43,8 +48,9 @@ class FrameTransform:
         mean: tuple[float, float, float] = CLIP_MEAN,
         std: tuple[float, float, float] = CLIP_STD,
         resize_mode: Literal["crop", "pad", "squash"] | None = None,
+        normalize: bool = True,
     ):
-        self.policy = policy
+        self.policy, self.normalize = policy, normalize
         self.processor = None
         if vision_tower is not None:
             from datamodules.loading import load_image_processor
@@ -66,12 +72,20 @@ class FrameTransform:
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         if len(frames) == 0:
-            return torch.zeros(0, 3, self.image_size, self.image_size)
+            return torch.zeros(0, 3, self.image_size, self.image_size,
+                               dtype=torch.float32 if self.normalize else torch.uint8)
         if self.policy == "processor":
-            return self.processor(images=list(frames), return_tensors="pt")["pixel_values"].float()
-        return self._plain(frames)
+            if self.normalize:
+                return self.processor(images=list(frames), return_tensors="pt")["pixel_values"].float()
+            resized = self.processor(images=list(frames), return_tensors="pt", do_rescale=False, do_normalize=False)
+            return resized["pixel_values"].round_().clamp_(0, 255).to(torch.uint8)  # PIL resized uint8 values
+        x = self._plain(frames)
+        if not self.normalize:
+            return x.clamp_(0, 1).mul_(255).round_().to(torch.uint8).contiguous()
+        return normalize(x, self.mean, self.std)
 
     def _plain(self, frames: np.ndarray) -> torch.Tensor:
+        """Resized ``(T, 3, S, S)`` float32 in [0, 1] (the pad colour: the mean)."""
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255)  # (T,H,W,3) -> (T,3,H,W)
         s = self.image_size
         if self.resize_mode == "pad":
@@ -92,4 +106,11 @@ class FrameTransform:
             x = F.interpolate(x, size=(s, s), mode="bicubic", antialias=True, align_corners=False)
         else:
             raise ValueError(f"--data.resize_mode must be crop, pad or squash, got '{self.resize_mode}'")
-        return ((x.clamp_(0, 1) - self.mean) / self.std).contiguous()
+        return x
+
+
+def normalize(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Tower input from resized frames: uint8 ``(..., 3, S, S)`` (0-255) or float in [0, 1], to float32
+    ``(x - mean) / std``; ``mean``, ``std``: ``(1, 3, 1, 1)``."""
+    x = pixels.float().div_(255) if pixels.dtype == torch.uint8 else pixels.float().clamp(0, 1)
+    return ((x - mean.to(x.device)) / std.to(x.device)).contiguous()

@@ -275,7 +275,8 @@ class VideoInstructCollator:
         B = len(samples)
         t_max = max(len(s["frames"]) for s in samples)
         S = self.image_size
-        frames = torch.zeros(B, t_max, 3, S, S)
+        dtype = samples[0]["frames"].dtype if samples else torch.uint8  # uint8 from the data modules' transform
+        frames = torch.zeros(B, t_max, 3, S, S, dtype=dtype)
         frame_mask = torch.zeros(B, t_max, dtype=torch.bool)
         frame_times = torch.zeros(B, t_max)
         for b, s in enumerate(samples):

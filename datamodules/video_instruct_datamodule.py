@@ -112,7 +112,8 @@ class VideoInstructDataModule(L.LightningDataModule):
             self.question_tokenizer = (
                 load_tokenizer(h.question_tokenizer, None, "--data.question_tokenizer") if h.question_tokenizer else None
             )
-            self.transform = FrameTransform(h.transform, h.vision_tower, h.image_size, resize_mode=h.resize_mode)
+            self.transform = FrameTransform(h.transform, h.vision_tower, h.image_size, resize_mode=h.resize_mode,
+                                            normalize=False)  # uint8 to the device, normalised there
             q_pad = self.question_tokenizer.pad_token_id if self.question_tokenizer is not None else None
             self.collator = VideoInstructCollator(self.tokenizer.pad_token_id, self.transform.image_size, question_pad_id=q_pad)
         if stage in (None, "fit") and self.train_set is None:

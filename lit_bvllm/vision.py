@@ -2,6 +2,8 @@
 
 Only the frames a reducer will read are encoded (``Reducer.frames_to_encode``), and they go through the tower
 ``chunk`` frames at a time without gradients, so an hour of 1-fps frames never sits in one activation tensor.
+Frames arrive as uint8 (the data modules' resized frames) and are normalised here with the tower's own processor
+mean and std, one chunk at a time: an hour at 336 px is 1.2 GB of bytes, not 4.9 GB of float32.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from datamodules.loading import load_image_processor
+from datamodules.transforms import normalize
 from lit_bvllm.backbones import eager_attention, load_vision_tower
 from lit_bvllm.reducers.sampling import pack_frames
 
@@ -31,13 +35,19 @@ class VisionEncoder(nn.Module):
         self.has_cls = cfg.model_type.startswith("clip")  # SigLIP has no [CLS]: its mean patch stands in
         side = cfg.image_size // cfg.patch_size
         self.num_patches = side * side
+        proc = load_image_processor(path)  # the mean and std the tower was trained with (not in the state dict)
+        self.register_buffer("pixel_mean", torch.tensor(proc.image_mean, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(proc.image_std, dtype=torch.float32).view(1, 3, 1, 1), False)
 
     def train(self, mode: bool = True) -> VisionEncoder:
         return super().train(False)  # always in eval mode (no dropout), whatever the module around it does
 
     @torch.no_grad()
     def _encode(self, pixels: Tensor, attention: bool) -> tuple[Tensor, Tensor | None]:
+        """One chunk: ``pixels (k, 3, S, S)``, uint8 frames (normalised here) or float tower input (as is)."""
         dtype = next(self.tower.parameters()).dtype
+        if pixels.dtype == torch.uint8:
+            pixels = normalize(pixels, self.pixel_mean, self.pixel_std)
         out = self.tower(pixel_values=pixels.to(dtype), output_hidden_states=True, output_attentions=attention)
         feats = out.hidden_states[self.feature_layer]  # (k, [1+]N, D)
         attn = None
@@ -46,7 +56,7 @@ class VisionEncoder(nn.Module):
         return feats, attn
 
     def forward(self, frames: Tensor, frame_mask: Tensor, keep: Tensor, attention: bool = False) -> dict[str, Tensor]:
-        """Encode the ``keep`` frames of ``frames (B, T, 3, H, W)``.
+        """Encode the ``keep`` frames of ``frames (B, T, 3, H, W)`` (uint8, or normalised float).
 
         Returns ``frames (B, T', N, D)``, ``cls (B, T', D)``, ``frame_mask (B, T')``, ``frame_index (B, T')`` (the
         source frame, -1 on padding) and, with ``attention``, ``cls_attn (B, T', N)``; T' is the most frames kept

@@ -82,7 +82,7 @@ class _Consumer(L.LightningModule):
         self.w = torch.nn.Parameter(torch.ones(()))
 
     def training_step(self, batch, batch_idx):
-        return (self.w * batch["frames"].mean()) ** 2 + self.w ** 2
+        return (self.w * batch["frames"].float().mean()) ** 2 + self.w ** 2
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)

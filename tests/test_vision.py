@@ -22,3 +22,32 @@ def test_chunk_size_does_not_change_the_features(tiny):
             torch.testing.assert_close(other[key], outs[0][key], atol=1e-5, rtol=1e-5)
         for key in ("frame_mask", "frame_index"):
             assert torch.equal(other[key], outs[0][key])
+
+
+def test_frames_travel_as_uint8_and_the_tower_sees_what_the_processor_would_give_it(tiny, synthetic):
+    """The data modules hand the device resized uint8 frames (a quarter of float32's bytes); the encoder normalises
+    them with the tower's processor mean and std: the features equal those of the processor's own float output."""
+    import numpy as np
+
+    from datamodules import VideoInstructDataModule
+    from datamodules.transforms import FrameTransform
+
+    dm = VideoInstructDataModule(str(synthetic / "finetune.json"), tiny["llm"], vision_tower=tiny["vision"],
+                                 num_workers=0, batch_size=2, max_frames=4)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["frames"].dtype == torch.uint8 and batch["frames"].shape[2:] == (3, 32, 32)
+    rng = np.random.default_rng(0)
+    raw = (rng.random((3, 48, 64, 3)) * 255).astype(np.uint8)
+    for policy in ("processor", "plain"):
+        as_bytes = FrameTransform(policy, tiny["vision"], normalize=False)(raw)
+        as_floats = FrameTransform(policy, tiny["vision"])(raw)
+        assert as_bytes.dtype == torch.uint8 and as_floats.dtype == torch.float32
+        assert as_bytes.element_size() * 4 == as_floats.element_size()
+        enc = VisionEncoder(tiny["vision"]).eval()
+        mask = torch.ones(1, 3, dtype=torch.bool)
+        with torch.no_grad():
+            a, b = enc(as_bytes[None], mask, mask), enc(as_floats[None], mask, mask)
+        # processor: the same numbers (PIL's resize is uint8 already); plain: its bicubic output rounded to bytes
+        tol = 1e-4 if policy == "processor" else 0.05
+        torch.testing.assert_close(a["frames"], b["frames"], atol=tol, rtol=tol)

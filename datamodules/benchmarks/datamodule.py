@@ -292,7 +292,7 @@ class BenchmarkDataModule(L.LightningDataModule):
             benchmark.check_items(self.items)
         self.tokenizer = load_tokenizer(h.tokenizer, h.video_token)
         qtok = load_tokenizer(h.question_tokenizer, None) if h.question_tokenizer else None
-        transform = FrameTransform(h.transform, h.vision_tower)
+        transform = FrameTransform(h.transform, h.vision_tower, normalize=False)  # uint8 to the device
         self.test_set = BenchmarkDataset(self.items, benchmark, self.tokenizer, transform, h.mode, h.frame_mode, h.fps,
                                          h.num_frames, h.max_frames, qtok, h.max_question_length, h.video_token,
                                          h.blind, h.allow_outside_root)
