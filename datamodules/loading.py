@@ -8,6 +8,7 @@ reaches a model hub: a path that is not a local folder is an error, not a downlo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
@@ -51,3 +52,15 @@ def load_tokenizer(path: str | Path, video_token: str | None = VIDEO_TOKEN, flag
 def load_image_processor(path: str | Path):
     """The vision tower's own ``AutoImageProcessor`` (resize, crop, normalise), from a local folder."""
     return AutoImageProcessor.from_pretrained(local_dir(path, "vision tower", "--model.vision_tower"), local_files_only=True)
+
+
+def worker_count(requested: int | str, processes_per_node: int = 1, flag: str = "--data.num_workers") -> int:
+    """DataLoader worker processes: ``requested`` as it is, or for ``"auto"`` the CPU cores this process may run on
+    (its affinity: what a SLURM or container limit leaves it), shared among the node's training processes, less one
+    core for each of those processes, and at most 8 (decoding at 1 fps saturates well before)."""
+    if requested == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(0, min(8, cores // max(1, processes_per_node) - 1))
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+        raise ValueError(f"{flag} must be a count >= 0 or 'auto', got {requested!r}")
+    return requested

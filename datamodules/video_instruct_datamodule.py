@@ -9,6 +9,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from datamodules.annotations import load_sources
+from datamodules.loading import worker_count
 from datamodules.sampler import ResumableSampler
 from datamodules.transforms import FrameTransform
 from datamodules.video_instruct import VideoInstructCollator, VideoInstructDataset, load_blocklist
@@ -38,7 +39,8 @@ class VideoInstructDataModule(L.LightningDataModule):
             (e.g. BERT's for an InstructBLIP Q-Former); default: the LLM's.
         max_question_length: question tokens kept.
         batch_size: samples per batch and device.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; ``auto``: the cores this process may use, shared among the node's
+            training processes, less one each, at most 8 (:func:`~datamodules.loading.worker_count`).
         strict: raise on the first bad entry (naming file, entry and field) instead of skipping and counting it.
         max_bad_fraction: the run stops when more than this share of the entries read are bad (judged per
             data-loading process, over at least 100 entries). 0.5: sets built from web videos routinely miss a
@@ -74,7 +76,7 @@ class VideoInstructDataModule(L.LightningDataModule):
         question_tokenizer: str | None = None,
         max_question_length: int = 64,
         batch_size: int = 2,
-        num_workers: int = 2,
+        num_workers: int | Literal["auto"] = "auto",
         strict: bool = False,
         max_bad_fraction: float = 0.5,
         max_retries: int | None = None,
@@ -91,6 +93,7 @@ class VideoInstructDataModule(L.LightningDataModule):
             log.warning("--data.max_retries=%s is ignored: bad entries are replaced by entries not known to be bad, and "
                         "--data.max_bad_fraction (%s) decides when the run stops", max_retries, max_bad_fraction)
         self.save_hyperparameters()
+        worker_count(num_workers)  # a bad value fails here, naming the flag
         self.tokenizer = None
         self.train_set: VideoInstructDataset | None = None
         self.val_set: VideoInstructDataset | None = None
@@ -131,14 +134,15 @@ class VideoInstructDataModule(L.LightningDataModule):
             if self._resume is not None:
                 sampler.resume(*self._resume)
                 self._resume = None
+        workers = worker_count(h.num_workers, getattr(trainer, "num_devices", 1) if trainer is not None else 1)
         return DataLoader(
             dataset,
             batch_size=h.batch_size,
             sampler=sampler,
-            num_workers=h.num_workers,
+            num_workers=workers,
             collate_fn=self.collator,
             pin_memory=h.pin_memory,
-            persistent_workers=h.num_workers > 0,
+            persistent_workers=workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -242,3 +242,17 @@ def test_question_tokenizer_without_chat_template(tiny, synthetic, tmp_path):
     assert q.shape[1] <= 8 and (q[:, 0] == 2).all()  # [CLS] first: BERT-style ids, not the LLM's
     assert batch["question_mask"].sum(1).min() >= 3
     assert (q[batch["question_mask"] == 0] == 0).all()  # padded with the question tokenizer's [PAD]
+
+
+def test_the_default_worker_count_follows_the_machine(monkeypatch):
+    import os
+
+    from datamodules.loading import worker_count
+
+    for cores, processes, expected in [(2, 1, 1), (1, 1, 0), (16, 8, 1), (64, 1, 8), (96, 4, 8), (32, 4, 7)]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert worker_count("auto", processes) == expected, (cores, processes)
+    assert worker_count(3, 8) == 3  # a count is taken as it is
+    for bad in (-1, "many", 1.5, True):
+        with pytest.raises(ValueError, match="--data.num_workers must be a count >= 0 or 'auto'"):
+            worker_count(bad)

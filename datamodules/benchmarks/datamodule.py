@@ -40,6 +40,7 @@ from datamodules.benchmarks.reading import confine_media
 from datamodules.benchmarks.selection import in_spans
 from datamodules.conversation import IGNORE_INDEX
 from datamodules.errors import SampleError
+from datamodules.loading import worker_count
 from datamodules.transforms import FrameTransform
 from datamodules.video import no_frames, read_video
 from datamodules.video_instruct import VideoInstructCollator
@@ -246,7 +247,7 @@ class BenchmarkDataModule(L.LightningDataModule):
         num_frames: frames in ``uniform`` mode.
         max_frames: cap in ``fps`` mode (uniform thinning over the whole video).
         batch_size: items per batch.
-        num_workers: DataLoader workers.
+        num_workers: DataLoader workers; ``auto``: follow the machine (:func:`~datamodules.loading.worker_count`).
         limit: evaluate only the first ``limit`` items (quick checks), with every item of their groups: VNBench's 4
             circular tries of a question are kept together, so a circular score is never made of part of a group.
         question_tokenizer: tokenizer folder for a text-conditioned reducer's question (default: the LLM's).
@@ -268,13 +269,14 @@ class BenchmarkDataModule(L.LightningDataModule):
     def __init__(self, benchmark: Benchmark, tokenizer: str, mode: Literal["generate", "likelihood"] = "generate",
                  vision_tower: str | None = None, transform: Literal["processor", "plain"] = "processor",
                  frame_mode: Literal["fps", "uniform"] = "fps", fps: float = 1.0, num_frames: int = 16,
-                 max_frames: int | None = 128, batch_size: int = 4, num_workers: int = 1, limit: int | None = None,
+                 max_frames: int | None = 128, batch_size: int = 4, num_workers: int | Literal["auto"] = "auto", limit: int | None = None,
                  question_tokenizer: str | None = None, max_question_length: int = 64, video_token: str = "<video>",
                  blind: bool = False, allow_outside_root: bool = False, max_unreadable_fraction: float = 0.02):
         super().__init__()
         if not 0 <= max_unreadable_fraction <= 1:
             raise ValueError(f"--data.max_unreadable_fraction must lie in [0, 1], got {max_unreadable_fraction}")
         self.save_hyperparameters(ignore=["benchmark"])
+        worker_count(num_workers)  # a bad value fails here, naming the flag
         self.benchmark = benchmark
         self.name = benchmark.name
         self.items: list[EvalItem] = []
@@ -330,8 +332,9 @@ class BenchmarkDataModule(L.LightningDataModule):
         h = self.hparams
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        workers = worker_count(h.num_workers, getattr(trainer, "num_devices", 1) if trainer is not None else 1)
         return DataLoader(self.test_set, batch_size=h.batch_size, sampler=ShardSampler(len(self.test_set), rank, world),
-                          num_workers=h.num_workers, collate_fn=self.collator)
+                          num_workers=workers, collate_fn=self.collator)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
