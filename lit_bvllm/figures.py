@@ -31,12 +31,15 @@ def sample_info(info: dict, b: int) -> dict:
 
 
 def for_display(frames: Tensor | np.ndarray) -> np.ndarray:
-    """``(T, H, W, 3)`` floats in [0, 1] from raw uint8 frames ``(T, H, W, 3)`` or tower input ``(T, 3, H, W)``
-    (normalised: stretched back to [0, 1] over the whole clip, so the frames keep their relative brightness)."""
-    x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, Tensor) else frames).float()
+    """``(T, H, W, 3)`` floats in [0, 1] from uint8 frames (``(T, H, W, 3)`` decoded or ``(T, 3, H, W)`` resized) or
+    normalised tower input ``(T, 3, H, W)`` (stretched back to [0, 1] over the whole clip, so the frames keep their
+    relative brightness)."""
+    x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, Tensor) else frames)
+    raw = x.dtype == torch.uint8  # decoded frames, or the data modules' resized ones
+    x = x.float()
     if x.dim() == 4 and x.shape[1] == 3 and x.shape[-1] != 3:
         x = x.permute(0, 2, 3, 1)
-    if x.numel() and x.max() > 1.5:  # uint8
+    if raw:
         return (x / 255.0).clamp(0, 1).numpy()
     lo, hi = (x.min(), x.max()) if x.numel() else (0.0, 1.0)
     return ((x - lo) / max(float(hi - lo), 1e-6)).numpy()

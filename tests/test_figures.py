@@ -129,3 +129,20 @@ def test_show_selection_hands_the_needle_times_to_an_oracle_pick(tiny, synthetic
     out = show_selection(m.eval().model, str(root / entry["video"]), entry["question"], tmp_path / "o.png",
                          needle_times=entry["needle_times"])
     assert any(a <= t <= b for t in out["kept_times"] for a, b in entry["needle_times"])  # a needle frame is kept
+
+
+def test_frames_are_shown_as_they_were_whatever_form_they_come_in():
+    import numpy as np
+    import torch
+
+    from lit_bvllm.figures import for_display
+
+    dark = np.zeros((2, 8, 8, 3), np.uint8)
+    dark[0, 0, 0] = 1  # an almost black clip: its bytes must not be stretched to white
+    shown = for_display(dark)
+    assert shown.shape == (2, 8, 8, 3) and shown.max() == pytest.approx(1 / 255)
+    resized = torch.from_numpy(dark).permute(0, 3, 1, 2).contiguous()  # (T, 3, H, W) uint8, as batches carry them
+    assert np.array_equal(for_display(resized), shown)
+    normalised = torch.linspace(-2, 2, 2 * 3 * 8 * 8).view(2, 3, 8, 8)  # tower input: stretched to [0, 1]
+    out = for_display(normalised)
+    assert out.shape == (2, 8, 8, 3) and out.min() == 0.0 and out.max() == 1.0
