@@ -55,12 +55,15 @@ def load_image_processor(path: str | Path):
 
 
 def worker_count(requested: int | str, processes_per_node: int = 1, flag: str = "--data.num_workers") -> int:
-    """DataLoader worker processes: ``requested`` as it is, or for ``"auto"`` the CPU cores this process may run on
-    (its affinity: what a SLURM or container limit leaves it), shared among the node's training processes, less one
-    core for each of those processes, and at most 8 (decoding at 1 fps saturates well before)."""
+    """DataLoader worker processes: ``requested`` as it is, or for ``"auto"`` the CPU cores this process may run on,
+    less one for the process itself, at most 8 (decoding at 1 fps saturates well before). A process bound to its
+    own cores (``srun --cpus-per-task``, a container) has them to itself; one that may run on every core of the
+    node shares them with the node's other ``processes_per_node`` training processes."""
     if requested == "auto":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(0, min(8, cores // max(1, processes_per_node) - 1))
+        total = os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
+        share = cores if cores < total else cores // max(1, processes_per_node)
+        return max(0, min(8, share - 1))
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
         raise ValueError(f"{flag} must be a count >= 0 or 'auto', got {requested!r}")
     return requested

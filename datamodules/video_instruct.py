@@ -2,7 +2,8 @@
 
 A batch (see :class:`VideoInstructCollator`)::
 
-    frames        (B, T_max, 3, S, S) float32   padded with zeros; T_max may be 0 (text-only batch)
+    frames        (B, T_max, 3, S, S) uint8     resized, not normalised (the vision encoder does that on the
+                                                device); padded with zeros; T_max may be 0 (text-only batch)
     frame_mask    (B, T_max) bool               True where a real frame is
     frame_times   (B, T_max) float32            seconds from the start of the video
     input_ids     (B, L) int64                  text with one placeholder token per media sample

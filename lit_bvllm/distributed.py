@@ -1,22 +1,21 @@
 """What the sharding strategies need to know about the model, found in the loaded model rather than named in a config.
 
 ``experiments/strategies/fsdp.yaml`` shards with FSDP2 (``torch.distributed.fsdp.fully_shard``, Lightning's
-``ModelParallelStrategy``): :func:`shard` gives every layer of the LLM, the tower and the reducer its own unit,
-called from ``VideoLLMModule.configure_model``. FSDP2 shards parameter by parameter (DTensor), so a frozen layer
-and the trainable LoRA tensors inside it share a unit without flattening them together, which is what a frozen
-LLM with LoRA needs; its sharded checkpoints are torch.distributed.checkpoint folders; and it runs on CPU processes
-too (FSDP1 refuses them), so the suite's tests shard, save, resume and consolidate for real.
-:class:`ShardedStrategy` reads back the checkpoints ``VideoLLMModule`` writes (trainable and reducer/projector
-tensors only). ``experiments/strategies/fsdp1.yaml`` keeps the FSDP1 path (``FSDPStrategy``) with the same layers
-as its wrap policy (:class:`ModelLayers`).
+``ModelParallelStrategy``), from ``VideoLLMModule.configure_model`` (:func:`shard`): one unit per decoder layer of
+the LLM, its class read from the loaded model (``Qwen2DecoderLayer``, or whatever the checkpoint's is), the
+reducer, projector and embeddings in the root unit, and the frozen vision tower replicated (left out of FSDP).
+A unit gathers its parameters from every rank each time it runs, so every rank must run it equally often. The
+LLM's layers run once per step everywhere; the tower runs once per chunk of 64 frames, a count that differs from
+rank to rank, and a batch of images or text alone skips the reducer: as units of their own they would pair one
+rank's gather with another's and hang. FSDP2 shards parameter by parameter (DTensor), so a frozen LLM layer and the
+LoRA tensors inside it share a unit as they are; its sharded checkpoints are torch.distributed.checkpoint folders;
+and it runs on CPU processes too (FSDP1 refuses them), so the suite's tests shard, save, resume and consolidate for
+real. :class:`ShardedStrategy` reads back the checkpoints ``VideoLLMModule`` writes (trainable and
+reducer/projector tensors only). Activation checkpointing wraps every layer of every stack (:func:`layer_classes`):
+the LLM's, the reducer's Q-Former / TTM, the tower's.
 
-``ModelLayers`` is the FSDP auto-wrap and activation-checkpointing policy of ``experiments/strategies/fsdp.yaml``:
-one FSDP unit per repeated layer of every stack in the model: the LLM's decoder layers (``Qwen2DecoderLayer``, or
-whatever the checkpoint's class is), the vision tower's encoder layers (``CLIPEncoderLayer``,
-``SiglipEncoderLayer``, ...) and the reducer's Q-Former or TTM layers. The classes are read from the module FSDP
-wraps, when it wraps it (``configure_model`` has loaded the checkpoints by then), so one config serves every
-backbone. A frozen LLM or tower layer that holds trainable LoRA tensors shares its unit with them: the config
-sets ``use_orig_params`` for that.
+``experiments/strategies/fsdp1.yaml`` keeps the FSDP1 path (``FSDPStrategy``) with :class:`ModelLayers` as its wrap
+policy (the LLM's decoder layers, for the same reason) and checkpointing policy (every stack's layers).
 
 ``clean_name``: a parameter's name without the wrappers' segments (``_fsdp_wrapped_module.``,
 ``_checkpoint_wrapped_module.``, ``_orig_mod.``), i.e. as the state dict names it.
@@ -62,20 +61,35 @@ def layer_classes(root: nn.Module) -> set[type[nn.Module]]:
     return found
 
 
+def llm_layer_classes(root: nn.Module) -> set[type[nn.Module]]:
+    """The layer classes of the LLM inside ``root`` (the module with a ``llm`` beside a ``vision``: a
+    :class:`~lit_bvllm.model.VideoLLM`): the layers that run exactly once per step on every rank. Every stack's when
+    ``root`` holds no such model."""
+    for module in root.modules():
+        if isinstance(getattr(module, "llm", None), nn.Module) and hasattr(module, "vision"):
+            return layer_classes(module.llm)
+    return layer_classes(root)
+
+
 class ModelLayers(ModuleWrapPolicy):
-    """Wrap (or checkpoint) every module of the model's layer classes (:func:`layer_classes`), found at wrap time.
+    """Wrap (or checkpoint) every module of the model's layer classes, found at wrap time: the LLM's
+    (:func:`llm_layer_classes`, ``units: llm``: FSDP units) or every stack's (:func:`layer_classes`, ``units: all``:
+    activation checkpointing).
 
     FSDP calls ``_run_policy`` with the module it wraps; ``apply_activation_checkpointing`` calls the policy on
     each module top-down (``recurse=True`` first on the root), so the classes are read from the first module it
     is called on and kept for that module's tree.
     """
 
-    def __init__(self):
+    def __init__(self, units: str = "llm"):
+        if units not in ("llm", "all"):
+            raise ValueError(f"ModelLayers: units must be 'llm' or 'all', got {units!r}")
         super().__init__(set())
+        self.units = units
         self._tree: set[int] = set()  # ids of the modules of the tree the classes were read from
 
     def _read(self, root: nn.Module) -> None:
-        self._module_classes = layer_classes(root)
+        self._module_classes = llm_layer_classes(root) if self.units == "llm" else layer_classes(root)
         self._module_classes_str = str(sorted(c.__name__ for c in self._module_classes))
         self._tree = {id(m) for m in root.modules()}
 
@@ -105,17 +119,19 @@ def checkpoint_layers(model: nn.Module) -> set[type[nn.Module]]:
 
 
 def shard(model: nn.Module, mesh, checkpointing: bool = False) -> set[type[nn.Module]]:
-    """FSDP2 over ``mesh``: one unit per layer of :func:`layer_classes` (wrapped first in torch's activation-
-    checkpoint wrapper when ``checkpointing``), and the rest (embeddings, projector, heads) in the root unit.
-    Returns the layer classes."""
+    """FSDP2 over ``mesh`` of a :class:`~lit_bvllm.model.VideoLLM`: one unit per LLM layer
+    (:func:`llm_layer_classes`), the reducer, projector and embeddings in the root unit, the frozen tower replicated
+    (see the module docstring for why); with ``checkpointing``, every stack's layers in torch's activation-checkpoint
+    wrapper first. Returns the classes given a unit each."""
     from torch.distributed.fsdp import fully_shard
 
-    classes = checkpoint_layers(model) if checkpointing else layer_classes(model)
-    for module in [m for m in model.modules() if isinstance(m, tuple(classes))]:
+    if checkpointing:
+        checkpoint_layers(model)
+    classes = tuple(llm_layer_classes(model))
+    for module in [m for m in model.llm.modules() if isinstance(m, classes)]:
         fully_shard(module, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    model.sharded = True
-    return classes
+    fully_shard(model, mesh=mesh, ignored_params=set(model.vision.parameters()))
+    return set(classes)
 
 
 class ShardedStrategy(ModelParallelStrategy):
@@ -178,7 +194,7 @@ class ShardedStrategy(ModelParallelStrategy):
 
         path = Path(self.broadcast(checkpoint_path))
         if not _is_sharded_checkpoint(path):
-            return super().load_checkpoint(checkpoint_path, weights_only)
+            return self._load_file(path, weights_only)
         stored = {k.split(".", 1)[1] for k in FileSystemReader(path).read_metadata().state_dict_metadata
                   if k.startswith("state_dict.")}
         own = get_model_state_dict(self.model)
@@ -192,6 +208,44 @@ class ShardedStrategy(ModelParallelStrategy):
             set_optimizer_state_dict(self.model, optimizer, optim_state_dict=optim[f"optimizer_{i}"],
                                      options=StateDictOptions(cpu_offload=True))
         return torch.load(path / _METADATA_FILENAME, weights_only=True if weights_only is None else weights_only)
+
+    def _load_file(self, path: Path, weights_only: bool | None) -> dict[str, Any]:
+        """A single-file checkpoint (DDP's, ``lit_bvllm consolidate``'s) into the sharded model. The stock loader
+        matches names through ``named_modules``, which keep the activation-checkpoint wrapper's segment the file's
+        names lack, and with non-strict loading it skipped every tensor of a wrapped layer without a word; here the
+        file is checked (``check_state``) and its tensors placed by their state-dict names."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True if weights_only is None else weights_only)
+        state = checkpoint.pop("state_dict", None)
+        if not isinstance(state, dict):
+            raise ValueError(f"--ckpt_path '{path}' has no state_dict: not a checkpoint written by lit_bvllm fit")
+        self.lightning_module.check_state(state, f"--ckpt_path '{path}'")
+        full = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(self.model, state, options=full)
+        optimizers = checkpoint.pop("optimizer_states", [])
+        for optimizer, optim_state in zip(self.optimizers, optimizers):
+            set_optimizer_state_dict(self.model, optimizer, options=full,
+                                     optim_state_dict=_by_name(optim_state, optimizer, self.model))
+        return checkpoint
+
+
+def _by_name(optim_state: dict, optimizer, model: nn.Module) -> dict:
+    """An optimizer state keyed by parameter position (``Optimizer.state_dict()``, DDP's checkpoints) keyed by the
+    parameters' state-dict names instead, as ``set_optimizer_state_dict`` reads a full one; as it is when it is
+    keyed by name already (``lit_bvllm consolidate``'s)."""
+    groups = optim_state.get("param_groups", [])
+    if not groups or not all(isinstance(i, int) for g in groups for i in g["params"]):
+        return optim_state
+    names = {id(p): clean_name(n) for n, p in model.named_parameters()}
+    position = {i: names[id(p)] for saved, live in zip(groups, optimizer.param_groups)
+                for i, p in zip(saved["params"], live["params"])}
+    return {"state": {position[i]: v for i, v in optim_state.get("state", {}).items() if i in position},
+            "param_groups": [{**g, "params": [position[i] for i in g["params"]]} for g in groups]}
 
 
 def consolidate(ckpt_path: str, out: str | None = None) -> str:

@@ -18,6 +18,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from transformers import get_scheduler
@@ -123,6 +124,9 @@ class VideoLLMModule(L.LightningModule):
             load_visual_weights(model, h.weights, flag="--model.weights")
         if h.init_from is not None and self._fitting():
             load_visual_weights(model, h.init_from)
+        strategy = getattr(self._trainer, "strategy", None)
+        model.touch_visual = strategy is None or (isinstance(strategy, DDPStrategy)  # plain DDP only
+                                                  and not isinstance(strategy, DeepSpeedStrategy))
         if self._device_mesh is not None:  # ModelParallelStrategy (experiments/strategies/fsdp.yaml): FSDP2
             mesh = self._device_mesh
             shard(model, mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names
@@ -198,10 +202,25 @@ class VideoLLMModule(L.LightningModule):
                 for i, m, a in zip(batch["index"].tolist(), batch["meta"], answers) if i >= 0]
 
     def on_test_start(self) -> None:
+        self._refuse_sharded_evaluation("test")
         self._warn_if_untrained()
 
     def on_predict_start(self) -> None:
+        self._refuse_sharded_evaluation("predict")
         self._warn_if_untrained()
+
+    def _refuse_sharded_evaluation(self, command: str) -> None:
+        """Benchmarks give ranks unequal item counts and generation stops at a different step on each: under a
+        strategy that gathers parameters on every rank together (FSDP, DeepSpeed ZeRO-3) that would hang."""
+        s = self.trainer.strategy
+        sharded = isinstance(s, (FSDPStrategy, ModelParallelStrategy)) or (
+            isinstance(s, DeepSpeedStrategy) and s.config.get("zero_optimization", {}).get("stage") == 3)
+        if sharded:
+            raise RuntimeError(
+                f"`lit_bvllm {command}` does not run under {type(s).__name__} (ranks with unequal item counts and "
+                "generation lengths would wait on each other's parameter gathers for ever). Evaluate on one device or "
+                "with --trainer.strategy ddp, without the strategy config; a sharded checkpoint folder first becomes "
+                "one file: lit_bvllm consolidate --ckpt_path DIR")
 
     def _warn_if_untrained(self) -> None:
         if self.trainer.ckpt_path is None and self.hparams.weights is None:

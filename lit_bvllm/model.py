@@ -65,7 +65,7 @@ class VideoLLM(nn.Module):
                        "feature_layer": feature_layer, "vision_chunk": vision_chunk, "video_token": video_token,
                        "max_new_tokens": max_new_tokens}
         self.max_new_tokens = max_new_tokens
-        self.sharded = False  # set by lit_bvllm.distributed.shard (FSDP2)
+        self.touch_visual = True  # the DDP keep-alive term (embed); VideoLLMModule turns it off under other strategies
         self.tokenizer = load_tokenizer(tokenizer or llm, video_token, "--model.llm")
         self.placeholder_id = self.tokenizer.convert_tokens_to_ids(video_token)
         self.vision = VisionEncoder(vision_tower, feature_layer, vision_chunk)
@@ -150,9 +150,10 @@ class VideoLLM(nn.Module):
         visual, vmask, info = self.visual_tokens(batch)
         embeds, mask, labels = self.splice(batch["input_ids"], batch["attention_mask"], visual, vmask,
                                            batch["labels"] if with_labels else None, padding_side)
-        if torch.is_grad_enabled() and not self.sharded:
-            # text-only batches still touch every trainable visual parameter, so DDP never sees an unused one (FSDP2
-            # has no unused-parameter check, and its layers' parameters are shards outside their layer's forward)
+        if torch.is_grad_enabled() and self.touch_visual:
+            # text-only batches still touch every trainable visual parameter, so DDP never sees an unused one (the
+            # sharding strategies have no unused-parameter check, and their parameters outside a unit's forward are
+            # shards, possibly empty ones)
             embeds = embeds + sum(p.view(-1)[0] for p in self.visual_params()) * 0.0
         return embeds, mask, labels, info
 

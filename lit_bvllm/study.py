@@ -126,11 +126,12 @@ def eval_length(name: str) -> int | None:
 
 def visual_tokens(result: dict, blind: bool) -> float | None:
     """Visual tokens handed to the LLM per item of the evaluation, mean over its items (``visual_tokens`` of
-    the results; 0 for a blind evaluation; None for results written before they were recorded)."""
-    if blind:
-        return 0.0
+    the results; a blind evaluation that recorded none gave none: 0; None for results written before they were
+    recorded)."""
     tokens = result.get("visual_tokens")
-    return float(tokens["mean"]) if tokens else None
+    if tokens:
+        return float(tokens["mean"])
+    return 0.0 if blind else None
 
 
 def result_metrics(result: dict) -> dict[str, float]:

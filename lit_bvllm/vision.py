@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.loading import load_image_processor
-from datamodules.transforms import normalize
 from lit_bvllm.backbones import eager_attention, load_vision_tower
 from lit_bvllm.reducers.sampling import pack_frames
 
@@ -35,9 +34,14 @@ class VisionEncoder(nn.Module):
         self.has_cls = cfg.model_type.startswith("clip")  # SigLIP has no [CLS]: its mean patch stands in
         side = cfg.image_size // cfg.patch_size
         self.num_patches = side * side
-        proc = load_image_processor(path)  # the mean and std the tower was trained with (not in the state dict)
-        self.register_buffer("pixel_mean", torch.tensor(proc.image_mean, dtype=torch.float32).view(1, 3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(proc.image_std, dtype=torch.float32).view(1, 3, 1, 1), False)
+        # the tower's own input rule, from its processor (not in the state dict): x * rescale_factor, then
+        # (x - mean) / std; a processor that skips a step skips it here too
+        proc = load_image_processor(path)
+        scale = float(proc.rescale_factor) if getattr(proc, "do_rescale", True) else 1.0
+        mean, std = ((proc.image_mean, proc.image_std) if getattr(proc, "do_normalize", True)
+                     else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
+        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / scale, False)
+        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) / scale, False)
 
     def train(self, mode: bool = True) -> VisionEncoder:
         return super().train(False)  # always in eval mode (no dropout), whatever the module around it does
@@ -46,8 +50,8 @@ class VisionEncoder(nn.Module):
     def _encode(self, pixels: Tensor, attention: bool) -> tuple[Tensor, Tensor | None]:
         """One chunk: ``pixels (k, 3, S, S)``, uint8 frames (normalised here) or float tower input (as is)."""
         dtype = next(self.tower.parameters()).dtype
-        if pixels.dtype == torch.uint8:
-            pixels = normalize(pixels, self.pixel_mean, self.pixel_std)
+        if pixels.dtype == torch.uint8:  # ((x * scale) - mean) / std = (x - mean / scale) / (std / scale)
+            pixels = ((pixels.float() - self.pixel_mean) / self.pixel_std).contiguous()
         out = self.tower(pixel_values=pixels.to(dtype), output_hidden_states=True, output_attentions=attention)
         feats = out.hidden_states[self.feature_layer]  # (k, [1+]N, D)
         attn = None

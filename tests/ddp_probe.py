@@ -13,8 +13,8 @@ from torch.distributed.tensor import DTensor
 
 class RankRecorder(L.Callback):
     """Per rank: the (source file, entry index) of every training sample per epoch, and a digest of every tensor the
-    checkpoint keeps (trainable and reducer/projector) at the end of fit; rank 0 also saves those tensors whole
-    (``tensors/<name>.pt``)."""
+    checkpoint keeps (trainable and reducer/projector) at the start of training (after a resume: what the checkpoint
+    gave) and at the end of fit; rank 0 also saves the final tensors whole (``tensors/<name>.pt``)."""
 
     def __init__(self, dirpath: str):
         self.dirpath = dirpath
@@ -24,7 +24,16 @@ class RankRecorder(L.Callback):
         seen = self.samples.setdefault(trainer.current_epoch, [])
         seen += [[os.path.basename(m["source"]), m["index"]] for m in batch["meta"]]
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = self._digests(trainer, pl_module, save=False)  # after a resume: what the checkpoint gave
+
     def on_fit_end(self, trainer, pl_module) -> None:
+        kept = self._digests(trainer, pl_module, save=True)
+        with open(os.path.join(self.dirpath, f"rank{trainer.global_rank}.json"), "w") as f:
+            json.dump({"rank": trainer.global_rank, "world": trainer.world_size, "samples": self.samples,
+                       "start": self.start, "tensors": kept}, f)
+
+    def _digests(self, trainer, pl_module, save: bool) -> dict[str, str]:
         kept = {}
         os.makedirs(os.path.join(self.dirpath, "tensors"), exist_ok=True)
         pl_module.on_save_checkpoint(probe := {"state_dict": pl_module.state_dict(), "loops": {}})
@@ -32,10 +41,7 @@ class RankRecorder(L.Callback):
             if isinstance(tensor, DTensor):  # a shard (FSDP2): every rank gathers the whole, in the same order
                 tensor = tensor.full_tensor()
             kept[name] = hashlib.sha256(tensor.detach().float().cpu().numpy().tobytes()).hexdigest()
-            if trainer.global_rank == 0:
+            if save and trainer.global_rank == 0:
                 torch.save(tensor.detach().cpu(), os.path.join(self.dirpath, "tensors", f"{name}.pt"))
-        os.makedirs(self.dirpath, exist_ok=True)
-        with open(os.path.join(self.dirpath, f"rank{trainer.global_rank}.json"), "w") as f:
-            json.dump({"rank": trainer.global_rank, "world": trainer.world_size, "samples": self.samples,
-                       "tensors": kept}, f)
+        return kept
 

@@ -249,9 +249,13 @@ def test_the_default_worker_count_follows_the_machine(monkeypatch):
 
     from datamodules.loading import worker_count
 
-    for cores, processes, expected in [(2, 1, 1), (1, 1, 0), (16, 8, 1), (64, 1, 8), (96, 4, 8), (32, 4, 7)]:
+    # (cores on the node, cores this process may use, training processes on the node) -> workers
+    for total, cores, processes, expected in [(2, 2, 1, 1), (1, 1, 1, 0), (16, 16, 8, 1), (64, 64, 1, 8),
+                                              (96, 96, 4, 8), (32, 32, 4, 7),
+                                              (96, 12, 8, 8), (96, 4, 8, 3)]:  # srun binds 12 (4) cores to each
+        monkeypatch.setattr(os, "cpu_count", lambda n=total: n)
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
-        assert worker_count("auto", processes) == expected, (cores, processes)
+        assert worker_count("auto", processes) == expected, (total, cores, processes)
     assert worker_count(3, 8) == 3  # a count is taken as it is
     for bad in (-1, "many", 1.5, True):
         with pytest.raises(ValueError, match="--data.num_workers must be a count >= 0 or 'auto'"):

@@ -1,6 +1,7 @@
 """Data parallel on 2 CPU processes (DDP over gloo), through the console script as users launch it: ``fit`` then
 ``test``, against one process on the same data and checkpoint."""
 
+import functools
 import hashlib
 import json
 import os
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from torch.distributed.checkpoint import FileSystemReader
@@ -67,6 +69,20 @@ def fsdp_fit(tiny, synthetic, tmp_path_factory):
                     if k.startswith("state_dict."))
     three = fit(tiny, synthetic, tmp, "fsdp", FSDP, epochs=3, ckpt=ckpt)
     return tmp, two, stored, three
+
+
+@pytest.fixture(scope="module")
+def fsdp_resumes_from_files(ddp_fit, fsdp_fit, tiny, synthetic):
+    """Sharded runs resumed from single files: the consolidated FSDP checkpoint (optimizer keyed by name) and the
+    DDP one (optimizer keyed by position)."""
+    tmp = fsdp_fit[0]
+    ckpt = tmp / "pretrain" / "fsdp" / "checkpoints" / "last.ckpt"
+    out = launch(["consolidate", "--ckpt_path", str(ckpt)], tmp)
+    consolidated = Path(str(ckpt) + ".consolidated")
+    four = fit(tiny, synthetic, tmp, "from_file", FSDP, epochs=4, ckpt=consolidated)
+    ddp_ckpt = ddp_fit[0] / "pretrain" / "ddp" / "checkpoints" / "last.ckpt"
+    from_ddp = fit(tiny, synthetic, tmp, "from_ddp", FSDP, epochs=3, ckpt=ddp_ckpt)
+    return out, consolidated, four, from_ddp
 
 
 def test_each_sample_is_seen_once_per_epoch_across_the_two_processes(ddp_fit):
@@ -149,20 +165,48 @@ def test_fsdp_trains_the_same_weights_as_ddp(ddp_fit, fsdp_fit):
     assert [r["samples"] for r in ranks] == [r["samples"] for r in ddp_ranks]
 
 
-def test_fsdp_resumes_from_its_sharded_checkpoint_and_consolidates_for_one_process(fsdp_fit, tiny, synthetic):
+def test_fsdp_resumes_from_its_sharded_checkpoint_and_consolidates_for_one_process(fsdp_fit, fsdp_resumes_from_files,
+                                                                                    tiny, synthetic):
     tmp, (two, _), stored, (three, tensors) = fsdp_fit
+    assert [r["start"] for r in three] == [two[0]["tensors"]] * 2  # it starts from what the first run ended with
     assert three[0]["tensors"] != two[0]["tensors"] and three[0]["tensors"] == three[1]["tensors"]
     assert list(three[0]["samples"]) == ["2"]  # the resumed run trained epoch 2 only
-    ckpt = tmp / "pretrain" / "fsdp" / "checkpoints" / "last.ckpt"
-    out = launch(["consolidate", "--ckpt_path", str(ckpt)], tmp)
-    whole = torch.load(str(ckpt) + ".consolidated", map_location="cpu", weights_only=True)
+    out, consolidated, _, _ = fsdp_resumes_from_files
+    whole = torch.load(consolidated, map_location="cpu", weights_only=True)
     assert whole["global_step"] == 3 * 2 and sorted(whole["state_dict"]) == stored
     assert all(torch.equal(whole["state_dict"][k], torch.load(tensors / f"{k}.pt")) for k in stored)
     assert len(whole["optimizer_states"]) == 1 and "consolidated" in out.stdout
     launch(["test", *common(tiny), "--config", "experiments/eval/base.yaml", "--config",
             "experiments/eval/vnbench.yaml", "--data.benchmark.root", str(synthetic / "eval" / "vnbench"),
-            "--data.limit", "4", "--data.mode", "likelihood", "--ckpt_path", str(ckpt) + ".consolidated",
+            "--data.limit", "4", "--data.mode", "likelihood", "--ckpt_path", str(consolidated),
             "--trainer.devices", "1", "--trainer.logger.init_args.save_dir", str(tmp),
             "--trainer.logger.init_args.version", "consolidated"], tmp)
     result = json.loads((tmp / "eval_vnbench" / "consolidated" / "vnbench_results.json").read_text())
     assert (result["evaluated"], result["errors"]) == (4, 0)
+
+
+def test_a_sharded_run_resumes_from_single_files_with_every_tensor(fsdp_fit, fsdp_resumes_from_files, ddp_fit):
+    """The stock loader matched names through the activation-checkpoint wrapper and, loading non-strictly, left every
+    wrapped layer's tensors as initialised: resumed runs must start from the file's tensors, all of them."""
+    _, _, _, (three, _) = fsdp_fit
+    _, _, (four, _), (from_ddp, _) = fsdp_resumes_from_files
+    assert [r["start"] for r in four] == [three[0]["tensors"]] * 2  # the consolidated file: optimizer by name
+    assert list(four[0]["samples"]) == ["3"]
+    assert [r["start"] for r in from_ddp] == [ddp_fit[1][0]["tensors"]] * 2  # DDP's file: optimizer by position
+    assert list(from_ddp[0]["samples"]) == ["2"]
+
+
+def test_evaluation_under_a_sharding_strategy_is_refused_with_the_way_out(tiny):
+    from types import SimpleNamespace
+
+    from lit_bvllm.distributed import ShardedStrategy
+    from lit_bvllm.lit_module import VideoLLMModule
+    from lit_bvllm.reducers import Uniform
+
+    m = VideoLLMModule(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=4, budget=64))
+    m._trainer = SimpleNamespace(strategy=ShardedStrategy())
+    for command in ("test", "predict"):
+        with pytest.raises(RuntimeError, match="lit_bvllm consolidate --ckpt_path DIR"):
+            m._refuse_sharded_evaluation(command)
+    m._trainer = SimpleNamespace(strategy=L.pytorch.strategies.DDPStrategy())
+    m._refuse_sharded_evaluation("test")  # DDP evaluates

@@ -72,11 +72,14 @@ def test_the_layers_are_read_from_the_loaded_model_and_counted(tiny, name):
     if name == "GroupedTTM":
         expected["ProcessorBlock"] = 3
     assert {c.__name__ for c in layer_classes(m)} == set(expected)
-    wrapped = ModelLayers()._run_policy(m, set(), {})  # what FSDP1 wraps (fsdp1.yaml's auto_wrap_policy)
-    got = {}
-    for module in wrapped:
-        got[type(module).__name__] = got.get(type(module).__name__, 0) + 1
-    assert got == expected and all(v >= 1 for v in expected.values())
+    llm = {"Qwen2DecoderLayer": expected["Qwen2DecoderLayer"]}
+    for units, want in (("llm", llm), ("all", expected)):  # fsdp1.yaml's wrap policy, its checkpointing policy
+        got = {}
+        for module in ModelLayers(units)._run_policy(m, set(), {}):
+            got[type(module).__name__] = got.get(type(module).__name__, 0) + 1
+        assert got == want and all(v >= 1 for v in want.values())
+    with pytest.raises(ValueError, match="units must be 'llm' or 'all'"):
+        ModelLayers("tower")
 
 
 def test_activation_checkpointing_wraps_the_same_layers_and_keeps_the_state_dict_names(tiny):
@@ -84,7 +87,7 @@ def test_activation_checkpointing_wraps_the_same_layers_and_keeps_the_state_dict
 
     m = tiny_module(tiny)
     expected, before = expected_layers(m), set(m.state_dict())
-    _setup_activation_checkpointing(m, {"auto_wrap_policy": ModelLayers()})  # Lightning's call, fsdp1.yaml's policy
+    _setup_activation_checkpointing(m, {"auto_wrap_policy": ModelLayers("all")})  # Lightning's call, fsdp1.yaml's
     wrappers = [w for w in m.modules() if isinstance(w, CheckpointWrapper)]
     assert len(wrappers) == sum(expected.values())
     assert set(m.state_dict()) == before  # the wrapper's segment is not in the state dict...
@@ -124,9 +127,10 @@ def test_fsdp1_yaml_builds_fsdp_with_the_model_layer_policies(two_gpus, tiny, sy
     cli = build(tiny, synthetic, "fsdp1.yaml")
     strategy = cli.trainer.strategy
     assert type(strategy) is FSDPStrategy and strategy.kwargs["use_orig_params"] is True
-    assert isinstance(strategy.kwargs["auto_wrap_policy"], ModelLayers)
-    assert isinstance(strategy._activation_checkpointing_kwargs["auto_wrap_policy"], ModelLayers)
-    assert strategy._state_dict_type == "sharded" and cli.trainer.num_devices == 2
+    wrap, checkpointing = strategy.kwargs["auto_wrap_policy"], strategy._activation_checkpointing_kwargs["auto_wrap_policy"]
+    assert isinstance(wrap, ModelLayers) and wrap.units == "llm"
+    assert isinstance(checkpointing, ModelLayers) and checkpointing.units == "all"
+    assert strategy._state_dict_type == "full" and cli.trainer.num_devices == 2
     assert cli.trainer.precision == "bf16-mixed"
 
 
