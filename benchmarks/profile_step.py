@@ -1,0 +1,78 @@
+"""Where a training step of the demo goes: data (decode + transform, through the real DataLoader), the vision tower,
+the reducer, the LLM forward, the backward pass and the optimizer step, each timed on the demo's configs.
+
+    python benchmarks/profile_step.py [--steps 20] [--config experiments/pretrain.yaml --config ...]
+
+The model and data come from the same configs `lit_bvllm fit` reads (the embedded default: run `make demo` or
+`make study-data` first). Forward times come from hooks on the tower, the reducer and the LLM; the rest is timed
+around the calls. On CPU only the shares mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+
+
+def timed_modules(model, times: dict) -> None:
+    """Forward hooks that add each call's wall time to ``times[name]``."""
+    for name in ("vision", "reducer", "llm"):
+        module = getattr(model, name)
+        start = {}
+        module.register_forward_pre_hook(lambda m, a, n=name: start.__setitem__(n, time.perf_counter()))
+        module.register_forward_hook(lambda m, a, o, n=name: times[n].append(time.perf_counter() - start[n]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", action="append", default=None)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    a = ap.parse_args()
+    from lit_bvllm.cli import lightning_cli
+
+    configs = a.config or ["experiments/pretrain.yaml", "experiments/finetune.yaml"]
+    cli = lightning_cli([x for c in configs for x in ("--config", c)] + ["--model.init_from", "null"], run=False)
+    module, dm = cli.model, cli.datamodule
+    module.configure_model()
+    dm.setup("fit")
+    model = module.model.train()
+    opt = torch.optim.AdamW(model.visual_params() + [p for p in model.llm.parameters() if p.requires_grad], lr=1e-4)
+    times: dict[str, list[float]] = defaultdict(list)
+    timed_modules(model, times)
+    loader = iter(dm.train_dataloader())
+    steps = []
+    for step in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        batch = next(loader)
+        t1 = time.perf_counter()
+        out, _ = model(batch)
+        t2 = time.perf_counter()
+        out.loss.backward()
+        t3 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        steps.append({"data": t1 - t0, "forward": t2 - t1, "backward": t3 - t2, "optimizer": t4 - t3})
+    keep = steps[a.warmup:]
+    med = {k: statistics.fmean(s[k] for s in keep) for k in keep[0]}  # means: the parts add up to the step
+    fwd = {k: statistics.fmean(v[a.warmup:]) for k, v in times.items()}
+    parts = {"waiting for data (workers decode ahead)": med["data"], "vision tower": fwd["vision"],
+             "reducer": fwd["reducer"], "LLM forward": fwd["llm"],
+             "rest of the forward (splice, loss)": med["forward"] - fwd["vision"] - fwd["reducer"] - fwd["llm"],
+             "backward": med["backward"], "optimizer step": med["optimizer"]}
+    total = sum(parts.values())
+    print(f"mean of {a.steps} steps after {a.warmup} warm-up, batch {dm.hparams.batch_size}, "
+          f"configs {' + '.join(configs)}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| stage | ms | share |\n|---|---|---|")
+    for k, v in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"| {k} | {1e3 * v:.1f} | {100 * v / total:.0f}% |")
+    print(f"| step | {1e3 * total:.1f} | |")
+
+
+if __name__ == "__main__":
+    main()
