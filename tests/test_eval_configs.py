@@ -17,7 +17,7 @@ def test_base_holds_what_every_benchmark_shares():
     base = yaml.safe_load((EVAL / "base.yaml").read_text())
     assert base["data"]["class_path"] == "datamodules.benchmarks.BenchmarkDataModule"
     assert base["data"]["init_args"] == {"mode": "generate", "frame_mode": "fps", "fps": 1.0, "max_frames": 128,
-                                         "batch_size": 4, "num_workers": 1}
+                                         "batch_size": 4, "num_workers": "auto"}
     assert base["trainer"]["logger"]["init_args"] == {"save_dir": "runs", "version": None}
     assert len(BENCHMARKS) == 9 + len(NEEDLE_SETS)
 

@@ -76,6 +76,8 @@ def plant(root: pathlib.Path, skip: tuple[str, ...] = (), quick: bool = False) -
                 rng = np.random.default_rng([p.seed, i, length, len(role)])
                 picks = label in ("BVLLM", "Uniform", "WeightedSampler") or role != "strategies"
                 tokens = float(min(2 * length, 96)) if label == "LLaMAVID" else 96.0  # 2 per frame up to θ
+                if p.knobs.get("data.blind") is True:
+                    tokens = 0.0  # what the evaluator records for a blind run
                 planted[(role, label, step.name, p.seed)] = planted_run(step.run_dir, rng, P_RIGHT.get(label, 0.5),
                                                                          picks, tokens)
             write_status(s, p, {"id": p.id, "status": "done", "steps": record})
