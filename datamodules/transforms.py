@@ -37,7 +37,7 @@ class FrameTransform:
             (``crop`` when it centre-crops, as CLIP's does; ``squash`` when it resizes to a square, as SigLIP's and
             the tiny CLIP's do), or ``crop`` without a tower.
         normalize: return normalised float32 (True) or the resized frames as uint8 (False), rounded as an image
-            library's resize rounds; :func:`normalize` then does the rest where the frames are used.
+            library's resize rounds; the vision encoder then normalises them where they are used.
     """
 
     def __init__(
@@ -79,10 +79,10 @@ class FrameTransform:
                 return self.processor(images=list(frames), return_tensors="pt")["pixel_values"].float()
             resized = self.processor(images=list(frames), return_tensors="pt", do_rescale=False, do_normalize=False)
             return resized["pixel_values"].round_().clamp_(0, 255).to(torch.uint8)  # PIL resized uint8 values
-        x = self._plain(frames)
+        x = self._plain(frames).clamp_(0, 1)
         if not self.normalize:
-            return x.clamp_(0, 1).mul_(255).round_().to(torch.uint8).contiguous()
-        return normalize(x, self.mean, self.std)
+            return x.mul_(255).round_().to(torch.uint8).contiguous()
+        return ((x - self.mean) / self.std).contiguous()
 
     def _plain(self, frames: np.ndarray) -> torch.Tensor:
         """Resized ``(T, 3, S, S)`` float32 in [0, 1] (the pad colour: the mean)."""
@@ -108,9 +108,3 @@ class FrameTransform:
             raise ValueError(f"--data.resize_mode must be crop, pad or squash, got '{self.resize_mode}'")
         return x
 
-
-def normalize(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Tower input from resized frames: uint8 ``(..., 3, S, S)`` (0-255) or float in [0, 1], to float32
-    ``(x - mean) / std``; ``mean``, ``std``: ``(1, 3, 1, 1)``."""
-    x = pixels.float().div_(255) if pixels.dtype == torch.uint8 else pixels.float().clamp(0, 1)
-    return ((x - mean.to(x.device)) / std.to(x.device)).contiguous()

@@ -128,9 +128,7 @@ class VideoLLMModule(L.LightningModule):
         model.touch_visual = strategy is None or (isinstance(strategy, DDPStrategy)  # plain DDP only
                                                   and not isinstance(strategy, DeepSpeedStrategy))
         if self._device_mesh is not None:  # ModelParallelStrategy (experiments/strategies/fsdp.yaml): FSDP2
-            mesh = self._device_mesh
-            shard(model, mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names
-                  else mesh, checkpointing=h.activation_checkpointing)
+            shard(model, self._device_mesh["data_parallel"], checkpointing=h.activation_checkpointing)
         elif h.activation_checkpointing:
             checkpoint_layers(model)
         self.model = model

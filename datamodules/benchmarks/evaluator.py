@@ -51,22 +51,23 @@ class Evaluator:
               info: dict | None = None) -> tuple[list[dict], dict[str, Tensor]]:
         """Records and metric updates for one batch: ``output`` is the generated texts or the option scores;
         ``info`` the reducer's (its ``kept_frames`` give the selection record of items with needle times)."""
-        records = []
+        records, rows = [], []  # rows: each record's position in the batch
+        tokens = (info or {}).get("num_tokens")
+        if tokens is not None and len(tokens) != len(batch["index"]):
+            tokens = None
         for b, (i, meta) in enumerate(zip(batch["index"], batch["meta"])):
             if i < 0:  # a stand-in of a rank without items (ShardSampler): scored by nobody
                 continue
             item = self.items[int(i)]
             record = {"id": item.id, "index": int(i), "prompt": meta["prompt"], "error": meta["error"]}
             record.update(self.benchmark.score(item, output[b], self.mode, meta["error"]))
+            if tokens is not None:
+                record["visual_tokens"] = int(tokens[b])  # handed to the LLM for this item, after reduction
             records.append(record)
+            rows.append(b)
         kept = (info or {}).get("kept_frames")
         if kept is not None:
-            self._selection(batch, kept.cpu(), records)
-        tokens = (info or {}).get("num_tokens")
-        if tokens is not None and len(tokens) == len(batch["index"]):
-            rows = [b for b, i in enumerate(batch["index"].tolist()) if i >= 0]
-            for b, record in zip(rows, records):
-                record["visual_tokens"] = int(tokens[b])  # handed to the LLM for this item, after reduction
+            self._selection(batch, kept.cpu(), records, rows)
         update = {
             "index": torch.tensor([r["index"] for r in records], dtype=torch.long),
             "correct": torch.tensor([float(r.get("correct", False)) for r in records]),
@@ -78,11 +79,11 @@ class Evaluator:
                                             dtype=torch.float64)
         return records, update
 
-    def _selection(self, batch: dict, kept: Tensor, records: list[dict]) -> None:
+    def _selection(self, batch: dict, kept: Tensor, records: list[dict], rows: list[int]) -> None:
         """Add the kept frames and their hit / event recall (and the uniform control's) to the records of items
-        that say where their needles are (``extra["needle_times"]``; :mod:`datamodules.benchmarks.selection`)."""
+        that say where their needles are (``extra["needle_times"]``; :mod:`datamodules.benchmarks.selection`);
+        ``rows``: each record's position in the batch (stand-ins have none)."""
         times, mask = batch["frame_times"].cpu(), batch["frame_mask"].cpu()
-        rows = [b for b, i in enumerate(batch["index"].tolist()) if i >= 0]  # records skip stand-ins
         for b, record in zip(rows, records):
             spans = self.items[record["index"]].extra.get("needle_times")
             if spans is None or record["error"] is not None:
