@@ -34,6 +34,13 @@ class VisionEncoder(nn.Module):
         self.has_cls = cfg.model_type.startswith("clip")  # SigLIP has no [CLS]: its mean patch stands in
         side = cfg.image_size // cfg.patch_size
         self.num_patches = side * side
+        # hidden_states[feature_layer] of the HF tower is the output of its `depth`-th layer (hidden_states[0] is the
+        # patch embedding): only those layers run, the ones after it would be thrown away (LLaVA's -2: all but one)
+        layers = len(self._layers())
+        if not -(layers + 1) <= feature_layer <= layers or feature_layer % (layers + 1) == 0:
+            raise ValueError(f"--model.feature_layer {feature_layer}: the tower '{path}' has {layers} layers; pick a "
+                             f"layer's output, 1..{layers} or -{layers}..-1 (-2: the penultimate)")
+        self.depth = feature_layer % (layers + 1)
         # the tower's own input rule, from its processor (not in the state dict): x * rescale_factor, then
         # (x - mean) / std; a processor that skips a step skips it here too
         proc = load_image_processor(path)
@@ -43,55 +50,70 @@ class VisionEncoder(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / scale, False)
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) / scale, False)
 
+    def _encoder(self) -> nn.Module:
+        return getattr(self.tower, "vision_model", self.tower).encoder  # transformers < 5 nests a vision_model
+
+    def _layers(self) -> nn.ModuleList:
+        return self._encoder().layers
+
     def train(self, mode: bool = True) -> VisionEncoder:
         return super().train(False)  # always in eval mode (no dropout), whatever the module around it does
 
     @torch.no_grad()
     def _encode(self, pixels: Tensor, attention: bool) -> tuple[Tensor, Tensor | None]:
-        """One chunk: ``pixels (k, 3, S, S)``, uint8 frames (normalised here) or float tower input (as is)."""
+        """One chunk: ``pixels (k, 3, S, S)``, uint8 frames (normalised here) or float tower input (as is).
+
+        Runs the tower's first ``depth`` layers only and keeps that layer's output (and its [CLS] attention), not
+        every layer's hidden states: for CLIP-L at 64 frames that is 151 MB kept instead of 3.8 GB.
+        """
         dtype = next(self.tower.parameters()).dtype
         if pixels.dtype == torch.uint8:  # ((x * scale) - mean) / std = (x - mean / scale) / (std / scale)
             pixels = ((pixels.float() - self.pixel_mean) / self.pixel_std).contiguous()
-        out = self.tower(pixel_values=pixels.to(dtype), output_hidden_states=True, output_attentions=attention)
-        feats = out.hidden_states[self.feature_layer]  # (k, [1+]N, D)
-        attn = None
-        if attention:
-            attn = out.attentions[self.feature_layer][:, :, 0, 1:].float().mean(1)  # (k, heads, 1+N, 1+N) -> (k, N)
-        return feats, attn
+        encoder, layers = self._encoder(), self._layers()
+        last, got = layers[self.depth - 1], {}
+        hooks = [last.register_forward_hook(lambda m, a, o: got.__setitem__("feats", o))]
+        if attention:  # eager attention returns its weights; only this layer's are kept
+            hooks.append(last.self_attn.register_forward_hook(lambda m, a, o: got.__setitem__("attn", o[1])))
+        encoder.layers = layers[: self.depth]
+        try:
+            self.tower(pixel_values=pixels.to(dtype))
+        finally:
+            encoder.layers = layers
+            for h in hooks:
+                h.remove()
+        attn = got["attn"][:, :, 0, 1:].float().mean(1) if attention else None  # (k, heads, 1+N, 1+N) -> (k, N)
+        return got["feats"], attn
 
     def forward(self, frames: Tensor, frame_mask: Tensor, keep: Tensor, attention: bool = False) -> dict[str, Tensor]:
         """Encode the ``keep`` frames of ``frames (B, T, 3, H, W)`` (uint8, or normalised float).
 
         Returns ``frames (B, T', N, D)``, ``cls (B, T', D)``, ``frame_mask (B, T')``, ``frame_index (B, T')`` (the
         source frame, -1 on padding) and, with ``attention``, ``cls_attn (B, T', N)``; T' is the most frames kept
-        in a row.
+        in a row. Each chunk's features are written straight into the outputs, and only a chunk's frames are
+        gathered at a time: beside the input frames, the peak is the outputs plus one chunk's activations.
         """
-        keep = keep & frame_mask
-        B = frames.shape[0]
-        packed, valid, index = pack_frames(frames.flatten(2)[:, :, None], keep)  # (B, T, 1, 3*H*W) -> (B, T', 1, 3*H*W)
-        rows = valid.nonzero(as_tuple=True)
-        pixels = packed[rows].view(-1, *frames.shape[2:])  # (K, 3, H, W): real frames only
         if attention and not self.has_cls:
             raise ValueError("[CLS] attention needs a tower with a [CLS] token (CLIP); use score=learned for SigLIP")
-        feats, attns = [], []
-        with eager_attention(self.tower, attention):
-            for i in range(0, pixels.shape[0], self.chunk):  # chunks of frames, not a per-frame loop
-                f, a = self._encode(pixels[i : i + self.chunk], attention)
-                feats.append(f)
-                attns.append(a)
-        T, N, D = packed.shape[1], self.num_patches, self.width  # T' frames kept per row
+        keep = keep & frame_mask
+        B = frames.shape[0]
+        _, valid, index = pack_frames(keep[:, :, None, None], keep)  # where each kept frame goes, not the pixels
+        rows = valid.nonzero(as_tuple=True)  # (K,) slots of the real frames, row-major
+        source = index[rows]  # their positions in `frames`
+        T, N, D = valid.shape[1], self.num_patches, self.width
         dtype = next(self.tower.parameters()).dtype
         tokens = torch.zeros(B, T, N, D, dtype=dtype, device=frames.device)
         cls = torch.zeros(B, T, D, dtype=dtype, device=frames.device)
-        if feats:
-            f = torch.cat(feats)
-            patches = f[:, 1:] if self.has_cls else f
-            tokens[rows] = patches
-            cls[rows] = f[:, 0] if self.has_cls else patches.mean(1)
+        cls_attn = torch.zeros(B, T, N, device=frames.device) if attention else None
+        with eager_attention(self.tower, attention):
+            for i in range(0, source.shape[0], self.chunk):  # chunks of frames, not a per-frame loop
+                slot = (rows[0][i : i + self.chunk], rows[1][i : i + self.chunk])
+                f, a = self._encode(frames[slot[0], source[i : i + self.chunk]], attention)
+                patches = f[:, 1:] if self.has_cls else f
+                tokens[slot] = patches
+                cls[slot] = f[:, 0] if self.has_cls else patches.mean(1)
+                if attention:
+                    cls_attn[slot] = a
         out = {"frames": tokens, "cls": cls, "frame_mask": valid, "frame_index": index}
         if attention:
-            cls_attn = torch.zeros(B, T, N, device=frames.device)
-            if attns:
-                cls_attn[rows] = torch.cat(attns)
             out["cls_attn"] = cls_attn
         return out
