@@ -1,5 +1,5 @@
 """Where a training step of the demo goes: data (decode + transform, through the real DataLoader), the vision tower,
-the reducer, the LLM forward, the backward pass and the optimizer step, each timed on the demo's configs.
+the reducer, the LLM forward, the backward pass and the optimizer step, each timed on the demo's configs; then the tower alone, stopping at its feature layer against running every layer.
 
     python benchmarks/profile_step.py [--steps 20] [--config experiments/pretrain.yaml --config ...]
 
@@ -25,6 +25,23 @@ def timed_modules(model, times: dict) -> None:
         start = {}
         module.register_forward_pre_hook(lambda m, a, n=name: start.__setitem__(n, time.perf_counter()))
         module.register_forward_hook(lambda m, a, o, n=name: times[n].append(time.perf_counter() - start[n]))
+
+
+def tower_depth(vision, batch: dict, reps: int = 20) -> dict[int, float]:
+    """Median ms of the tower over ``batch``'s frames when it stops at the feature layer (what it does) and when it
+    runs every layer (what it did before: the layers after the feature layer were computed and thrown away)."""
+    depths, times = (vision.depth, len(vision._layers())), {}
+    mask = batch["frame_mask"]
+    for d in depths:
+        times[d] = []
+    for _ in range(reps + 3):
+        for d in depths:  # interleaved, so both see the same machine
+            vision.depth = d
+            t0 = time.perf_counter()
+            vision(batch["frames"], mask, mask)
+            times[d].append(time.perf_counter() - t0)
+    vision.depth = depths[0]
+    return {d: 1e3 * statistics.median(v[3:]) for d, v in times.items()}
 
 
 def main() -> None:
@@ -72,6 +89,10 @@ def main() -> None:
     for k, v in sorted(parts.items(), key=lambda kv: -kv[1]):
         print(f"| {k} | {1e3 * v:.1f} | {100 * v / total:.0f}% |")
     print(f"| step | {1e3 * total:.1f} | |")
+    cut, full = tower_depth(model.vision, batch).values()
+    print(f"vision tower over the last batch's {int(batch['frame_mask'].sum())} frames, median of 20: {cut:.1f} ms up to "
+          f"the feature layer ({model.vision.depth} of {len(model.vision._layers())} layers), {full:.1f} ms through "
+          f"every layer ({cut / full:.2f}x)")
 
 
 if __name__ == "__main__":

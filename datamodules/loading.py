@@ -8,10 +8,13 @@ reaches a model hub: a path that is not a local folder is an error, not a downlo
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
 
 VIDEO_TOKEN = "<video>"
 """The placeholder the suite splices visual tokens at. Media tags in annotations (``<video>``, ``<image>``) map to it."""
@@ -54,16 +57,46 @@ def load_image_processor(path: str | Path):
     return AutoImageProcessor.from_pretrained(local_dir(path, "vision tower", "--model.vision_tower"), local_files_only=True)
 
 
+def _core_share(processes_per_node: int) -> int:
+    """The CPU cores this process may count on: the ones it is bound to (``srun --cpus-per-task``, a container) or,
+    when it may run on every core of the node, its share beside the node's other training processes."""
+    total = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
+    return cores if cores < total else max(1, cores // max(1, processes_per_node))
+
+
 def worker_count(requested: int | str, processes_per_node: int = 1, flag: str = "--data.num_workers") -> int:
     """DataLoader worker processes: ``requested`` as it is, or for ``"auto"`` the CPU cores this process may run on,
-    less one for the process itself, at most 8 (decoding at 1 fps saturates well before). A process bound to its
-    own cores (``srun --cpus-per-task``, a container) has them to itself; one that may run on every core of the
-    node shares them with the node's other ``processes_per_node`` training processes."""
+    less one for the process itself, at most 8 (decoding at 1 fps saturates well before)."""
     if requested == "auto":
-        total = os.cpu_count() or 1
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
-        share = cores if cores < total else cores // max(1, processes_per_node)
-        return max(0, min(8, share - 1))
+        return max(0, min(8, _core_share(processes_per_node) - 1))
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
         raise ValueError(f"{flag} must be a count >= 0 or 'auto', got {requested!r}")
     return requested
+
+
+def loader_workers(requested: int | str, trainer=None) -> int:
+    """The worker count for a DataLoader built under ``trainer`` (its processes on this node share the cores), with
+    this process's threads lowered to the cores the workers leave (:func:`leave_cores_to_workers`)."""
+    processes = getattr(trainer, "num_devices", 1) if trainer is not None else 1
+    workers = worker_count(requested, processes)
+    leave_cores_to_workers(workers, processes)
+    return workers
+
+
+def leave_cores_to_workers(workers: int, processes_per_node: int = 1) -> None:
+    """Lower this process's intra-op threads to the cores its ``workers`` leave free (at least 1).
+
+    torch starts with a thread per core; next to DataLoader workers decoding video, those threads and the decoders
+    fight for the same cores, and OpenMP threads that wait on a busy core stall every op. On the demo's 2 cores with
+    one worker, a training step took 1.7x as long with 2 threads as with 1 (benchmarks/RESULTS.md). An explicit
+    ``OMP_NUM_THREADS`` (torchrun sets 1 for several processes per node) is left as it is."""
+    if workers <= 0 or "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    threads = max(1, _core_share(processes_per_node) - workers)
+    if threads < torch.get_num_threads():
+        log.info("torch intra-op threads %d -> %d: %d DataLoader worker(s) decode on the other cores "
+                 "(set OMP_NUM_THREADS to choose)", torch.get_num_threads(), threads, workers)
+        torch.set_num_threads(threads)

@@ -9,7 +9,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from datamodules.annotations import load_sources
-from datamodules.loading import worker_count
+from datamodules.loading import loader_workers, worker_count
 from datamodules.sampler import ResumableSampler
 from datamodules.transforms import FrameTransform
 from datamodules.video_instruct import VideoInstructCollator, VideoInstructDataset, load_blocklist
@@ -134,7 +134,7 @@ class VideoInstructDataModule(L.LightningDataModule):
             if self._resume is not None:
                 sampler.resume(*self._resume)
                 self._resume = None
-        workers = worker_count(h.num_workers, getattr(trainer, "num_devices", 1) if trainer is not None else 1)
+        workers = loader_workers(h.num_workers, trainer)
         return DataLoader(
             dataset,
             batch_size=h.batch_size,

@@ -10,6 +10,9 @@ import socket  # noqa: E402
 
 import torch  # noqa: E402
 
+# the suite keeps torch's thread count whatever loaders it builds (datamodules.loading.leave_cores_to_workers would
+# lower it for the rest of the session after the first test with DataLoader workers; its own test unsets this)
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 if not torch.cuda.is_available():  # as lit_bvllm.cli: DeepSpeed's accelerator, named, prints no fallback warning
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 

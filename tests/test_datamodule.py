@@ -244,6 +244,33 @@ def test_question_tokenizer_without_chat_template(tiny, synthetic, tmp_path):
     assert (q[batch["question_mask"] == 0] == 0).all()  # padded with the question tokenizer's [PAD]
 
 
+def test_the_main_process_leaves_its_workers_their_cores(monkeypatch):
+    """torch's threads and the decoding workers must not fight over the same cores (1.7x slower steps on 2 cores):
+    the main process keeps the cores its workers leave, unless OMP_NUM_THREADS says otherwise."""
+    import os
+
+    from datamodules import loading
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    # (cores on the node, cores this process may use, processes on the node, --data.num_workers) -> threads (None: kept)
+    for total, cores, processes, requested, expected in [(2, 2, 1, "auto", 1), (2, 2, 1, 0, None), (64, 64, 1, "auto", 56),
+                                                         (16, 16, 8, "auto", 1), (96, 12, 8, "auto", 4),
+                                                         (8, 8, 1, 2, 6), (8, 8, 1, 9, 1)]:
+        monkeypatch.setattr(os, "cpu_count", lambda n=total: n)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        monkeypatch.setattr(torch, "get_num_threads", lambda n=cores: n)
+        trainer = type("Trainer", (), {"num_devices": processes})()
+        calls.clear()
+        workers = loading.loader_workers(requested, trainer)
+        assert workers == loading.worker_count(requested, processes)
+        assert calls == ([] if expected is None else [expected]), (total, cores, processes, requested, calls)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # chosen by the user (or torchrun): kept
+    calls.clear()
+    assert loading.loader_workers("auto") == 7 and calls == []  # the last machine above: 8 cores
+
+
 def test_the_default_worker_count_follows_the_machine(monkeypatch):
     import os
 

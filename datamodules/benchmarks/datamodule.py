@@ -40,7 +40,7 @@ from datamodules.benchmarks.reading import confine_media
 from datamodules.benchmarks.selection import in_spans
 from datamodules.conversation import IGNORE_INDEX
 from datamodules.errors import SampleError
-from datamodules.loading import worker_count
+from datamodules.loading import loader_workers, worker_count
 from datamodules.transforms import FrameTransform
 from datamodules.video import no_frames, read_video
 from datamodules.video_instruct import VideoInstructCollator
@@ -332,7 +332,7 @@ class BenchmarkDataModule(L.LightningDataModule):
         h = self.hparams
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        workers = worker_count(h.num_workers, getattr(trainer, "num_devices", 1) if trainer is not None else 1)
+        workers = loader_workers(h.num_workers, trainer)
         return DataLoader(self.test_set, batch_size=h.batch_size, sampler=ShardSampler(len(self.test_set), rank, world),
                           num_workers=workers, collate_fn=self.collator)
 
