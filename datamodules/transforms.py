@@ -79,19 +79,24 @@ class FrameTransform:
                 return self.processor(images=list(frames), return_tensors="pt")["pixel_values"].float()
             resized = self.processor(images=list(frames), return_tensors="pt", do_rescale=False, do_normalize=False)
             return resized["pixel_values"].round_().clamp_(0, 255).to(torch.uint8)  # PIL resized uint8 values
-        x = self._plain(frames).clamp_(0, 1)
-        if not self.normalize:
-            return x.mul_(255).round_().to(torch.uint8).contiguous()
+        if not self.normalize:  # resized as bytes: torch's uint8 kernel, within 1 of the float path, 3-4x faster
+            return self._plain(frames, as_bytes=True).contiguous()
+        x = self._plain(frames, as_bytes=False).clamp_(0, 1)
         return ((x - self.mean) / self.std).contiguous()
 
-    def _plain(self, frames: np.ndarray) -> torch.Tensor:
-        """Resized ``(T, 3, S, S)`` float32 in [0, 1] (the pad colour: the mean)."""
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255)  # (T,H,W,3) -> (T,3,H,W)
+    def _plain(self, frames: np.ndarray, as_bytes: bool) -> torch.Tensor:
+        """Resized ``(T, 3, S, S)``: uint8, or float32 in [0, 1] (the pad colour: the mean)."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T,H,W,3) -> (T,3,H,W), channels last
+        fill = self.mean
+        if as_bytes:
+            fill = (fill * 255).round().to(torch.uint8)
+        else:
+            x = x.float().div_(255)
         s = self.image_size
         if self.resize_mode == "pad":
             h, w = x.shape[-2:]
             side = max(h, w)
-            canvas = self.mean.expand(x.shape[0], 3, side, side).clone()
+            canvas = fill.expand(x.shape[0], 3, side, side).clone()
             top, left = (side - h) // 2, (side - w) // 2
             canvas[:, :, top : top + h, left : left + w] = x
             x = F.interpolate(canvas, size=(s, s), mode="bicubic", antialias=True, align_corners=False)

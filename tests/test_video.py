@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from bad_media import write_png_header, write_spaced_mkv
 
 from datamodules import video
@@ -94,6 +95,39 @@ def test_plain_transform_shapes_and_normalisation(mode):
     else:  # padded bands hold the mean colour, i.e. 0 after normalisation
         assert out[:, :, 0].abs().max() < 0.05 and out[:, :, 8].min() > 0.95
     assert tf(np.zeros((0, 8, 8, 3), np.uint8)).shape == (0, 3, 16, 16)
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad", "squash"])
+def test_plain_transform_resizes_bytes_as_bytes_within_one_level_of_the_float_path(mode):
+    """The workers' uint8 output is resized by torch's uint8 kernel, not through float32 and back: the same picture
+    (within one grey level of the float path, rounded) and the pad bands hold the mean colour as bytes."""
+    rng = np.random.default_rng(0)
+    frames = (rng.random((5, 36, 60, 3)) * 255).astype(np.uint8)
+    kw = dict(image_size=16, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28), resize_mode=mode)
+    as_bytes = FrameTransform("plain", normalize=False, **kw)(frames)
+    tf = FrameTransform("plain", **kw)
+    as_floats = (tf(frames) * tf.std + tf.mean).mul(255).round().clamp(0, 255)  # the float path, back to levels
+    assert as_bytes.dtype == torch.uint8 and as_bytes.shape == (5, 3, 16, 16) and as_bytes.is_contiguous()
+    assert (as_bytes.float() - as_floats).abs().max() <= 1
+    if mode == "pad":  # a 36x60 frame padded to 60x60: top rows are the mean colour
+        assert as_bytes[:, :, 0, 8].tolist() == [[122, 117, 105]] * 5
+
+
+def test_plain_bytes_are_the_processors_bytes_at_clip_l_scale(tmp_path):
+    """A CLIP-L/14-336 processor (shortest side to 336, centre crop) on 768x576 frames: the plain policy's uint8
+    output is the processor's (PIL) within 2 grey levels, almost everywhere within 1 (benchmarks/RESULTS.md)."""
+    from transformers import CLIPImageProcessor
+
+    CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}).save_pretrained(tmp_path)
+    rng = np.random.default_rng(0)
+    blocks = (rng.random((2, 12, 16, 3)) * 255).astype(np.uint8)  # a picture with edges, plus sensor noise
+    frames = np.kron(blocks, np.ones((1, 48, 48, 1), np.uint8)).astype(int) + rng.integers(-10, 10, (2, 576, 768, 3))
+    frames = np.clip(frames, 0, 255).astype(np.uint8)
+    hf = FrameTransform("processor", str(tmp_path), normalize=False)(frames).int()
+    plain = FrameTransform("plain", str(tmp_path), normalize=False)(frames).int()
+    assert hf.shape == plain.shape == (2, 3, 336, 336)
+    diff = (hf - plain).abs()
+    assert diff.max() <= 2 and (diff > 1).float().mean() < 0.01 and diff.float().mean() < 0.3
 
 
 def torch_allclose(t, value):
