@@ -56,7 +56,7 @@ def build(reducer: dict | None):
 def at_length(batch: dict, length: int) -> dict:
     """The batch with each sample's frames looped to ``length`` frames (1 fps: ``length`` seconds)."""
     out = dict(batch)
-    n = batch["frame_mask"].sum(1)  # (B,) real frames per sample
+    n = batch["frame_mask"].sum(1).clamp_min(1)  # (B,) real frames per sample (an image-only sample: its 1 slot)
     idx = torch.arange(length)[None] % n[:, None]  # (B, L)
     out["frames"] = batch["frames"][torch.arange(len(n))[:, None], idx]  # (B, L, 3, H, W)
     out["frame_mask"] = torch.ones(len(n), length, dtype=torch.bool)

@@ -73,7 +73,7 @@ def mc_batch(model, frames: int, side: int, options: int = 4) -> dict:
             "num_options": torch.tensor([options])}
 
 
-def point(frames: int, chunk: int, tower: Path, llm: Path) -> dict:
+def point(frames: int, chunk: int, tower: Path, llm: Path, device: str = "cpu", dtype: str = "float32") -> dict:
     """One evaluation forward at ``frames`` frames, ``chunk`` frames per tower call, in this process."""
     from peak_memory import peak_memory, tensors
 
@@ -82,10 +82,14 @@ def point(frames: int, chunk: int, tower: Path, llm: Path) -> dict:
     spec = yaml.safe_load((REPO / "experiments/reducers/bvllm.yaml").read_text())["model"]["reducer"]
     torch.manual_seed(0)
     model = VideoLLM(str(llm), str(tower), reducer_factory(spec), vision_chunk=chunk).eval()
-    batch = mc_batch(model, frames, CLIP_L["image_size"])
+    model.to(device=device, dtype=getattr(torch, dtype))
+    batch = {k: v.to(device) for k, v in mc_batch(model, frames, CLIP_L["image_size"]).items()}
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    (scores, info), peak = peak_memory(lambda: model.option_scores(batch), model, *tensors(batch))
+    (scores, info), peak = peak_memory(lambda: model.option_scores(batch), model, *tensors(batch), device=device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        peak["cuda_max_allocated"] = torch.cuda.max_memory_allocated() / MIB
     seconds = time.perf_counter() - t0
     assert torch.isfinite(scores).all(), scores
     params = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -107,12 +111,14 @@ def main() -> None:
                                                  "clip_l14_336_random[_<layers>l])")
     ap.add_argument("--llm", type=Path, default=REPO / "artifacts/tiny/llm")
     ap.add_argument("--out", type=Path, default=REPO / "artifacts/bench/memory.json")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (then --frames 3600 runs the hour itself)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the model's weights")
     ap.add_argument("--point", type=int, nargs=2, metavar=("FRAMES", "CHUNK"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.tower = a.tower or REPO / "artifacts/bench" / ("clip_l14_336_random" + (
         "" if a.layers == CLIP_L["num_hidden_layers"] else f"_{a.layers}l"))
     if a.point:  # a child: one point, as JSON on the last line
-        print(json.dumps(point(*a.point, a.tower, a.llm)))
+        print(json.dumps(point(*a.point, a.tower, a.llm, a.device, a.dtype)))
         return
     if not (a.llm / "config.json").is_file():
         sys.exit(f"no LLM at {a.llm}: run `make tiny` (or `make demo`) first, or pass --llm")
@@ -123,7 +129,7 @@ def main() -> None:
             if frames < chunk and chunk != min(a.chunks):
                 continue  # a chunk larger than the video is the smaller chunk's point
             out = subprocess.run([sys.executable, __file__, "--point", str(frames), str(chunk), "--tower", str(a.tower),
-                                  "--llm", str(a.llm)], capture_output=True, text=True, check=False)
+                                  "--llm", str(a.llm), "--device", a.device, "--dtype", a.dtype], capture_output=True, text=True, check=False)
             if out.returncode:
                 sys.exit(f"point {frames} frames / chunk {chunk} failed:\n{out.stderr[-3000:]}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -139,7 +145,7 @@ def main() -> None:
         sys.exit("--frames needs two lengths at the smallest chunk to measure the bytes per frame")
     slope = (small[1]["peak_mib"] - small[0]["peak_mib"]) / (small[1]["frames"] - small[0]["frames"])
     hour = big["peak_mib"] + slope * (HOUR - big["frames"])
-    result = {"date": time.strftime("%Y-%m-%d"), "tower_layers": a.layers, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    result = {"date": time.strftime("%Y-%m-%d"), "tower_layers": a.layers, "device": a.device, "dtype": a.dtype, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "torch": torch.__version__, "command": " ".join(["python", "benchmarks/bench_memory.py", *sys.argv[1:]]),
               "points": rows, "mib_per_frame": slope, "hour_peak_mib": hour}
     a.out.parent.mkdir(parents=True, exist_ok=True)

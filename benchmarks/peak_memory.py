@@ -22,8 +22,9 @@ class _FrozenSafeTracker(MemTracker):
         return super()._track_module_params_and_buffers(module, install_grad_hooks=False)
 
 
-def peak_memory(fn: Callable[[], object], *external) -> tuple[object, dict[str, float]]:
-    """Run ``fn()``; return its result and the peak in MiB: ``{"total": ..., <category>: ...}`` at the peak.
+def peak_memory(fn: Callable[[], object], *external, device: str = "cpu") -> tuple[object, dict[str, float]]:
+    """Run ``fn()``; return its result and the peak on ``device`` (its type: cpu, cuda) in MiB: ``{"total": ...,
+    <category>: ...}`` at the peak.
 
     ``external``: modules, optimizers and tensors made before ``fn`` runs that belong to the count (parameters,
     optimizer state, inputs)."""
@@ -31,7 +32,8 @@ def peak_memory(fn: Callable[[], object], *external) -> tuple[object, dict[str, 
     tracker.track_external(*external)
     with tracker:
         out = fn()
-    snap = next(iter(tracker.get_tracker_snapshot("peak").values()), {})
+    kind = torch.device(device).type
+    snap = next((v for k, v in tracker.get_tracker_snapshot("peak").items() if torch.device(k).type == kind), {})
     peak = {"total": snap.get("Total", 0) / MIB}
     peak.update({str(k).split(".")[-1].lower(): v / MIB for k, v in snap.items() if k != "Total" and v})
     return out, peak

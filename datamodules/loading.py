@@ -84,14 +84,27 @@ def loader_workers(requested: int | str, trainer=None) -> int:
     return workers
 
 
+THREADS_CHOSEN = "LIT_BVLLM_THREADS_CHOSEN"
+"""Set once per command (``record_thread_choice``, at ``lit_bvllm``'s start, inherited by the processes Lightning
+starts): "1" when ``OMP_NUM_THREADS`` came from the user or their launcher, "0" when it did not."""
+
+
+def record_thread_choice() -> None:
+    """Remember whether the thread count was chosen before Lightning's launchers set ``OMP_NUM_THREADS`` themselves
+    (cores // processes for every process they start, before any loader exists)."""
+    os.environ.setdefault(THREADS_CHOSEN, "1" if "OMP_NUM_THREADS" in os.environ else "0")
+
+
 def leave_cores_to_workers(workers: int, processes_per_node: int = 1) -> None:
     """Lower this process's intra-op threads to the cores its ``workers`` leave free (at least 1).
 
-    torch starts with a thread per core; next to DataLoader workers decoding video, those threads and the decoders
-    fight for the same cores, and OpenMP threads that wait on a busy core stall every op. On the demo's 2 cores with
-    one worker, a training step took 1.7x as long with 2 threads as with 1 (benchmarks/RESULTS.md). An explicit
-    ``OMP_NUM_THREADS`` (torchrun sets 1 for several processes per node) is left as it is."""
-    if workers <= 0 or "OMP_NUM_THREADS" in os.environ:
+    torch starts with a thread per core (Lightning's launchers: cores // processes); next to DataLoader workers
+    decoding video, those threads and the decoders fight for the same cores, and OpenMP threads that wait on a busy
+    core stall every op. On the demo's 2 cores with one worker, a training step took 1.38x as long with 2 threads as
+    with 1 (benchmarks/RESULTS.md). A thread count the user (or torchrun, which sets 1 for several processes per node)
+    chose with ``OMP_NUM_THREADS`` is left as it is."""
+    chosen = os.environ.get(THREADS_CHOSEN)
+    if workers <= 0 or (chosen == "1" if chosen is not None else "OMP_NUM_THREADS" in os.environ):
         return
     import torch
 

@@ -79,7 +79,7 @@ class FrameTransform:
                 return self.processor(images=list(frames), return_tensors="pt")["pixel_values"].float()
             resized = self.processor(images=list(frames), return_tensors="pt", do_rescale=False, do_normalize=False)
             return resized["pixel_values"].round_().clamp_(0, 255).to(torch.uint8)  # PIL resized uint8 values
-        if not self.normalize:  # resized as bytes: torch's uint8 kernel, within 1 of the float path, 3-4x faster
+        if not self.normalize:  # resized as bytes: torch's uint8 kernel, within 1 of the float path, ~6x faster
             return self._plain(frames, as_bytes=True).contiguous()
         x = self._plain(frames, as_bytes=False).clamp_(0, 1)
         return ((x - self.mean) / self.std).contiguous()
@@ -96,7 +96,7 @@ class FrameTransform:
         if self.resize_mode == "pad":
             h, w = x.shape[-2:]
             side = max(h, w)
-            canvas = fill.expand(x.shape[0], 3, side, side).clone()
+            canvas = fill.expand(x.shape[0], 3, side, side).clone(memory_format=torch.channels_last)  # as x
             top, left = (side - h) // 2, (side - w) // 2
             canvas[:, :, top : top + h, left : left + w] = x
             x = F.interpolate(canvas, size=(s, s), mode="bicubic", antialias=True, align_corners=False)

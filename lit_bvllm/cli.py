@@ -39,6 +39,10 @@ import shutil  # noqa: E402
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
+from datamodules.loading import record_thread_choice  # noqa: E402
+
+record_thread_choice()  # before a launcher sets OMP_NUM_THREADS for the processes it starts
+
 if not torch.cuda.is_available():  # DeepSpeed, when installed, would print its CPU fallback warning to stdout on import
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # (transformers imports it): `--print_config` must stay YAML
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint  # noqa: E402

@@ -10,9 +10,9 @@ import socket  # noqa: E402
 
 import torch  # noqa: E402
 
-# the suite keeps torch's thread count whatever loaders it builds (datamodules.loading.leave_cores_to_workers would
-# lower it for the rest of the session after the first test with DataLoader workers; its own test unsets this)
-os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+# the suite and the commands it starts keep their thread counts whatever loaders they build
+# (datamodules.loading.leave_cores_to_workers would lower this session's for every later test; its test resets it)
+os.environ["LIT_BVLLM_THREADS_CHOSEN"] = "1"
 if not torch.cuda.is_available():  # as lit_bvllm.cli: DeepSpeed's accelerator, named, prints no fallback warning
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 

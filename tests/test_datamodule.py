@@ -245,8 +245,8 @@ def test_question_tokenizer_without_chat_template(tiny, synthetic, tmp_path):
 
 
 def test_the_main_process_leaves_its_workers_their_cores(monkeypatch):
-    """torch's threads and the decoding workers must not fight over the same cores (1.7x slower steps on 2 cores):
-    the main process keeps the cores its workers leave, unless OMP_NUM_THREADS says otherwise."""
+    """torch's threads and the decoding workers must not fight over the same cores (1.38x slower steps on 2 cores):
+    the main process keeps the cores its workers leave, unless the user chose OMP_NUM_THREADS."""
     import os
 
     from datamodules import loading
@@ -254,6 +254,9 @@ def test_the_main_process_leaves_its_workers_their_cores(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(loading.THREADS_CHOSEN)
+    loading.record_thread_choice()  # as lit_bvllm starts: nothing chosen
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")  # then Lightning's launcher sets cores // processes: not a choice
     # (cores on the node, cores this process may use, processes on the node, --data.num_workers) -> threads (None: kept)
     for total, cores, processes, requested, expected in [(2, 2, 1, "auto", 1), (2, 2, 1, 0, None), (64, 64, 1, "auto", 56),
                                                          (16, 16, 8, "auto", 1), (96, 12, 8, "auto", 4),
@@ -266,7 +269,8 @@ def test_the_main_process_leaves_its_workers_their_cores(monkeypatch):
         workers = loading.loader_workers(requested, trainer)
         assert workers == loading.worker_count(requested, processes)
         assert calls == ([] if expected is None else [expected]), (total, cores, processes, requested, calls)
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # chosen by the user (or torchrun): kept
+    monkeypatch.delenv(loading.THREADS_CHOSEN)
+    loading.record_thread_choice()  # OMP_NUM_THREADS already set when lit_bvllm starts: the user's (or torchrun's)
     calls.clear()
     assert loading.loader_workers("auto") == 7 and calls == []  # the last machine above: 8 cores
 

@@ -32,20 +32,21 @@ def common(tiny) -> list[str]:
             "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0"]
 
 
-def fit(tiny, synthetic, tmp: Path, version: str, strategy: list[str], epochs: int = 2, ckpt: Path | None = None):
+def fit(tiny, synthetic, tmp: Path, version: str, strategy: list[str], epochs: int = 2, ckpt: Path | None = None,
+        devices: int = 2):
     """Pretraining on 2 processes, batch 2 per process (3 samples and 2 optimizer steps per epoch each); the ranks'
-    records (tests/ddp_probe.py)."""
+    records (tests/ddp_probe.py). ``strategy`` comes after the common flags, so it may set the accelerator."""
     entries = json.loads((synthetic / "pretrain.json").read_text())
     assert len(entries) >= ENTRIES
     train = synthetic / f"pretrain_first{ENTRIES}.json"  # beside the media it names
     train.write_text(json.dumps(entries[:ENTRIES]))
     ranks = tmp / f"ranks_{version}_{epochs}"
     launch(["fit", *common(tiny), *strategy, "--data.train", str(train), "--data.batch_size", "2",
-            "--trainer.devices", "2", "--trainer.max_epochs", str(epochs), "--trainer.max_steps", "-1",
+            "--trainer.devices", str(devices), "--trainer.max_epochs", str(epochs), "--trainer.max_steps", "-1",
             "--trainer.logger.init_args.save_dir", str(tmp), "--trainer.logger.init_args.version", version,
             "--trainer.callbacks+=ddp_probe.RankRecorder", f"--trainer.callbacks.dirpath={ranks}",
             *(["--ckpt_path", str(ckpt)] if ckpt else [])], tmp)
-    return [json.loads((ranks / f"rank{r}.json").read_text()) for r in (0, 1)], ranks / "tensors"
+    return [json.loads((ranks / f"rank{r}.json").read_text()) for r in range(devices)], ranks / "tensors"
 
 
 @pytest.fixture(scope="module")
