@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from peak_memory import peak_memory, tensors
+from profile_step import build_stage, timed_modules
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -40,17 +41,11 @@ REDUCERS = {  # θ = 96 as in the needle study; Identity keeps everything (its b
 
 
 def build(reducer: dict | None):
-    from lit_bvllm.cli import lightning_cli
-
     args = ["--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml",
             "--model.init_from", "null", "--data.num_workers", "0"]
     if reducer is not None:
         args += ["--model.reducer", json.dumps(reducer)]
-    cli = lightning_cli(args, run=False)
-    module, dm = cli.model, cli.datamodule
-    module.configure_model()
-    dm.setup("fit")
-    return module.model.train(), dm
+    return build_stage(args)
 
 
 def at_length(batch: dict, length: int) -> dict:
@@ -75,10 +70,7 @@ def step(model, opt, batch) -> dict:
 def measure(model, batch: dict, steps: int) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     spent: dict[str, list[float]] = {"vision": [], "reducer": []}
-    start = {}
-    hooks = [h for name in spent for h in (
-        getattr(model, name).register_forward_pre_hook(lambda m, a, n=name: start.__setitem__(n, time.perf_counter())),
-        getattr(model, name).register_forward_hook(lambda m, a, o, n=name: spent[n].append(time.perf_counter() - start[n])))]
+    hooks = timed_modules(model, spent, names=spent)
     times = []
     for i in range(2 + steps):
         t0 = time.perf_counter()

@@ -18,13 +18,25 @@ from collections import defaultdict
 import torch
 
 
-def timed_modules(model, times: dict) -> None:
-    """Forward hooks that add each call's wall time to ``times[name]``."""
-    for name in ("vision", "reducer", "llm"):
+def build_stage(args: list[str]):
+    """The training model (in train mode) and its data module, set up for ``fit``, from ``lit_bvllm fit`` flags."""
+    from lit_bvllm.cli import lightning_cli
+
+    cli = lightning_cli(args, run=False)
+    module, dm = cli.model, cli.datamodule
+    module.configure_model()
+    dm.setup("fit")
+    return module.model.train(), dm
+
+
+def timed_modules(model, times: dict, names=("vision", "reducer", "llm")) -> list:
+    """Forward hooks that add each call's wall time to ``times[name]``; their handles."""
+    start, handles = {}, []
+    for name in names:
         module = getattr(model, name)
-        start = {}
-        module.register_forward_pre_hook(lambda m, a, n=name: start.__setitem__(n, time.perf_counter()))
-        module.register_forward_hook(lambda m, a, o, n=name: times[n].append(time.perf_counter() - start[n]))
+        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: start.__setitem__(n, time.perf_counter())))
+        handles.append(module.register_forward_hook(lambda m, a, o, n=name: times[n].append(time.perf_counter() - start[n])))
+    return handles
 
 
 def tower_depth(vision, batch: dict, reps: int = 20) -> dict[int, float]:
@@ -50,14 +62,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     a = ap.parse_args()
-    from lit_bvllm.cli import lightning_cli
-
     configs = a.config or ["experiments/pretrain.yaml", "experiments/finetune.yaml"]
-    cli = lightning_cli([x for c in configs for x in ("--config", c)] + ["--model.init_from", "null"], run=False)
-    module, dm = cli.model, cli.datamodule
-    module.configure_model()
-    dm.setup("fit")
-    model = module.model.train()
+    model, dm = build_stage([x for c in configs for x in ("--config", c)] + ["--model.init_from", "null"])
     opt = torch.optim.AdamW(model.visual_params() + [p for p in model.llm.parameters() if p.requires_grad], lr=1e-4)
     times: dict[str, list[float]] = defaultdict(list)
     timed_modules(model, times)
