@@ -66,6 +66,7 @@ from lit_bvllm.distributed import consolidate  # noqa: E402
 from lit_bvllm.export import export as export_model  # noqa: E402
 from lit_bvllm.lit_module import VideoLLMModule  # noqa: E402
 from lit_bvllm.probe import probe_tower  # noqa: E402
+from lit_bvllm.reducers.qformer import QFORMER_TOKENIZER, pretrained_config  # noqa: E402
 from lit_bvllm.study import study  # noqa: E402
 from lit_bvllm.sweeps import sweep  # noqa: E402
 from lit_bvllm.synthetic import make_synthetic  # noqa: E402
@@ -189,6 +190,59 @@ def claim_run_dir(trainer: L.Trainer, command: str, ckpt_path: str | None, overw
     return run
 
 
+def link_question_tokenizer(cfg) -> None:
+    """Default and check the tokenizer of a text-conditioned reducer's question (``--data.question_tokenizer``;
+    unset: the LLM's), before any model loads.
+
+    With ``--model.reducer.init_args.qformer`` set and no question tokenizer given, the checkpoint's own
+    ``qformer_tokenizer/`` (where an InstructBLIP folder keeps its BERT tokenizer) becomes it, written into the
+    config (the run's ``config.yaml`` records it). Then the question tokenizer must fit the Q-Former's vocabulary
+    (the checkpoint's ``qformer_config.vocab_size``, else the reducer's ``vocab_size``), and beside a checkpoint's
+    ``qformer_tokenizer/`` give each of its tokens that tokenizer's id (the pretrained word embeddings are indexed
+    by those ids): a mismatch is refused here, naming both flags, not an IndexError on the first batch after the
+    LLM has loaded (STYLE.md 15). Folders that do not exist are left to the loaders, which name them.
+    """
+    args, data = getattr(cfg.model.get("reducer"), "init_args", None), getattr(cfg.get("data"), "init_args", None)
+    if args is None or data is None or "question_tokenizer" not in data:
+        return
+    qformer, vocab, reference = args.get("qformer"), args.get("vocab_size"), None
+    if qformer is not None:
+        if not (Path(qformer) / "config.json").is_file():
+            return  # the reducer's Q-Former refuses it, naming the folder and the flag
+        vocab = pretrained_config(qformer).vocab_size
+        if (Path(qformer) / QFORMER_TOKENIZER).is_dir():
+            reference = str(Path(qformer) / QFORMER_TOKENIZER)
+            if data.question_tokenizer is None:
+                data.question_tokenizer = reference
+    if vocab is None:
+        return  # a reducer without a question vocabulary
+    from datamodules.loading import load_tokenizer
+
+    path, llm = data.question_tokenizer, cfg.model.get("llm")
+    given = f"--data.question_tokenizer '{path}'" if path else f"--data.question_tokenizer (unset: the LLM's, '{llm}')"
+    if not Path(path or llm or "").is_dir():
+        return
+    tokenizer = load_tokenizer(path or llm, None, "--data.question_tokenizer" if path else "--model.llm")
+    ids = tokenizer.get_vocab()
+    size = len(tokenizer) + (0 if path or cfg.model.get("video_token") in ids else 1)  # the LLM's gets the placeholder
+    source = (f"the vocab_size of the checkpoint --model.reducer.init_args.qformer '{qformer}'" if qformer else
+              "--model.reducer.init_args.vocab_size")
+    fix = (f"set --data.question_tokenizer to '{reference}' (or leave it unset)" if reference else
+           f"set --data.question_tokenizer to a tokenizer of at most {vocab} tokens")
+    fix += (", or --model.reducer.init_args.qformer to the checkpoint that tokenizer belongs to" if qformer else
+            f", or --model.reducer.init_args.vocab_size to at least {size}")
+    if size > vocab:
+        raise ValueError(f"{given} has {size} tokens, but the reducer's Q-Former embeds {vocab} ({source}): "
+                         f"{fix}")
+    if reference and path != reference:
+        theirs = load_tokenizer(reference, None, "--model.reducer.init_args.qformer").get_vocab()
+        other = sorted(t for t, i in ids.items() if theirs.get(t) != i)
+        if other:
+            raise ValueError(f"{given} gives {len(other)} of its tokens other ids than '{reference}', whose ids the "
+                             f"checkpoint's Q-Former (--model.reducer.init_args.qformer) was trained on (e.g. "
+                             f"{other[:3]}): {fix}")
+
+
 def default_checkpoint() -> ModelCheckpoint:
     """The suite's checkpointing when a config declares none: every 500 steps, and last.ckpt for ``--ckpt_path last``."""
     return ModelCheckpoint(filename="step{step}", save_last=True, save_top_k=-1, every_n_train_steps=500,
@@ -300,6 +354,7 @@ class VideoCLI(LightningCLI):
         if cfg.trainer.get("precision") is None:  # bf16-mixed where the hardware has it
             bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             cfg.trainer.precision = "bf16-mixed" if bf16 else "32-true"
+        link_question_tokenizer(cfg)
 
     def instantiate_classes(self) -> None:
         if self.subcommand in SETUP:

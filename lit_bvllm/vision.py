@@ -17,10 +17,15 @@ from lit_bvllm.reducers.sampling import pack_frames
 
 
 class VisionEncoder(nn.Module):
-    """An HF vision tower (CLIP / SigLIP) from a local folder, frozen.
+    """An HF vision tower (CLIP / SigLIP / InstructBLIP's EVA ViT-g) from a local folder, frozen.
+
+    The features are a layer's output as the encoder gives it, before the tower's ``post_layernorm``; CLIP and
+    BLIP's ViT put a [CLS] token at position 0. InstructBLIP feeds its Q-Former the last layer's output through
+    that ``post_layernorm`` (LAVIS's ``ln_vision``), which the Q-Former reducers hold themselves (their
+    ``ln_vision``, loaded from the same folder): ``feature_layer: -1`` there.
 
     Args:
-        path: local folder of the tower (``save_pretrained`` layout).
+        path: local folder of the tower (``save_pretrained`` layout; an InstructBLIP folder: its vision model).
         feature_layer: hidden layer whose tokens are used (-2: the penultimate, as LLaVA and B-VLLM do).
         chunk: frames per tower call.
     """
@@ -31,7 +36,8 @@ class VisionEncoder(nn.Module):
         self.feature_layer, self.chunk = feature_layer, chunk
         cfg = self.tower.config
         self.width = cfg.hidden_size
-        self.has_cls = cfg.model_type.startswith("clip")  # SigLIP has no [CLS]: its mean patch stands in
+        # CLIP and BLIP (InstructBLIP's EVA ViT-g) have a [CLS] embedding; SigLIP has none: its mean patch stands in
+        self.has_cls = hasattr(getattr(self.tower, "vision_model", self.tower).embeddings, "class_embedding")
         side = cfg.image_size // cfg.patch_size
         self.num_patches = side * side
         # hidden_states[feature_layer] of the HF tower is the output of its `depth`-th layer (hidden_states[0] is the
@@ -93,7 +99,8 @@ class VisionEncoder(nn.Module):
         gathered at a time: beside the input frames, the peak is the outputs plus one chunk's activations.
         """
         if attention and not self.has_cls:
-            raise ValueError("[CLS] attention needs a tower with a [CLS] token (CLIP); use score=learned for SigLIP")
+            raise ValueError("[CLS] attention needs a tower with a [CLS] token (CLIP, InstructBLIP); use score=learned "
+                             "for SigLIP")
         keep = keep & frame_mask
         B = frames.shape[0]
         _, valid, index = pack_frames(keep[:, :, None, None], keep)  # where each kept frame goes, not the pixels

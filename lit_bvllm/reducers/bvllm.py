@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
 from lit_bvllm.reducers.merging import merge_to_target
-from lit_bvllm.reducers.qformer import TextQFormer
+from lit_bvllm.reducers.qformer import TextQFormer, vision_layernorm
 from lit_bvllm.reducers.sampling import gumbel_select, keyed_gumbel_noise, select_uniform_frames
 
 
@@ -69,7 +69,9 @@ class BVLLM(Reducer):
         num_layers: Q-Former layers.
         num_heads: Q-Former attention heads.
         vocab_size: vocabulary of the question tokenizer.
-        qformer: local InstructBLIP checkpoint that both Q-Formers start from (random initialisation when None).
+        qformer: local InstructBLIP checkpoint that both Q-Formers (``qformer.*``, ``query_tokens``) and ``ln_vision``
+            (its ``vision_model.post_layernorm``, when present) start from; its ``qformer_config`` then sets the
+            Q-Formers' shape (hidden_size, num_layers, num_heads, vocab_size unused). None: random initialisation.
         selection: "hard" (one-hot rows: straight-through in training, argmax in evaluation) or "soft" (the
             Gumbel-softmax rows of Eq. 1 in training and evaluation, grouped by Eq. 2-5; reproduces Fig. 3b). Train
             "soft" and evaluate "hard" for the former ``soft_selection=true``.
@@ -141,7 +143,7 @@ class BVLLM(Reducer):
         self.frame_selection, self.temporal_merge = frame_selection, temporal_merge
         self.spatial_sampling, self.spatial_merge = spatial_sampling, spatial_merge
         self.record_attention = record_attention
-        self.ln_vision = nn.LayerNorm(in_dim)
+        self.ln_vision = vision_layernorm(in_dim, qformer)  # LAVIS's ln_vision
         qf = dict(encoder_width=in_dim, num_queries=num_queries, hidden_size=hidden_size, num_layers=num_layers,
                   num_heads=num_heads, vocab_size=vocab_size, pretrained=qformer)
         if frame_selection:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput
-from lit_bvllm.reducers.qformer import TextQFormer
+from lit_bvllm.reducers.qformer import TextQFormer, vision_layernorm
 from lit_bvllm.reducers.sampling import pack, pack_frames
 
 
@@ -37,7 +37,9 @@ class LLaMAVID(Reducer):
         num_layers: Q-Former layers.
         num_heads: Q-Former attention heads.
         vocab_size: vocabulary of the question tokenizer.
-        qformer: local InstructBLIP checkpoint the Q-Former starts from (random initialisation when None).
+        qformer: local InstructBLIP checkpoint that the Q-Former (``qformer.*``, ``query_tokens``) and ``ln_vision``
+            (its ``vision_model.post_layernorm``, when present) start from; its ``qformer_config`` then sets the
+            Q-Former's shape (hidden_size, num_layers, num_heads, vocab_size unused). None: random initialisation.
     """
 
     needs_text = True
@@ -64,7 +66,7 @@ class LLaMAVID(Reducer):
             raise ValueError(f"LLaMAVID needs budget >= 2 (two tokens per frame), got {budget}")
         self.in_dim = self.out_dim = in_dim
         self.budget, self.num_queries = budget, num_queries
-        self.ln_vision = nn.LayerNorm(in_dim)
+        self.ln_vision = vision_layernorm(in_dim, qformer)  # LAVIS's ln_vision
         self.qformer = TextQFormer(in_dim, num_queries, hidden_size, num_layers, num_heads, vocab_size, pretrained=qformer)
         self.query_proj = nn.Linear(self.qformer.hidden_size, in_dim)  # vlm_att_projector
         self.key_proj = nn.Linear(in_dim, in_dim)  # vlm_att_key_projector

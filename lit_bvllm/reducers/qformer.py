@@ -3,20 +3,48 @@
 This is transformers' ``InstructBlipQFormerModel`` (InstructBLIP, Dai et al. 2023, §3.2: the instruction enters
 the Q-Former's self-attention beside the queries), which B-VLLM uses for both frame selection and spatial
 sampling (B-VLLM §3.2, §3.4). It starts either from random initialisation or, as in the paper, from a local
-InstructBLIP checkpoint; only the ``qformer.*`` and ``query_tokens`` tensors are read from its safetensors
-shards, never the 7B language model.
+InstructBLIP checkpoint (B-VLLM's released code loads ``Qformer.*``, ``query_tokens`` and ``ln_vision`` from
+LAVIS's InstructBLIP-Vicuna-7B into both Q-Formers).
+
+An InstructBLIP folder, as ``InstructBlipForConditionalGeneration.save_pretrained`` (transformers 5) writes it:
+
+- ``config.json``: an ``InstructBlipConfig`` (``model_type`` "instructblip"); its ``qformer_config`` gives the
+  Q-Former's shape (``encoder_hidden_size`` = the tower's width), ``num_query_tokens`` the queries, and
+  ``vision_config`` the tower;
+- ``*.safetensors`` (one file or shards with ``model.safetensors.index.json``), tensor names without a prefix:
+  ``qformer.*`` (``InstructBlipQFormerModel``'s state dict: ``qformer.embeddings.*``, ``qformer.encoder.*``),
+  ``query_tokens`` ``(1, num_query_tokens, hidden)``, ``vision_model.*`` (the tower; ``vision_model.post_layernorm.*``
+  is LAVIS's ``ln_vision``, the LayerNorm before the Q-Former), ``language_projection.*``, ``language_model.*``;
+- ``qformer_tokenizer/``: the Q-Former's BERT tokenizer (``InstructBlipProcessor.save_pretrained``), and
+  ``preprocessor_config.json``: the tower's ``BlipImageProcessor``.
+
+Only ``qformer.*`` and ``query_tokens`` are read here (:func:`vision_layernorm` reads
+``vision_model.post_layernorm.{weight,bias}``), never the language model. A *Q-Former-only* folder holds
+``config.json`` (``InstructBlipConfig(...).save_pretrained``: ``vision_config`` of the tower's shape,
+``qformer_config`` with ``encoder_hidden_size`` = its width, ``num_query_tokens``), a ``model.safetensors`` with
+just those keys (``qformer.*``, ``query_tokens``, ``vision_model.post_layernorm.weight``,
+``vision_model.post_layernorm.bias``) and ``qformer_tokenizer/`` (the question tokenizer's default there): it
+serves ``qformer:`` and is refused as a vision tower (:func:`lit_bvllm.backbones.load_vision_tower`). Built on the
+meta device (``with torch.device("meta")``), a module reads no tensor, so a folder holding only ``config.json``
+builds there (shapes only).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from transformers import InstructBlipQFormerConfig, InstructBlipQFormerModel
 
-from lit_bvllm.backbones import eager_attention
+from datamodules.loading import local_dir
+from lit_bvllm.backbones import eager_attention, read_safetensors
+
+FLAG = "--model.reducer.init_args.qformer"
+QFORMER_PREFIX = "qformer."
+QUERY_TOKENS = "query_tokens"
+LN_VISION_PREFIX = "vision_model.post_layernorm."
+QFORMER_TOKENIZER = "qformer_tokenizer"
 
 
 class TextQFormer(nn.Module):
@@ -31,7 +59,9 @@ class TextQFormer(nn.Module):
         vocab_size: size of the question tokenizer's vocabulary (30523 for InstructBLIP's BERT).
         cross_attention_frequency: a cross-attention block every this many layers (InstructBLIP: 2).
         max_text_length: longest question (position embeddings).
-        pretrained: local InstructBLIP checkpoint folder to initialise from (queries, Q-Former weights).
+        pretrained: local InstructBLIP checkpoint folder to initialise from (queries, Q-Former weights; module
+            docstring). Its ``qformer_config`` then decides the shape: ``hidden_size``, ``num_layers``,
+            ``num_heads``, ``vocab_size``, ``cross_attention_frequency`` and ``max_text_length`` are not used.
     """
 
     def __init__(
@@ -48,7 +78,7 @@ class TextQFormer(nn.Module):
     ):
         super().__init__()
         if pretrained is not None:
-            config = _pretrained_config(pretrained)
+            config = pretrained_config(pretrained)
         else:
             config = InstructBlipQFormerConfig(
                 vocab_size=vocab_size,
@@ -60,11 +90,7 @@ class TextQFormer(nn.Module):
                 encoder_hidden_size=encoder_width,
                 max_position_embeddings=max_text_length,
             )
-        if config.encoder_hidden_size != encoder_width:
-            raise ValueError(
-                f"Q-Former checkpoint '{pretrained}' cross-attends to width {config.encoder_hidden_size}, but the vision "
-                f"tower gives {encoder_width}: use the matching tower (EVA ViT-g: 1408) or random initialisation"
-            )
+        _check_width(config.encoder_hidden_size, encoder_width, pretrained)
         self.qformer = InstructBlipQFormerModel(config)
         self.query_tokens = nn.Parameter(torch.randn(1, num_queries, config.hidden_size) * 0.02)
         self.hidden_size = config.hidden_size
@@ -112,27 +138,78 @@ class TextQFormer(nn.Module):
         return queries_out, out.cross_attentions[-1][:, :, :num_queries].float().mean(1)  # (R, heads, Q, L) -> (R, Q, L)
 
     def _load(self, path: str, num_queries: int) -> None:
-        from safetensors import safe_open
+        """The folder's ``qformer.*`` into the Q-Former (every tensor, shapes checked) and its first ``num_queries``
+        ``query_tokens``; nothing on the meta device (shapes only)."""
+        if self.query_tokens.is_meta:
+            return
+        state = read_safetensors(path, lambda k: k.startswith(QFORMER_PREFIX) or k == QUERY_TOKENS)
+        queries = state.pop(QUERY_TOKENS, None)
+        state = {k[len(QFORMER_PREFIX) :]: v for k, v in state.items()}
+        absent = [name for name, gone in (("qformer.*", not state), (QUERY_TOKENS, queries is None)) if gone]
+        if absent:
+            raise ValueError(f"Q-Former checkpoint '{path}' ({FLAG}) holds no {' and no '.join(absent)} tensors in its "
+                             "*.safetensors: use an InstructBLIP folder written by save_pretrained (the keys are "
+                             "listed in lit_bvllm/reducers/qformer.py's docstring)")
+        if queries.shape[1] < num_queries or queries.shape[2] != self.query_tokens.shape[2]:
+            raise ValueError(f"Q-Former checkpoint '{path}' ({FLAG}) has query_tokens {tuple(queries.shape)}; "
+                             f"{num_queries} queries of width {self.query_tokens.shape[2]} requested (num_queries)")
+        own = self.qformer.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+                      if k in own and v.shape != own[k].shape]
+        if missing or unexpected or mismatched:
+            raise ValueError(f"Q-Former checkpoint '{path}' ({FLAG}) does not match its qformer_config: missing "
+                             f"{missing[:5]}, unexpected {unexpected[:5]}, mismatched {mismatched[:5]}")
+        self.qformer.load_state_dict(state)
+        with torch.no_grad():
+            self.query_tokens.copy_(queries[:, :num_queries])
 
-        files = sorted(Path(path).glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"no *.safetensors in Q-Former checkpoint folder '{path}'")
-        state = {}
-        for f in files:
-            with safe_open(str(f), "pt") as sf:
-                for k in sf.keys():
-                    if k.startswith("qformer."):
-                        state[k[len("qformer.") :]] = sf.get_tensor(k)
-                    elif k == "query_tokens":
-                        state_q = sf.get_tensor(k)
-                        if state_q.shape[1] < num_queries:
-                            raise ValueError(f"'{path}' has {state_q.shape[1]} queries; {num_queries} requested")
-                        self.query_tokens.data.copy_(state_q[:, :num_queries])
-        missing, unexpected = self.qformer.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"Q-Former checkpoint '{path}' does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+def vision_layernorm(in_dim: int, pretrained: str | None = None) -> nn.LayerNorm:
+    """The LayerNorm between the vision tower and a Q-Former (LAVIS's ``ln_vision``), over width ``in_dim``.
+
+    Without ``pretrained``: torch's default init (weight 1, bias 0). With an InstructBLIP folder: its
+    ``vision_model.post_layernorm.{weight,bias}`` (HF's name for ``ln_vision``) when the folder holds them, else the
+    default init (a Q-Former checkpoint without its LayerNorm). The eps stays torch's 1e-5, LAVIS's ``ln_vision``'s
+    (InstructBLIP trained with it; HF's port writes 1e-6 for ``post_layernorm``). Nothing is read on the meta device.
+    """
+    if pretrained is None:
+        return nn.LayerNorm(in_dim)
+    _check_width(pretrained_config(pretrained).encoder_hidden_size, in_dim, pretrained)
+    ln = nn.LayerNorm(in_dim)
+    if ln.weight.is_meta:
+        return ln
+    state = {k[len(LN_VISION_PREFIX) :]: v for k, v in
+             read_safetensors(pretrained, lambda k: k.startswith(LN_VISION_PREFIX)).items()}
+    if state:
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        if shapes != {"weight": (in_dim,), "bias": (in_dim,)}:
+            raise ValueError(f"Q-Former checkpoint '{pretrained}' ({FLAG}): {LN_VISION_PREFIX}* {shapes} is not a "
+                             f"LayerNorm of width {in_dim}")
+        ln.load_state_dict(state)
+    return ln
 
 
-def _pretrained_config(path: str) -> InstructBlipQFormerConfig:
-    cfg = json.loads((Path(path) / "config.json").read_text())
-    return InstructBlipQFormerConfig(**cfg.get("qformer_config", cfg))
+def _check_width(qformer_width: int, encoder_width: int, path: str | None) -> None:
+    if qformer_width != encoder_width:
+        raise ValueError(
+            f"Q-Former checkpoint '{path}' ({FLAG}) cross-attends to width {qformer_width}, but the vision tower "
+            f"(--model.vision_tower) gives {encoder_width}: use the matching tower (EVA ViT-g: 1408) or random "
+            "initialisation"
+        )
+
+
+def _instructblip_config(path: str) -> dict:
+    """The folder's ``config.json`` as a dict with a ``qformer_config`` (an InstructBlipConfig's; a bare Q-Former
+    config is its own ``qformer_config``)."""
+    file = local_dir(path, "Q-Former checkpoint", FLAG) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"Q-Former checkpoint '{path}' ({FLAG}) has no config.json: use an InstructBLIP "
+                                "folder written by save_pretrained")
+    cfg = json.loads(file.read_text())
+    return cfg if "qformer_config" in cfg else {"qformer_config": cfg}
+
+
+def pretrained_config(path: str) -> InstructBlipQFormerConfig:
+    """The Q-Former config of an InstructBLIP folder (its ``InstructBlipConfig``'s ``qformer_config``)."""
+    return InstructBlipQFormerConfig(**_instructblip_config(path)["qformer_config"])
