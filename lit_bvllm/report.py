@@ -13,6 +13,9 @@ COUNTS = ("items", "unparsed", "errors", "unreadable_videos", "incomplete_groups
 
 
 SELECTION = ("hit_rate", "uniform_hit_rate", "event_recall", "uniform_event_recall", "frames_kept")
+EVERY_FRAME_BAR = 0.5
+"""How much a trained model must beat its blind baseline on a type every frame answers (``every_frame_types`` of
+VNBench's results: the background colour, ``bg_every1``) to show that its frames reach the LLM (issue 22)."""
 
 
 def _rows(result: dict) -> dict[str, float]:
@@ -36,12 +39,23 @@ def _rows(result: dict) -> dict[str, float]:
     return rows
 
 
+def every_frame_types(runs: dict[str, dict]) -> list[str]:
+    """The task types every frame answers, of any run (VNBench's ``every_frame_types``), in order of appearance."""
+    return list(dict.fromkeys(t for r in runs.values() for t in r.get("every_frame_types") or []))
+
+
 def table(runs: dict[str, dict]) -> str:
     """A markdown table: one row per metric, one column per run, plus chance (the mean of 1 / options per item).
     ``selection/*`` rows: the share of needle questions whose needle a kept frame shows, and the same for a uniform
-    pick of as many frames (``uniform_hit_rate``), its control."""
+    pick of as many frames (``uniform_hit_rate``), its control. A type every frame answers (``circular/bg_every1``)
+    comes right after ``circular_accuracy``, which leaves it out, and gets a line below the table: each run against
+    the run named ``blind``, and whether it beats it by :data:`EVERY_FRAME_BAR`."""
     rows = {name: _rows(r) for name, r in runs.items()}
     keys = list(dict.fromkeys(k for r in rows.values() for k in r))
+    every = [f"circular/{t}" for t in every_frame_types(runs)]
+    keys = [k for k in keys if k not in every]
+    at = keys.index("circular_accuracy") + 1 if "circular_accuracy" in keys else len(keys)
+    keys[at:at] = [k for k in every if any(k in r for r in rows.values())]
     chance = next((r["chance"] for r in runs.values() if "chance" in r), None)
     lines = ["| metric | " + " | ".join(runs) + " | chance |", "|" + "---|" * (len(runs) + 2)]
     for k in keys:
@@ -50,7 +64,24 @@ def table(runs: dict[str, dict]) -> str:
         lines.append(f"| {k} | " + " | ".join(cells) + f" | {chance_cell} |")
     for k in COUNTS:
         lines.append(f"| {k} | " + " | ".join(str(r.get(k, "")) for r in runs.values()) + " | |")
+    for k in every:
+        lines += ["", f"{k}: every frame shows the answer (a diagnostic of whether frames reach the LLM; left out of "
+                  f"circular_accuracy and the hit rate). {_against_blind(rows, k)}"]
     return "\n".join(lines)
+
+
+def _against_blind(rows: dict[str, dict[str, float]], key: str) -> str:
+    """Each run's ``key`` minus the run named ``blind``'s, and whether it reaches :data:`EVERY_FRAME_BAR`."""
+    blind = rows.get("blind", {}).get(key)
+    if blind is None:
+        return "No run named blind to compare with."
+    verdicts = []
+    for name, r in rows.items():
+        if name != "blind" and r.get(key) is not None:
+            d = r[key] - blind
+            beats = "beats" if d >= EVERY_FRAME_BAR - 1e-9 else "does not beat"
+            verdicts.append(f"{name} − blind = {d:+.3f}: {beats} blind by ≥ {EVERY_FRAME_BAR}")
+    return "; ".join(verdicts) + "." if verdicts else ""
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,8 +8,9 @@ Three sweep files make the study, run in order, each resuming where it stopped (
 - ``experiments/sweeps/needle_controls.yaml``: blind, random frames and oracle frames, on the Uniform checkpoints;
 - ``experiments/sweeps/needle_ablation.yaml``: B-VLLM's Table 3 (one component off at a time; soft selection).
 
-Then the report, in ``<root>/study`` (``study_quick`` for ``--quick true``): ``study.md`` (every table, the paired
-bootstrap of B-VLLM against Uniform, the points not finished, the wall time), ``summary.csv`` (mean ± std over seeds
+Then the report, in ``<root>/study`` (``study_quick`` for ``--quick true``): ``study.md`` (every table, the
+every-frame diagnostic against blind, the paired bootstrap of B-VLLM against Uniform, the points not finished, the
+wall time), ``summary.csv`` (mean ± std over seeds
 per method and length), ``points.csv`` (every method x length x seed, finished or not), ``bvllm_vs_uniform.csv`` and
 the figures (:mod:`lit_bvllm.study_figures`). ``--quick true``: the same sweeps with one seed, the 64 s set only,
 in their own folders (``<name>_quick``), with half the training steps (150: 9.5 minutes on 2 cores).
@@ -37,8 +38,9 @@ FILES = {role: f"experiments/sweeps/needle_{role}.yaml" for role in ROLES}
 QUICK_EVAL = "needle_64s"
 QUICK_STEPS = 150  # the quick variant's training steps: 9 min 24 s on 2 cores; with the full recipe's 300, 13 min 40 s
 REFERENCE, CANDIDATE = "Uniform", "BVLLM"  # the bootstrap's pair: CANDIDATE - REFERENCE
+BLIND = "blind (no frames)"  # the control every trained method must beat on a type every frame answers
 NAMES = {  # how the table names a control or an ablation row: (dotted key, value) -> name
-    ("data.blind", True): "blind (no frames)",
+    ("data.blind", True): BLIND,
     ("model.reducer.init_args.pick", "random"): "random frames",
     ("model.reducer.init_args.pick", "oracle"): "oracle frames",
     ("model.reducer.init_args.frame_selection", False): "BVLLM w/o frame selection",
@@ -62,6 +64,7 @@ class Record:
     metrics: dict[str, float] = field(default_factory=dict)
     tokens: float | None = None  # visual tokens per item handed to the LLM in the evaluation (0 when blind)
     predictions: Path | None = None
+    every_frame: list[str] = field(default_factory=list)  # task types every frame answers (results' every_frame_types)
 
 
 # ------------------------------------------------------------------ the sweeps
@@ -135,7 +138,8 @@ def visual_tokens(result: dict, blind: bool) -> float | None:
 
 
 def result_metrics(result: dict) -> dict[str, float]:
-    """The study's numbers of a ``vnbench_results.json``."""
+    """The study's numbers of a ``vnbench_results.json``: ``circular/<type>`` for every type, the every-frame one
+    (``circular/bg_every1``) included; ``circular_accuracy`` is over the needle types only."""
     m = {"circular_accuracy": result.get("circular_accuracy"), "items": result.get("items", math.nan)}
     m.update({f"circular/{c}": v for c, v in (result.get("circular_per_category") or {}).items()})
     sel = result.get("selection") or {}
@@ -159,6 +163,7 @@ def collect(sweeps: dict[str, Sweep]) -> list[Record]:
                     result = json.loads(results.read_text())
                     rec.metrics = result_metrics(result)
                     rec.tokens = visual_tokens(result, p.knobs.get("data.blind") is True)
+                    rec.every_frame = list(result.get("every_frame_types") or [])
                     preds = step.run_dir / "vnbench_predictions.jsonl"
                     rec.predictions = preds if preds.is_file() else None
                 elif st == "done":
@@ -202,12 +207,23 @@ def summarise(records: list[Record]) -> list[Cell]:
     return list(cells.values())
 
 
+def every_frame_types(records: list[Record]) -> list[str]:
+    """The task types every frame answers, of any finished record, in order of appearance."""
+    return list(dict.fromkeys(t for r in records for t in r.every_frame))
+
+
 def bootstrap(records: list[Record], resamples: int = 10000, seed: int = 0) -> list[dict]:
-    """BVLLM against Uniform at each length: the paired bootstrap over question groups (:mod:`lit_bvllm.sweeps.paired`)."""
+    """BVLLM against Uniform at each length: the paired bootstrap over question groups (:mod:`lit_bvllm.sweeps.paired`)
+    of the needle types, as ``circular_accuracy`` (the groups of a type every frame answers left out)."""
     out = []
     evals = dict.fromkeys(r.eval for r in records if r.role == "strategies")
+    every = tuple(f"_{t}" for t in every_frame_types(records))  # a group id is <video>_<type>
+
+    def needle_groups(path: Path) -> dict[str, bool]:
+        return {g: ok for g, ok in circular_groups(path).items() if not g.endswith(every)}
+
     for ev in evals:
-        runs = {m: {r.seed: circular_groups(r.predictions) for r in records
+        runs = {m: {r.seed: needle_groups(r.predictions) for r in records
                     if r.role == "strategies" and r.method == m and r.eval == ev and r.predictions}
                 for m in (CANDIDATE, REFERENCE)}
         row = {"eval": ev, "length": eval_length(ev), "a": CANDIDATE, "b": REFERENCE}
@@ -342,7 +358,7 @@ def study(quick: bool = False, root: str = "runs/sweeps", out: str | None = None
     timing = {**estimate(full, step_times(full) + step_times(quick_sweeps), base), "test_base": base}
     timing["ran_seconds"] = ran
     timing["points_seconds"] = sum(m[3] for m in step_times(sweeps))
-    figures = write_figures(cells, folder)
+    figures = write_figures(cells, folder, every_frame_types(records))
     chosen = selection_example(sweeps, folder / "selection_example.png") if example else None
     paths = write_report(sweeps, records, cells, boot, timing, chosen, figures, folder)
     print((folder / "study.md").read_text())

@@ -4,6 +4,8 @@
   strategy with the controls dashed; right, B-VLLM and its ablation variants, Uniform dashed for reference;
 - ``hit_rate_vs_length.png``: the selection hit rate against length for every method that reports kept frames,
   with the uniform pick of as many frames as B-VLLM keeps dashed;
+- ``every_frame_vs_length.png`` (when the sets have a type every frame answers, ``bg_every1``): its circular
+  accuracy against length per method, blind in black and the bar a trained method must reach (blind + 0.5) dotted;
 - ``selection_example.png``: ``lit_bvllm show-selection`` of a trained B-VLLM on one held-out needle question.
 """
 
@@ -16,18 +18,23 @@ from pathlib import Path
 
 import yaml
 
-from lit_bvllm.study import CANDIDATE, REFERENCE, Cell, eval_length
+from lit_bvllm.report import EVERY_FRAME_BAR
+from lit_bvllm.study import BLIND, CANDIDATE, REFERENCE, Cell, eval_length
 from lit_bvllm.sweeps.grid import Sweep, console_script, expand
 from lit_bvllm.sweeps.run import state
 
 
-def write_figures(cells: list[Cell], out: Path) -> list[Path]:
-    """Both figures when any method finished at any length; their paths."""
+def write_figures(cells: list[Cell], out: Path, every_frame: list[str] | tuple = ()) -> list[Path]:
+    """The figures when any method finished at any length; their paths. ``every_frame``: the task types every
+    frame answers (``bg_every1``), drawn in ``every_frame_vs_length.png`` (the first of them)."""
     if not any(c.seeds for c in cells):
         return []
     out.mkdir(parents=True, exist_ok=True)
-    return [accuracy_figure(cells, out / "accuracy_vs_length.png"),
-            hit_rate_figure(cells, out / "hit_rate_vs_length.png")]
+    paths = [accuracy_figure(cells, out / "accuracy_vs_length.png"),
+             hit_rate_figure(cells, out / "hit_rate_vs_length.png")]
+    if every_frame:
+        paths.append(every_frame_figure(cells, f"circular/{every_frame[0]}", out / "every_frame_vs_length.png"))
+    return paths
 
 
 def lines(cells: list[Cell], metric: str) -> dict[tuple[str, str], list[tuple[float, float, float]]]:
@@ -75,6 +82,29 @@ def hit_rate_figure(cells: list[Cell], path: Path) -> Path:
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if not data:
         ax.text(0.5, 0.5, "no method reported kept frames", ha="center", va="center", transform=ax.transAxes)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def every_frame_figure(cells: list[Cell], metric: str, path: Path) -> Path:
+    data = lines(cells, metric)
+    fig = _figure(1)
+    ax = fig.subplots()
+    top = 1.02
+    for i, ((role, method), pts) in enumerate(data.items()):
+        if (role, method) == ("controls", BLIND):
+            _plot(ax, pts, method, "--", color="black")
+            bar = [p[1] + EVERY_FRAME_BAR for p in pts]  # above 1 where blind is above 0.5: no method can pass
+            ax.plot([p[0] for p in pts], bar, color="black", linestyle=":",
+                    label=f"{BLIND} + {EVERY_FRAME_BAR} (the bar)")
+            top = max(top, max(bar) + 0.02)
+        else:
+            _plot(ax, pts, method, "--" if role == "controls" else ":" if role == "ablation" else "-", _color(i))
+    _axes(ax, [p[0] for pts in data.values() for p in pts])
+    ax.set_title(f"{metric.split('/', 1)[1]}: every frame shows the answer", fontsize="small")
+    ax.set_ylabel("circular accuracy")
+    ax.set_ylim(-0.02, top)
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
 

@@ -1,6 +1,6 @@
-"""The needle study's tables (:mod:`lit_bvllm.study`): ``study.md`` (every table, the paired bootstrap, the missing
-points, the wall time), ``summary.csv`` (mean and std over seeds per method and length), ``points.csv`` (every
-method x length x seed and its state) and ``bvllm_vs_uniform.csv``."""
+"""The needle study's tables (:mod:`lit_bvllm.study`): ``study.md`` (every table, the every-frame diagnostic against
+blind, the paired bootstrap, the missing points, the wall time), ``summary.csv`` (mean and std over seeds per method
+and length), ``points.csv`` (every method x length x seed and its state) and ``bvllm_vs_uniform.csv``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import json
 import math
 from pathlib import Path
 
-from lit_bvllm.study import CANDIDATE, REFERENCE, Cell, Record, eval_length
+from lit_bvllm.report import EVERY_FRAME_BAR
+from lit_bvllm.study import BLIND, CANDIDATE, REFERENCE, Cell, Record, eval_length, every_frame_types
 from lit_bvllm.sweeps.grid import Sweep
 
 KINDS = {"strategies": "strategy", "controls": "control (Uniform ckpt)", "ablation": "ablation"}
@@ -53,7 +54,8 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
     for c in cells:
         methods.setdefault((c.role, c.method), {})[c.eval] = c
     metrics = list(dict.fromkeys(m for c in cells for m in c.values))
-    categories = [m for m in metrics if m.startswith("circular/")]
+    every = [f"circular/{t}" for t in every_frame_types(records)]  # types every frame answers: not in the overall
+    categories = [m for m in metrics if m.startswith("circular/") and m not in every]
 
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -89,10 +91,13 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
     rows = [[m, KINDS[role], tokens(list(by.values())), *(pm(by[e], "circular_accuracy") if e in by else "" for e in evals)]
             for (role, m), by in methods.items() if role in ("strategies", "controls")]
     lines += md_table(["method", "kind", "tokens", *head], rows)
+    for k in every:
+        lines += every_frame_section(methods, k)
     lines += ["", "## Per task type", ""]
-    rows = [[m, f"{c.length} s" if c.length else e, *(pm(c, k) for k in categories), pm(c, "circular_accuracy")]
-            for (role, m), by in methods.items() for e, c in by.items()]
-    lines += md_table(["method", "length", *(k.split("/", 1)[1] for k in categories), "overall"], rows)
+    rows = [[m, f"{c.length} s" if c.length else e, *(pm(c, k) for k in categories), pm(c, "circular_accuracy"),
+             *(pm(c, k) for k in every)] for (role, m), by in methods.items() for e, c in by.items()]
+    lines += md_table(["method", "length", *(k.split("/", 1)[1] for k in categories), "overall",
+                       *(f"{k.split('/', 1)[1]} (every frame)" for k in every)], rows)
     lines += ["", "## Selection: needle frame among the frames kept (no LLM involved)", "",
               "hit rate: share of needle questions for which a kept frame shows the needle; uniform: as many "
               "uniformly spaced frames. `= uniform`: the hit rate is the uniform pick's on every seed (the method "
@@ -134,6 +139,38 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
     lines += ["", "Figures: " + ", ".join(p.name for p in figures)]
     (out / "study.md").write_text("\n".join(lines) + "\n")
     return [out / "study.md", out / "summary.csv", out / "points.csv", out / "bvllm_vs_uniform.csv"]
+
+
+def every_frame_section(methods: dict[tuple[str, str], dict[str, Cell]], metric: str) -> list[str]:
+    """``study.md``'s lines on a type every frame answers (``circular/bg_every1``): per trained method and length,
+    its circular accuracy beside blind's, the difference of the seed means and whether it reaches
+    :data:`~lit_bvllm.report.EVERY_FRAME_BAR`; then whether every strategy does at every length."""
+    name = metric.split("/", 1)[1]
+    blind = methods.get(("controls", BLIND), {})
+    lines = ["", f"## Does anything reach the LLM? {name}: every frame shows the answer", "",
+             f"The background colour, asked as the training data asks it; any frame answers it, so a method whose "
+             f"frames reach the LLM should beat {BLIND} by ≥ {EVERY_FRAME_BAR} (circular accuracy, seed means). Left "
+             "out of the accuracy above and of the hit rate.", ""]
+    rows, verdicts = [], []
+    for (role, m), by in methods.items():
+        if (role, m) == ("controls", BLIND):
+            continue
+        for e, c in by.items():
+            b = blind.get(e)
+            diff = c.mean(metric) - b.mean(metric) if b is not None else math.nan
+            verdict = "—" if math.isnan(diff) else "yes" if diff >= EVERY_FRAME_BAR - 1e-9 else "no"
+            if role == "strategies":
+                verdicts.append(verdict)
+            rows.append([m, KINDS[role], f"{c.length} s" if c.length else e, pm(c, metric),
+                         pm(b, metric) if b is not None else "missing", "" if math.isnan(diff) else f"{diff:+.3f}",
+                         verdict])
+    lines += md_table(["method", "kind", "length", name, BLIND, "difference", f"beats blind by ≥ {EVERY_FRAME_BAR}"],
+                      rows)
+    done = verdicts.count("yes")
+    answer = "yes" if verdicts and done == len(verdicts) else "no" if "no" in verdicts else "not known yet"
+    lines += ["", f"Every strategy beats {BLIND} by ≥ {EVERY_FRAME_BAR} on {name} at every length: {answer} ({done} "
+              f"of {len(verdicts)} strategy × length cells do)."]
+    return lines
 
 
 def _uniform(cell: Cell) -> bool:

@@ -191,10 +191,12 @@ def test_vnbench(synthetic, tmp_path):
     entries = load(root / "VNBench_qa.json")
     items = VNBench(root).read()
     check_videos(items)
-    assert len(items) == len(entries) == 4 * 3 * 4 and len({i.group for i in items}) == 4 * 3
+    assert len(items) == len(entries) == 4 * 4 * 4 and len({i.group for i in items}) == 4 * 4  # 3 needle types, bg_every1
     for item, e in zip(items, entries):
         assert item.options[item.answer] == e["gt"] and item.category == e["type"]
-        assert item.group == f"{Path(e['video']).stem}_{e['type']}" and item.extra == {"try": e["try"], "needle_times": e["needle_times"]}
+        every = {"every_frame": True} if e["type"] == "bg_every1" else {}
+        assert item.group == f"{Path(e['video']).stem}_{e['type']}"
+        assert item.extra == {"try": e["try"], "needle_times": e["needle_times"], **every}
     # B-VLLM's gt_option letter and a gt index give the same answers
     letters = [{k: v for k, v in e.items() if k != "gt"} | {"gt_option": "ABCD"[e["options"].index(e["gt"])]} for e in entries]
     indices = [e | {"gt": e["options"].index(e["gt"])} for e in entries]

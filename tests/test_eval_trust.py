@@ -32,7 +32,8 @@ def _trainer(tmp_path, **kwargs):
 @pytest.fixture
 def vnbench_release(synthetic, tmp_path):
     """The synthetic needle questions laid out as VideoNIAH ships VNBench: bare file names in ``VNBench_qa.json``,
-    the videos in a folder of their own (``--video_dir`` of its example script), 2 videos x 3 types x 4 tries."""
+    the videos in a folder of their own (``--video_dir`` of its example script), 2 videos x 4 types x 4 tries (the 3
+    needle types and bg_every1)."""
     src = synthetic / "eval" / "vnbench"
     entries = json.loads((src / "VNBench_qa.json").read_text())
     keep = sorted({e["video"] for e in entries})[:2]
@@ -60,7 +61,7 @@ def test_videos_not_found_stop_the_run_before_the_model_loads(tiny, vnbench_rele
     dm = BenchmarkDataModule(VNBench(str(root), video_root="videos_all"), tiny["llm"], vision_tower=tiny["vision"],
                              num_workers=0)
     dm.setup("test")
-    assert len(dm.items) == 24 and all(os.path.isfile(it.video) for it in dm.items)
+    assert len(dm.items) == 32 and all(os.path.isfile(it.video) for it in dm.items)
     assert dm.test_set.refusals == {}  # the video folder is one of the benchmark's media folders
 
 
@@ -76,7 +77,7 @@ def test_a_share_of_missing_videos_under_the_limit_is_scored_wrong_and_counted(m
     with caplog.at_level(logging.INFO):
         _trainer(tmp_path).test(model, datamodule=dm)
     result = json.loads((tmp_path / "run" / "v" / "vnbench_results.json").read_text())
-    assert (result["videos"], result["unreadable_videos"], result["errors"]) == (2, 1, 12)
+    assert (result["videos"], result["unreadable_videos"], result["errors"]) == (2, 1, 16)
     assert "vnbench: 1 of 2 videos missing or unreadable" in caplog.text  # printed at the end of every run
 
 
@@ -91,7 +92,7 @@ def test_undecodable_videos_stop_the_run_before_scoring_and_keep_the_answers(mod
     with pytest.raises(RuntimeError, match=r"2 of 2 vnbench videos are unreadable .*First error: item "):
         _trainer(tmp_path).test(model, datamodule=dm)
     run = tmp_path / "run" / "v"
-    assert len((run / "vnbench_predictions.jsonl").read_text().splitlines()) == 24
+    assert len((run / "vnbench_predictions.jsonl").read_text().splitlines()) == 32
     assert not (run / "vnbench_results.json").exists()  # no number that could be mistaken for a result
 
 

@@ -52,7 +52,7 @@ def test_each_set_has_videos_of_exactly_its_length(needles):
     for n in LENGTHS:
         folder = root / "eval" / f"needle_{n}s"
         assert summary["needle_sets"][f"eval/needle_{n}s"]["videos"] == 2
-        assert summary["needle_sets"][f"eval/needle_{n}s"]["items"] == 2 * 3 * 4
+        assert summary["needle_sets"][f"eval/needle_{n}s"]["items"] == 2 * 4 * 4  # 3 needle types + bg_every1
         assert sorted(p.name for p in (folder / "videos").iterdir()) == [f"needle{n}s_0000.mp4", f"needle{n}s_0001.mp4"]
         for record in load(folder / "metadata.json")["videos"]:
             assert record["duration"] == n and record["num_frames"] == n * record["fps"]
@@ -67,7 +67,7 @@ def test_questions_tries_and_needle_times_are_well_formed(needles):
         folder = root / "eval" / f"needle_{n}s"
         records = {r["id"]: r for r in load(folder / "metadata.json")["videos"]}
         entries = load(folder / "VNBench_qa.json")
-        assert len(entries) == len(records) * 3 * 4
+        assert len(entries) == len(records) * 4 * 4
         for r in records.values():
             events = [[e["start"], e["end"]] for e in r["needles"]]
             assert 2 <= len(events) <= 4 and len({(e["shape"], e["colour"]) for e in r["needles"]}) >= 2
@@ -78,10 +78,13 @@ def test_questions_tries_and_needle_times_are_well_formed(needles):
             groups.setdefault(e["question_id"].rsplit("_", 1)[0], []).append(e)
             events = [[x["start"], x["end"]] for x in records[pathlib.Path(e["video"]).stem]["needles"]]
             assert e["gt"] in e["options"] and len(set(e["options"])) == 4
+            if e["type"] == "bg_every1":  # every frame answers it (tests/test_every_frame_task.py)
+                assert e["needle_times"] == [[0, n]]
+                continue
             assert e["needle_times"] and all(span in events for span in e["needle_times"])
             if e["type"] == "ord_insert1":
                 assert e["needle_times"] == events
-        assert len(groups) == len(records) * 3
+        assert len(groups) == len(records) * 4
         for tries in groups.values():
             assert [e["try"] for e in tries] == [0, 1, 2, 3]
             first = tries[0]["options"]

@@ -174,7 +174,7 @@ def test_vnbench_tries_are_rotations(data):
     groups = defaultdict(list)
     for e in entries:
         groups[(e["video"], e["type"])].append(e)
-    assert len(groups) == 4 * 3 and {t for _, t in groups} == {"ret_insert1", "ord_insert1", "cnt_insert1"}
+    assert len(groups) == 4 * 4 and {t for _, t in groups} == {"ret_insert1", "ord_insert1", "cnt_insert1", "bg_every1"}
     for (video, kind), tries in groups.items():
         assert [e["try"] for e in tries] == [0, 1, 2, 3]
         base = tries[0]["options"]
@@ -196,7 +196,7 @@ def test_vnbench_answers_follow_metadata(data):
             assert present == [e["gt"]]
         elif e["type"] == "ord_insert1":
             assert e["gt"] == ", then ".join(names)
-        else:
+        elif e["type"] == "cnt_insert1":
             target = e["question"].removeprefix("How many times does a ").removeprefix("How many times does an ")
             assert e["gt"] == str(names.count(target.removesuffix(" appear?")))
 
@@ -312,6 +312,8 @@ def test_eval_videos_have_their_own_durations_and_needle_times(tmp_path):
         events = [[n["start"], n["end"]] for n in r["needles"]]
         if e["type"] == "ord_insert1":
             assert e["needle_times"] == events
+        elif e["type"] == "bg_every1":  # every frame answers it (tests/test_every_frame_task.py)
+            assert e["needle_times"] == [[0, r["duration"]]]
         else:
             name = e["gt"] if e["type"] == "ret_insert1" else e["question"].split(" does ", 1)[1].removesuffix(" appear?")
             name = name.split(" ", 1)[1]  # drop the article

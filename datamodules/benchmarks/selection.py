@@ -11,6 +11,10 @@ renderer's own rule (frames are decoded at their true timestamps, ``datamodules.
 The same two numbers for ``uniform``, a uniform selection of as many frames as the strategy kept, from the same
 frames (the segment-midpoint rule of the uniform reducers, ``lit_bvllm.reducers.sampling.uniform_indices``), are its
 control: a text-conditioned selector is worth something only where it beats them.
+
+A question every frame answers (``extra["every_frame"]``, the background colour ``bg_every1``: its evidence is the
+whole video) is hit by any pick; it is left out of every number here, overall and per category, and counted
+(``every_frame_questions``), so the hit rates stay those of the needle questions.
 """
 
 from __future__ import annotations
@@ -63,15 +67,20 @@ def selection_record(selected: list[float], given: list[float], spans: list[list
 def aggregate(records: list[dict], items: list) -> dict:
     """Hit rate and event recall of the strategy and of its uniform control, overall and per category, over the
     records that carry a ``selection``, one per question (the circular tries of a question share its ``group``
-    and see the same frames). ``items``: the benchmark's items, indexed by ``record["index"]``."""
+    and see the same frames), but the questions every frame answers (counted in ``every_frame_questions`` when
+    there are any). ``items``: the benchmark's items, indexed by ``record["index"]``."""
     groups: dict[str, dict] = {}
+    every: set[str] = set()
     for r in sorted(records, key=lambda r: r["index"]):
         sel = r.get("selection")
         if sel is not None:
             item = items[r["index"]]
-            groups.setdefault(item.group, {**sel, "category": item.category})
+            if item.extra.get("every_frame"):
+                every.add(item.group)
+            else:
+                groups.setdefault(item.group, {**sel, "category": item.category})
     if not groups:
-        return {}
+        return {"every_frame_questions": len(every)} if every else {}
     per: dict[str, list[dict]] = defaultdict(list)
     for g in groups.values():
         per[g["category"]].append(g)
@@ -87,4 +96,5 @@ def aggregate(records: list[dict], items: list) -> dict:
             "frames_given": float(np.mean([r["frames_given"] for r in rows])),
         }
 
-    return {**summary(list(groups.values())), "per_category": {c: summary(v) for c, v in sorted(per.items())}}
+    return {**summary(list(groups.values())), "per_category": {c: summary(v) for c, v in sorted(per.items())},
+            **({"every_frame_questions": len(every)} if every else {})}

@@ -8,10 +8,12 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from datamodules.benchmarks.base import MultipleChoiceBenchmark
 from datamodules.benchmarks.items import EvalItem
+from datamodules.benchmarks.metrics import mean
 from datamodules.benchmarks.parsing import ParseRule, first_letter
 from datamodules.benchmarks.prompts import LETTER_ONLY, bracket_options
 from datamodules.benchmarks.reading import load_list, option_index, option_letter, require, require_text
@@ -50,6 +52,12 @@ class VNBench(MultipleChoiceBenchmark):
     replaces it. The 4 circular tries of an item share ``group`` = ``question_id`` without its ``_<try>``; category
     is ``type``. A group counts in the circular accuracy only when all :data:`TRIES` of its tries were scored, as
     ``eval.py`` requires; incomplete groups are counted (``incomplete_groups``) and left out.
+
+    The synthetic sets' entries may also carry ``needle_times`` (the evidence spans, for the selection hit rate)
+    and ``every_frame: true`` (a type every frame answers, ``bg_every1``: whether frames reach the LLM at all).
+    Such a type is no VNBench category: it has its circular accuracy in ``circular_per_category`` but stays out of
+    ``circular_accuracy`` and ``accuracy`` (the needle types only, as the real VNBench's) and out of the selection
+    hit rate; ``every_frame_types`` names it. An annotation without the field scores as VNBench's own.
 
     Args:
         root: VNBench folder.
@@ -92,9 +100,12 @@ class VNBench(MultipleChoiceBenchmark):
             # the synthetic needle sets' evidence spans: the selection hit rate, and the batches' frame_evidence
             if e.get("needle_times") is not None:
                 extra["needle_times"] = _spans(e["needle_times"], path, where)
+            if e.get("every_frame") is not None:  # a diagnostic type every frame answers: not in the overall number
+                extra["every_frame"] = _flag(e["every_frame"], path, where)
             items.append(EvalItem(id=qid, video=os.path.abspath(videos / require_text(e, "video", path, where)),
                                   question=require_text(e, "question", path, where), options=options, answer=answer,
                                   category=require_text(e, "type", path, where), group=group, extra=extra))
+        _check_every_frame(items, path)
         return items
 
     def template(self, question: str, options: list[str]) -> str:
@@ -104,8 +115,15 @@ class VNBench(MultipleChoiceBenchmark):
 
     def accuracy(self, correct: Tensor, parsed: Tensor, known: Tensor, items: list[EvalItem]) -> dict:
         """Also the circular accuracy (VNBench ``eval.py``): an item counts only if all of its tries are right;
-        per type, and overall as the unweighted mean over types (None when no group is complete)."""
+        per type, and overall as the unweighted mean over types (None when no group is complete). Types marked
+        ``every_frame`` are listed per type (and in ``every_frame_types``) but left out of ``circular_accuracy``
+        and ``accuracy``."""
         out = super().accuracy(correct, parsed, known, items)
+        every = sorted({it.category for it in items if it.extra.get("every_frame")})
+        if every:
+            needle = torch.tensor([not it.extra.get("every_frame") for it in items])
+            out["accuracy"] = mean(correct[known & needle])
+            out["every_frame_types"] = every
         groups: dict[tuple[str, str], list[bool]] = defaultdict(list)
         for it, ok, k in zip(items, correct.tolist(), known.tolist()):
             if k:
@@ -123,8 +141,27 @@ class VNBench(MultipleChoiceBenchmark):
             log.warning("vnbench: %d question group(s) lack some of their %d tries and are left out of the circular "
                         "accuracy (first: %s)", len(incomplete), TRIES, incomplete[0])
         out["circular_per_category"] = {c: sum(v) / len(v) for c, v in sorted(per.items())}
-        out["circular_accuracy"] = sum(out["circular_per_category"].values()) / len(per) if per else None
+        overall = [v for c, v in out["circular_per_category"].items() if c not in every]
+        out["circular_accuracy"] = sum(overall) / len(overall) if overall else None
         return out
+
+
+def _flag(value, path: Path, where: str) -> bool:
+    """A JSON boolean, or a ValueError naming the file and entry."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{path}, entry {where}: 'every_frame' must be true or false, got {value!r}")
+    return value
+
+
+def _check_every_frame(items: list[EvalItem], path: Path) -> None:
+    """A type is every-frame in all of its entries or in none: a ValueError naming the file and type otherwise."""
+    marks: dict[str, set[bool]] = defaultdict(set)
+    for it in items:
+        marks[it.category].add(bool(it.extra.get("every_frame")))
+    mixed = sorted(c for c, m in marks.items() if len(m) > 1)
+    if mixed:
+        raise ValueError(f"{path}: type {mixed[0]!r} has 'every_frame': true in some entries and not in others; "
+                         "mark all of its entries or none")
 
 
 def _spans(value, path: Path, where: str) -> list[list[float]]:

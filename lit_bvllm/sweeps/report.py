@@ -1,6 +1,10 @@
 """A sweep's numbers: the finished points' results gathered into a table (mean ± std over seeds), written as
 ``results.csv`` and ``results.md``, and to TensorBoard (``<sweep>/tensorboard``: the HPARAMS tab, and scalars
 against the knob for a one-knob sweep). Figures: :mod:`lit_bvllm.sweeps.figures`.
+
+A VNBench type every frame answers (``every_frame_types`` of its results: the background colour, ``bg_every1``)
+gets its column right after the headlines, and ``results.md`` a line saying that ``circular_accuracy`` leaves it
+out and that a trained model should beat blind on it by 0.5 (``lit_bvllm.report.EVERY_FRAME_BAR``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lit_bvllm.report import EVERY_FRAME_BAR
 from lit_bvllm.sweeps.grid import Point, Sweep, expand, short_names, steps
 from lit_bvllm.sweeps.run import finished
 
@@ -60,6 +65,7 @@ class Table:
     rows: list[Row]
     metrics: list[str]
     headline: dict[str, str]
+    every_frame: list[str] = field(default_factory=list)  # metrics of types every frame answers (in ``metrics``)
 
 
 def flatten(result: dict, prefix: str = "") -> dict[str, float]:
@@ -74,18 +80,27 @@ def flatten(result: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def point_results(sweep: Sweep, point: Point) -> dict[str, dict[str, float]]:
+def point_results(sweep: Sweep, point: Point,
+                  every_frame: dict[str, None] | None = None) -> dict[str, dict[str, float]]:
     """``{benchmark: flat metrics}`` of a point's results files (``<benchmark>_results.json`` of each test). A
-    benchmark that two evals of one point both test is named ``<benchmark>@<eval>``."""
+    benchmark that two evals of one point both test is named ``<benchmark>@<eval>``. ``every_frame``, when given,
+    gets the ``<benchmark>/circular_per_category/<type>`` metrics of the types every frame answers."""
     found = []
     for step in steps(sweep, point, ["lit_bvllm"]):
         if step.command == "test":
             for path in sorted(step.run_dir.glob("*_results.json")):
                 result = json.loads(path.read_text())
                 metrics = flatten({k: v for k, v in result.items() if k not in NOT_METRICS})
-                found.append((path.name.removesuffix("_results.json"), step.name, metrics))
-    names = [b for b, _, _ in found]
-    return {(b if names.count(b) == 1 else f"{b}@{e}"): m for b, e, m in found}
+                found.append((path.name.removesuffix("_results.json"), step.name, metrics,
+                              result.get("every_frame_types") or []))
+    names = [b for b, *_ in found]
+    out = {}
+    for b, e, m, types in found:
+        name = b if names.count(b) == 1 else f"{b}@{e}"
+        out[name] = m
+        if every_frame is not None:
+            every_frame.update(dict.fromkeys(f"{name}/circular_per_category/{t}" for t in types))
+    return out
 
 
 def headline_metric(benchmark: str, metrics: set[str], choice: str | dict[str, str] | None = None) -> str | None:
@@ -107,6 +122,7 @@ def collect(sweep: Sweep, headline: str | dict[str, str] | None = None) -> Table
     rows: dict[str, Row] = {}
     benchmarks: dict[str, None] = {}
     seen: dict[str, None] = {}
+    every: dict[str, None] = {}
     levels: dict[str, dict[str, object]] = {k: {} for k in knobs}
     for point in expand(sweep):
         for k, v in point.knobs.items():
@@ -115,14 +131,16 @@ def collect(sweep: Sweep, headline: str | dict[str, str] | None = None) -> Table
             continue
         row = rows.setdefault(point.setting, Row(point.setting, point.labels, dict(point.knobs)))
         row.seeds.append(point.seed)
-        for bench, metrics in point_results(sweep, point).items():
+        for bench, metrics in point_results(sweep, point, every).items():
             benchmarks[bench] = None
             for m, v in metrics.items():
                 row.metrics.setdefault(f"{bench}/{m}", []).append(v)
                 seen[f"{bench}/{m}"] = None
     heads = {b: h for b in benchmarks if (h := headline_metric(b, set(seen), headline))}
-    ordered = list(heads.values()) + [m for m in seen if m not in heads.values()]
-    return Table(knobs, names, levels, list(rows.values()), ordered, heads)
+    every_frame = [m for m in every if m in seen and m not in heads.values()]
+    first = [*heads.values(), *every_frame]  # the headlines, then the types every frame answers
+    ordered = first + [m for m in seen if m not in first]
+    return Table(knobs, names, levels, list(rows.values()), ordered, heads, every_frame)
 
 
 def write_tables(table: Table, out: Path) -> tuple[Path, Path]:
@@ -140,6 +158,9 @@ def write_tables(table: Table, out: Path) -> tuple[Path, Path]:
     for r in table.rows:
         cells = [_pm(r.mean(m), r.std(m)) for m in table.metrics]
         lines.append("| " + " | ".join([*(r.knobs[k] for k in table.knobs), str(len(r.seeds)), *cells]) + " |")
+    for m in table.every_frame:
+        lines += ["", f"{m}: every frame shows the answer (a diagnostic of whether frames reach the LLM, left out of "
+                  f"circular_accuracy); a trained model should beat blind on it by ≥ {EVERY_FRAME_BAR}."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     return out / "results.csv", out / "results.md"
 

@@ -1,16 +1,32 @@
 """Held-out eval annotations: VNBench (4-option needle QA, circular tries) and MSVD-QA (one-word answers).
 
 Both are derived from eval video records (scenes.py) that have >= 2 needle events and >= 2 distinct needles.
+
+Beside VNBench's needle types (retrieval ``ret_insert1``, ordering ``ord_insert1``, counting ``cnt_insert1``) the
+VNBench-format sets hold one diagnostic type that every frame answers, :data:`EVERY_FRAME` (``bg_every1``): "What
+color is the background?", its options whole answers in the training data's words ("The video has a navy
+background."). A model that beats its blind baseline there reads its frames at all; the needle types then ask
+whether it finds the 1-2 s that matter. Its entries say ``"every_frame": true``: the scorer leaves the type out of
+VNBench's overall number and the selection hit rate (``datamodules.benchmarks.vnbench``, ``selection``).
 """
 
 import itertools
 
 import numpy as np
 
-from lit_bvllm.synthetic.describe import NUMBER_WORDS, article, count_of, distinct_needles, needle_name
-from lit_bvllm.synthetic.scenes import NEEDLE_COLOURS, NEEDLE_SHAPES
+from lit_bvllm.synthetic.describe import (
+    NUMBER_WORDS,
+    article,
+    background_phrase,
+    count_of,
+    distinct_needles,
+    needle_name,
+)
+from lit_bvllm.synthetic.scenes import BACKGROUNDS, NEEDLE_COLOURS, NEEDLE_SHAPES
 
 ALL_NEEDLES = [f"{c} {s}" for s in NEEDLE_SHAPES for c in NEEDLE_COLOURS]  # "red triangle", ...
+EVERY_FRAME = "bg_every1"
+"""The task type every frame answers (the background colour): a diagnostic of whether frames reach the LLM."""
 
 
 def _options(rng: np.random.Generator, gt: str, wrong: list[str], n: int = 4) -> list[str]:
@@ -55,18 +71,48 @@ def vnbench_questions(record: dict, rng: np.random.Generator) -> list[tuple[str,
     ]
 
 
-def vnbench_entries(records: list[dict], rng: np.random.Generator) -> list[dict]:
+def background_answer(bg: dict) -> str:
+    """The training data's answer to "What color is the background?" (``describe.video_qa``): "The video has a
+    navy background." or "The video has a background fading from navy at the top to olive at the bottom."."""
+    return f"The video has {background_phrase(bg)}."
+
+
+def every_frame_question(record: dict, rng: np.random.Generator) -> tuple[str, str, list[str], str, list[list[int]]]:
+    """(type, question, options, gt, needle_times) of :data:`EVERY_FRAME` about one video, worded as the training
+    data words it. Wrong options name other background colours of ``scenes.BACKGROUNDS``: another solid colour, or
+    for a gradient the same direction with another ordered pair of colours (the reversed pair among them).
+    ``needle_times``: the whole video, ``[[0, duration]]``: every frame shows the answer."""
+    bg = record["background"]
+    names = list(BACKGROUNDS)
+    if bg["direction"] == "solid":
+        others = [{"colours": [c], "direction": "solid"} for c in names]
+    else:
+        others = [{"colours": [a, b], "direction": bg["direction"]} for a in names for b in names if a != b]
+    gt = background_answer(bg)
+    return (EVERY_FRAME, "What color is the background?", _options(rng, gt, [background_answer(o) for o in others]),
+            gt, [[0, record["duration"]]])
+
+
+def vnbench_entries(records: list[dict], rng: np.random.Generator,
+                    every_frame_rng: np.random.Generator | None = None) -> list[dict]:
     """VNBench_qa.json entries: per (video, type) 4 tries, try k rotates the options left by k. Beside VNBench's own
     fields, each entry carries ``needle_times`` (:func:`vnbench_questions`), which the reader keeps for the
-    selection hit rate."""
+    selection hit rate.
+
+    With ``every_frame_rng``, the :data:`EVERY_FRAME` questions (:func:`every_frame_question`, drawn from that
+    stream alone) follow every needle entry, video by video, each entry marked ``"every_frame": true``: the needle
+    entries come out as they do without them, at the same positions."""
     entries = []
-    for record in records:
+    asked = [(record, vnbench_questions(record, rng)) for record in records]
+    if every_frame_rng is not None:
+        asked += [(record, [every_frame_question(record, every_frame_rng)]) for record in records]
+    for record, questions in asked:
         stem = record["id"]
-        for kind, question, options, gt, spans in vnbench_questions(record, rng):
+        for kind, question, options, gt, spans in questions:
             for k in range(4):
                 entries.append({"video": f"videos/{stem}.mp4", "question": question, "options": options[k:] + options[:k],
                                 "gt": gt, "type": kind, "try": k, "question_id": f"{stem}_{kind}_{k}",
-                                "needle_times": spans})
+                                "needle_times": spans, **({"every_frame": True} if kind == EVERY_FRAME else {})})
     return entries
 
 

@@ -14,8 +14,9 @@ from lit_bvllm.synthetic.needles import NEEDLE_FILES, needle_folder, write_needl
 from lit_bvllm.synthetic.render import write_jpg, write_mp4
 from lit_bvllm.synthetic.scenes import sample_image, sample_video
 
-# Independent random streams: numpy.random.default_rng([seed, stream, index]); needles.py draws from 8 and 9.
+# Independent random streams: numpy.random.default_rng([seed, stream, index]); needles.py draws from 8, 9 and 11.
 TRAIN_VIDEOS, EVAL_VIDEOS, IMAGES, PRETRAIN, FINETUNE, VNBENCH, MSVD, BENCHMARKS = range(8)
+VNBENCH_EVERY_FRAME = 10  # eval/vnbench's every-frame questions (evalsets.EVERY_FRAME), added after streams 0..9
 MIN_DURATION = 8  # seconds: room for two needle events of up to 2 s, 1 s apart, 1 s clear of both ends
 
 
@@ -112,8 +113,8 @@ def make_synthetic(
         needle_lengths: also write the needle study's held-out sets, one per length (whole seconds):
             ``eval/needle_<L>s/{VNBench_qa.json,metadata.json,videos/}``, ``needle_videos`` videos of exactly ``L``
             s each, drawn from their own random streams (needles.py); None (the default) writes none.
-        needle_videos: videos per needle set (3 questions x 4 circular tries each; 50 makes one question worth
-            2 points of a per-type circular score).
+        needle_videos: videos per needle set (3 needle questions and the every-frame one x 4 circular tries each;
+            50 makes one question worth 2 points of a per-type circular score).
         needles_only: write only the needle sets, leaving everything else under ``out`` as it is (add them to a
             dataset written earlier; give the flags it was written with: the sets use ``seed``, the fps range and
             the frame size).
@@ -164,7 +165,7 @@ def make_synthetic(
         "pretrain.json": pretrain_entries(videos, images, rng(PRETRAIN)),
         "finetune.json": finetune,
         "finetune_llamavid.json": to_llamavid(finetune),
-        "eval/vnbench/VNBench_qa.json": vnbench_entries(evals, rng(VNBENCH)),
+        "eval/vnbench/VNBench_qa.json": vnbench_entries(evals, rng(VNBENCH), rng(VNBENCH_EVERY_FRAME)),
         "eval/msvd/test_qa.json": msvd_qa,
         "eval/msvd/test_q.json": msvd_q,
         "eval/msvd/test_a.json": msvd_a,

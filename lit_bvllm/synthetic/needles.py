@@ -5,13 +5,15 @@ relevant events are short? The study compares every strategy on the same questio
 any strategy is: ``eval/needle_<L>s/`` holds ``num_videos`` videos of exactly ``L`` seconds (``L`` one-fps frames at
 the evaluation's 1 fps, ``datamodules.video.sample_times``), each with 2-4 needle events of 1-2 s, and the same
 retrieval / ordering / counting questions with 4 circular tries and ``needle_times`` as ``eval/vnbench/``
-(:func:`lit_bvllm.synthetic.evalsets.vnbench_entries`).
+(:func:`lit_bvllm.synthetic.evalsets.vnbench_entries`), then the every-frame question (the background colour,
+``bg_every1``) of each video, the diagnostic of whether frames reach the LLM at all.
 
-Held out: video ``i`` of length ``L`` is drawn from ``numpy.random.default_rng([seed, NEEDLE_VIDEOS, L, i])`` and the
-questions of length ``L`` from ``[seed, NEEDLE_QUESTIONS, L]``: streams no training video, eval video or other file
-of ``make-synthetic`` draws from (``generate.py`` numbers its streams ``0..7``). A set depends only on ``(seed, L,
-i)`` and the drawing flags (fps range, frame size): asking for more videos or other lengths adds videos, it never
-changes one already written.
+Held out: video ``i`` of length ``L`` is drawn from ``numpy.random.default_rng([seed, NEEDLE_VIDEOS, L, i])``, the
+needle questions of length ``L`` from ``[seed, NEEDLE_QUESTIONS, L]`` and the every-frame ones from ``[seed,
+NEEDLE_EVERY_FRAME, L]``: streams no training video, eval video or other file of ``make-synthetic`` draws from
+(``generate.py`` numbers its streams ``0..7`` and ``10``). A set depends only on ``(seed, L, i)`` and the drawing
+flags (fps range, frame size): asking for more videos or other lengths adds videos, it never changes one already
+written.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lit_bvllm.synthetic.render import write_mp4
 from lit_bvllm.synthetic.scenes import sample_video
 
 NEEDLE_VIDEOS, NEEDLE_QUESTIONS = 8, 9  # random streams after generate.py's TRAIN_VIDEOS .. BENCHMARKS (0..7)
+NEEDLE_EVERY_FRAME = 11  # the every-frame questions, after generate.py's VNBENCH_EVERY_FRAME (10)
 NEEDLE_FILES = ("VNBench_qa.json", "metadata.json")  # per set, beside its videos/
 
 
@@ -50,7 +53,8 @@ def write_needle_sets(root: Path, seed: int, lengths: list[int], num_videos: int
     """Write ``<root>/eval/needle_<L>s/{VNBench_qa.json, metadata.json, videos/}`` for each length.
 
     ``metadata.json`` holds the set's drawing config and its scene records (the needles' shapes, colours and
-    times), ``VNBench_qa.json`` 3 questions x 4 tries per video. Videos of an earlier, larger run of the same length
+    times), ``VNBench_qa.json`` 3 needle questions x 4 tries per video, then the every-frame question x 4 tries
+    per video. Videos of an earlier, larger run of the same length
     are deleted. Returns per folder ``{"videos", "items", "seconds", "generation_s"}`` (the wall time to draw,
     render and encode the set)."""
     out = {}
@@ -65,7 +69,8 @@ def write_needle_sets(root: Path, seed: int, lengths: list[int], num_videos: int
         for stale in (folder / "videos").glob(f"needle{length}s_*.mp4"):
             if stale.name not in keep:
                 stale.unlink()
-        entries = vnbench_entries(records, np.random.default_rng([seed, NEEDLE_QUESTIONS, length]))
+        entries = vnbench_entries(records, np.random.default_rng([seed, NEEDLE_QUESTIONS, length]),
+                                  np.random.default_rng([seed, NEEDLE_EVERY_FRAME, length]))
         config = {"seed": seed, "length": length, "num_videos": num_videos, "min_fps": fps_range[0],
                   "max_fps": fps_range[1], "width": width, "height": height}
         write_json(folder / "VNBench_qa.json", entries)
