@@ -153,7 +153,7 @@ def test_pretrain_and_finetune_schema(data):
     n_video = sum("video" in e for e in finetune)
     n_image = sum("image" in e for e in finetune)
     n_text = len(finetune) - n_video - n_image
-    assert 2 * 4 <= n_video <= 3 * 4 and n_image == 2 and n_text == max(1, (n_video + n_image) // 9)
+    assert (2 + 2) * 4 <= n_video <= (3 + 2) * 4 and n_image == 2 and n_text == max(1, (n_video + n_image) // 9)
     assert any(len(e["conversations"]) == 2 for e in finetune) and any(len(e["conversations"]) >= 4 for e in finetune)
     assert all(not e["video"].startswith("eval") for e in finetune if "video" in e)
 
@@ -337,3 +337,28 @@ def test_argument_validation(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         make_synthetic(tmp_path, **overrides)
     assert not any(tmp_path.iterdir())  # nothing written before validation
+
+
+def test_finetune_asks_every_form_of_the_needle_set(data):
+    """Each training video with needles gets two conversations asking the held-out set's four forms (background,
+    retrieval, counting, ordering), answered as the set's right options read: training asks what evaluation asks
+    (the set's own videos and questions stay held out)."""
+    _, _, files = data
+    records = {r["path"]: r for r in files["metadata.json"]["videos"] if r["split"] == "train" and r["needles"]}
+    assert records
+    forms = {}
+    for e in files["finetune.json"]:
+        questions = [t["value"].removeprefix("<video>\n") for t in e["conversations"][::2]]
+        if e.get("video") in records and len(questions) == 4:
+            forms.setdefault(e["video"], []).append(dict(zip(questions, (t["value"] for t in e["conversations"][1::2]))))
+    assert set(forms) == set(records) and all(len(v) == 2 for v in forms.values())
+    for path, conversations in forms.items():
+        record = records[path]
+        names = [f"{n['colour']} {n['shape']}" for n in record["needles"]]
+        for qa in conversations:
+            assert qa["What color is the background?"].startswith("The video has ")
+            assert qa["In which order do the briefly shown shapes appear?"] == ", then ".join(names)
+            picked = qa["Which of these shapes briefly appears in the video?"].split(" ", 1)[1]
+            assert picked in names
+            counting = [q for q in qa if q.startswith("How many times does ")]
+            assert len(counting) == 1 and qa[counting[0]] == str(names.count(counting[0][len("How many times does "):].split(" ", 1)[1][: -len(" appear?")]))

@@ -5,7 +5,7 @@ Paths in entries are relative to the annotation file's folder (the dataset root)
 
 import numpy as np
 
-from lit_bvllm.synthetic.describe import caption, image_qa, text_qa, video_qa
+from lit_bvllm.synthetic.describe import caption, image_qa, needle_set_qa, text_qa, video_qa
 
 CAPTION_PROMPTS = (
     "Describe this video briefly.",
@@ -42,8 +42,11 @@ def _turns(rng: np.random.Generator, pairs: list[tuple[str, str]]) -> list[tuple
     return [pairs[i] for i in rng.choice(len(pairs), size=min(k, len(pairs)), replace=False)]
 
 
-def finetune_entries(videos: list[dict], images: list[dict], rng: np.random.Generator) -> list[dict]:
-    """VideoLLaMA2/Valley finetune list: 2-3 QA entries per video, one per image, ~10% text-only; shuffled.
+def finetune_entries(videos: list[dict], images: list[dict], rng: np.random.Generator,
+                     needle_set_entries: int = 2) -> list[dict]:
+    """VideoLLaMA2/Valley finetune list: 2-3 QA entries per video plus ``needle_set_entries`` that ask every question
+    form of the held-out needle set (``describe.needle_set_qa``: background, retrieval, counting, ordering; one turn
+    each, in a random order), one per image, ~10% text-only; shuffled.
 
     Exactly one "<video>"/"<image>" tag, at the start of the first human turn; text-only entries have
     no media key and no tag. Ids ft_0000, ... follow the final (shuffled) order.
@@ -52,6 +55,10 @@ def finetune_entries(videos: list[dict], images: list[dict], rng: np.random.Gene
     for record in videos:
         for _ in range(int(rng.integers(2, 4))):
             entries.append({"video": record["path"], "conversations": _conversation("<video>", _turns(rng, video_qa(record, rng)))})
+        for _ in range(needle_set_entries):  # the set's forms, so that a model learns to answer what it is asked
+            pairs = needle_set_qa(record, rng)
+            entries.append({"video": record["path"],
+                            "conversations": _conversation("<video>", [pairs[int(i)] for i in rng.permutation(len(pairs))])})
     for record in images:
         entries.append({"image": record["path"], "conversations": _conversation("<image>", _turns(rng, image_qa(record, rng)))})
     for _ in range(max(1, len(entries) // 9)):

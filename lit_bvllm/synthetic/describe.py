@@ -91,15 +91,30 @@ def video_qa(record: dict, rng: np.random.Generator) -> list[tuple[str, str]]:
     pairs.append((f"At about what second does the {needle_name(n)} appear?",
                   f"At about second {n['start']}" + (f", and {NUMBER_WORDS[count]} times in total." if count > 1 else ".")))
     pairs.append((f"How many times does the {needle_name(n)} appear?", f"{NUMBER_WORDS[count].capitalize()}."))
-    # the needle benchmark's own question forms (VNBench: retrieval, counting, ordering), answered plainly
-    pairs.append(("Which of these shapes briefly appears in the video?", article(needle_name(n))))
-    pairs.append((f"How many times does {article(needle_name(n))} appear?", str(count)))
-    pairs.append(("In which order do the briefly shown shapes appear?", ", then ".join(needle_name(x) for x in needles)))
+    pairs += needle_set_qa(record, rng, n)[1:]  # the needle set's own forms (retrieval, counting, ordering)
     if len(distinct) > 1:
         a, b = (distinct[i] for i in rng.choice(len(distinct), size=2, replace=False))
         first = a if a["start"] < b["start"] else b
         pairs.append((f"Which appears first, the {a['shape']} or the {b['shape']}?", f"The {first['shape']}."))
     return pairs
+
+
+def needle_set_qa(record: dict, rng: np.random.Generator, needle: dict | None = None) -> list[tuple[str, str]]:
+    """The held-out needle set's question forms (``evalsets.vnbench_questions`` and its every-frame type), answered
+    as their right options read: the background ("The video has a navy background."), then, when the video has
+    needles, retrieval ("a red triangle"), counting ("2") and ordering ("red triangle, then blue star"), about
+    ``needle`` (drawn from the video's distinct needles when None)."""
+    pairs = [("What color is the background?", f"The video has {background_phrase(record['background'])}.")]
+    needles = record["needles"]
+    if not needles:
+        return pairs
+    distinct = distinct_needles(record)
+    n = needle if needle is not None else distinct[int(rng.integers(len(distinct)))]
+    return pairs + [
+        ("Which of these shapes briefly appears in the video?", article(needle_name(n))),
+        (f"How many times does {article(needle_name(n))} appear?", str(count_of(record, needle_name(n)))),
+        ("In which order do the briefly shown shapes appear?", ", then ".join(needle_name(x) for x in needles)),
+    ]
 
 
 def image_qa(record: dict, rng: np.random.Generator) -> list[tuple[str, str]]:
