@@ -27,7 +27,7 @@ from torch import Tensor
 from datamodules.io import write_json
 from datamodules.transforms import FrameTransform
 from datamodules.video import read_video
-from lit_bvllm.synthetic.scenes import NEEDLE_COLOURS, NEEDLE_SHAPES
+from lit_bvllm.synthetic.scenes import BACKGROUNDS, NEEDLE_COLOURS, NEEDLE_SHAPES
 from lit_bvllm.vision import VisionEncoder
 
 FEATURES = ("cls", "mean_patch", "patches")
@@ -35,7 +35,8 @@ FEATURES = ("cls", "mean_patch", "patches")
 
 def frame_labels(record: dict, times: np.ndarray) -> dict[str, np.ndarray]:
     """Per decoded frame (at ``times`` seconds): ``needle`` (0/1), ``shape`` and ``colour`` indices (-1 without a
-    needle). A frame shows a needle when its time lies in ``[start, end)`` (the renderer's rule)."""
+    needle) and, when the record has a background, its (first) colour's index in ``BACKGROUNDS``. A frame shows a
+    needle when its time lies in ``[start, end)`` (the renderer's rule)."""
     needle = np.zeros(len(times), np.int64)
     shape = np.full(len(times), -1, np.int64)
     colour = np.full(len(times), -1, np.int64)
@@ -44,14 +45,20 @@ def frame_labels(record: dict, times: np.ndarray) -> dict[str, np.ndarray]:
         needle[on] = 1
         shape[on] = NEEDLE_SHAPES.index(n["shape"])
         colour[on] = list(NEEDLE_COLOURS).index(n["colour"])
-    return {"needle": needle, "shape": shape, "colour": colour}
+    out = {"needle": needle, "shape": shape, "colour": colour}
+    if "background" in record:
+        out["background"] = np.full(len(times), list(BACKGROUNDS).index(record["background"]["colours"][0]), np.int64)
+    return out
 
 
 @torch.no_grad()
-def encode_videos(records: list[dict], root: Path, encoder, transform, fps: float = 1.0, max_frames: int | None = None):
-    """``(features {name: (n, F)}, labels {name: (n,)})`` of every frame sampled from ``records`` at ``fps``."""
-    feats: dict[str, list[Tensor]] = {k: [] for k in FEATURES}
-    labels: dict[str, list[np.ndarray]] = {"needle": [], "shape": [], "colour": []}
+def encode_videos(records: list[dict], root: Path, encoder, transform, fps: float = 1.0, max_frames: int | None = None,
+                  tokens: bool = False):
+    """``(features {name: (n, F)}, labels {name: (n,)})`` of every frame sampled from ``records`` at ``fps``; with
+    ``tokens`` the features also hold ``tokens (n, 1 + N, D)``, each frame's [CLS] and patch tokens (for probing a
+    module that reads them, such as a Q-Former)."""
+    feats: dict[str, list[Tensor]] = {k: [] for k in (*FEATURES, "tokens") if k != "tokens" or tokens}
+    labels: dict[str, list[np.ndarray]] = {}
     for record in records:  # one video per tower call (its frames batched); probing, not a forward pass
         frames, times, _ = read_video(str(root / record["path"]), "fps", fps, max_frames=max_frames)
         pixels = transform(frames)[None]  # (1, T, 3, S, S)
@@ -61,8 +68,10 @@ def encode_videos(records: list[dict], root: Path, encoder, transform, fps: floa
         feats["cls"].append(enc["cls"][0].float())
         feats["mean_patch"].append(patches.mean(1))
         feats["patches"].append(patches.flatten(1))
+        if tokens:
+            feats["tokens"].append(torch.cat([enc["cls"][0].float()[:, None], patches], 1))  # (T, 1 + N, D)
         for k, v in frame_labels(record, np.asarray(times)).items():
-            labels[k].append(v)
+            labels.setdefault(k, []).append(v)
     return ({k: torch.cat(v) for k, v in feats.items()}, {k: np.concatenate(v) for k, v in labels.items()})
 
 
@@ -89,26 +98,43 @@ def _standardise(train: Tensor, test: Tensor) -> tuple[Tensor, Tensor]:
     return (train - mean) / std, (test - mean) / std
 
 
+def frame_share(x: Tensor) -> float:
+    """The share of the features' energy that varies from frame to frame: ``sum of per-feature variances over
+    frames / mean squared norm`` of ``x (n, F)`` (0: every frame gets the same vector; a randomly initialised
+    Q-Former's query outputs are close to 0, its learned queries dominating them)."""
+    x = x.double()
+    return float(x.var(0, correction=0).sum() / x.pow(2).sum(1).mean().clamp_min(1e-12))
+
+
+def probe_row(train_x: Tensor, train_y: dict, test_x: Tensor, test_y: dict, background: bool = False,
+              standardise: bool = True) -> dict[str, float]:
+    """One feature set ``(n, F)``: needle presence (recall, precision, accuracy), shape and colour accuracy on needle
+    frames and, with ``background``, background-colour accuracy on every frame. With ``standardise=False`` the
+    probes see the raw features (same L2 penalty): content that a small share of the features' scale carries then
+    needs large weights and is penalised, as it is for a projector learning to read it."""
+    xtr, xte = _standardise(train_x, test_x) if standardise else (train_x.float(), test_x.float())
+    row = {}
+    if background:
+        w, b = fit_probe(xtr, torch.from_numpy(train_y["background"]), len(BACKGROUNDS))
+        row["background_accuracy"] = float(((xte @ w + b).argmax(1) == torch.from_numpy(test_y["background"])).float().mean())
+    ytr, yte = torch.from_numpy(train_y["needle"]), torch.from_numpy(test_y["needle"])
+    w, b = fit_probe(xtr, ytr, 2)
+    pred = (xte @ w + b).argmax(1)
+    tp = int(((pred == 1) & (yte == 1)).sum())
+    row["needle_recall"] = tp / max(1, int((yte == 1).sum()))
+    row["needle_precision"] = tp / max(1, int((pred == 1).sum()))
+    row["needle_accuracy"] = float((pred == yte).float().mean())
+    for label, classes in (("shape", len(NEEDLE_SHAPES)), ("colour", len(NEEDLE_COLOURS))):
+        on_tr, on_te = train_y[label] >= 0, test_y[label] >= 0
+        w, b = fit_probe(xtr[torch.from_numpy(on_tr)], torch.from_numpy(train_y[label][on_tr]), classes)
+        pred = (xte[torch.from_numpy(on_te)] @ w + b).argmax(1)
+        row[f"{label}_accuracy"] = float((pred == torch.from_numpy(test_y[label][on_te])).float().mean())
+    return {k: round(v, 3) for k, v in row.items()}
+
+
 def run_probes(train_x: dict[str, Tensor], train_y: dict, test_x: dict[str, Tensor], test_y: dict) -> dict:
     """Needle presence (recall, precision, accuracy), shape and colour accuracy on needle frames, per feature set."""
-    out = {}
-    for name in FEATURES:
-        xtr, xte = _standardise(train_x[name], test_x[name])
-        row = {}
-        ytr, yte = torch.from_numpy(train_y["needle"]), torch.from_numpy(test_y["needle"])
-        w, b = fit_probe(xtr, ytr, 2)
-        pred = (xte @ w + b).argmax(1)
-        tp = int(((pred == 1) & (yte == 1)).sum())
-        row["needle_recall"] = tp / max(1, int((yte == 1).sum()))
-        row["needle_precision"] = tp / max(1, int((pred == 1).sum()))
-        row["needle_accuracy"] = float((pred == yte).float().mean())
-        for label, classes in (("shape", len(NEEDLE_SHAPES)), ("colour", len(NEEDLE_COLOURS))):
-            on_tr, on_te = train_y[label] >= 0, test_y[label] >= 0
-            w, b = fit_probe(xtr[torch.from_numpy(on_tr)], torch.from_numpy(train_y[label][on_tr]), classes)
-            pred = (xte[torch.from_numpy(on_te)] @ w + b).argmax(1)
-            row[f"{label}_accuracy"] = float((pred == torch.from_numpy(test_y[label][on_te])).float().mean())
-        out[name] = {k: round(v, 3) for k, v in row.items()}
-    return out
+    return {name: probe_row(train_x[name], train_y, test_x[name], test_y) for name in FEATURES}
 
 
 def table(result: dict) -> str:
