@@ -5,9 +5,13 @@
 - ``DIR/vision``: a CLIP checkpoint (``CLIPModel``: vision tower with a [CLS] token, text tower, their image
   processor and text tokenizer), pretrained contrastively on synthetic frames (:mod:`lit_bvllm.tiny_clip`), laid
   out as a released CLIP is; the suite reads its vision half as ``--model.vision_tower``;
-- ``DIR/llm``: a Qwen2 causal LM, warmed up on synthetic-style text, and, beside it as in a real Qwen2 checkpoint,
-  a byte-level BPE tokenizer trained here with the ``tokenizers`` library, with a ChatML chat template and the
-  special tokens the suite needs.
+- ``DIR/llm``: a Qwen2 causal LM, warmed up on repeated random tokens (induction) and synthetic-style text, and,
+  beside it as in a real Qwen2 checkpoint, a byte-level BPE tokenizer trained here with the ``tokenizers`` library,
+  with a ChatML chat template and the special tokens the suite needs;
+- ``DIR/qformer``: a Q-Former pretrained over the tiny tower's tokens (:mod:`lit_bvllm.tiny_qformer`), written in
+  InstructBLIP's layout (``qformer.*``, ``query_tokens``, ``vision_model.post_layernorm``, ``qformer_tokenizer/``),
+  the miniature of the InstructBLIP Q-Former that B-VLLM's and LLaMA-VID's Q-Formers start from
+  (``--model.reducer.init_args.qformer``).
 
 Everything is written with ``save_pretrained`` and is meant to be read back with the loaders of
 :mod:`lit_bvllm.backbones` — the same ``from_pretrained(local_path)`` path a real checkpoint takes.
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from torch import Tensor
 from transformers import (
     GenerationConfig,
     PreTrainedTokenizerFast,
@@ -116,7 +121,7 @@ def lm_corpus(num_texts: int, seed: int, tokenizer) -> list[str]:
     import numpy as np
 
     from lit_bvllm.synthetic.annotations import CAPTION_PROMPTS
-    from lit_bvllm.synthetic.describe import caption, text_qa, video_qa
+    from lit_bvllm.synthetic.describe import caption, needle_set_qa, text_qa, video_qa
     from lit_bvllm.synthetic.scenes import sample_video
 
     rng = np.random.default_rng(seed)
@@ -131,6 +136,9 @@ def lm_corpus(num_texts: int, seed: int, tokenizer) -> list[str]:
             pairs = [(CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))], scene)]
         elif rng.random() < 0.1:  # a question the context does not answer
             pairs, scene = [text_qa(rng)], ""
+        elif i % 4 == 2:  # reading comprehension in the held-out needle set's forms, every one of them
+            pairs = needle_set_qa(record, rng)
+            pairs = [pairs[int(k)] for k in rng.permutation(len(pairs))]
         else:  # questions about it
             qa = video_qa(record, rng)
             pairs = [qa[int(k)] for k in rng.permutation(len(qa))[: int(rng.integers(1, 4))]]
@@ -142,29 +150,53 @@ def lm_corpus(num_texts: int, seed: int, tokenizer) -> list[str]:
     return texts
 
 
-def warm_up_lm(llm: Qwen2ForCausalLM, tokenizer, steps: int, seed: int, batch_size: int = 32) -> list[float]:
-    """A short next-token warm-up on :func:`lm_corpus`, so the tiny LLM is a (very small) pretrained language
-    model, as a real checkpoint is. Returns the loss every 50 steps."""
-    if steps <= 0:
+def repeat_batch(vocab: int, batch_size: int, generator: torch.Generator, prefix: int = 8, length: int = 16
+                 ) -> tuple[Tensor, Tensor]:
+    """``(input_ids, labels)`` of ``batch_size`` random token sequences, each ``prefix`` tokens then ``length`` tokens
+    said twice (``(B, prefix + 2 * length)``); only the second copy is a target. Predictable only by finding the
+    earlier occurrence of the current token and copying what came after it: the task that forms induction heads
+    (Olsson et al. 2022), the circuit an LLM reads its context with."""
+    ids = torch.randint(8, vocab - 8, (batch_size, prefix + length), generator=generator)  # (B, prefix + length)
+    ids = torch.cat([ids, ids[:, prefix:]], 1)  # (B, prefix + 2 * length)
+    labels = ids.clone()
+    labels[:, : prefix + length] = -100
+    return ids, labels
+
+
+def warm_up_lm(llm: Qwen2ForCausalLM, tokenizer, steps: int, seed: int, batch_size: int = 16, copy_steps: int = 250,
+               repeat_fraction: float = 0.25, lr: float = 1e-3) -> list[float]:
+    """A next-token warm-up, so the tiny LLM is a (very small) pretrained language model, as a real checkpoint is,
+    and one that reads its context: ``copy_steps`` steps (batch 32) of :func:`repeat_batch` first, which form
+    induction heads, then ``steps`` steps of :func:`lm_corpus` with ``repeat_fraction`` of the batches still
+    repeats, so the circuit is kept. Returns the loss every 50 steps.
+
+    On the shipped text alone (no repeats) the tiny LLM never formed the circuit and answered no better with the
+    video's description than without it (``benchmarks/RESULTS.md``, "Does the tiny LLM read its context?")."""
+    if steps + copy_steps <= 0:
         return []
     g = torch.Generator().manual_seed(seed)
     texts = lm_corpus(steps * batch_size // 4 + batch_size, seed, tokenizer)
     enc = tokenizer(texts, add_special_tokens=False, padding=True, truncation=True, max_length=256, return_tensors="pt")
-    opt = torch.optim.AdamW(llm.parameters(), lr=3e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    total = copy_steps + steps
+    opt = torch.optim.AdamW(llm.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.05)
     llm.train()
     losses = []
-    for step in range(steps):  # a training loop over steps, not over samples: every step is one batch
-        idx = torch.randint(len(texts), (batch_size,), generator=g)
-        ids, mask = enc["input_ids"][idx], enc["attention_mask"][idx]
-        n = int(mask.sum(1).max())  # right-padded: cut the batch to its longest text
-        ids, mask = ids[:, :n], mask[:, :n]
-        labels = ids.masked_fill(mask == 0, -100)
+    for step in range(total):  # a training loop over steps, not over samples: every step is one batch
+        if step < copy_steps or torch.rand(1, generator=g).item() < repeat_fraction:
+            ids, labels = repeat_batch(len(tokenizer), 32 if step < copy_steps else batch_size, g)
+            mask = torch.ones_like(ids)
+        else:
+            idx = torch.randint(len(texts), (batch_size,), generator=g)
+            ids, mask = enc["input_ids"][idx], enc["attention_mask"][idx]
+            n = int(mask.sum(1).max())  # right-padded: cut the batch to its longest text
+            ids, mask = ids[:, :n], mask[:, :n]
+            labels = ids.masked_fill(mask == 0, -100)
         loss = llm(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(llm.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-        if step % 50 == 0 or step == steps - 1:
+        if step % 50 == 0 or step == total - 1:
             losses.append(round(loss.item(), 3))
     llm.eval()
     return losses
@@ -180,9 +212,12 @@ def make_tiny(
     clip_steps: int = 1000,
     clip_frames: int = 20000,
     clip_batch_size: int = 256,
-    llm_width: int = 64,
-    num_layers: int = 2,
-    lm_steps: int = 500,
+    llm_width: int = 128,
+    num_layers: int = 4,
+    lm_steps: int = 800,
+    copy_steps: int = 250,
+    qformer_steps: int = 600,
+    qformer_frames: int = 10000,
 ) -> dict:
     """Write the tiny CLIP, LLM and tokenizer under ``out`` and return their folders and training logs.
 
@@ -199,9 +234,15 @@ def make_tiny(
         clip_batch_size: frame/caption pairs per CLIP step.
         llm_width: hidden size of the LLM.
         num_layers: transformer layers of the LLM.
-        lm_steps: language-model warm-up steps on synthetic-style text (0: a randomly initialised LLM).
+        lm_steps: language-model warm-up steps on synthetic-style text (0 with ``copy_steps`` 0: a randomly
+            initialised LLM).
+        copy_steps: warm-up steps on repeated random tokens before the text (:func:`warm_up_lm`).
+        qformer_steps: pretraining steps of the tiny Q-Former (``out/qformer``, InstructBLIP's layout,
+            :mod:`lit_bvllm.tiny_qformer`); 0 writes a randomly initialised one in the same layout.
+        qformer_frames: synthetic frames the Q-Former pretrains on.
     """
     from lit_bvllm.tiny_clip import make_tiny_clip
+    from lit_bvllm.tiny_qformer import make_tiny_qformer
 
     if image_size % patch_size:
         raise ValueError(f"--image_size {image_size} must be a multiple of --patch_size {patch_size}")
@@ -233,7 +274,10 @@ def make_tiny(
     tokenizer.save_pretrained(llm_dir)
     llm.config.save_pretrained(llm_dir)  # it says qwen2: from here on the tokenizer reads back as a Qwen2Tokenizer
     # warm up with the tokenizer exactly as the suite will load it, so the LLM learns the token ids it will be fed
-    lm_losses = warm_up_lm(llm, load_tokenizer(llm_dir), lm_steps, seed)
+    lm_losses = warm_up_lm(llm, load_tokenizer(llm_dir), lm_steps, seed, copy_steps=copy_steps)
     llm.save_pretrained(llm_dir)
-    return {"vision": str(vision_dir), "llm": str(llm_dir), "tokenizer": str(llm_dir), "clip_log": clip["log"],
-            "lm_warmup_loss": lm_losses}
+    # the Q-Former reads the question with the tokenizer the data modules hand it: the LLM's (written above)
+    qformer = make_tiny_qformer(out / "qformer", vision_dir, llm_dir, seed, steps=qformer_steps,
+                                num_frames=qformer_frames, vocab_size=vocab)
+    return {"vision": str(vision_dir), "llm": str(llm_dir), "tokenizer": str(llm_dir), "qformer": qformer["path"],
+            "clip_log": clip["log"], "lm_warmup_loss": lm_losses, "qformer_log": qformer["log"]}

@@ -47,8 +47,10 @@ def tiny(tmp_path_factory):
     """Tiny vision tower + LLM + tokenizer written by make-tiny: ``{"vision": dir, "llm": dir}``."""
     from lit_bvllm.tiny import make_tiny
 
-    # a few-step tower and no LM warm-up: both trainings have their own tests
-    return make_tiny(tmp_path_factory.mktemp("tiny"), lm_steps=0, clip_steps=3, clip_batch_size=32)
+    # a few-step tower, no LM warm-up and a random Q-Former in InstructBLIP's layout: each training has its own
+    # tests; the small LLM keeps the suite fast
+    return make_tiny(tmp_path_factory.mktemp("tiny"), lm_steps=0, copy_steps=0, clip_steps=3, clip_batch_size=32,
+                     qformer_steps=0, llm_width=64, num_layers=2)
 
 
 @pytest.fixture(scope="session")

@@ -288,7 +288,8 @@ def sweep_file(tmp_path, tiny, synthetic, name, grid, **extra) -> pathlib.Path:
     path.write_text(yaml.safe_dump({
         "name": name, "root": str(tmp_path / "runs"), "grid": grid,
         "configs": ["experiments/pretrain.yaml", "experiments/eval/base.yaml", "experiments/eval/needle.yaml"],
-        "flags": {"model.llm": tiny["llm"], "model.vision_tower": tiny["vision"], "data.num_workers": 0,
+        "flags": {"model.llm": tiny["llm"], "model.vision_tower": tiny["vision"],
+                  "model.reducer.init_args.qformer": tiny["qformer"], "data.num_workers": 0,
                   "data.benchmark.root": str(synthetic / "eval" / "vnbench"), "data.limit": 4,
                   "trainer.enable_progress_bar": False, "trainer.logger.init_args.default_hp_metric": False},
         **extra}, sort_keys=False))

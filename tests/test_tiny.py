@@ -112,7 +112,7 @@ def test_lm_warm_up_teaches_the_tiny_llm_its_language():
 
     llm = Qwen2ForCausalLM(Qwen2Config(vocab_size=2048, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256))
-    losses = warm_up_lm(llm, tok, steps=60, seed=0, batch_size=8)
+    losses = warm_up_lm(llm, tok, steps=60, seed=0, batch_size=8, copy_steps=0, repeat_fraction=0.0, lr=3e-3)
     assert losses[0] > 6.0 and losses[-1] < 0.6 * losses[0]
     texts = lm_corpus(8, seed=0, tokenizer=tok)
     chat = [t for t in texts if t.startswith("<|im_start|>")]
@@ -123,3 +123,17 @@ def test_lm_warm_up_teaches_the_tiny_llm_its_language():
         first, second = t.removesuffix(tok.eos_token).split("\n")
         assert first == second and first.startswith("A video")
     assert lm_corpus(8, seed=0, tokenizer=tok) == texts  # deterministic
+
+
+def test_repeat_batches_can_only_be_predicted_by_copying():
+    """The induction warm-up's batches: a prefix, then a random sequence said twice; only the second copy is a target,
+    and every target token is the one that followed the same position's token in the first copy."""
+    from lit_bvllm.tiny import repeat_batch
+
+    g = torch.Generator().manual_seed(0)
+    ids, labels = repeat_batch(2048, 5, g, prefix=3, length=7)
+    assert ids.shape == labels.shape == (5, 3 + 2 * 7)
+    assert (labels[:, :10] == -100).all() and torch.equal(labels[:, 10:], ids[:, 3:10])
+    assert torch.equal(ids[:, 10:], ids[:, 3:10]) and ids.min() >= 8 and ids.max() < 2040  # no special tokens
+    other, _ = repeat_batch(2048, 5, g, prefix=3, length=7)
+    assert not torch.equal(other, ids)  # fresh sequences every batch: nothing to memorise
