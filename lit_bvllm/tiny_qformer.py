@@ -272,12 +272,28 @@ def _contrastive(sim: Tensor, same: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------- training
 
 
+def query_overlap(z: Tensor) -> Tensor:
+    """Mean squared cosine similarity between the query outputs of one input, ``z (B, k, H)``, over the pairs of
+    distinct queries: 0 when they are orthogonal, 1 when they are all the same vector.
+
+    InstructBLIP's queries come out different from each other (BLIP-2's contrastive loss takes the best query per
+    caption, so queries specialise), and B-VLLM relies on it: its L* selection rows are the temporal Q-Former's
+    query outputs, and identical outputs select one frame L* times (measured: the heads objective alone left the
+    16 outputs at cosine 0.96, and the demo's B-VLLM kept 1.1 frames). Pulled down with the attribute heads,
+    it keeps the queries apart while their mean carries the frame's content."""
+    u = F.normalize(z.float(), dim=-1)
+    gram = u @ u.transpose(1, 2)  # (B, k, k)
+    k = z.shape[1]
+    return (gram.pow(2).sum((1, 2)) - k).mean() / max(1, k * (k - 1))
+
+
 def pretrain_qformer(model: QFormerPretraining, tokens: Tensor, data: dict[str, Tensor], steps: int,
                      objectives: tuple[str, ...] = ("heads",), batch_size: int = 128, lr: float = 1e-3,
                      query_counts: tuple[int, ...] = (8, 16), cls_drop: float = 0.5, seed: int = 0,
-                     log_every: int = 100) -> list[dict]:
+                     log_every: int = 100, distinct: float = 5.0) -> list[dict]:
     """Train ``model`` on the cached tower ``tokens (n, 1 + N, D)`` with ``data`` (:func:`make_tiny_qformer` builds
-    it: question/answer/caption token tables and labels). Returns the log every ``log_every`` steps."""
+    it: question/answer/caption token tables and labels), plus ``distinct`` x :func:`query_overlap`. Returns the log
+    every ``log_every`` steps."""
     bad = [o for o in objectives if o not in OBJECTIVES]
     if bad or not objectives:
         raise ValueError(f"objectives {list(objectives)}: choose from {list(OBJECTIVES)}")
@@ -340,6 +356,8 @@ def pretrain_qformer(model: QFormerPretraining, tokens: Tensor, data: dict[str, 
         if "heads" in objectives:
             pooled = z.mean(1)
             losses["heads"] = sum(F.cross_entropy(head(pooled), data[name][idx]) for name, head in model.heads.items())
+        if distinct > 0:
+            losses["distinct"] = distinct * query_overlap(z)
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -188,3 +188,17 @@ def test_pretraining_learns_and_puts_the_content_in_the_first_queries(tokenizer)
         pred = model.heads["background"](model.qformer(8, model.ln_vision(tokens), vmask, ids, mask).mean(1)).argmax(1)
     assert log[-1]["heads"] < 0.1 * log[0]["heads"]
     assert torch.equal(pred, data["background"])
+
+
+def test_query_overlap_is_one_for_identical_queries_and_zero_for_orthogonal_ones():
+    """The term that keeps the pretrained queries apart (B-VLLM's L* selection rows are the query outputs: identical
+    ones select a single frame)."""
+    from lit_bvllm.tiny_qformer import query_overlap
+
+    same = torch.randn(3, 1, 8).expand(3, 5, 8)
+    assert abs(query_overlap(same).item() - 1.0) < 1e-5
+    orthogonal = torch.eye(8)[:5].expand(3, 5, 8) * 2.5
+    assert query_overlap(orthogonal).item() < 1e-6
+    z = torch.randn(4, 6, 16, requires_grad=True)
+    query_overlap(z).backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0  # differentiable: it trains the Q-Former
