@@ -310,7 +310,7 @@ def test_a_question_tokenizer_larger_than_the_reducers_vocabulary_is_refused(tmp
     _bert_tokenizer(tmp_path / "bert", WORDS)
     args = ["--config", str(EXPERIMENTS / "pretrain.yaml"), "--model.llm", str(tmp_path / "llm"),
             "--model.vision_tower", str(tmp_path / "tower"), "--data.question_tokenizer", str(tmp_path / "bert"),
-            "--trainer.logger", "false"]
+            "--model.reducer.init_args.qformer", "null", "--trainer.logger", "false"]  # a random Q-Former
     with pytest.raises(ValueError, match=r"has 27 tokens.*embeds 20 \(--model\.reducer\.init_args\.vocab_size\)"):
         _cli(args + ["--model.reducer.init_args.vocab_size", "20"])
     assert _cli(args + ["--model.reducer.init_args.vocab_size", "27"]).datamodule.hparams.question_tokenizer
