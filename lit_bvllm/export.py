@@ -34,6 +34,10 @@ def export(model: VideoLLM, out: str | Path, merge_lora: bool = False) -> Path:
     save_file(visual, str(out / "visual.safetensors"))
     has_lora = hasattr(model.llm, "peft_config")
     cfg = {**model.config, "vision_tower": str(Path(model.config["vision_tower"]).resolve())}
+    reducer = cfg.get("reducer")
+    if isinstance(reducer, dict) and (reducer.get("init_args") or {}).get("qformer"):  # the Q-Former's config folder,
+        qformer = str(Path(reducer["init_args"]["qformer"]).resolve())  # read to build it: absolute, as the tower's
+        cfg["reducer"] = {**reducer, "init_args": {**reducer["init_args"], "qformer": qformer}}
     if has_lora and not merge_lora:
         model.llm.save_pretrained(out / "adapter")
         model.tokenizer.save_pretrained(out / "adapter")

@@ -278,9 +278,9 @@ def query_overlap(z: Tensor) -> Tensor:
 
     InstructBLIP's queries come out different from each other (BLIP-2's contrastive loss takes the best query per
     caption, so queries specialise), and B-VLLM relies on it: its L* selection rows are the temporal Q-Former's
-    query outputs, and identical outputs select one frame L* times (measured: the heads objective alone left the
-    16 outputs at cosine 0.96, and the demo's B-VLLM kept 1.1 frames). Pulled down with the attribute heads,
-    it keeps the queries apart while their mean carries the frame's content."""
+    query outputs, and identical outputs select one frame L* times (``benchmarks/RESULTS.md`` has what the heads
+    objective alone did to them). Pulled down with the attribute heads, it keeps the queries apart while their
+    mean carries the frame's content."""
     u = F.normalize(z.float(), dim=-1)
     gram = u @ u.transpose(1, 2)  # (B, k, k)
     k = z.shape[1]

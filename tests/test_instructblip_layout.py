@@ -359,3 +359,22 @@ def test_the_instructblip_backbone_reads_one_folder_at_the_last_layer():
     assert model["reducer"]["init_args"]["qformer"] == model["vision_tower"] and model["feature_layer"] == -1
     assert "question_tokenizer" not in cfg["data"]["init_args"]  # derived from the folder: one source of truth
     assert "qwen2_7b_instructblip.yaml" in (EXPERIMENTS / "reducers" / "bvllm.yaml").read_text()
+
+
+def test_a_saved_position_ids_buffer_is_a_leftover_not_a_mismatch(tiny, tmp_path):
+    """Older transformers saved the Q-Former's position_ids buffer with its weights (the released InstructBLIP
+    snapshots may hold it); it is not a weight, so such a folder loads, to the same outputs."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny["qformer"], tmp_path / "qf")
+    state = load_file(str(tmp_path / "qf" / "model.safetensors"))
+    n = state["qformer.embeddings.position_embeddings.weight"].shape[0]
+    save_file({**state, "qformer.embeddings.position_ids": torch.arange(n)[None]}, str(tmp_path / "qf" / "model.safetensors"))
+    from lit_bvllm.reducers.qformer import TextQFormer
+
+    a = TextQFormer(64, num_queries=8, pretrained=tiny["qformer"])
+    b = TextQFormer(64, num_queries=8, pretrained=str(tmp_path / "qf"))
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name

@@ -365,3 +365,23 @@ def test_generation_is_greedy_batched_and_deterministic(tiny, synthetic):
     assert a == b and len(a) == 3
     single = [m.generate(d.collator([s]), 6)[0] for s in samples]
     assert single == a  # left padding: batching does not change the answers
+
+
+def test_an_export_names_its_qformer_folder_by_an_absolute_path(tiny, tmp_path, monkeypatch):
+    """The reducer's Q-Former folder (read to build the Q-Former from its config) is written as an absolute path, as
+    the tower's and the LLM's are, so an export loads from any working directory."""
+    import shutil
+
+    from lit_bvllm.export import export, load_exported
+
+    shutil.copytree(tiny["qformer"], tmp_path / "qf")
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    red = functools.partial(BVLLM, **{**REDUCERS["BVLLM"], "qformer": "qf"})
+    module = VideoLLMModule(tiny["llm"], tiny["vision"], red)
+    module.configure_model()
+    export(module.model, tmp_path / "export")
+    cfg = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert cfg["reducer"]["init_args"]["qformer"] == str((tmp_path / "qf").resolve())
+    monkeypatch.chdir(tmp_path / "export")  # "qf" means nothing here
+    assert isinstance(load_exported(tmp_path / "export").reducer, BVLLM)

@@ -154,6 +154,9 @@ class TextQFormer(nn.Module):
             raise ValueError(f"Q-Former checkpoint '{path}' ({FLAG}) has query_tokens {tuple(queries.shape)}; "
                              f"{num_queries} queries of width {self.query_tokens.shape[2]} requested (num_queries)")
         own = self.qformer.state_dict()
+        # buffers that are not saved today (position_ids) were saved by older transformers: leftovers, not weights
+        buffers = {name for name, _ in self.qformer.named_buffers()} - set(own)
+        state = {k: v for k, v in state.items() if k not in buffers}
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
                       if k in own and v.shape != own[k].shape]
