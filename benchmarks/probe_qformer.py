@@ -57,13 +57,12 @@ def query_features(qformer, ln_vision, tokens: Tensor, question: dict, num_queri
 def load_qformer(path: str | None, width: int, like: str | None = None, seed: int = 0):
     """``(TextQFormer, ln_vision)`` of an InstructBLIP-layout folder, or, with ``path=None``, a randomly initialised
     pair of the shape of the folder ``like`` (the control)."""
-    from lit_bvllm.reducers.qformer import TextQFormer
-    from lit_bvllm.tiny_qformer import load_ln_vision
+    from lit_bvllm.reducers.qformer import TextQFormer, vision_layernorm
 
     cfg = json.loads((Path(path or like) / "config.json").read_text())
     num_queries = cfg["num_query_tokens"]
     if path is not None:
-        return TextQFormer(width, num_queries, pretrained=path).eval(), load_ln_vision(path, width)
+        return TextQFormer(width, num_queries, pretrained=path).eval(), vision_layernorm(width, path)
     q = cfg["qformer_config"]
     torch.manual_seed(seed)
     qformer = TextQFormer(width, num_queries, q["hidden_size"], q["num_hidden_layers"], q["num_attention_heads"],

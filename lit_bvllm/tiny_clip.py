@@ -209,12 +209,23 @@ class AuxHeads(nn.Module):
         return {k: head(x[:, 0] if k in HEADS else x[:, 1:]) for k, head in self.heads.items()}
 
 
-def contrastive_loss(image: Tensor, text: Tensor, scale: Tensor, same: Tensor) -> Tensor:
-    """Symmetric InfoNCE over L2-normalised embeddings, every pair with the same caption (``same (n, n)``) a
+def infonce(logits: Tensor, same: Tensor) -> Tensor:
+    """Symmetric InfoNCE over image-text ``logits (n, n)``, every pair with the same caption (``same (n, n)``) a
     positive: the target of each row is uniform over its positives."""
-    logits = scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
     target = same.float() / same.float().sum(1, keepdim=True)
     return 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean() + torch.sum(-target * logits.log_softmax(0).T, 1).mean())
+
+
+def contrastive_loss(image: Tensor, text: Tensor, scale: Tensor, same: Tensor) -> Tensor:
+    """:func:`infonce` over the scaled cosines of L2-normalised image and text embeddings."""
+    return infonce(scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T, same)
+
+
+def warmup_cosine(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over 5% of ``steps``, then cosine decay to 0 (both tiny pretrainings' schedule)."""
+    warmup = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
 
 
 def pretrain_clip(
@@ -243,9 +254,7 @@ def pretrain_clip(
     aux = AuxHeads(model.config.vision_config.hidden_size)
     params = list(model.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    sched = warmup_cosine(opt, steps)
     model.train()
     log, t0 = [], time.time()
     for step in range(steps):  # a loop over optimisation steps; every step is one batch

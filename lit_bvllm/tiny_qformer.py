@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from lit_bvllm.reducers.qformer import TextQFormer
 from lit_bvllm.synthetic.describe import NUMBER_WORDS, article, background_phrase, join
 from lit_bvllm.synthetic.scenes import NEEDLE_SHAPES
-from lit_bvllm.tiny_clip import HEADS, frame_caption, frame_labels, frame_record, place
+from lit_bvllm.tiny_clip import HEADS, frame_caption, frame_labels, frame_record, infonce, place, warmup_cosine
 
 QFORMER_STREAM = 1001  # numpy stream id of the Q-Former's frames; make-synthetic uses 0-9, the tiny CLIP 1000
 INSTRUCTION = "Describe this frame."  # the neutral instruction (the probe's)
@@ -263,12 +263,6 @@ class QFormerPretraining(nn.Module):
         return self.log_scale.exp().clamp(max=100) * torch.einsum("bqe,ce->bcq", image, text).amax(-1)
 
 
-def _contrastive(sim: Tensor, same: Tensor) -> Tensor:
-    """Symmetric InfoNCE, every pair with the same caption a positive (uniform target over the positives)."""
-    target = same.float() / same.float().sum(1, keepdim=True)
-    return 0.5 * ((-target * sim.log_softmax(1)).sum(1).mean() + (-target * sim.log_softmax(0).T).sum(1).mean())
-
-
 # ---------------------------------------------------------------------------------------------------- training
 
 
@@ -300,9 +294,7 @@ def pretrain_qformer(model: QFormerPretraining, tokens: Tensor, data: dict[str, 
     g = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    sched = warmup_cosine(opt, steps)
     n, L = tokens.shape[:2]
     model.train()
     if model.llm is not None:
@@ -343,7 +335,7 @@ def pretrain_qformer(model: QFormerPretraining, tokens: Tensor, data: dict[str, 
             same = data["caption_id"][idx][:, None] == data["caption_id"][idx][None, :]
             sim = model.similarity(z, model.text_embedding(cap, cmask))
             if "itc" in objectives:
-                losses["itc"] = _contrastive(sim, same)
+                losses["itc"] = infonce(sim, same)
             if "itm" in objectives:  # one hard negative caption per frame, drawn by contrastive similarity
                 with torch.no_grad():
                     weights = sim.float().softmax(1).masked_fill(same, 0) + 1e-6 * (~same)
@@ -424,17 +416,6 @@ def save_qformer(out: str | Path, model: QFormerPretraining, tokenizer, vision_d
     save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(out / "model.safetensors"),
               metadata={"format": "pt"})
     tokenizer.save_pretrained(out / "qformer_tokenizer")
-
-
-def load_ln_vision(path: str | Path, width: int) -> nn.LayerNorm:
-    """The LayerNorm before the Q-Former (``vision_model.post_layernorm.*``) of an InstructBLIP-layout folder."""
-    from safetensors import safe_open
-
-    ln = nn.LayerNorm(width)
-    with safe_open(str(Path(path) / "model.safetensors"), "pt") as f:
-        ln.weight.data.copy_(f.get_tensor("vision_model.post_layernorm.weight"))
-        ln.bias.data.copy_(f.get_tensor("vision_model.post_layernorm.bias"))
-    return ln
 
 
 def make_tiny_qformer(

@@ -9,14 +9,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lit_bvllm.reducers.qformer import TextQFormer
+from lit_bvllm.reducers.qformer import TextQFormer, vision_layernorm
 from lit_bvllm.tiny_qformer import (
     QA_KINDS,
     QFormerPretraining,
     build_data,
     frame_qa,
     generation_mask,
-    load_ln_vision,
     make_tiny_qformer,
     pretrain_qformer,
     save_qformer,
@@ -113,7 +112,7 @@ def test_the_written_qformer_reloads_with_identical_outputs(tiny, tokenizer, tmp
     pretrain_qformer(model, tokens, build_data(records, tokenizer, 0), 2, ("lm", "itc", "heads"), batch_size=8)
     save_qformer(tmp_path, model, tokenizer, tiny["vision"], tiny["llm"])
     loaded = TextQFormer(64, num_queries=16, pretrained=str(tmp_path)).eval()
-    ln = load_ln_vision(tmp_path, 64)
+    ln = vision_layernorm(64, str(tmp_path))
     ids, mask = torch.tensor([[5, 6, 7]] * 3), torch.ones(3, 3, dtype=torch.long)
     vmask = torch.ones(3, 17, dtype=torch.bool)
     with torch.no_grad():
