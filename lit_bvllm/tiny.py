@@ -106,13 +106,17 @@ def build_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
     return fast
 
 
-def lm_corpus(num_texts: int, seed: int, tokenizer) -> list[str]:
+def lm_corpus(num_texts: int, seed: int, tokenizer, reading_share: float = 0.5) -> list[str]:
     """Text in the synthetic data's language, in the two formats the training stages feed the LLM:
 
     - LLaVA's ``plain`` format (stage 1), as repetition: a scene's description, a newline, the description again;
     - ChatML conversations rendered by ``tokenizer``'s own chat template (stage 2, so with its default system
       turn): the user's first turn holds a scene's description and a question, the assistant answers from it, and
       one or two more questions about the same scene may follow.
+
+    ``reading_share`` of the texts are reading comprehension in the held-out needle set's forms (which shape was
+    briefly shown, in which order, how many times, the background); the rest are split evenly between the plain
+    repetition, "describe the scene" and the training set's other questions.
 
     A real LLM reads and repeats its context; this is how the tiny one learns to, so that visual tokens put where the
     description was (the projector's job) can be read the same way. Only words and grammar: the scenes are drawn
@@ -124,19 +128,23 @@ def lm_corpus(num_texts: int, seed: int, tokenizer) -> list[str]:
     from lit_bvllm.synthetic.describe import caption, needle_set_qa, text_qa, video_qa
     from lit_bvllm.synthetic.scenes import sample_video
 
+    if not 0 <= reading_share <= 1:
+        raise ValueError(f"reading_share={reading_share} must lie in [0, 1]")
     rng = np.random.default_rng(seed)
+    other = (1 - reading_share) / 3
+    kinds = rng.choice(4, size=num_texts, p=[other, other, reading_share, other])  # plain, describe, reading, other
     texts = []
-    for i in range(num_texts):
+    for i, kind in enumerate(kinds):
         record = sample_video(rng, f"lm_{i}", "", "train", (8, 128), (4, 8), 128, 96, 0)
         scene = caption(record)
-        if i % 4 == 0:  # plain: the description at the placeholder's place, then the caption to learn
+        if kind == 0:  # plain: the description at the placeholder's place, then the caption to learn
             texts.append(f"{scene}\n{scene}{tokenizer.eos_token}")
             continue
-        if i % 4 == 1:  # describe what the context shows
+        if kind == 1:  # describe what the context shows
             pairs = [(CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))], scene)]
         elif rng.random() < 0.1:  # a question the context does not answer
             pairs, scene = [text_qa(rng)], ""
-        elif i % 4 == 2:  # reading comprehension in the held-out needle set's forms, every one of them
+        elif kind == 2:  # reading comprehension in the held-out needle set's forms, every one of them
             pairs = needle_set_qa(record, rng)
             pairs = [pairs[int(k)] for k in rng.permutation(len(pairs))]
         else:  # questions about it
@@ -148,6 +156,31 @@ def lm_corpus(num_texts: int, seed: int, tokenizer) -> list[str]:
             messages += [{"role": "user", "content": user}, {"role": "assistant", "content": a}]
         texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
     return texts
+
+
+def answer_labels(texts: list[str], input_ids: Tensor, offsets: Tensor) -> Tensor:
+    """Next-token targets of :func:`lm_corpus`'s texts, tokenised with ``offsets`` (``return_offsets_mapping``):
+    only what the model is to say is a target, as the suite's training stages label it — in a conversation every
+    assistant turn (its answer and ``<|im_end|>``), in a plain text the caption after the newline (and the EOS); the
+    system turn, the user turns with their descriptions, the template's markers and the padding are ``-100``."""
+    labels = torch.full_like(input_ids, -100)
+    for i, text in enumerate(texts):
+        if text.startswith(IM_START):
+            opener = f"{IM_START}assistant\n"
+            spans, start = [], text.find(opener)
+            while start >= 0:
+                a = start + len(opener)
+                b = text.index(IM_END, a) + len(IM_END)
+                spans.append((a, b))
+                start = text.find(opener, b)
+        else:
+            spans = [(text.index("\n") + 1, len(text))]
+        lo, hi = offsets[i, :, 0], offsets[i, :, 1]
+        target = torch.zeros(len(lo), dtype=torch.bool)
+        for a, b in spans:
+            target |= (lo >= a) & (hi <= b) & (hi > lo)
+        labels[i, target] = input_ids[i, target]
+    return labels
 
 
 def repeat_batch(vocab: int, batch_size: int, generator: torch.Generator, prefix: int = 8, length: int = 16
@@ -170,13 +203,18 @@ def warm_up_lm(llm: Qwen2ForCausalLM, tokenizer, steps: int, seed: int, batch_si
     induction heads, then ``steps`` steps of :func:`lm_corpus` with ``repeat_fraction`` of the batches still
     repeats, so the circuit is kept. Returns the loss every 50 steps.
 
-    On the shipped text alone (no repeats) the tiny LLM never formed the circuit and answered no better with the
-    video's description than without it (``benchmarks/RESULTS.md``, "Does the tiny LLM read its context?")."""
+    The text's targets are the answers only (:func:`answer_labels`), as the suite's own training stages label
+    theirs: the loss is spent on reading the context, not on predicting the descriptions. On the shipped text alone
+    (no repeats) the tiny LLM never formed the circuit, and with every token a target it formed it but answered
+    with another video's description as well as with its own (``benchmarks/RESULTS.md``, "Does the tiny LLM read
+    its context?")."""
     if steps + copy_steps <= 0:
         return []
     g = torch.Generator().manual_seed(seed)
     texts = lm_corpus(steps * batch_size // 4 + batch_size, seed, tokenizer)
-    enc = tokenizer(texts, add_special_tokens=False, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    enc = tokenizer(texts, add_special_tokens=False, padding=True, truncation=True, max_length=256, return_tensors="pt",
+                    return_offsets_mapping=True)
+    targets = answer_labels(texts, enc["input_ids"], enc["offset_mapping"])
     total = copy_steps + steps
     opt = torch.optim.AdamW(llm.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.05)
@@ -188,10 +226,9 @@ def warm_up_lm(llm: Qwen2ForCausalLM, tokenizer, steps: int, seed: int, batch_si
             mask = torch.ones_like(ids)
         else:
             idx = torch.randint(len(texts), (batch_size,), generator=g)
-            ids, mask = enc["input_ids"][idx], enc["attention_mask"][idx]
+            ids, mask, labels = enc["input_ids"][idx], enc["attention_mask"][idx], targets[idx]
             n = int(mask.sum(1).max())  # right-padded: cut the batch to its longest text
-            ids, mask = ids[:, :n], mask[:, :n]
-            labels = ids.masked_fill(mask == 0, -100)
+            ids, mask, labels = ids[:, :n], mask[:, :n], labels[:, :n]
         loss = llm(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(llm.parameters(), 1.0)

@@ -125,6 +125,46 @@ def test_lm_warm_up_teaches_the_tiny_llm_its_language():
     assert lm_corpus(8, seed=0, tokenizer=tok) == texts  # deterministic
 
 
+def test_warm_up_targets_are_the_answers_only():
+    """The warm-up's text targets are what the model says (every assistant turn, the plain format's second copy), never
+    the descriptions it reads: with every token a target the LLM answered as well from another video's description
+    as from its own. Without answer_labels every token of the text would be a target."""
+    from lit_bvllm.tiny import answer_labels, lm_corpus
+
+    tok = build_tokenizer()
+    texts = lm_corpus(24, seed=0, tokenizer=tok)
+    enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt", return_offsets_mapping=True)
+    labels = answer_labels(texts, enc["input_ids"], enc["offset_mapping"])
+    assert labels.shape == enc["input_ids"].shape and (labels[enc["attention_mask"] == 0] == -100).all()
+    kinds = set()
+    for text, ids, lab in zip(texts, enc["input_ids"], labels):
+        said = tok.decode(lab[lab != -100])
+        if text.startswith("<|im_start|>"):
+            kinds.add("chat")
+            turns = text.split("<|im_start|>assistant\n")[1:]
+            assert len(turns) >= 1
+            assert said == "".join(t[: t.index("<|im_end|>") + len("<|im_end|>")] for t in turns)
+            assert "You are a helpful assistant" not in said and "user" not in said
+        else:
+            kinds.add("plain")
+            first, second = text.split("\n")
+            assert said == second and first + tok.eos_token == second
+        assert (lab != -100).sum() < (ids != tok.pad_token_id).sum()  # the context is never a target
+    assert kinds == {"chat", "plain"}
+
+
+def test_reading_share_sets_the_share_of_reading_comprehension():
+    from lit_bvllm.tiny import lm_corpus
+
+    tok = build_tokenizer()
+    needle_forms = ("briefly appears", "In which order", "How many times")
+    share = {r: sum(any(f in t for f in needle_forms) for t in lm_corpus(100, seed=1, tokenizer=tok, reading_share=r))
+             for r in (0.0, 1.0)}  # texts asking a needle question (the rest: videos without needles, text questions)
+    assert share[1.0] >= 60 and share[0.0] <= 30
+    with pytest.raises(ValueError, match="reading_share"):
+        lm_corpus(4, seed=0, tokenizer=tok, reading_share=1.5)
+
+
 def test_repeat_batches_can_only_be_predicted_by_copying():
     """The induction warm-up's batches: a prefix, then a random sequence said twice; only the second copy is a target,
     and every target token is the one that followed the same position's token in the first copy."""
