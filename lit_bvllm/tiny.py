@@ -251,7 +251,7 @@ def make_tiny(
     clip_batch_size: int = 256,
     llm_width: int = 128,
     num_layers: int = 4,
-    lm_steps: int = 800,
+    lm_steps: int = 1600,
     copy_steps: int = 250,
     qformer_steps: int = 600,
     qformer_frames: int = 10000,

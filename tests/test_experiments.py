@@ -68,3 +68,21 @@ def test_composed_configs_parse_with_the_cli(configs, capsys, monkeypatch):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["reducer"]["class_path"].startswith("lit_bvllm.reducers.")
     assert printed["model"]["llm"] and printed["data"]["class_path"].startswith("datamodules.")
+
+
+def test_finetuning_gives_the_selection_more_frames_than_it_keeps():
+    """B-VLLM finetunes on 32 frames and keeps L* = 16: selection must choose. The demo's clips last at most 32 s
+    (the Makefile's --max-duration), 20 s on average; at pretrain.yaml's 1 fps they gave 14.8 frames a sample,
+    fewer than L*, and the selection learnt nothing it could use on the needle videos. finetune.yaml's rate gives
+    the average clip >= 2 L* frames, and the evaluation configs go back to 1 fps."""
+    import re
+
+    pre, ft, base = (yaml.safe_load((EXPERIMENTS / f).read_text()) for f in ("pretrain.yaml", "finetune.yaml", "eval/base.yaml"))
+    data = {**pre["data"]["init_args"], **ft["data"]["init_args"]}
+    lstar = pre["model"]["reducer"]["init_args"]["num_frames"]
+    from lit_bvllm.synthetic.generate import make_synthetic
+
+    longest = float(re.search(r"--max-duration (\d+)", (EXPERIMENTS.parent / "Makefile").read_text()).group(1))
+    mean = (inspect.signature(make_synthetic).parameters["min_duration"].default + longest) / 2  # durations are uniform
+    assert data["frame_mode"] == "fps" and data["fps"] * mean >= 2 * lstar and data["max_frames"] >= 2 * lstar
+    assert base["data"]["init_args"]["fps"] == 1.0 and base["data"]["init_args"]["max_frames"] >= 128
