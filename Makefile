@@ -31,9 +31,9 @@ install: $(BIN)/.installed  ## create .venv and install the suite (CPU torch by 
 
 demo: install  ## tiny backbones + synthetic videos, pretrain, finetune (LoRA), needle evaluation; prints the results
 	$(BIN)/lit_bvllm make-tiny --out $(ART)/tiny
-	$(BIN)/lit_bvllm make-synthetic --out $(ART)/synthetic --seed 0 --num-videos 400 --max-duration 32 --min-fps 2 --max-fps 4 \
+	$(BIN)/lit_bvllm make-synthetic --out $(ART)/synthetic --seed 0 --num-videos 1600 --max-duration 32 --min-fps 2 --max-fps 4 \
 		--num-eval-videos 48 --eval-min-duration 64 --eval-max-duration 128
-	$(BIN)/lit_bvllm probe-tower --vision_tower $(ART)/tiny/vision --data $(ART)/synthetic --out $(ART)/probe_tiny_clip.json
+	$(BIN)/lit_bvllm probe-tower --vision_tower $(ART)/tiny/vision --data $(ART)/synthetic --max_videos 400 --out $(ART)/probe_tiny_clip.json
 # The demo's runs have fixed names (runs/pretrain/tiny, runs/finetune/tiny, runs/eval_needle/tiny and tiny_blind),
 # which the next step and the report read; --overwrite true replaces an earlier demo's run in each, so that a
 # second `make demo` starts afresh instead of being refused (a named run directory that holds a run is).
@@ -71,7 +71,7 @@ NEEDLE_LENGTHS ?= 16 64 128
 NEEDLE_VIDEOS ?= 50
 comma := ,
 space := $(subst ,, )
-SYNTHETIC_FLAGS := --out $(ART)/synthetic --seed 0 --num-videos 400 --max-duration 32 --min-fps 2 --max-fps 4 \
+SYNTHETIC_FLAGS := --out $(ART)/synthetic --seed 0 --num-videos 1600 --max-duration 32 --min-fps 2 --max-fps 4 \
 	--num-eval-videos 48 --eval-min-duration 64 --eval-max-duration 128
 
 study-data: install  ## the study's backbones, training set and needle sets (each only when missing)

@@ -215,6 +215,8 @@ def warm_up_lm(llm: Qwen2ForCausalLM, tokenizer, steps: int, seed: int, batch_si
     enc = tokenizer(texts, add_special_tokens=False, padding=True, truncation=True, max_length=256, return_tensors="pt",
                     return_offsets_mapping=True)
     targets = answer_labels(texts, enc["input_ids"], enc["offset_mapping"])
+    lengths = enc["attention_mask"].sum(1)
+    queue: list[Tensor] = []
     total = copy_steps + steps
     opt = torch.optim.AdamW(llm.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.05)
@@ -225,7 +227,11 @@ def warm_up_lm(llm: Qwen2ForCausalLM, tokenizer, steps: int, seed: int, batch_si
             ids, labels = repeat_batch(len(tokenizer), 32 if step < copy_steps else batch_size, g)
             mask = torch.ones_like(ids)
         else:
-            idx = torch.randint(len(texts), (batch_size,), generator=g)
+            if not queue:  # 8 batches at a time, drawn at random and grouped by length: less padding to compute
+                draw = torch.randint(len(texts), (8 * batch_size,), generator=g)
+                queue = list(draw[torch.argsort(lengths[draw], stable=True)].split(batch_size))
+                queue = [queue[int(k)] for k in torch.randperm(len(queue), generator=g)]
+            idx = queue.pop()
             ids, mask, labels = enc["input_ids"][idx], enc["attention_mask"][idx], targets[idx]
             n = int(mask.sum(1).max())  # right-padded: cut the batch to its longest text
             ids, mask, labels = ids[:, :n], mask[:, :n], labels[:, :n]
