@@ -164,9 +164,9 @@ def answer_labels(texts: list[str], input_ids: Tensor, offsets: Tensor) -> Tenso
     assistant turn (its answer and ``<|im_end|>``), in a plain text the caption after the newline (and the EOS); the
     system turn, the user turns with their descriptions, the template's markers and the padding are ``-100``."""
     labels = torch.full_like(input_ids, -100)
+    opener = f"{IM_START}assistant\n"
     for i, text in enumerate(texts):
         if text.startswith(IM_START):
-            opener = f"{IM_START}assistant\n"
             spans, start = [], text.find(opener)
             while start >= 0:
                 a = start + len(opener)

@@ -44,13 +44,17 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    """Tiny vision tower + LLM + tokenizer written by make-tiny: ``{"vision": dir, "llm": dir}``."""
+    """Tiny backbones written by make-tiny: ``{"vision": dir, "llm": dir, "qformer": dir, ...}``, and ``"flags"``, the
+    CLI flags that point a config (pretrain.yaml's Q-Former included) at them."""
     from lit_bvllm.tiny import make_tiny
 
     # a few-step tower, no LM warm-up and a random Q-Former in InstructBLIP's layout: each training has its own
     # tests; the small LLM keeps the suite fast
-    return make_tiny(tmp_path_factory.mktemp("tiny"), lm_steps=0, copy_steps=0, clip_steps=3, clip_batch_size=32,
-                     qformer_steps=0, llm_width=64, num_layers=2)
+    out = make_tiny(tmp_path_factory.mktemp("tiny"), lm_steps=0, copy_steps=0, clip_steps=3, clip_batch_size=32,
+                    qformer_steps=0, llm_width=64, num_layers=2)
+    out["flags"] = ["--model.llm", out["llm"], "--model.vision_tower", out["vision"],
+                    "--model.reducer.init_args.qformer", out["qformer"]]
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -184,7 +184,7 @@ def test_the_flag_the_messages_name_exists(tiny, synthetic, monkeypatch):
     monkeypatch.chdir(repo)
     configs = ["pretrain.yaml", "finetune.yaml", "eval/base.yaml", "eval/vnbench.yaml"]
     args = [a for c in configs for a in ("--config", f"experiments/{c}")]
-    args += ["--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"], "--model.init_from", "null",
+    args += [*tiny["flags"], "--model.init_from", "null",
              "--trainer.logger", "false", "--data.benchmark.root", str(synthetic / "eval" / "vnbench")]
     assert lightning_cli(args, run=False).datamodule.hparams.allow_outside_root is False
     dm = lightning_cli(args + ["--data.allow_outside_root", "true"], run=False).datamodule

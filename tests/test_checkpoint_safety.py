@@ -34,8 +34,7 @@ def hostile(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
 
 
 def config(tiny, synthetic):
-    return ["--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml", "--model.llm", tiny["llm"],
-            "--model.vision_tower", tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"], "--data.train", str(synthetic / "finetune.json"),
+    return ["--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml", *tiny["flags"], "--data.train", str(synthetic / "finetune.json"),
             "--data.num_workers", "0"]
 
 

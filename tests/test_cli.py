@@ -30,8 +30,7 @@ def repo_root(monkeypatch):
 
 def _config(tiny, train):
     """The training config itself (scan and preview read what fit reads), on the test's backbones and data."""
-    return ["--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml", "--model.llm", tiny["llm"],
-            "--model.vision_tower", tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"], "--data.train", str(train), "--data.max_length", "256",
+    return ["--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml", *tiny["flags"], "--data.train", str(train), "--data.max_length", "256",
             "--data.max_frames", "8", "--data.num_workers", "0"]
 
 

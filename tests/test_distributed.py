@@ -28,7 +28,7 @@ def launch(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 def common(tiny) -> list[str]:
-    return ["--config", "experiments/pretrain.yaml", "--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"],
+    return ["--config", "experiments/pretrain.yaml", *tiny["flags"],
             "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0"]
 
 

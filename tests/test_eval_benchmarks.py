@@ -324,7 +324,7 @@ def test_predict_writes_generations(tiny, synthetic, tmp_path, monkeypatch):
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
     lightning_cli(["predict", "--config", "experiments/pretrain.yaml", "--config", "experiments/eval/base.yaml",
                    "--config", "experiments/eval/msvd_qa.yaml",
-                   "--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"], "--model.max_new_tokens", "3",
+                   *tiny["flags"], "--model.max_new_tokens", "3",
                    "--data.benchmark.root", str(synthetic / "eval" / "msvd"), "--data.limit", "5",
                    "--data.num_workers", "0",
                    "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])

@@ -49,7 +49,7 @@ def _cli(tiny, name: str, *flags: str):
 
     configs = ["pretrain.yaml", "finetune.yaml", "eval/base.yaml", f"eval/{name}.yaml"]
     args = [a for c in configs for a in ("--config", str(REPO / "experiments" / c))]
-    args += ["--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"], "--model.init_from", "null",
+    args += [*tiny["flags"], "--model.init_from", "null",
              "--trainer.logger", "false", *flags]
     return lightning_cli(args, run=False).datamodule
 

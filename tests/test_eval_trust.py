@@ -191,7 +191,7 @@ def test_two_processes_with_fewer_items_than_processes(tiny, synthetic, tmp_path
     lit_bvllm = os.path.join(os.path.dirname(sys.executable), "lit_bvllm")  # as users launch it
     cmd = [lit_bvllm, "test", "--config", "experiments/pretrain.yaml",
            "--config", "experiments/eval/base.yaml", "--config", "experiments/eval/msvd_qa.yaml",
-           "--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"], "--model.max_new_tokens", "2",
+           *tiny["flags"], "--model.max_new_tokens", "2",
            "--data.benchmark.root", str(synthetic / "eval" / "msvd"), "--data.limit", "1", "--data.num_workers", "0",
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
            "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.version", "two",

@@ -107,8 +107,7 @@ def test_the_show_selection_command_reads_the_run_config(tiny, synthetic, tmp_pa
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
     root = synthetic / "eval" / "vnbench"
     entry = json.loads((root / "VNBench_qa.json").read_text())[0]
-    lightning_cli(["show-selection", "--config", "experiments/pretrain.yaml", "--model.llm", tiny["llm"],
-                   "--model.vision_tower", tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"], "--data.train", str(synthetic / "finetune.json"),
+    lightning_cli(["show-selection", "--config", "experiments/pretrain.yaml", *tiny["flags"], "--data.train", str(synthetic / "finetune.json"),
                    "--video", str(root / entry["video"]), "--question", entry["question"],
                    "--options", json.dumps(entry["options"]), "--out", str(tmp_path / "sel.png")])
     printed = json.loads(capsys.readouterr().out)

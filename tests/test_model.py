@@ -32,7 +32,7 @@ REDUCERS = {
 
 def cli_args(tiny, synthetic, tmp_path, reducer="BVLLM", steps=2, extra=()):
     args = ["fit", "--config", "experiments/pretrain.yaml",
-            "--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"],
+            *tiny["flags"],
             f"--model.reducer=lit_bvllm.reducers.{reducer}",
             "--data.train", str(synthetic / "finetune.json"), "--data.template", "chat", "--data.num_frames", "6",
             "--data.num_workers", "0", "--data.batch_size", "2", "--data.visual_tokens", "48",

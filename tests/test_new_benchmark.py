@@ -86,7 +86,7 @@ def test_a_benchmark_outside_the_package_runs_by_class_path(quiz, tiny, tmp_path
 
     monkeypatch.chdir(REPO)
     cli = lightning_cli(["--config", "experiments/pretrain.yaml", "--config", "experiments/eval/base.yaml",
-                         "--config", str(quiz), "--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"],
+                         "--config", str(quiz), *tiny["flags"],
                          "--model.max_new_tokens", "2", "--trainer.enable_progress_bar", "false"], run=False)
     dm = cli.datamodule
     assert type(dm.benchmark).__module__ == "colour_quiz" and dm.name == "colour_quiz"

@@ -126,14 +126,14 @@ def test_the_eval_configs_give_each_run_a_new_version(tiny, tmp_path):
     """eval/base.yaml pinned version "tiny": a second checkpoint's evaluation went into the first one's folder."""
     configs = ["pretrain.yaml", "finetune.yaml", "eval/base.yaml", "eval/needle.yaml"]
     args = [a for c in configs for a in ("--config", f"experiments/{c}")]
-    args += ["--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"], "--model.init_from", "null",
+    args += [*tiny["flags"], "--model.init_from", "null",
              "--trainer.logger.init_args.save_dir", str(tmp_path)]
     earlier_run(tmp_path / "eval_needle" / "version_0")
     assert lightning_cli(args, run=False).trainer.log_dir == str(tmp_path / "eval_needle" / "version_1")
     named = lightning_cli(args + ["--trainer.logger.init_args.version", "mine"], run=False)
     assert named.trainer.log_dir == str(tmp_path / "eval_needle" / "mine")
     assert lightning_cli(["--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml",
-                          "--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"]],
+                          *tiny["flags"]],
                          run=False).trainer.log_dir == "runs/finetune/tiny"  # the eval configs' --ckpt_path
 
 
@@ -148,7 +148,7 @@ def test_overwrite_is_in_the_help(command, capsys):
 def test_a_second_test_run_is_refused_before_it_writes_and_overwrite_replaces_it(tiny, synthetic, tmp_path):
     configs = ["pretrain.yaml", "eval/base.yaml", "eval/msvd_qa.yaml"]
     base = ["test", *[a for c in configs for a in ("--config", f"experiments/{c}")],
-            "--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"], "--model.max_new_tokens", "2",
+            *tiny["flags"], "--model.max_new_tokens", "2",
             "--data.benchmark.root", str(synthetic / "eval" / "msvd"), "--data.limit", "2", "--data.num_workers", "0",
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.version", "tiny",
             "--trainer.enable_progress_bar", "false"]
@@ -167,8 +167,7 @@ def test_a_second_test_run_is_refused_before_it_writes_and_overwrite_replaces_it
 
 
 def test_fit_refuses_a_rerun_resumes_in_place_and_overwrite_starts_afresh(tiny, synthetic, tmp_path):
-    base = ["fit", "--config", "experiments/pretrain.yaml", "--model.llm", tiny["llm"], "--model.vision_tower",
-            tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"], "--data.train", str(synthetic / "pretrain.json"), "--data.num_workers", "0",
+    base = ["fit", "--config", "experiments/pretrain.yaml", *tiny["flags"], "--data.train", str(synthetic / "pretrain.json"), "--data.num_workers", "0",
             "--data.batch_size", "2", "--trainer.logger.init_args.save_dir", str(tmp_path),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     run = tmp_path / "pretrain" / "tiny"

@@ -35,7 +35,7 @@ def build(tiny, synthetic, strategy: str, *more: str):
     from lit_bvllm.cli import lightning_cli
 
     return lightning_cli(["--config", "experiments/pretrain.yaml", "--config", f"experiments/strategies/{strategy}",
-                          "--model.llm", tiny["llm"], "--model.vision_tower", tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"],
+                          *tiny["flags"],
                           "--data.train", str(synthetic / "pretrain.json"), *more], run=False)
 
 

@@ -61,8 +61,7 @@ def test_frozen_modules_stay_put_through_a_fit_and_are_saved(tiny, synthetic, tm
     from lit_bvllm.cli import lightning_cli
 
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
-    args = ["--config", "experiments/pretrain.yaml", "--model.llm", tiny["llm"], "--model.vision_tower",
-            tiny["vision"], "--model.reducer.init_args.qformer", tiny["qformer"], "--data.train", str(synthetic / "pretrain.json"), "--data.num_workers", "0",
+    args = ["--config", "experiments/pretrain.yaml", *tiny["flags"], "--data.train", str(synthetic / "pretrain.json"), "--data.num_workers", "0",
             "--data.batch_size", "2", "--trainer.max_steps", "3", "--trainer.logger.init_args.save_dir", str(tmp_path),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--model.freeze", "[reducer.temporal_qformer,reducer.temporal_proj]"]
