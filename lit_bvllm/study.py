@@ -13,7 +13,7 @@ every-frame diagnostic against blind, the paired bootstrap of B-VLLM against Uni
 wall time), ``summary.csv`` (mean ± std over seeds
 per method and length), ``points.csv`` (every method x length x seed, finished or not), ``bvllm_vs_uniform.csv`` and
 the figures (:mod:`lit_bvllm.study_figures`). ``--quick true``: the same sweeps with one seed, the 64 s set only,
-in their own folders (``<name>_quick``), with half the training steps (150: 9.5 minutes on 2 cores).
+in their own folders (``<name>_quick``), with half the training steps (500 of the sweep files' 1,000).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from lit_bvllm.sweeps.run import read_status, run_local, state
 ROLES = ("strategies", "controls", "ablation")
 FILES = {role: f"experiments/sweeps/needle_{role}.yaml" for role in ROLES}
 QUICK_EVAL = "needle_64s"
-QUICK_STEPS = 150  # the quick variant's training steps: 9 min 24 s on 2 cores; with the full recipe's 300, 13 min 40 s
+QUICK_STEPS = 500  # the quick variant's training steps: half the full recipe's 1,000 (finetune.yaml's)
 REFERENCE, CANDIDATE = "Uniform", "BVLLM"  # the bootstrap's pair: CANDIDATE - REFERENCE
 BLIND = "blind (no frames)"  # the control every trained method must beat on a type every frame answers
 NAMES = {  # how the table names a control or an ablation row: (dotted key, value) -> name
@@ -321,7 +321,7 @@ def study(quick: bool = False, root: str = "runs/sweeps", out: str | None = None
         quick: one seed and the 64 s set only, in ``<sweep>_quick`` folders and ``<root>/study_quick``.
         root: the folder of the study's sweeps.
         out: the report's folder (default ``<root>/study``, ``<root>/study_quick`` with ``--quick true``).
-        quick_steps: training steps of the quick variant (the full study: the sweep files' 300).
+        quick_steps: training steps of the quick variant (the full study: the sweep files' 1,000).
         strategies: the sweep file of the strategies.
         controls: the sweep file of the controls (test mode on the strategies' Uniform checkpoints).
         ablation: the sweep file of B-VLLM's ablation.

@@ -264,20 +264,26 @@ def test_the_shipped_sweeps_expand_to_commands(path, capsys):
         assert (REPO / config).is_file()
 
 
-def test_strategies_compares_every_reducer_at_one_budget():
+def test_strategies_compares_every_reducer_at_one_budget(tiny):
     raw = yaml.safe_load((REPO / "experiments" / "sweeps" / "strategies.yaml").read_text())
     visual_tokens = yaml.safe_load((REPO / "experiments" / "pretrain.yaml").read_text())["data"]["init_args"][
         "visual_tokens"]
-    classes = set()
+    classes, qformers = set(), set()
     for spec_ in raw["grid"]["model.reducer"]:
         module, name = spec_["class_path"].rsplit(".", 1)
-        reducer = getattr(importlib.import_module(module), name)(in_dim=64, **spec_["init_args"])  # tiny tower width
+        args = spec_["init_args"]
+        if "qformer" in args:  # the Q-Former reducers start from make-tiny's pretrained Q-Former: here the fixture's
+            assert args["qformer"] == "artifacts/tiny/qformer", name
+            args = {**args, "qformer": tiny["qformer"]}
+            qformers.add(name)
+        reducer = getattr(importlib.import_module(module), name)(in_dim=64, **args)  # tiny tower width
         assert reducer.budget == visual_tokens == 96, name
         classes.add(name)
     exported = {n for n in importlib.import_module("lit_bvllm.reducers").__all__ if n[0].isupper()}
     assert classes >= {"BVLLM", "Uniform", "LLaMAVID", "MeanPool", "TokenLearner", "GroupedTTM", "WeightedSampler",
                        "Identity"}
     assert exported - classes <= {"Reducer", "ReducerOutput"}, exported - classes
+    assert qformers == {"BVLLM", "LLaMAVID"}  # no Q-Former reducer starts random beside one that starts pretrained
 
 
 # ------------------------------------------------------------------ end to end
