@@ -214,27 +214,33 @@ def every_frame_types(records: list[Record]) -> list[str]:
 
 def bootstrap(records: list[Record], resamples: int = 10000, seed: int = 0) -> list[dict]:
     """BVLLM against Uniform at each length: the paired bootstrap over question groups (:mod:`lit_bvllm.sweeps.paired`)
-    of the needle types, as ``circular_accuracy`` (the groups of a type every frame answers left out)."""
+    of the needle types together (``questions`` "all", as ``circular_accuracy``: the groups of a type every frame
+    answers left out), then of each needle type alone (retrieval, ordering, counting: where a strategy's frames
+    matter differs by type)."""
     out = []
     evals = dict.fromkeys(r.eval for r in records if r.role == "strategies")
-    every = tuple(f"_{t}" for t in every_frame_types(records))  # a group id is <video>_<type>
+    every = every_frame_types(records)
+    needle_types = [m.split("/", 1)[1] for m in dict.fromkeys(m for r in records for m in r.metrics)
+                    if m.startswith("circular/") and m.split("/", 1)[1] not in every]
 
-    def needle_groups(path: Path) -> dict[str, bool]:
-        return {g: ok for g, ok in circular_groups(path).items() if not g.endswith(every)}
+    def groups_of(path: Path, types: list[str]) -> dict[str, bool]:
+        ends = tuple(f"_{t}" for t in types)  # a group id is <video>_<type>
+        return {g: ok for g, ok in circular_groups(path).items() if g.endswith(ends)}
 
     for ev in evals:
-        runs = {m: {r.seed: needle_groups(r.predictions) for r in records
-                    if r.role == "strategies" and r.method == m and r.eval == ev and r.predictions}
-                for m in (CANDIDATE, REFERENCE)}
-        row = {"eval": ev, "length": eval_length(ev), "a": CANDIDATE, "b": REFERENCE}
-        try:
-            iv = paired_bootstrap(runs[CANDIDATE], runs[REFERENCE], resamples, seed=seed)
-        except ValueError as e:
-            out.append({**row, "note": str(e)})
-            continue
-        out.append({**row, "acc_a": iv.a, "acc_b": iv.b, "diff": iv.diff, "low": iv.low, "high": iv.high,
-                    "level": iv.level, "groups": iv.groups, "seeds": iv.seeds, "dropped_groups": iv.dropped,
-                    "resamples": iv.resamples, "note": ""})
+        for questions, types in [("all", needle_types), *((t, [t]) for t in needle_types)]:
+            runs = {m: {r.seed: groups_of(r.predictions, types) for r in records
+                        if r.role == "strategies" and r.method == m and r.eval == ev and r.predictions}
+                    for m in (CANDIDATE, REFERENCE)}
+            row = {"eval": ev, "length": eval_length(ev), "questions": questions, "a": CANDIDATE, "b": REFERENCE}
+            try:
+                iv = paired_bootstrap(runs[CANDIDATE], runs[REFERENCE], resamples, seed=seed)
+            except ValueError as e:
+                out.append({**row, "note": str(e)})
+                continue
+            out.append({**row, "acc_a": iv.a, "acc_b": iv.b, "diff": iv.diff, "low": iv.low, "high": iv.high,
+                        "level": iv.level, "groups": iv.groups, "seeds": iv.seeds, "dropped_groups": iv.dropped,
+                        "resamples": iv.resamples, "note": ""})
     return out
 
 

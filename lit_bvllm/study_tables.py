@@ -72,7 +72,7 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
         for r in records:
             w.writerow([r.role, r.method, r.point, r.seed, r.eval, r.length, "done" if r.metrics else r.status,
                         _num(r.tokens), *(_num(r.metrics.get(m)) for m in point_metrics)])
-    boot_cols = ["eval", "length", "a", "b", "acc_a", "acc_b", "diff", "low", "high", "level", "groups", "seeds",
+    boot_cols = ["eval", "length", "questions", "a", "b", "acc_a", "acc_b", "diff", "low", "high", "level", "groups", "seeds",
                  "dropped_groups", "resamples", "note"]
     with open(out / "bvllm_vs_uniform.csv", "w", newline="") as f:
         w = csv.DictWriter(f, boot_cols)
@@ -112,13 +112,14 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
             for (role, m), by in methods.items() if role == "ablation" or (role, m) == ("strategies", CANDIDATE)]
     lines += md_table(["variant", "tokens", *(f"acc {h}" for h in head), *(f"hit {h}" for h in head)], rows)
     lines += ["", f"## {CANDIDATE} − {REFERENCE}: paired bootstrap over question groups", ""]
-    rows = [[str(b["length"] or b["eval"]), *(f"{b[k]:.3f}" for k in ("acc_a", "acc_b", "diff")),
+    rows = [[str(b["length"] or b["eval"]), b["questions"], *(f"{b[k]:.3f}" for k in ("acc_a", "acc_b", "diff")),
              f"[{b['low']:.3f}, {b['high']:.3f}]", str(b["groups"]), str(b["seeds"])] if not b.get("note") else
-            [str(b["length"] or b["eval"]), "", "", "", b["note"], "", ""] for b in boot]
-    lines += md_table(["length (s)", CANDIDATE, REFERENCE, "difference", f"{int(100 * (boot[0].get('level') or 0.95)) if boot else 95}% interval",
+            [str(b["length"] or b["eval"]), b["questions"], "", "", "", b["note"], "", ""] for b in boot]
+    lines += md_table(["length (s)", "questions", CANDIDATE, REFERENCE, "difference", f"{int(100 * (boot[0].get('level') or 0.95)) if boot else 95}% interval",
                        "groups", "seeds"], rows)
     lines += ["", "Groups resampled with replacement, the same for both methods and every seed "
-              "(`lit_bvllm.sweeps.paired`); the difference is the mean over groups and seeds.", ""]
+              "(`lit_bvllm.sweeps.paired`); the difference is the mean over groups and seeds. Questions: all the "
+              "needle types together (the accuracy above), then each type alone.", ""]
     missing = [r for r in records if not r.metrics]
     lines += ["## Not finished", ""]
     lines += [f"- {r.role} {r.method} seed {r.seed} {r.eval}: {r.status} (point {r.point})" for r in missing] or ["none"]

@@ -128,19 +128,29 @@ def test_the_report_has_every_strategy_length_and_seed_with_mean_and_std(tmp_pat
 def test_the_bootstrap_interval_brackets_the_difference_and_is_deterministic(tmp_path):
     planted = plant(tmp_path)
     study(root=str(tmp_path), report_only=True, example=False, resamples=2000)
-    rows = {r["eval"]: r for r in read_csv(tmp_path / "study" / "bvllm_vs_uniform.csv")}
+    table = read_csv(tmp_path / "study" / "bvllm_vs_uniform.csv")
+    rows = {r["eval"]: r for r in table if r["questions"] == "all"}
     assert set(rows) == {"needle_16s", "needle_64s", "needle_128s"}
+    run = tmp_path / "needle_strategies"
     for ev, r in rows.items():
         observed = np.mean([planted[("strategies", "BVLLM", ev, s)] - planted[("strategies", "Uniform", ev, s)]
                             for s in (0, 1, 2)])  # balanced types: the mean over groups is the mean over types
         assert float(r["diff"]) == pytest.approx(observed)
         assert float(r["low"]) <= observed <= float(r["high"])
         assert (r["groups"], r["seeds"], r["dropped_groups"]) == (str(3 * VIDEOS), "3", "0")
+        # each needle type alone: its own groups, its own difference (the per-type accuracies the runs wrote)
+        per_type = {t["questions"]: t for t in table if t["eval"] == ev and t["questions"] != "all"}
+        assert sorted(per_type) == sorted(CATEGORIES)
+        for c, t in per_type.items():
+            acc = {m: [json.loads((run / f"reducer={m}_seed={s}" / ev / "vnbench_results.json").read_text())[
+                "circular_per_category"][c] for s in (0, 1, 2)] for m in ("BVLLM", "Uniform")}
+            assert float(t["diff"]) == pytest.approx(np.mean(acc["BVLLM"]) - np.mean(acc["Uniform"]))
+            assert float(t["low"]) <= float(t["diff"]) <= float(t["high"]) and t["groups"] == str(VIDEOS)
+        assert np.mean([float(t["diff"]) for t in per_type.values()]) == pytest.approx(observed)
     first = (tmp_path / "study" / "bvllm_vs_uniform.csv").read_text()
     study(root=str(tmp_path), report_only=True, example=False, resamples=2000)
     assert (tmp_path / "study" / "bvllm_vs_uniform.csv").read_text() == first  # same inputs, same interval
 
-    run = tmp_path / "needle_strategies"
     a = {s: circular_groups(run / f"reducer=BVLLM_seed={s}" / "needle_64s" / "vnbench_predictions.jsonl")
          for s in (0, 1, 2)}
     b = {s: circular_groups(run / f"reducer=Uniform_seed={s}" / "needle_64s" / "vnbench_predictions.jsonl")
