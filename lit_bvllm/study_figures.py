@@ -111,9 +111,11 @@ def every_frame_figure(cells: list[Cell], metric: str, path: Path) -> Path:
 
 def selection_example(sweeps: dict[str, Sweep], path: Path) -> dict | None:
     """``lit_bvllm show-selection`` of the first B-VLLM checkpoint that finished on the first retrieval question of
-    the longest needle set the strategies sweep tests; kept when ``path`` exists (the study resumes)."""
-    if path.is_file():
-        return {"figure": str(path), "kept": True}
+    the longest needle set the strategies sweep tests. Its description (point, question, answer, needle times) is
+    written beside it (``<path>.json``); both are kept when both exist (the study resumes), else drawn again."""
+    about = path.with_suffix(".json")
+    if path.is_file() and about.is_file():
+        return {**json.loads(about.read_text()), "figure": str(path), "kept": True}
     s = sweeps["strategies"]
     done = [p for p in expand(s) if p.labels.get("model.reducer") == CANDIDATE and state(s, p) == "done"]
     if not done:
@@ -140,8 +142,10 @@ def selection_example(sweeps: dict[str, Sweep], path: Path) -> dict | None:
     if proc.returncode != 0 or not path.is_file():
         print(f"selection example failed (exit code {proc.returncode}); see {path.parent / 'selection_example.log'}")
         return None
-    return {"figure": str(path), "point": done[0].id, "eval": ev, "question_id": item.get("question_id"),
-            "question": item["question"], "gt": item.get("gt"), "needle_times": item.get("needle_times")}
+    example = {"point": done[0].id, "eval": ev, "question_id": item.get("question_id"), "question": item["question"],
+               "gt": item.get("gt"), "needle_times": item.get("needle_times")}
+    about.write_text(json.dumps(example, indent=2))
+    return {**example, "figure": str(path)}
 
 
 def _plot(ax, pts, label, style, color=None) -> None:

@@ -304,4 +304,24 @@ def test_the_selection_example_is_kept_or_skipped_without_a_trained_bvllm(tmp_pa
     sweeps = load_sweeps(FILES, str(tmp_path), quick=True)
     assert selection_example(sweeps, tmp_path / "ex.png") is None  # no B-VLLM point finished: nothing to draw
     (tmp_path / "ex.png").write_bytes(b"\x89PNG")
-    assert selection_example(sweeps, tmp_path / "ex.png") == {"figure": str(tmp_path / "ex.png"), "kept": True}
+    # a figure without its description is not kept (it would be reported as a question with no text): drawn again
+    assert selection_example(sweeps, tmp_path / "ex.png") is None
+    about = {"point": "reducer=BVLLM_seed=0", "eval": "needle_64s", "question_id": "needle_0001_ret_insert1_0",
+             "question": "Which of these shapes briefly appears in the video?", "gt": "a red star",
+             "needle_times": [[12, 13]]}
+    (tmp_path / "ex.json").write_text(json.dumps(about))
+    assert selection_example(sweeps, tmp_path / "ex.png") == {**about, "figure": str(tmp_path / "ex.png"), "kept": True}
+
+
+def test_a_kept_selection_example_is_described_in_the_report(tmp_path):
+    plant(tmp_path, quick=True)
+    folder = tmp_path / "study_quick"
+    folder.mkdir()
+    (folder / "selection_example.png").write_bytes(b"\x89PNG")
+    (folder / "selection_example.json").write_text(json.dumps({
+        "point": "reducer=BVLLM_seed=0", "eval": "needle_64s", "question_id": "needle_0001_ret_insert1_0",
+        "question": "Which of these shapes briefly appears in the video?", "gt": "a red star", "needle_times": [[12, 13]]}))
+    study(root=str(tmp_path), quick=True, report_only=True, example=True, resamples=100)
+    text = (folder / "study.md").read_text()
+    assert ("![selection](selection_example.png) needle_0001_ret_insert1_0: Which of these shapes briefly appears in "
+            "the video? (answer: a red star; needle at [[12, 13]] s; reducer=BVLLM_seed=0)") in text
