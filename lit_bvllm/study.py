@@ -223,13 +223,15 @@ def bootstrap(records: list[Record], resamples: int = 10000, seed: int = 0) -> l
     needle_types = [m.split("/", 1)[1] for m in dict.fromkeys(m for r in records for m in r.metrics)
                     if m.startswith("circular/") and m.split("/", 1)[1] not in every]
 
-    def groups_of(path: Path, types: list[str]) -> dict[str, bool]:
-        ends = tuple(f"_{t}" for t in types)  # a group id is <video>_<type>
-        return {g: ok for g, ok in circular_groups(path).items() if g.endswith(ends)}
+    def groups_of(path: Path, questions: str) -> dict[str, bool]:  # a group id is <video>_<type>
+        groups = circular_groups(path)
+        if questions == "all":  # every group but the every-frame types'
+            return {g: ok for g, ok in groups.items() if not g.endswith(tuple(f"_{t}" for t in every))}
+        return {g: ok for g, ok in groups.items() if g.endswith(f"_{questions}")}
 
     for ev in evals:
-        for questions, types in [("all", needle_types), *((t, [t]) for t in needle_types)]:
-            runs = {m: {r.seed: groups_of(r.predictions, types) for r in records
+        for questions in ["all", *needle_types]:
+            runs = {m: {r.seed: groups_of(r.predictions, questions) for r in records
                         if r.role == "strategies" and r.method == m and r.eval == ev and r.predictions}
                     for m in (CANDIDATE, REFERENCE)}
             row = {"eval": ev, "length": eval_length(ev), "questions": questions, "a": CANDIDATE, "b": REFERENCE}
