@@ -43,6 +43,20 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def on_tiny(tiny):
+    """A shipped reducer spec's ``init_args`` with make-tiny's Q-Former (``artifacts/tiny/qformer``, the configs' path)
+    replaced by the tiny fixture's, so that the spec builds on a fresh clone."""
+
+    def args(init_args: dict) -> dict:
+        if "qformer" not in init_args:
+            return init_args
+        assert init_args["qformer"] == "artifacts/tiny/qformer", init_args
+        return {**init_args, "qformer": tiny["qformer"]}
+
+    return args
+
+
+@pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """Tiny backbones written by make-tiny: ``{"vision": dir, "llm": dir, "qformer": dir, ...}``, and ``"flags"``, the
     CLI flags that point a config (pretrain.yaml's Q-Former included) at them."""
