@@ -7,10 +7,6 @@ BIN := $(VENV)/bin
 # or use environment.yml.
 TORCH_SPEC ?= torch==2.13.0
 ART ?= artifacts
-export HF_HUB_OFFLINE := 1
-export TRANSFORMERS_OFFLINE := 1
-export HF_DATASETS_OFFLINE := 1
-export TOKENIZERS_PARALLELISM := false
 
 .PHONY: help install demo lint test test-slow bench bench-reducers clean study-data study study-quick
 
@@ -46,7 +42,7 @@ demo: install  ## tiny backbones + synthetic videos, pretrain, finetune (LoRA), 
 		--config experiments/eval/base.yaml --config experiments/eval/needle.yaml --ckpt_path runs/finetune/tiny/checkpoints/last.ckpt \
 		--data.blind true --trainer.logger.init_args.version tiny_blind --overwrite true
 	@echo; echo "Synthetic needle set (VNBench format, option likelihood, circular scoring):"
-	@$(BIN)/python -m lit_bvllm.report model=runs/eval_needle/tiny/vnbench_results.json \
+	@$(BIN)/python -m lit_bvllm.analysis.report model=runs/eval_needle/tiny/vnbench_results.json \
 		blind=runs/eval_needle/tiny_blind/vnbench_results.json
 	@echo; echo "Look at the runs: $(BIN)/tensorboard --logdir runs"
 
@@ -65,7 +61,7 @@ bench: install  ## data-loading benchmark (writes numbers to stdout; see benchma
 bench-reducers: install  ## reducer cost against video length (see benchmarks/RESULTS.md)
 	$(BIN)/python benchmarks/bench_reducers.py --out $(ART)/bench
 
-# The needle study (issue 13; lit_bvllm/study.py). Its data: the demo's backbones and training set (the demo's
+# The needle study (issue 13; lit_bvllm/study/runner.py). Its data: the demo's backbones and training set (the demo's
 # make-synthetic flags) and the held-out needle sets of 16, 64 and 128 s, each made only when missing.
 NEEDLE_LENGTHS ?= 16 64 128
 NEEDLE_VIDEOS ?= 50

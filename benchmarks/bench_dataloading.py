@@ -37,8 +37,10 @@ import warnings
 from functools import partial
 from pathlib import Path
 
-os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_bvllm.cli import setup_process  # noqa: E402
+
+setup_process()  # as lit_bvllm: offline, before transformers is imported
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 import decord  # noqa: E402
@@ -81,8 +83,8 @@ def machine() -> dict:
 
 def prepare_data(root: Path) -> tuple[Path, Path]:
     """The tiny backbones and synthetic set under ``root`` (generated when missing) and the video-only finetune file."""
-    from lit_bvllm.synthetic import make_synthetic
-    from lit_bvllm.tiny import make_tiny
+    from lit_bvllm.world import make_synthetic
+    from lit_bvllm.world.tiny import make_tiny
 
     if not (root / "tiny" / "llm").is_dir() or not (root / "tiny" / "vision").is_dir():
         make_tiny(root / "tiny")

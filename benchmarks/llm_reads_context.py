@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from datamodules.benchmarks import VNBench
 from lit_bvllm.backbones import load_llm, load_tokenizer
-from lit_bvllm.synthetic.describe import caption
+from lit_bvllm.world.describe import caption
 
 CONDITIONS = ("description", "other description", "none")
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         needle = [all(r) for (category, _), r in by_group.items() if category not in every_frame]
         row["overall"] = round(float(np.mean(needle)), 3)  # the needle types, as VNBench's overall (no every-frame)
         result["circular_accuracy"][cond] = row
-    from lit_bvllm.tiny import _WORDS
+    from lit_bvllm.world.tiny import _WORDS
 
     result["repeated_words"] = repeat_gain(llm, tok, sorted(set(_WORDS)))
     types = [*sorted(t for t in next(iter(result["circular_accuracy"].values())) if t != "overall"), "overall"]

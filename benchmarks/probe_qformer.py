@@ -3,7 +3,7 @@
     python benchmarks/probe_qformer.py --qformer artifacts/tiny/qformer --vision_tower artifacts/tiny/vision \
         --data artifacts/synthetic --out artifacts/probe_qformer.json
 
-The frames are those of ``lit_bvllm probe-tower`` (:mod:`lit_bvllm.probe`): the synthetic set's training videos
+The frames are those of ``lit_bvllm probe-tower`` (:mod:`lit_bvllm.analysis.probe`): the synthetic set's training videos
 fit the probes, its held-out eval videos test them, at 1 fps through the suite's reader and frame transform. Each
 frame's [CLS] and patch tokens at the layer the video LLM reads (-2) go through the Q-Former's LayerNorm
 (``vision_model.post_layernorm``, InstructBLIP's ``ln_vision``) and the Q-Former with a neutral instruction; the
@@ -14,7 +14,7 @@ Q-Former(s), the tower's [CLS] token, and a randomly initialised Q-Former of the
 
 Probes of standardised features (as ``probe-tower``'s) find the content even in a random Q-Former's outputs, where
 it is a sliver of their scale; two more columns say how readable it is: the *frame share* (the share of the
-features' energy that varies from frame to frame, :func:`lit_bvllm.probe.frame_share`) and the same probes on the
+features' energy that varies from frame to frame, :func:`lit_bvllm.analysis.probe.frame_share`) and the same probes on the
 raw features (``raw ...``: content carried by a small share needs large weights, which the L2 penalty charges).
 """
 
@@ -79,7 +79,7 @@ def probe_qformer(qformers: list[str], vision_tower: str, data: str, out: str | 
     from datamodules.io import write_json
     from datamodules.loading import load_tokenizer
     from datamodules.transforms import FrameTransform
-    from lit_bvllm.probe import encode_videos, frame_share, probe_row
+    from lit_bvllm.analysis.probe import encode_videos, frame_share, probe_row
     from lit_bvllm.vision import VisionEncoder
 
     t0 = time.time()
@@ -129,11 +129,9 @@ def table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import os
+    from lit_bvllm.cli import setup_process
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    setup_process()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--qformer", nargs="+", required=True, help="InstructBLIP-layout Q-Former folder(s) (make-tiny's qformer)")
     p.add_argument("--vision_tower", required=True, help="the tower the Q-Former reads (make-tiny's vision)")

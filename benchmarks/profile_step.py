@@ -20,7 +20,7 @@ import torch
 
 def build_stage(args: list[str]):
     """The training model (in train mode) and its data module, set up for ``fit``, from ``lit_bvllm fit`` flags."""
-    from lit_bvllm.cli import lightning_cli
+    from lit_bvllm.cli.commands import lightning_cli
 
     cli = lightning_cli(args, run=False)
     module, dm = cli.model, cli.datamodule

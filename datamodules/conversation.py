@@ -18,6 +18,9 @@ from typing import Literal
 from datamodules.errors import SampleError
 
 IGNORE_INDEX = -100
+VIDEO_TOKEN = "<video>"
+"""The placeholder the suite splices visual tokens at, the one default of every ``video_token`` argument. Media tags
+in annotations (``<video>``, ``<image>``) map to it."""
 MEDIA_TAGS = ("<video>", "<image>")
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _TAG_RE = re.compile("|".join(re.escape(t) for t in MEDIA_TAGS))

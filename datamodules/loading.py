@@ -14,10 +14,10 @@ from pathlib import Path
 
 from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
 
+from datamodules.conversation import VIDEO_TOKEN
+
 log = logging.getLogger(__name__)
 
-VIDEO_TOKEN = "<video>"
-"""The placeholder the suite splices visual tokens at. Media tags in annotations (``<video>``, ``<image>``) map to it."""
 
 
 def local_dir(path: str | Path, what: str, flag: str) -> Path:
@@ -75,13 +75,17 @@ def worker_count(requested: int | str, processes_per_node: int = 1, flag: str = 
     return requested
 
 
-def loader_workers(requested: int | str, trainer=None) -> int:
-    """The worker count for a DataLoader built under ``trainer`` (its processes on this node share the cores), with
-    this process's threads lowered to the cores the workers leave (:func:`leave_cores_to_workers`)."""
-    processes = getattr(trainer, "num_devices", 1) if trainer is not None else 1
-    workers = worker_count(requested, processes)
-    leave_cores_to_workers(workers, processes)
-    return workers
+def processes_on_node(trainer=None) -> int:
+    """The training processes ``trainer`` runs on this node (they share its cores); 1 without a trainer."""
+    return getattr(trainer, "num_devices", 1) if trainer is not None else 1
+
+
+def share_cores(requested: int | str, trainer) -> None:
+    """The thread policy, applied once per process where ``trainer`` starts (a data module's ``setup`` under a
+    trainer; never in a loader factory): this process keeps the cores its DataLoader workers leave
+    (:func:`leave_cores_to_workers`)."""
+    processes = processes_on_node(trainer)
+    leave_cores_to_workers(worker_count(requested, processes), processes)
 
 
 THREADS_CHOSEN = "LIT_BVLLM_THREADS_CHOSEN"

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.annotations import AnnotationFile, Source, mixture_index
-from datamodules.conversation import IGNORE_INDEX, parse_entry, tokenize
+from datamodules.conversation import IGNORE_INDEX, VIDEO_TOKEN, parse_entry, tokenize
 from datamodules.errors import STRICT_HINT, DataError, SampleError, describe, row_id
 from datamodules.transforms import FrameTransform
 from datamodules.video import IMAGE_SUFFIXES, no_frames, read_image, read_video
@@ -96,7 +96,7 @@ class VideoInstructDataset(Dataset):
         max_bad_fraction: float = 0.5,
         blocklist: set[tuple[str, int]] | None = None,
         seed: int = 0,
-        video_token: str = "<video>",
+        video_token: str = VIDEO_TOKEN,
         allow_outside_root: bool = False,
     ):
         if visual_tokens >= max_length:

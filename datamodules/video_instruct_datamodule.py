@@ -9,7 +9,8 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from datamodules.annotations import load_sources
-from datamodules.loading import loader_workers, worker_count
+from datamodules.conversation import VIDEO_TOKEN
+from datamodules.loading import processes_on_node, share_cores, worker_count
 from datamodules.sampler import ResumableSampler
 from datamodules.transforms import FrameTransform
 from datamodules.video_instruct import VideoInstructCollator, VideoInstructDataset, load_blocklist
@@ -35,6 +36,8 @@ class VideoInstructDataModule(L.LightningDataModule):
         max_frames: cap in ``fps`` mode; longer videos are thinned uniformly.
         max_length: longest LLM sequence after visual tokens are spliced in.
         visual_tokens: the reducer's budget θ: most visual tokens one sample can get (reserved out of max_length).
+            ``lit_bvllm`` sets it from ``--model.reducer`` (:func:`lit_bvllm.cli.commands.link_visual_tokens`);
+            built by hand, the data module needs it.
         question_tokenizer: local folder of the tokenizer for the question fed to text-conditioned reducers
             (e.g. BERT's for an InstructBLIP Q-Former); default: the LLM's.
         max_question_length: question tokens kept.
@@ -72,7 +75,7 @@ class VideoInstructDataModule(L.LightningDataModule):
         num_frames: int = 16,
         max_frames: int | None = 128,
         max_length: int = 2048,
-        visual_tokens: int = 256,
+        visual_tokens: int | None = None,
         question_tokenizer: str | None = None,
         max_question_length: int = 64,
         batch_size: int = 2,
@@ -82,7 +85,7 @@ class VideoInstructDataModule(L.LightningDataModule):
         max_retries: int | None = None,
         blocklist: str | None = None,
         seed: int = 0,
-        video_token: str = "<video>",
+        video_token: str = VIDEO_TOKEN,
         pin_memory: bool = False,
         allow_outside_root: bool = False,
     ):
@@ -94,6 +97,9 @@ class VideoInstructDataModule(L.LightningDataModule):
                         "--data.max_bad_fraction (%s) decides when the run stops", max_retries, max_bad_fraction)
         self.save_hyperparameters()
         worker_count(num_workers)  # a bad value fails here, naming the flag
+        if visual_tokens is None or visual_tokens < 0:
+            raise ValueError(f"visual_tokens must be the reducer's budget θ (>= 0), got {visual_tokens}: lit_bvllm sets "
+                             "it from --model.reducer; a data module built by hand needs it")
         self.tokenizer = None
         self.train_set: VideoInstructDataset | None = None
         self.val_set: VideoInstructDataset | None = None
@@ -123,6 +129,8 @@ class VideoInstructDataModule(L.LightningDataModule):
             self.train_set = self._dataset(h.train)
         if stage in (None, "fit", "validate") and h.val is not None and self.val_set is None:
             self.val_set = self._dataset(h.val)
+        if self.trainer is not None:  # the trainer starts in this process: its threads leave the workers their cores
+            share_cores(h.num_workers, self.trainer)
 
     def _loader(self, dataset: VideoInstructDataset, shuffle: bool) -> DataLoader:
         h = self.hparams
@@ -134,7 +142,7 @@ class VideoInstructDataModule(L.LightningDataModule):
             if self._resume is not None:
                 sampler.resume(*self._resume)
                 self._resume = None
-        workers = loader_workers(h.num_workers, trainer)
+        workers = worker_count(h.num_workers, processes_on_node(trainer))
         return DataLoader(
             dataset,
             batch_size=h.batch_size,

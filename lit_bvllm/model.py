@@ -1,7 +1,7 @@
 """``VideoLLM``: frozen vision tower -> token reducer -> projector -> LLM, as one plain ``nn.Module``.
 
 It knows nothing of Lightning: training stages, optimisation and evaluation live in
-:class:`lit_bvllm.lit_module.VideoLLMModule`, which holds one of these as ``.model``; an export
+:class:`lit_bvllm.training.lit_module.VideoLLMModule`, which holds one of these as ``.model``; an export
 (:func:`lit_bvllm.export.load_exported`) is one of these too.
 
 Batch contract (what the data modules' collators produce; ``B`` samples, ``T`` frame slots, ``L`` text tokens):

@@ -1,20 +1,14 @@
 """Shared fixtures: tiny backbones and a small synthetic set built once per session; no network, no hub."""
 
 import os
+import socket
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
+from lit_bvllm.cli import setup_process
 
-import socket  # noqa: E402
-
-import torch  # noqa: E402
-
+setup_process()  # as every lit_bvllm process: offline, DeepSpeed's CPU accelerator named (lit_bvllm.cli)
 # the suite and the commands it starts keep their thread counts whatever loaders they build
 # (datamodules.loading.leave_cores_to_workers would lower this session's for every later test; its test resets it)
 os.environ["LIT_BVLLM_THREADS_CHOSEN"] = "1"
-if not torch.cuda.is_available():  # as lit_bvllm.cli: DeepSpeed's accelerator, named, prints no fallback warning
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import pytest  # noqa: E402
 
@@ -60,7 +54,7 @@ def on_tiny(tiny):
 def tiny(tmp_path_factory):
     """Tiny backbones written by make-tiny: ``{"vision": dir, "llm": dir, "qformer": dir, ...}``, and ``"flags"``, the
     CLI flags that point a config (pretrain.yaml's Q-Former included) at them."""
-    from lit_bvllm.tiny import make_tiny
+    from lit_bvllm.world.tiny import make_tiny
 
     # a few-step tower, no LM warm-up and a random Q-Former in InstructBLIP's layout: each training has its own
     # tests; the small LLM keeps the suite fast
@@ -74,7 +68,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory):
     """A small synthetic set (4 training videos of 8-12 s, 4 eval videos)."""
-    from lit_bvllm.synthetic import make_synthetic
+    from lit_bvllm.world import make_synthetic
 
     root = tmp_path_factory.mktemp("synthetic")
     make_synthetic(root, seed=0, num_videos=4, num_eval_videos=4, max_duration=12)
@@ -94,8 +88,8 @@ def eval_model(tiny):
     tokens); shared, so a test must not train or change it."""
     import functools
 
-    from lit_bvllm.lit_module import VideoLLMModule
     from lit_bvllm.reducers import Uniform
+    from lit_bvllm.training.lit_module import VideoLLMModule
 
     m = VideoLLMModule(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=2, budget=32),
                        max_new_tokens=4)

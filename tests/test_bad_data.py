@@ -214,7 +214,7 @@ def test_max_bad_fraction_is_checked_and_max_retries_is_ignored(tiny, root, capl
     with pytest.raises(ValueError, match="--data.max_bad_fraction must be in"):
         VideoInstructDataModule(train=str(path), tokenizer=tiny["llm"], max_bad_fraction=0)
     with caplog.at_level("WARNING", logger="lit_bvllm.data"):
-        VideoInstructDataModule(train=str(path), tokenizer=tiny["llm"], max_retries=3)  # a saved config replays
+        VideoInstructDataModule(train=str(path), tokenizer=tiny["llm"], visual_tokens=16, max_retries=3)  # a saved config replays
     assert "--data.max_retries=3 is ignored" in caplog.text
 
 

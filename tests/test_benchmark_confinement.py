@@ -101,7 +101,7 @@ def test_mvbench_videos_may_lie_in_its_video_root(tmp_path):
 def run(model, tiny, benchmark, tmp_path, **kwargs):
     dm = BenchmarkDataModule(benchmark, tiny["llm"], vision_tower=tiny["vision"], num_workers=0, batch_size=5,
                              **kwargs)
-    from lit_bvllm.callbacks import BenchmarkEvaluation
+    from lit_bvllm.training.callbacks import BenchmarkEvaluation
 
     logger = L.pytorch.loggers.CSVLogger(tmp_path, name="runs", version=str(kwargs))
     trainer = L.Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, enable_model_summary=False,
@@ -178,7 +178,7 @@ def test_a_refused_subtitle_file_is_not_read(tmp_path, tiny, monkeypatch):
 
 def test_the_flag_the_messages_name_exists(tiny, synthetic, monkeypatch):
     """``--data.allow_outside_root`` as `lit_bvllm test` parses it, over the shipped eval configs."""
-    from lit_bvllm.cli import lightning_cli
+    from lit_bvllm.cli.commands import lightning_cli
 
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(repo)

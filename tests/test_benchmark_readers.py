@@ -24,9 +24,9 @@ from datamodules.benchmarks.mvbench import MVBENCH_TASKS
 from datamodules.benchmarks.subtitles import parse_srt, read_srt, subtitles_at
 from datamodules.errors import SampleError
 from datamodules.video import natural_key, read_frame_folder, read_video
-from lit_bvllm.synthetic import make_synthetic
-from lit_bvllm.synthetic.describe import needle_name
-from lit_bvllm.synthetic.scenes import COLOURS
+from lit_bvllm.world import make_synthetic
+from lit_bvllm.world.describe import needle_name
+from lit_bvllm.world.scenes import COLOURS
 
 VIDEOMME_JSON = "videomme/test-00000-of-00001.json"
 

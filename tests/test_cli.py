@@ -21,6 +21,26 @@ def test_make_commands_accept_dashed_flags(tmp_path, capsys):
     assert (tmp_path / "tiny" / "llm" / "tokenizer.json").is_file() and paths["vision"].endswith("vision")
 
 
+def test_importing_the_cli_changes_nothing_and_main_sets_the_process_up():
+    """Importing ``lit_bvllm.cli`` leaves the environment as it was (it set four variables and recorded a thread
+    choice at import); the process setup runs in ``main`` (here ``setup_process``, which ``main`` calls first), keeps
+    what the user set and names every default once."""
+    code = ("import os, json; e = dict(os.environ); import lit_bvllm.cli as c; assert dict(os.environ) == e, "
+            "sorted(set(os.environ.items()) ^ set(e.items())); c.setup_process(); "
+            "print(json.dumps({k: os.environ.get(k) for k in [*c.OFFLINE, 'LIT_BVLLM_THREADS_CHOSEN', 'DS_ACCELERATOR']}))")
+    clean = {k: v for k, v in __import__("os").environ.items()
+             if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM",
+                          "LIT_BVLLM_THREADS_CHOSEN", "DS_ACCELERATOR", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**clean, "TOKENIZERS_PARALLELISM": "true"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    env = json.loads(out.stdout)
+    assert env == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                   "TOKENIZERS_PARALLELISM": "true",  # the user's
+                   "LIT_BVLLM_THREADS_CHOSEN": "0",
+                   "DS_ACCELERATOR": None if __import__("torch").cuda.is_available() else "cpu"}
+
+
 @pytest.fixture(autouse=True)
 def repo_root(monkeypatch):
     import pathlib

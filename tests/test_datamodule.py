@@ -27,6 +27,13 @@ def dm(tiny, train, **kw):
     return d
 
 
+def test_a_data_module_built_by_hand_names_its_visual_token_reservation(tiny, synthetic):
+    """lit_bvllm sets --data.visual_tokens from the reducer's budget; built by hand, the data module has no reducer to
+    follow and must be told (a default reserved 256 whatever the reducer emitted)."""
+    with pytest.raises(ValueError, match="visual_tokens must be the reducer's budget"):
+        VideoInstructDataModule(train=str(synthetic / "finetune.json"), tokenizer=tiny["llm"])
+
+
 def test_batch_layout_on_the_synthetic_finetune_set(tiny, synthetic):
     d = dm(tiny, str(synthetic / "finetune.json"), batch_size=6)
     batch = next(iter(d.train_dataloader()))
@@ -266,13 +273,37 @@ def test_the_main_process_leaves_its_workers_their_cores(monkeypatch):
         monkeypatch.setattr(torch, "get_num_threads", lambda n=cores: n)
         trainer = type("Trainer", (), {"num_devices": processes})()
         calls.clear()
-        workers = loading.loader_workers(requested, trainer)
-        assert workers == loading.worker_count(requested, processes)
+        loading.share_cores(requested, trainer)
         assert calls == ([] if expected is None else [expected]), (total, cores, processes, requested, calls)
     monkeypatch.delenv(loading.THREADS_CHOSEN)
     loading.record_thread_choice()  # OMP_NUM_THREADS already set when lit_bvllm starts: the user's (or torchrun's)
     calls.clear()
-    assert loading.loader_workers("auto") == 7 and calls == []  # the last machine above: 8 cores
+    loading.share_cores("auto", None)
+    assert loading.worker_count("auto") == 7 and calls == []  # the last machine above: 8 cores
+
+
+def test_loader_factories_leave_the_threads_alone_and_setup_under_a_trainer_sets_them(tiny, synthetic, monkeypatch):
+    """The thread policy is applied where the trainer starts (the data module's setup under a trainer), not by every
+    ``*_dataloader()`` call; a data module set up without a trainer (scan, preview, a script) changes nothing."""
+    import os
+
+    from datamodules import loading
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setenv(loading.THREADS_CHOSEN, "0")  # nothing chosen: the policy acts
+    d = dm(tiny, str(synthetic / "finetune.json"), num_workers=1)  # set up without a trainer
+    for _ in range(2):
+        d.train_dataloader()
+    assert calls == []
+    d.trainer = type("Trainer", (), {"num_devices": 1, "global_rank": 0, "world_size": 1})()
+    d.setup("fit")
+    assert calls == [1]  # 2 cores, 1 worker: this process keeps 1
+    d.train_dataloader()
+    assert calls == [1]
 
 
 def test_the_default_worker_count_follows_the_machine(monkeypatch):

@@ -200,9 +200,9 @@ def test_a_sharded_run_resumes_from_single_files_with_every_tensor(fsdp_fit, fsd
 def test_evaluation_under_a_sharding_strategy_is_refused_with_the_way_out(tiny):
     from types import SimpleNamespace
 
-    from lit_bvllm.distributed import ShardedStrategy
-    from lit_bvllm.lit_module import VideoLLMModule
     from lit_bvllm.reducers import Uniform
+    from lit_bvllm.training.distributed import ShardedStrategy
+    from lit_bvllm.training.lit_module import VideoLLMModule
 
     m = VideoLLMModule(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=4, budget=64))
     m._trainer = SimpleNamespace(strategy=ShardedStrategy())

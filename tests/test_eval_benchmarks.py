@@ -28,8 +28,8 @@ from datamodules.benchmarks import (
 from datamodules.benchmarks.datamodule import ShardSampler, limit_groups
 from datamodules.benchmarks.judge import Judge
 from datamodules.benchmarks.metrics import ItemScores
-from lit_bvllm.callbacks import BenchmarkEvaluation
-from lit_bvllm.lit_module import VideoLLMModule
+from lit_bvllm.training.callbacks import BenchmarkEvaluation
+from lit_bvllm.training.lit_module import VideoLLMModule
 
 FOLDERS = {MVBench: "mvbench", VideoMME: "videomme", EgoSchema: "egoschema", PerceptionTest: "perception_test",
            NExTQA: "nextqa", VNBench: "vnbench", MSVDQA: "msvd", MSRVTTQA: "msrvtt_qa", ActivityNetQA: "activitynet_qa"}
@@ -319,7 +319,7 @@ def test_every_benchmark_reads_its_fixture(synthetic):
 def test_predict_writes_generations(tiny, synthetic, tmp_path, monkeypatch):
     import pathlib
 
-    from lit_bvllm.cli import lightning_cli
+    from lit_bvllm.cli.commands import lightning_cli
 
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
     lightning_cli(["predict", "--config", "experiments/pretrain.yaml", "--config", "experiments/eval/base.yaml",

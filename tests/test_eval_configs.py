@@ -45,7 +45,7 @@ def test_a_benchmark_config_is_a_diff(path):
 def _cli(tiny, name: str, *flags: str):
     """The data module of ``pretrain + finetune + eval/base + eval/<name>`` with ``flags``, as `lit_bvllm test`
     builds it."""
-    from lit_bvllm.cli import lightning_cli
+    from lit_bvllm.cli.commands import lightning_cli
 
     configs = ["pretrain.yaml", "finetune.yaml", "eval/base.yaml", f"eval/{name}.yaml"]
     args = [a for c in configs for a in ("--config", str(REPO / "experiments" / c))]

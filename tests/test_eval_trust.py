@@ -15,7 +15,7 @@ from datamodules.benchmarks.base import check_fallback_letter
 from datamodules.benchmarks.datamodule import PADDING, BenchmarkDataset, ShardSampler, limit_groups
 from datamodules.benchmarks.metrics import ItemScores
 from datamodules.benchmarks.vnbench import parse_vnbench, parse_vnbench_official
-from lit_bvllm.callbacks import BenchmarkEvaluation, _flatten
+from lit_bvllm.training.callbacks import BenchmarkEvaluation, _flatten
 
 
 @pytest.fixture
@@ -209,7 +209,7 @@ def test_two_processes_with_fewer_items_than_processes(tiny, synthetic, tmp_path
 
 
 def test_predict_marks_items_whose_video_is_missing(model, tiny, synthetic, tmp_path):
-    from lit_bvllm.callbacks import PredictionWriter
+    from lit_bvllm.training.callbacks import PredictionWriter
 
     src = synthetic / "eval" / "msvd"
     root = tmp_path / "msvd"

@@ -1,6 +1,6 @@
 """Issue 22, item 5: a task type every frame answers (``bg_every1``, the background colour) in both VNBench-format
 needle sets, worded as the training data words it, left out of VNBench's overall number and of the hit rate, and
-printed beside blind by ``lit_bvllm.report``, the needle study and the sweeps' tables."""
+printed beside blind by ``lit_bvllm.analysis.report``, the needle study and the sweeps' tables."""
 
 import hashlib
 import json
@@ -14,16 +14,16 @@ import torch
 from datamodules.benchmarks import VNBench
 from datamodules.benchmarks.items import EvalItem
 from datamodules.benchmarks.selection import aggregate
-from lit_bvllm.report import table
-from lit_bvllm.study import BLIND, Cell, Record, bootstrap
-from lit_bvllm.study_tables import every_frame_section
+from lit_bvllm.analysis.report import table
+from lit_bvllm.study.records import BLIND, Cell, Record, bootstrap
+from lit_bvllm.study.tables import every_frame_section
 from lit_bvllm.sweeps import Sweep, expand, steps
 from lit_bvllm.sweeps import run as sweep_run
 from lit_bvllm.sweeps.report import collect, write_tables
-from lit_bvllm.synthetic import make_synthetic
-from lit_bvllm.synthetic.describe import video_qa
-from lit_bvllm.synthetic.evalsets import EVERY_FRAME, every_frame_question, vnbench_entries
-from lit_bvllm.synthetic.scenes import BACKGROUNDS
+from lit_bvllm.world import make_synthetic
+from lit_bvllm.world.describe import video_qa
+from lit_bvllm.world.evalsets import EVERY_FRAME, every_frame_question, vnbench_entries
+from lit_bvllm.world.scenes import BACKGROUNDS
 
 NEEDLE_TYPES = {"ret_insert1", "ord_insert1", "cnt_insert1"}
 SETS = ("eval/vnbench", "eval/needle_8s")

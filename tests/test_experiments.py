@@ -80,7 +80,7 @@ def test_finetuning_gives_the_selection_more_frames_than_it_keeps():
     pre, ft, base = (yaml.safe_load((EXPERIMENTS / f).read_text()) for f in ("pretrain.yaml", "finetune.yaml", "eval/base.yaml"))
     data = {**pre["data"]["init_args"], **ft["data"]["init_args"]}
     lstar = pre["model"]["reducer"]["init_args"]["num_frames"]
-    from lit_bvllm.synthetic.generate import make_synthetic
+    from lit_bvllm.world.generate import make_synthetic
 
     longest = float(re.search(r"--max-duration (\d+)", (EXPERIMENTS.parent / "Makefile").read_text()).group(1))
     mean = (inspect.signature(make_synthetic).parameters["min_duration"].default + longest) / 2  # durations are uniform

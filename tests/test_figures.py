@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_bvllm.figures import KEPT, kept_slots, save_figure, selection_figure, show_selection
+from lit_bvllm.analysis.selection import KEPT, kept_slots, save_figure, selection_figure, show_selection
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -58,8 +58,8 @@ def _rgb(hex_colour):
 
 @pytest.fixture(scope="module")
 def bvllm_model(tiny):
-    from lit_bvllm.lit_module import VideoLLMModule
     from lit_bvllm.reducers import BVLLM
+    from lit_bvllm.training.lit_module import VideoLLMModule
 
     torch.manual_seed(0)
     m = VideoLLMModule(tiny["llm"], tiny["vision"],
@@ -84,7 +84,7 @@ def test_the_callback_logs_selection_figures_to_tensorboard(bvllm_model, tiny, s
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from datamodules.benchmarks import BenchmarkDataModule, VNBench
-    from lit_bvllm.callbacks import BenchmarkEvaluation, SelectionFigures
+    from lit_bvllm.training.callbacks import BenchmarkEvaluation, SelectionFigures
 
     dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
                              num_workers=0, batch_size=2, limit=2, mode="likelihood")
@@ -102,7 +102,7 @@ def test_the_callback_logs_selection_figures_to_tensorboard(bvllm_model, tiny, s
 def test_the_show_selection_command_reads_the_run_config(tiny, synthetic, tmp_path, monkeypatch, capsys):
     import pathlib
 
-    from lit_bvllm.cli import lightning_cli
+    from lit_bvllm.cli.commands import lightning_cli
 
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
     root = synthetic / "eval" / "vnbench"
@@ -117,8 +117,8 @@ def test_the_show_selection_command_reads_the_run_config(tiny, synthetic, tmp_pa
 
 def test_show_selection_hands_the_needle_times_to_an_oracle_pick(tiny, synthetic, tmp_path):
     """The oracle control needs the evidence in the batch: show-selection used to stop with "no evidence"."""
-    from lit_bvllm.lit_module import VideoLLMModule
     from lit_bvllm.reducers import Uniform
+    from lit_bvllm.training.lit_module import VideoLLMModule
 
     m = VideoLLMModule(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=3, budget=48, pick="oracle"),
                        max_new_tokens=2)
@@ -134,7 +134,7 @@ def test_frames_are_shown_as_they_were_whatever_form_they_come_in():
     import numpy as np
     import torch
 
-    from lit_bvllm.figures import for_display
+    from lit_bvllm.analysis.selection import for_display
 
     dark = np.zeros((2, 8, 8, 3), np.uint8)
     dark[0, 0, 0] = 1  # an almost black clip: its bytes must not be stretched to white

@@ -278,7 +278,7 @@ def test_the_paper_shapes_build_on_the_meta_device_from_a_config_alone(tmp_path)
 
 
 def _cli(args: list[str], run: bool = False):
-    from lit_bvllm.cli import lightning_cli
+    from lit_bvllm.cli.commands import lightning_cli
 
     return lightning_cli(args, run=run)
 

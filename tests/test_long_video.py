@@ -12,7 +12,7 @@ LIMIT_GB = 8.0  # far below the 24 GB of the CI machine; the frames alone would 
 
 @pytest.mark.slow
 def test_one_hour_video_evaluates_in_bounded_memory(tiny, tmp_path):
-    from lit_bvllm.synthetic.render import write_mp4
+    from lit_bvllm.world.render import write_mp4
 
     root = tmp_path / "long"
     (root / "videos").mkdir(parents=True)
@@ -28,8 +28,8 @@ def test_one_hour_video_evaluates_in_bounded_memory(tiny, tmp_path):
         import functools, json, resource
         import lightning as L
         from datamodules.benchmarks import BenchmarkDataModule, VNBench
-        from lit_bvllm.callbacks import BenchmarkEvaluation
-        from lit_bvllm.lit_module import VideoLLMModule
+        from lit_bvllm.training.callbacks import BenchmarkEvaluation
+        from lit_bvllm.training.lit_module import VideoLLMModule
         from lit_bvllm.reducers import BVLLM
         reducer = functools.partial(BVLLM, num_frames=8, num_tokens=8, budget=48, num_queries=8, hidden_size=32,
                                     num_layers=2, num_heads=2, vocab_size=2048)

@@ -12,10 +12,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from datamodules import VideoInstructDataModule
-from lit_bvllm.checkpointing import AtomicCheckpointIO
-from lit_bvllm.cli import lightning_cli
-from lit_bvllm.lit_module import VideoLLMModule
+from lit_bvllm.cli.commands import lightning_cli
 from lit_bvllm.reducers import BVLLM
+from lit_bvllm.training.checkpointing import AtomicCheckpointIO
+from lit_bvllm.training.lit_module import VideoLLMModule
 
 QF = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "vocab_size": 2048}
 REDUCERS = {
@@ -35,7 +35,7 @@ def cli_args(tiny, synthetic, tmp_path, reducer="BVLLM", steps=2, extra=()):
             *tiny["flags"],
             f"--model.reducer=lit_bvllm.reducers.{reducer}",
             "--data.train", str(synthetic / "finetune.json"), "--data.template", "chat", "--data.num_frames", "6",
-            "--data.num_workers", "0", "--data.batch_size", "2", "--data.visual_tokens", "48",
+            "--data.num_workers", "0", "--data.batch_size", "2",
             "--trainer.max_steps", str(steps), "--trainer.logger.init_args.save_dir", str(tmp_path),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     for k, v in REDUCERS[reducer].items():
@@ -71,6 +71,23 @@ def test_a_linked_data_setting_cannot_be_set_apart(tiny, synthetic, tmp_path):
     for flag in ("--data.tokenizer", "--data.vision_tower", "--data.video_token"):
         with pytest.raises(ValueError, match=f"{flag} is set from --model"):
             lightning_cli(cli_args(tiny, synthetic, tmp_path)[1:] + [flag, "/elsewhere"], run=False)
+
+
+def test_the_reserved_visual_tokens_follow_the_reducers_budget(tiny, synthetic, tmp_path):
+    """--data.visual_tokens follows the reducer's budget θ, derived from its init args as the config is parsed (both
+    once written 768 by hand, in two files); one set below θ is refused before anything loads, naming both flags."""
+    base = cli_args(tiny, synthetic, tmp_path)[1:]  # BVLLM at θ = 16
+    cli = lightning_cli(base, run=False)
+    assert cli.datamodule.hparams.visual_tokens == 16 == cli.config.data.init_args.visual_tokens  # config.yaml has it
+    assert cli.model.model is None
+    cli = lightning_cli(base + ["--model.reducer.init_args.budget", "12"], run=False)
+    assert cli.datamodule.hparams.visual_tokens == 12
+    learner = cli_args(tiny, synthetic, tmp_path, reducer="TokenLearner")[1:]  # θ is its num_tokens, 8
+    assert lightning_cli(learner, run=False).datamodule.hparams.visual_tokens == 8
+    assert lightning_cli(base + ["--data.visual_tokens", "128"], run=False).datamodule.hparams.visual_tokens == 128
+    with pytest.raises(ValueError, match=r"--data\.visual_tokens 8 reserves .* θ = 16 \(BVLLM's init args under "
+                                         r"--model\.reducer\.init_args\)"):
+        lightning_cli(base + ["--data.visual_tokens", "8"], run=False)
 
 
 def test_the_placeholder_is_one_setting(tiny, synthetic, tmp_path):
@@ -200,7 +217,7 @@ class SeenIds(L.Callback):
 def trainer(root, steps, seen, ckpt_every=2):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lit_bvllm.callbacks import RNGState
+    from lit_bvllm.training.callbacks import RNGState
 
     return L.Trainer(default_root_dir=root, max_steps=steps, logger=False, enable_progress_bar=False,
                      enable_model_summary=False, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],

@@ -15,15 +15,15 @@ from reducer_contract import D, check_contract
 from datamodules.benchmarks import BenchmarkDataModule, VNBench
 from datamodules.benchmarks.selection import shown
 from datamodules.video import read_video
-from lit_bvllm.callbacks import BenchmarkEvaluation
-from lit_bvllm.lit_module import VideoLLMModule
 from lit_bvllm.reducers import Uniform
 from lit_bvllm.reducers.base import Reducer, pack
 from lit_bvllm.reducers.sampling import select_uniform_frames
 from lit_bvllm.reducers.uniform import gather_frames, oracle_frames, random_frames, spatial_pool
-from lit_bvllm.synthetic import make_synthetic
-from lit_bvllm.synthetic.needles import needle_records
-from lit_bvllm.synthetic.scenes import sample_video
+from lit_bvllm.training.callbacks import BenchmarkEvaluation
+from lit_bvllm.training.lit_module import VideoLLMModule
+from lit_bvllm.world import make_synthetic
+from lit_bvllm.world.needles import needle_records
+from lit_bvllm.world.scenes import sample_video
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LENGTHS = [16, 64, 128, 256]

@@ -82,7 +82,7 @@ def quiz(tmp_path, synthetic, monkeypatch):
 
 
 def test_a_benchmark_outside_the_package_runs_by_class_path(quiz, tiny, tmp_path, monkeypatch):
-    from lit_bvllm.cli import lightning_cli
+    from lit_bvllm.cli.commands import lightning_cli
 
     monkeypatch.chdir(REPO)
     cli = lightning_cli(["--config", "experiments/pretrain.yaml", "--config", "experiments/eval/base.yaml",

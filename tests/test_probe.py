@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_bvllm.probe import FEATURES, fit_probe, frame_labels, probe_tower
+from lit_bvllm.analysis.probe import FEATURES, fit_probe, frame_labels, probe_tower
 
 
 def test_frame_labels_follow_the_needle_timeline():

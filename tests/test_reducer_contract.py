@@ -37,3 +37,21 @@ def test_every_exported_reducer_keeps_the_contract(cls):
     reducer = cls.example(D, N)
     assert isinstance(reducer, cls)
     check_contract(lambda: cls.example(D, N), text_conditioned=reducer.needs_text)
+
+
+@pytest.mark.parametrize("cls", EXPORTED, ids=lambda c: c.__name__)
+def test_every_reducer_states_its_budget_from_its_init_args(cls, monkeypatch):
+    """``budget_from(init_args)`` (what ``lit_bvllm`` derives ``--data.visual_tokens`` from before anything loads) is
+    the ``budget`` the reducer has once built from the same arguments (its example's)."""
+    seen = []
+    init = cls.__init__
+
+    def recording(self, *args, **kwargs):
+        bound = inspect.signature(init).bind(self, *args, **kwargs)
+        seen.append({k: v for k, v in bound.arguments.items() if k not in ("self", "in_dim", "dim")})
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__init__", recording)
+    reducer = cls.example(D, N)
+    monkeypatch.setattr(cls, "__init__", init)
+    assert cls.budget_from(seen[0]) == reducer.budget

@@ -1,6 +1,6 @@
-"""python -m lit_bvllm.report: results side by side, chance only where chance means something."""
+"""python -m lit_bvllm.analysis.report: results side by side, chance only where chance means something."""
 
-from lit_bvllm.report import table
+from lit_bvllm.analysis.report import table
 
 
 def test_table_puts_runs_side_by_side_with_selection_rows():

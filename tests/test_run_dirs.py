@@ -10,7 +10,8 @@ import torch
 import yaml
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from lit_bvllm.cli import LAUNCHER_RANKS, claim_run_dir, lightning_cli, main
+from lit_bvllm.cli import main
+from lit_bvllm.cli.commands import LAUNCHER_RANKS, claim_run_dir, lightning_cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -108,7 +109,7 @@ def test_a_linked_data_flag_is_refused_from_the_console_script(monkeypatch):
     ``args`` and let ``--data.tokenizer`` through, silently overridden by the link."""
     import sys
 
-    from lit_bvllm.cli import VideoCLI
+    from lit_bvllm.cli.commands import VideoCLI
 
     monkeypatch.setattr(sys, "argv", ["lit_bvllm", "fit", "--data.init_args.tokenizer", "/elsewhere"])
     cli = VideoCLI.__new__(VideoCLI)

@@ -14,7 +14,7 @@ import yaml
 
 from lit_bvllm.cli import main
 from lit_bvllm.reducers import BVLLM
-from lit_bvllm.study import FILES, estimate, load_sweeps, seconds_per_step, step_times, study
+from lit_bvllm.study.runner import FILES, estimate, load_sweeps, seconds_per_step, step_times, study
 from lit_bvllm.sweeps import expand, steps
 from lit_bvllm.sweeps.paired import circular_groups, paired_bootstrap
 from lit_bvllm.sweeps.run import write_status
@@ -297,7 +297,7 @@ def test_every_strategy_of_the_study_has_the_same_budget_and_recipe(on_tiny):
 
 
 def test_the_selection_example_is_kept_or_skipped_without_a_trained_bvllm(tmp_path):
-    from lit_bvllm.study_figures import selection_example
+    from lit_bvllm.study.figures import selection_example
 
     sweeps = load_sweeps(FILES, str(tmp_path), quick=True)
     assert selection_example(sweeps, tmp_path / "ex.png") is None  # no B-VLLM point finished: nothing to draw

@@ -266,15 +266,15 @@ def test_the_shipped_sweeps_expand_to_commands(path, capsys):
 
 def test_strategies_compares_every_reducer_at_one_budget(on_tiny):
     raw = yaml.safe_load((REPO / "experiments" / "sweeps" / "strategies.yaml").read_text())
-    visual_tokens = yaml.safe_load((REPO / "experiments" / "pretrain.yaml").read_text())["data"]["init_args"][
-        "visual_tokens"]
+    pretrain = yaml.safe_load((REPO / "experiments" / "pretrain.yaml").read_text())["model"]["reducer"]["init_args"]
     classes, qformers = set(), set()
     for spec_ in raw["grid"]["model.reducer"]:
         module, name = spec_["class_path"].rsplit(".", 1)
         if "qformer" in spec_["init_args"]:  # the Q-Former reducers start from make-tiny's pretrained Q-Former
             qformers.add(name)
-        reducer = getattr(importlib.import_module(module), name)(in_dim=64, **on_tiny(spec_["init_args"]))  # tiny width
-        assert reducer.budget == visual_tokens == 96, name
+        cls = getattr(importlib.import_module(module), name)
+        reducer = cls(in_dim=64, **on_tiny(spec_["init_args"]))  # tiny width
+        assert reducer.budget == cls.budget_from(spec_["init_args"]) == pretrain["budget"] == 96, name
         classes.add(name)
     exported = {n for n in importlib.import_module("lit_bvllm.reducers").__all__ if n[0].isupper()}
     assert classes >= {"BVLLM", "Uniform", "LLaMAVID", "MeanPool", "TokenLearner", "GroupedTTM", "WeightedSampler",

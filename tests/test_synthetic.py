@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lit_bvllm.synthetic import make_synthetic
-from lit_bvllm.synthetic.describe import NUMBER_WORDS, caption, video_qa
-from lit_bvllm.synthetic.needles import needle_records
-from lit_bvllm.synthetic.render import shape_mask, write_mp4
-from lit_bvllm.synthetic.scenes import COLOURS, NEEDLE_SHAPES, sample_timeline
+from lit_bvllm.world import make_synthetic
+from lit_bvllm.world.describe import NUMBER_WORDS, caption, video_qa
+from lit_bvllm.world.needles import needle_records
+from lit_bvllm.world.render import shape_mask, write_mp4
+from lit_bvllm.world.scenes import COLOURS, NEEDLE_SHAPES, sample_timeline
 
 SMALL = {"num_videos": 4, "num_eval_videos": 4, "max_duration": 12}
 JSON_FILES = ["metadata.json", "pretrain.json", "finetune.json", "finetune_llamavid.json",

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, CLIPModel, CLIPVisionModel, Qwen2ForCausalLM
 
 from lit_bvllm.backbones import VIDEO_TOKEN, load_image_processor, load_llm, load_tokenizer, load_vision_tower
-from lit_bvllm.tiny import CHATML_TEMPLATE, build_tokenizer
+from lit_bvllm.world.tiny import CHATML_TEMPLATE, build_tokenizer
 
 
 def test_files_are_save_pretrained_folders(tiny):
@@ -104,7 +104,7 @@ def test_missing_local_folder_is_a_clear_error(tmp_path):
 
 
 def test_lm_warm_up_teaches_the_tiny_llm_its_language():
-    from lit_bvllm.tiny import lm_corpus, warm_up_lm
+    from lit_bvllm.world.tiny import lm_corpus, warm_up_lm
 
     tok = build_tokenizer()
     torch.manual_seed(0)
@@ -129,7 +129,7 @@ def test_warm_up_targets_are_the_answers_only():
     """The warm-up's text targets are what the model says (every assistant turn, the plain format's second copy), never
     the descriptions it reads: with every token a target the LLM answered as well from another video's description
     as from its own. Without answer_labels every token of the text would be a target."""
-    from lit_bvllm.tiny import answer_labels, lm_corpus
+    from lit_bvllm.world.tiny import answer_labels, lm_corpus
 
     tok = build_tokenizer()
     texts = lm_corpus(24, seed=0, tokenizer=tok)
@@ -154,7 +154,7 @@ def test_warm_up_targets_are_the_answers_only():
 
 
 def test_reading_share_sets_the_share_of_reading_comprehension():
-    from lit_bvllm.tiny import lm_corpus
+    from lit_bvllm.world.tiny import lm_corpus
 
     tok = build_tokenizer()
     needle_forms = ("briefly appears", "In which order", "How many times")
@@ -168,7 +168,7 @@ def test_reading_share_sets_the_share_of_reading_comprehension():
 def test_repeat_batches_can_only_be_predicted_by_copying():
     """The induction warm-up's batches: a prefix, then a random sequence said twice; only the second copy is a target,
     and every target token is the one that followed the same position's token in the first copy."""
-    from lit_bvllm.tiny import repeat_batch
+    from lit_bvllm.world.tiny import repeat_batch
 
     g = torch.Generator().manual_seed(0)
     ids, labels = repeat_batch(2048, 5, g, prefix=3, length=7)

@@ -10,8 +10,8 @@ import torch
 from transformers import AutoTokenizer, CLIPModel, CLIPVisionModel
 
 from lit_bvllm.backbones import load_image_processor, load_vision_tower
-from lit_bvllm.synthetic.scenes import COLOURS, NEEDLE_COLOURS, NEEDLE_SHAPES
-from lit_bvllm.tiny_clip import (
+from lit_bvllm.world.scenes import COLOURS, NEEDLE_COLOURS, NEEDLE_SHAPES
+from lit_bvllm.world.tiny_clip import (
     HEADS,
     PLACES,
     contrastive_loss,
@@ -135,10 +135,10 @@ def test_a_clip_folder_missing_vision_weights_is_refused(tmp_path):
 def test_pretraining_frames_are_disjoint_from_make_synthetic_streams():
     """The CLIP draws its frames from numpy stream [seed, 1000, i], the Q-Former from [seed, 1001, i]; make-synthetic's
     streams are 0-7 and 10 (generate.py), 8, 9 and 11 (the needle sets, needles.py)."""
-    import lit_bvllm.synthetic.generate as generate
-    import lit_bvllm.synthetic.needles as needles
-    from lit_bvllm.tiny_clip import CLIP_STREAM
-    from lit_bvllm.tiny_qformer import QFORMER_STREAM
+    import lit_bvllm.world.generate as generate
+    import lit_bvllm.world.needles as needles
+    from lit_bvllm.world.tiny_clip import CLIP_STREAM
+    from lit_bvllm.world.tiny_qformer import QFORMER_STREAM
 
     streams = [v for module in (generate, needles) for k, v in vars(module).items()
                if k.isupper() and isinstance(v, int) and k != "MIN_DURATION"]

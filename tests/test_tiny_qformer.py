@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from lit_bvllm.reducers.qformer import TextQFormer, vision_layernorm
-from lit_bvllm.tiny_qformer import (
+from lit_bvllm.world.tiny_qformer import (
     QA_KINDS,
     QFormerPretraining,
     build_data,
@@ -154,7 +154,7 @@ def test_the_probe_runs_on_a_few_step_qformer(folder, tiny, synthetic, tmp_path,
 
 
 def test_probe_labels_carry_the_background():
-    from lit_bvllm.probe import frame_labels
+    from lit_bvllm.analysis.probe import frame_labels
 
     labels = frame_labels({"needles": [], "background": {"colours": ["navy", "olive"], "direction": "vertical"}},
                           np.array([0.5, 1.5]))
@@ -162,7 +162,7 @@ def test_probe_labels_carry_the_background():
 
 
 def test_frame_share_separates_constant_from_varying_features():
-    from lit_bvllm.probe import frame_share
+    from lit_bvllm.analysis.probe import frame_share
 
     g = torch.Generator().manual_seed(0)
     varying = torch.randn(500, 8, generator=g)
@@ -192,7 +192,7 @@ def test_pretraining_learns_and_puts_the_content_in_the_first_queries(tokenizer)
 def test_query_overlap_is_one_for_identical_queries_and_zero_for_orthogonal_ones():
     """The term that keeps the pretrained queries apart (B-VLLM's L* selection rows are the query outputs: identical
     ones select a single frame)."""
-    from lit_bvllm.tiny_qformer import query_overlap
+    from lit_bvllm.world.tiny_qformer import query_overlap
 
     same = torch.randn(3, 1, 8).expand(3, 5, 8)
     assert abs(query_overlap(same).item() - 1.0) < 1e-5

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lit_bvllm.callbacks import TemperatureSchedule
 from lit_bvllm.model import VideoLLM
 from lit_bvllm.reducers import BVLLM, Uniform
+from lit_bvllm.training.callbacks import TemperatureSchedule
 
 QF = {"num_frames": 4, "num_tokens": 4, "budget": 16, "num_queries": 4, "hidden_size": 32, "num_layers": 2,
       "num_heads": 2, "vocab_size": 2048}
@@ -58,7 +58,7 @@ def test_freeze_keeps_the_named_modules_frozen(tiny):
 def test_frozen_modules_stay_put_through_a_fit_and_are_saved(tiny, synthetic, tmp_path, monkeypatch):
     import pathlib
 
-    from lit_bvllm.cli import lightning_cli
+    from lit_bvllm.cli.commands import lightning_cli
 
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
     args = ["--config", "experiments/pretrain.yaml", *tiny["flags"], "--data.train", str(synthetic / "pretrain.json"), "--data.num_workers", "0",

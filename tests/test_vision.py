@@ -35,7 +35,7 @@ def test_frames_travel_as_uint8_and_the_tower_sees_what_the_processor_would_give
     from datamodules.transforms import FrameTransform
 
     dm = VideoInstructDataModule(str(synthetic / "finetune.json"), tiny["llm"], vision_tower=tiny["vision"],
-                                 num_workers=0, batch_size=2, max_frames=4)
+                                 num_workers=0, batch_size=2, max_frames=4, visual_tokens=96)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["frames"].dtype == torch.uint8 and batch["frames"].shape[2:] == (3, 32, 32)

@@ -38,9 +38,9 @@ from datamodules.benchmarks.items import EvalItem
 from datamodules.benchmarks.prompts import with_subtitles
 from datamodules.benchmarks.reading import confine_media
 from datamodules.benchmarks.selection import in_spans
-from datamodules.conversation import IGNORE_INDEX
+from datamodules.conversation import IGNORE_INDEX, VIDEO_TOKEN
 from datamodules.errors import SampleError
-from datamodules.loading import loader_workers, worker_count
+from datamodules.loading import processes_on_node, share_cores, worker_count
 from datamodules.transforms import FrameTransform
 from datamodules.video import no_frames, read_video
 from datamodules.video_instruct import VideoInstructCollator
@@ -69,7 +69,7 @@ class BenchmarkDataset(Dataset):
     def __init__(self, items: list[EvalItem], benchmark: Benchmark, tokenizer, transform: FrameTransform,
                  mode: Literal["generate", "likelihood"] = "generate", frame_mode: str = "fps", fps: float = 1.0,
                  num_frames: int = 16, max_frames: int | None = 128, question_tokenizer=None,
-                 max_question_length: int = 64, video_token: str = "<video>", blind: bool = False,
+                 max_question_length: int = 64, video_token: str = VIDEO_TOKEN, blind: bool = False,
                  allow_outside_root: bool = False):
         self.items, self.benchmark, self.tokenizer, self.transform = items, benchmark, tokenizer, transform
         self.mode, self.frame_mode, self.fps = mode, frame_mode, fps
@@ -270,7 +270,7 @@ class BenchmarkDataModule(L.LightningDataModule):
                  vision_tower: str | None = None, transform: Literal["processor", "plain"] = "processor",
                  frame_mode: Literal["fps", "uniform"] = "fps", fps: float = 1.0, num_frames: int = 16,
                  max_frames: int | None = 128, batch_size: int = 4, num_workers: int | Literal["auto"] = "auto", limit: int | None = None,
-                 question_tokenizer: str | None = None, max_question_length: int = 64, video_token: str = "<video>",
+                 question_tokenizer: str | None = None, max_question_length: int = 64, video_token: str = VIDEO_TOKEN,
                  blind: bool = False, allow_outside_root: bool = False, max_unreadable_fraction: float = 0.02):
         super().__init__()
         if not 0 <= max_unreadable_fraction <= 1:
@@ -305,6 +305,8 @@ class BenchmarkDataModule(L.LightningDataModule):
         qpad = None if qtok is None else qtok.pad_token_id
         self.collator = BenchmarkCollator(self.tokenizer.pad_token_id, transform.image_size, h.mode, qpad)
         self.evaluator = Evaluator(benchmark, self.items, h.mode)
+        if getattr(self, "trainer", None) is not None:  # the trainer starts in this process: its threads leave the workers their cores
+            share_cores(h.num_workers, self.trainer)
 
     def _report_refusals(self, refused: dict[int, str]) -> None:
         """One warning for the items whose media lie outside the benchmark's folders (they stay, as error items);
@@ -332,7 +334,7 @@ class BenchmarkDataModule(L.LightningDataModule):
         h = self.hparams
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        workers = loader_workers(h.num_workers, trainer)
+        workers = worker_count(h.num_workers, processes_on_node(trainer))
         return DataLoader(self.test_set, batch_size=h.batch_size, sampler=ShardSampler(len(self.test_set), rank, world),
                           num_workers=workers, collate_fn=self.collator)
 

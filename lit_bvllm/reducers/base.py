@@ -25,6 +25,8 @@ idempotent on that selection: ``forward`` on the selected frames alone equals ``
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
@@ -59,6 +61,19 @@ class Reducer(nn.Module):
     """Init args that act on the forward pass only, so they may differ from a checkpoint's when evaluating it (the
     sweeps of the B-VLLM paper's Fig. 3 change L*, R, θ, τ, γ on one trained model); every other init arg of a
     checkpoint's reducer must match the config's."""
+
+    @classmethod
+    def with_defaults(cls, init_args: Mapping) -> dict:
+        """``init_args`` completed with the signature's defaults."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return {**{p.name: p.default for p in params if p.default is not p.empty}, **dict(init_args)}
+
+    @classmethod
+    def budget_from(cls, init_args: Mapping) -> int:
+        """The budget θ an instance built with ``init_args`` has, without building it: ``lit_bvllm`` derives
+        ``--data.visual_tokens`` from it when it parses a config, before anything loads. Override where θ follows
+        from other arguments (the shared contract test checks it against every reducer's ``budget``)."""
+        return int(cls.with_defaults(init_args)["budget"])
 
     @classmethod
     def example(cls, in_dim: int, num_patches: int) -> Reducer:

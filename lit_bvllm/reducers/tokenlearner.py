@@ -80,6 +80,10 @@ class TokenLearner(Reducer):
     """
 
     @classmethod
+    def budget_from(cls, init_args) -> int:
+        return int(cls.with_defaults(init_args)["num_tokens"])
+
+    @classmethod
     def example(cls, in_dim: int, num_patches: int) -> TokenLearner:
         return cls(in_dim, num_tokens=8, max_frames=4)
 

@@ -112,6 +112,11 @@ class GroupedTTM(Reducer):
     """
 
     @classmethod
+    def budget_from(cls, init_args) -> int:
+        a = cls.with_defaults(init_args)
+        return int(a["num_tokens"] if a["final_pool"] == "tokenlearner" else a["tokens_per_frame"])
+
+    @classmethod
     def example(cls, in_dim: int, num_patches: int) -> GroupedTTM:
         return cls(in_dim, tokens_per_frame=num_patches, memory_slots=2, num_tokens=8, num_layers=2, num_heads=4,
                    max_frames=6)

@@ -54,6 +54,11 @@ class WeightedSampler(Reducer):
     inference_args = frozenset({"tokens_per_frame", "weighting", "max_frames"})  # may change on a trained model (Reducer.inference_args)
 
     @classmethod
+    def budget_from(cls, init_args) -> int:
+        a = cls.with_defaults(init_args)
+        return int(a["max_frames"] * a["tokens_per_frame"])
+
+    @classmethod
     def example(cls, in_dim: int, num_patches: int) -> WeightedSampler:
         return cls(in_dim, tokens_per_frame=3, max_frames=4)
 

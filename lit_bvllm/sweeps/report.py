@@ -4,7 +4,7 @@ against the knob for a one-knob sweep). Figures: :mod:`lit_bvllm.sweeps.figures`
 
 A VNBench type every frame answers (``every_frame_types`` of its results: the background colour, ``bg_every1``)
 gets its column right after the headlines, and ``results.md`` a line saying that ``circular_accuracy`` leaves it
-out and that a trained model should beat blind on it by 0.5 (``lit_bvllm.report.EVERY_FRAME_BAR``).
+out and that a trained model should beat blind on it by 0.5 (``lit_bvllm.analysis.report.EVERY_FRAME_BAR``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lit_bvllm.report import EVERY_FRAME_BAR
+from lit_bvllm.analysis.report import EVERY_FRAME_BAR
 from lit_bvllm.sweeps.grid import Point, Sweep, expand, short_names, steps
 from lit_bvllm.sweeps.run import finished
 

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lit_bvllm.synthetic.describe import NUMBER_WORDS, article, distinct_needles, needle_name
-from lit_bvllm.synthetic.evalsets import ALL_NEEDLES, _options, _ordering_wrong, msvd_questions
-from lit_bvllm.synthetic.render import render_frames
-from lit_bvllm.synthetic.scenes import BACKGROUNDS, NEEDLE_COLOURS
+from lit_bvllm.world.describe import NUMBER_WORDS, article, distinct_needles, needle_name
+from lit_bvllm.world.evalsets import ALL_NEEDLES, _options, _ordering_wrong, msvd_questions
+from lit_bvllm.world.render import render_frames
+from lit_bvllm.world.scenes import BACKGROUNDS, NEEDLE_COLOURS
 
 # Sub-streams of make_synthetic's BENCHMARKS stream: adding a benchmark leaves the others' files unchanged.
 STREAMS = {"mvbench": 0, "videomme": 1, "egoschema": 2, "perception_test": 3, "nextqa": 4, "msrvtt_qa": 5,

@@ -14,7 +14,7 @@ import itertools
 
 import numpy as np
 
-from lit_bvllm.synthetic.describe import (
+from lit_bvllm.world.describe import (
     NUMBER_WORDS,
     article,
     background_phrase,
@@ -22,7 +22,7 @@ from lit_bvllm.synthetic.describe import (
     distinct_needles,
     needle_name,
 )
-from lit_bvllm.synthetic.scenes import BACKGROUNDS, NEEDLE_COLOURS, NEEDLE_SHAPES
+from lit_bvllm.world.scenes import BACKGROUNDS, NEEDLE_COLOURS, NEEDLE_SHAPES
 
 ALL_NEEDLES = [f"{c} {s}" for s in NEEDLE_SHAPES for c in NEEDLE_COLOURS]  # "red triangle", ...
 EVERY_FRAME = "bg_every1"

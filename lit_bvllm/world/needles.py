@@ -5,7 +5,7 @@ relevant events are short? The study compares every strategy on the same questio
 any strategy is: ``eval/needle_<L>s/`` holds ``num_videos`` videos of exactly ``L`` seconds (``L`` one-fps frames at
 the evaluation's 1 fps, ``datamodules.video.sample_times``), each with 2-4 needle events of 1-2 s, and the same
 retrieval / ordering / counting questions with 4 circular tries and ``needle_times`` as ``eval/vnbench/``
-(:func:`lit_bvllm.synthetic.evalsets.vnbench_entries`), then the every-frame question (the background colour,
+(:func:`lit_bvllm.world.evalsets.vnbench_entries`), then the every-frame question (the background colour,
 ``bg_every1``) of each video, the diagnostic of whether frames reach the LLM at all.
 
 Held out: video ``i`` of length ``L`` is drawn from ``numpy.random.default_rng([seed, NEEDLE_VIDEOS, L, i])``, the
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lit_bvllm.synthetic.evalsets import vnbench_entries
-from lit_bvllm.synthetic.render import write_mp4
-from lit_bvllm.synthetic.scenes import sample_video
+from lit_bvllm.world.evalsets import vnbench_entries
+from lit_bvllm.world.render import write_mp4
+from lit_bvllm.world.scenes import sample_video
 
 NEEDLE_VIDEOS, NEEDLE_QUESTIONS = 8, 9  # random streams after generate.py's TRAIN_VIDEOS .. BENCHMARKS (0..7)
 NEEDLE_EVERY_FRAME = 11  # the every-frame questions, after generate.py's VNBENCH_EVERY_FRAME (10)

@@ -5,7 +5,7 @@ Q-Former in the tiny world lets almost nothing of a frame through to the LLM (``
 module pretrains the suite's own :class:`~lit_bvllm.reducers.qformer.TextQFormer` (transformers'
 ``InstructBlipQFormerModel`` plus its learned queries) over the frozen tiny CLIP's tokens at the layer the video
 LLM reads (-2), [CLS] and patches, through a LayerNorm trained with it (InstructBLIP's ``ln_vision``), on frames
-drawn by the synthetic scene generator (:func:`lit_bvllm.tiny_clip.frame_record`) from their own random stream
+drawn by the synthetic scene generator (:func:`lit_bvllm.world.tiny_clip.frame_record`) from their own random stream
 (``[seed, QFORMER_STREAM, index]``, disjoint from make-synthetic's and the tiny CLIP's).
 
 Objectives (``objectives``), after BLIP-2 (Li et al. 2023, §3.2) with InstructBLIP's instruction beside the
@@ -55,9 +55,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_bvllm.reducers.qformer import TextQFormer
-from lit_bvllm.synthetic.describe import NUMBER_WORDS, article, background_phrase, join
-from lit_bvllm.synthetic.scenes import NEEDLE_SHAPES
-from lit_bvllm.tiny_clip import HEADS, frame_caption, frame_labels, frame_record, infonce, place, warmup_cosine
+from lit_bvllm.world.describe import NUMBER_WORDS, article, background_phrase, join
+from lit_bvllm.world.scenes import NEEDLE_SHAPES
+from lit_bvllm.world.tiny_clip import HEADS, frame_caption, frame_labels, frame_record, infonce, place, warmup_cosine
 
 QFORMER_STREAM = 1001  # numpy stream id of the Q-Former's frames; make-synthetic uses 0-9, the tiny CLIP 1000
 INSTRUCTION = "Describe this frame."  # the neutral instruction (the probe's)
@@ -78,7 +78,7 @@ def _pick(rng: np.random.Generator, options: tuple) -> str:
 def frame_qa(record: dict, rng: np.random.Generator) -> list[tuple[str, str]]:
     """:data:`QA_KINDS` instruction-answer pairs about a still frame, one per kind (caption, background, needle
     presence, shape, colour, place, distractors), in the synthetic data's question forms
-    (:mod:`lit_bvllm.synthetic.describe`); the wording is drawn from ``rng``."""
+    (:mod:`lit_bvllm.world.describe`); the wording is drawn from ``rng``."""
     bg = background_phrase(record["background"])
     n = record["needles"][0] if record["needles"] else None
     asked = n["shape"] if n else _pick(rng, NEEDLE_SHAPES)
@@ -102,7 +102,7 @@ def frame_qa(record: dict, rng: np.random.Generator) -> list[tuple[str, str]]:
 def render_frames(num_frames: int, seed: int, width: int = 128, height: int = 96) -> tuple[np.ndarray, list[dict]]:
     """``(frames (n, H, W, 3) uint8, records)``: still frames drawn as the tiny CLIP's are, from the Q-Former's own
     stream ``[seed, QFORMER_STREAM, i]``."""
-    from lit_bvllm.synthetic.render import render_image
+    from lit_bvllm.world.render import render_image
 
     frames = np.empty((num_frames, height, width, 3), np.uint8)
     records = []

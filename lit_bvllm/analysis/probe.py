@@ -27,8 +27,8 @@ from torch import Tensor
 from datamodules.io import write_json
 from datamodules.transforms import FrameTransform
 from datamodules.video import read_video
-from lit_bvllm.synthetic.scenes import BACKGROUNDS, NEEDLE_COLOURS, NEEDLE_SHAPES
 from lit_bvllm.vision import VisionEncoder
+from lit_bvllm.world.scenes import BACKGROUNDS, NEEDLE_COLOURS, NEEDLE_SHAPES
 
 FEATURES = ("cls", "mean_patch", "patches")
 

@@ -7,7 +7,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from lit_bvllm.synthetic.scenes import COLOURS
+from lit_bvllm.world.scenes import COLOURS
 
 GOP_SECONDS = 2  # one keyframe every 2 s, so that seeking decodes a realistic run of frames
 

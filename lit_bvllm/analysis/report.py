@@ -1,4 +1,4 @@
-"""Print evaluation results side by side: ``python -m lit_bvllm.report NAME=results.json [NAME=results.json ...]``."""
+"""Print evaluation results side by side: ``python -m lit_bvllm.analysis.report NAME=results.json [NAME=results.json ...]``."""
 
 from __future__ import annotations
 

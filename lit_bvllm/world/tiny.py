@@ -3,12 +3,12 @@
 ``lit_bvllm make-tiny --out DIR`` writes
 
 - ``DIR/vision``: a CLIP checkpoint (``CLIPModel``: vision tower with a [CLS] token, text tower, their image
-  processor and text tokenizer), pretrained contrastively on synthetic frames (:mod:`lit_bvllm.tiny_clip`), laid
+  processor and text tokenizer), pretrained contrastively on synthetic frames (:mod:`lit_bvllm.world.tiny_clip`), laid
   out as a released CLIP is; the suite reads its vision half as ``--model.vision_tower``;
 - ``DIR/llm``: a Qwen2 causal LM, warmed up on repeated random tokens (induction) and synthetic-style text, and,
   beside it as in a real Qwen2 checkpoint, a byte-level BPE tokenizer trained here with the ``tokenizers`` library,
   with a ChatML chat template and the special tokens the suite needs;
-- ``DIR/qformer``: a Q-Former pretrained over the tiny tower's tokens (:mod:`lit_bvllm.tiny_qformer`), written in
+- ``DIR/qformer``: a Q-Former pretrained over the tiny tower's tokens (:mod:`lit_bvllm.world.tiny_qformer`), written in
   InstructBLIP's layout (``qformer.*``, ``query_tokens``, ``vision_model.post_layernorm``, ``qformer_tokenizer/``),
   the miniature of the InstructBLIP Q-Former that B-VLLM's and LLaMA-VID's Q-Formers start from
   (``--model.reducer.init_args.qformer``).
@@ -124,9 +124,9 @@ def lm_corpus(num_texts: int, seed: int, tokenizer, reading_share: float = 0.5) 
     """
     import numpy as np
 
-    from lit_bvllm.synthetic.annotations import CAPTION_PROMPTS
-    from lit_bvllm.synthetic.describe import caption, needle_set_qa, text_qa, video_qa
-    from lit_bvllm.synthetic.scenes import sample_video
+    from lit_bvllm.world.annotations import CAPTION_PROMPTS
+    from lit_bvllm.world.describe import caption, needle_set_qa, text_qa, video_qa
+    from lit_bvllm.world.scenes import sample_video
 
     if not 0 <= reading_share <= 1:
         raise ValueError(f"reading_share={reading_share} must lie in [0, 1]")
@@ -281,11 +281,11 @@ def make_tiny(
             initialised LLM).
         copy_steps: warm-up steps on repeated random tokens before the text (:func:`warm_up_lm`).
         qformer_steps: pretraining steps of the tiny Q-Former (``out/qformer``, InstructBLIP's layout,
-            :mod:`lit_bvllm.tiny_qformer`); 0 writes a randomly initialised one in the same layout.
+            :mod:`lit_bvllm.world.tiny_qformer`); 0 writes a randomly initialised one in the same layout.
         qformer_frames: synthetic frames the Q-Former pretrains on.
     """
-    from lit_bvllm.tiny_clip import make_tiny_clip
-    from lit_bvllm.tiny_qformer import make_tiny_qformer
+    from lit_bvllm.world.tiny_clip import make_tiny_clip
+    from lit_bvllm.world.tiny_qformer import make_tiny_qformer
 
     if image_size % patch_size:
         raise ValueError(f"--image_size {image_size} must be a multiple of --patch_size {patch_size}")

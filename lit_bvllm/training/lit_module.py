@@ -7,8 +7,8 @@ LoRA on the LLM's linear layers and starts every reducer and projector tensor fr
 
 The backbones load in :meth:`configure_model`, not in ``__init__``: Lightning calls it once the strategy is set up,
 so FSDP and DeepSpeed ZeRO-3 can build the model sharded. Benchmark scoring, gathering and result files live with the
-evaluator (:class:`lit_bvllm.callbacks.BenchmarkEvaluation`); the RNG streams ride in
-:class:`lit_bvllm.callbacks.RNGState`'s checkpoint state.
+evaluator (:class:`lit_bvllm.training.callbacks.BenchmarkEvaluation`); the RNG streams ride in
+:class:`lit_bvllm.training.callbacks.RNGState`'s checkpoint state.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from torch import Tensor
 from transformers import get_scheduler
 
 from lit_bvllm.backbones import VIDEO_TOKEN
-from lit_bvllm.distributed import checkpoint_layers, clean_name, shard
 from lit_bvllm.model import VideoLLM, reducer_spec
 from lit_bvllm.reducers.base import Reducer
+from lit_bvllm.training.distributed import checkpoint_layers, clean_name, shard
 from lit_bvllm.weights import VISUAL_PREFIXES, check_tensors, load_visual_weights, unused_names
 
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}  # transformers' names
@@ -58,7 +58,7 @@ class VideoLLMModule(L.LightningModule):
             ``constant``.
         gradient_checkpointing: recompute the LLM's activations in backward (Hugging Face's, the LLM only).
         activation_checkpointing: recompute every layer's activations in backward, the LLM's, the tower's and the
-            reducer's (torch's checkpoint wrapper on :func:`lit_bvllm.distributed.layer_classes`); what
+            reducer's (torch's checkpoint wrapper on :func:`lit_bvllm.training.distributed.layer_classes`); what
             ``experiments/strategies/fsdp.yaml`` sets.
         freeze: name prefixes of reducer/projector parameters kept frozen in this stage (e.g.
             ``["reducer.temporal_qformer", "reducer.temporal_proj"]``: the official B-VLLM pretraining likewise
@@ -132,23 +132,10 @@ class VideoLLMModule(L.LightningModule):
         elif h.activation_checkpointing:
             checkpoint_layers(model)
         self.model = model
-        self._check_reservation()
 
     def _fitting(self) -> bool:
         trainer = self._trainer
         return trainer is None or trainer.state.fn == "fit"  # built by hand (no trainer): as a training run would
-
-    def _check_reservation(self) -> None:
-        """The data module must reserve room for as many visual tokens as the reducer may emit (its budget θ)."""
-        dm = getattr(self._trainer, "datamodule", None)
-        reserved = getattr(getattr(dm, "hparams", None), "visual_tokens", None)
-        budget = self.model.reducer.budget
-        if reserved is not None and reserved < budget:
-            raise ValueError(
-                f"the data module reserves --data.visual_tokens={reserved} tokens per sample for visual tokens, but "
-                f"the reducer may emit up to its budget θ={budget}: set --data.visual_tokens={budget} or lower the "
-                "reducer's budget (--model.reducer.budget / num_tokens / max_frames)"
-            )
 
     # ------------------------------------------------------------------ steps
 
@@ -184,7 +171,7 @@ class VideoLLMModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         """The model's answers to a benchmark batch: option scores (``mode="likelihood"``) or generations, with the
-        info; the evaluator (:class:`~lit_bvllm.callbacks.BenchmarkEvaluation`) scores them."""
+        info; the evaluator (:class:`~lit_bvllm.training.callbacks.BenchmarkEvaluation`) scores them."""
         if batch["mode"] == "likelihood":
             output, info = self.model.option_scores(batch)
         else:

@@ -5,7 +5,7 @@ spatial-sampling attention as a heatmap over the frame (the B-VLLM paper's Fig. 
 Any reducer that reports ``frame_indices`` (B-VLLM, Uniform, WeightedSampler, ...) is drawn from the model's
 ``info`` (:meth:`lit_bvllm.model.VideoLLM.visual_tokens`): ``kept_frames`` (positions in the batch's frames),
 ``selection`` (the rows S of Eq. 1) and ``group_sizes`` (Eq. 2-5) where the reducer has them, ``spatial_attention``
-where it records it. Used by :class:`lit_bvllm.callbacks.SelectionFigures` (TensorBoard) and by
+where it records it. Used by :class:`lit_bvllm.training.callbacks.SelectionFigures` (TensorBoard) and by
 ``lit_bvllm show-selection`` (a PNG for one video and one question, :func:`show_selection`).
 """
 

@@ -1,59 +1,31 @@
-"""The ``lit_bvllm`` command: one parser (:func:`lightning_cli`) for every subcommand.
-
-Subcommands::
-
-    lit_bvllm fit --config experiments/pretrain.yaml      train (LightningCLI: also validate, test, predict)
-    lit_bvllm export --config CFG --ckpt_path CKPT --out DIR [--merge_lora true]   a folder that loads without Lightning
-    lit_bvllm scan --config CFG [--out FILE]      validate a training set before a long run (report = blocklist)
-    lit_bvllm preview --config CFG                decode and print one training batch
-    lit_bvllm make-tiny --out DIR                 tiny local vision tower, LLM and tokenizer
-    lit_bvllm make-synthetic --out DIR            synthetic mp4 videos and annotations in the public formats
-    lit_bvllm probe-tower --vision_tower DIR --data DIR   linear probes: does the tower's [CLS] see the needle?
-    lit_bvllm sweep --config experiments/sweeps/NAME.yaml [--dry-run true]   a grid of test or fit runs, table, curves
-    lit_bvllm study [--quick true]                the needle study: every strategy, controls, ablation; tables, figures
-    lit_bvllm consolidate --ckpt_path DIR [--out FILE]   one file from a sharded (FSDP2) checkpoint folder
-
-fit, validate, test and predict write to a run directory, ``runs/<name>/<version>``: a new ``version_N`` unless
-the version is named, and a named one that already holds a run is refused (``--overwrite true`` deletes it first;
-``fit --ckpt_path`` from inside it resumes there): :func:`claim_run_dir`.
-
-export, scan and preview read the configs training reads (``--config experiments/pretrain.yaml [--config
-experiments/finetune.yaml]``); ``--data.<arg>`` overrides one value. Flags accept dashes or underscores
-(``--num-videos`` = ``--num_videos``).
-"""
+"""The ``lit_bvllm`` command's parser (:func:`lightning_cli`), its run directories and the commands that read a run
+config (export, scan, preview, show-selection). Imported by :func:`lit_bvllm.cli.main` once the process is set up."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub: every checkpoint is a local folder
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 
-import importlib  # noqa: E402
-import shutil  # noqa: E402
-
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-
-from datamodules.loading import record_thread_choice  # noqa: E402
-
-record_thread_choice()  # before a launcher sets OMP_NUM_THREADS for the processes it starts
-
-if not torch.cuda.is_available():  # DeepSpeed, when installed, would print its CPU fallback warning to stdout on import
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # (transformers imports it): `--print_config` must stay YAML
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint  # noqa: E402
-from lightning.pytorch.cli import LightningCLI  # noqa: E402
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
-from lightning.pytorch.plugins.io import CheckpointIO  # noqa: E402
-
-from datamodules import SkippedSamplesLogger, VideoInstructDataModule  # noqa: E402
-from datamodules.conversation import IGNORE_INDEX  # noqa: E402
-from datamodules.scan import scan_dataset, write_report  # noqa: E402
-from lit_bvllm.callbacks import (  # noqa: E402
+from datamodules import SkippedSamplesLogger, VideoInstructDataModule
+from datamodules.conversation import IGNORE_INDEX
+from datamodules.scan import scan_dataset, write_report
+from lit_bvllm.analysis.probe import probe_tower
+from lit_bvllm.export import export as export_model
+from lit_bvllm.reducers.qformer import QFORMER_TOKENIZER, pretrained_config
+from lit_bvllm.study import study
+from lit_bvllm.sweeps import sweep
+from lit_bvllm.training.callbacks import (
     BenchmarkEvaluation,
     KeepingConfigSnapshot,
     PredictionWriter,
@@ -61,17 +33,12 @@ from lit_bvllm.callbacks import (  # noqa: E402
     RunSummary,
     SelectionFigures,
 )
-from lit_bvllm.checkpointing import AtomicCheckpointIO  # noqa: E402
-from lit_bvllm.distributed import consolidate  # noqa: E402
-from lit_bvllm.export import export as export_model  # noqa: E402
-from lit_bvllm.lit_module import VideoLLMModule  # noqa: E402
-from lit_bvllm.probe import probe_tower  # noqa: E402
-from lit_bvllm.reducers.qformer import QFORMER_TOKENIZER, pretrained_config  # noqa: E402
-from lit_bvllm.study import study  # noqa: E402
-from lit_bvllm.sweeps import sweep  # noqa: E402
-from lit_bvllm.synthetic import make_synthetic  # noqa: E402
-from lit_bvllm.tiny import make_tiny  # noqa: E402
-from lit_bvllm.weights import read_checkpoint  # noqa: E402
+from lit_bvllm.training.checkpointing import AtomicCheckpointIO
+from lit_bvllm.training.distributed import consolidate
+from lit_bvllm.training.lit_module import VideoLLMModule
+from lit_bvllm.weights import read_checkpoint
+from lit_bvllm.world import make_synthetic
+from lit_bvllm.world.tiny import make_tiny
 
 
 def scan(data: VideoInstructDataModule, out: str = "scan_report.json", workers: int = 2, decode: bool = False,
@@ -128,7 +95,9 @@ def preview(data: VideoInstructDataModule, num_samples: int = 4) -> None:
     print(f"\nskipped entries in this batch: {len(batch['skipped'])}")
 
 
-LINKED = {"tokenizer": "--model.llm", "vision_tower": "--model.vision_tower", "video_token": "--model.video_token"}
+LINKS = {"model.llm": "tokenizer", "model.vision_tower": "vision_tower", "model.video_token": "video_token"}
+"""The parser's links, model setting -> the data module's init arg it sets (one setting for the model and the data)."""
+LINKED = {target: f"--{source}" for source, target in LINKS.items()}  # a flag that sets a link target is refused
 OPTIMISATION = ("lr", "lr_llm", "weight_decay", "warmup_ratio", "schedule")  # restored with the optimizer on resume
 STRUCTURE = ("reducer", "feature_layer", "video_token", "lora_r", "lora_alpha")  # a checkpoint must agree on these
 CONFIG_COMMANDS = ("export", "scan", "preview", "show-selection")  # read the run config training reads; methods below
@@ -188,6 +157,26 @@ def claim_run_dir(trainer: L.Trainer, command: str, ckpt_path: str | None, overw
     shutil.rmtree(run)
     print(f"--overwrite true: deleted the earlier run in {run} ({len(held)} entries)", file=sys.stderr)
     return run
+
+
+def link_visual_tokens(cfg) -> None:
+    """``--data.visual_tokens`` (the visual tokens a sample's length reserves) from the reducer's budget θ, which the
+    reducer states from its init args (:meth:`~lit_bvllm.reducers.base.Reducer.budget_from`), before anything loads:
+    unset, it becomes θ (written into the config, so the run's ``config.yaml`` has it); set below θ, it is refused,
+    naming both flags. A data module without the setting (the benchmarks') is left alone."""
+    reducer, data = cfg.model.get("reducer"), getattr(cfg.get("data"), "init_args", None)
+    if reducer is None or data is None or "visual_tokens" not in data:
+        return
+    cls = _resolve(reducer.get("class_path"))
+    if not (isinstance(cls, type) and hasattr(cls, "budget_from")):
+        return  # not a class: the parser names it when it builds the reducer
+    budget = cls.budget_from(dict(reducer.get("init_args") or {}))
+    if data.visual_tokens is None:
+        data.visual_tokens = budget
+    elif data.visual_tokens < budget:
+        raise ValueError(f"--data.visual_tokens {data.visual_tokens} reserves fewer visual tokens per sample than the "
+                         f"reducer's budget θ = {budget} ({reducer.class_path.rpartition('.')[2]}'s init args under "
+                         f"--model.reducer.init_args): leave --data.visual_tokens unset (it follows θ), or lower θ")
 
 
 def link_question_tokenizer(cfg) -> None:
@@ -338,10 +327,8 @@ class VideoCLI(LightningCLI):
         super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.llm", "data.init_args.tokenizer")
-        parser.link_arguments("model.vision_tower", "data.init_args.vision_tower")
-        # the data writes the placeholder the model splices at: one setting, --model.video_token
-        parser.link_arguments("model.video_token", "data.init_args.video_token")
+        for source, target in LINKS.items():  # the data writes the placeholder the model splices at, and so on
+            parser.link_arguments(source, f"data.init_args.{target}")
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand in SETUP:
@@ -354,6 +341,7 @@ class VideoCLI(LightningCLI):
         if cfg.trainer.get("precision") is None:  # bf16-mixed where the hardware has it
             bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             cfg.trainer.precision = "bf16-mixed" if bf16 else "32-true"
+        link_visual_tokens(cfg)
         link_question_tokenizer(cfg)
 
     def instantiate_classes(self) -> None:
@@ -453,7 +441,7 @@ class VideoCLI(LightningCLI):
                        max_frames: int | None = 128, needle_times: list[list[float]] | None = None) -> None:
         """Ask the trained model a question about one video and draw what its reducer kept (PNG): every frame at
         ``fps``, the kept ones outlined with their selection weight and merge group, the answer, and each kept frame's
-        spatial attention (:mod:`lit_bvllm.figures`).
+        spatial attention (:mod:`lit_bvllm.analysis.selection`).
 
         Args:
             video: the video file.
@@ -465,7 +453,7 @@ class VideoCLI(LightningCLI):
             max_frames: the most frames sampled (uniformly thinned over the whole video).
             needle_times: ``[[start, end], ...]`` seconds to mark as the evidence (the synthetic set's needles).
         """
-        from lit_bvllm.figures import show_selection
+        from lit_bvllm.analysis.selection import show_selection
 
         if not self._load_trained(model, ckpt_path) and model.hparams.get("weights") is None:
             print("warning: no --ckpt_path or --model.weights: drawing an untrained reducer's selection", file=sys.stderr)
@@ -482,7 +470,7 @@ setattr(VideoCLI, "show-selection", VideoCLI.show_selection)
 
 def lightning_cli(args: list[str] | None = None, run: bool = True):
     """The one parser of every ``lit_bvllm`` subcommand: a LightningCLI over
-    :class:`~lit_bvllm.lit_module.VideoLLMModule` and any LightningDataModule (``class_path``).
+    :class:`~lit_bvllm.training.lit_module.VideoLLMModule` and any LightningDataModule (``class_path``).
 
     Lightning's trainer commands (fit, validate, test, predict), the commands that read the same run config
     (export, scan, preview: methods of this CLI) and the setup commands (make-tiny, make-synthetic, probe-tower:
@@ -518,7 +506,9 @@ def _underscore_flags(argv: list[str]) -> list[str]:
             if a.startswith("--") else a for a in argv]
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(argv: list[str] | None = None) -> None:
+    """The ``lit_bvllm`` command line (``argv``, else ``sys.argv``) through :func:`lightning_cli`; the process is set
+    up by :func:`lit_bvllm.cli.main`, which calls this."""
     if argv is not None:
         lightning_cli(_underscore_flags(list(argv)))
         return
@@ -527,6 +517,3 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = sys.argv[:1] + _underscore_flags(sys.argv[1:])
     lightning_cli()
 
-
-if __name__ == "__main__":
-    main()

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lit_bvllm.synthetic.annotations import finetune_entries, pretrain_entries, to_llamavid
-from lit_bvllm.synthetic.benchmarks import write_benchmark_fixtures
-from lit_bvllm.synthetic.evalsets import msvd_files, vnbench_entries
-from lit_bvllm.synthetic.needles import NEEDLE_FILES, needle_folder, write_needle_sets
-from lit_bvllm.synthetic.render import write_jpg, write_mp4
-from lit_bvllm.synthetic.scenes import sample_image, sample_video
+from lit_bvllm.world.annotations import finetune_entries, pretrain_entries, to_llamavid
+from lit_bvllm.world.benchmarks import write_benchmark_fixtures
+from lit_bvllm.world.evalsets import msvd_files, vnbench_entries
+from lit_bvllm.world.needles import NEEDLE_FILES, needle_folder, write_needle_sets
+from lit_bvllm.world.render import write_jpg, write_mp4
+from lit_bvllm.world.scenes import sample_image, sample_video
 
 # Independent random streams: numpy.random.default_rng([seed, stream, index]); needles.py draws from 8, 9 and 11.
 TRAIN_VIDEOS, EVAL_VIDEOS, IMAGES, PRETRAIN, FINETUNE, VNBENCH, MSVD, BENCHMARKS = range(8)

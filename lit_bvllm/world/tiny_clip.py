@@ -4,7 +4,7 @@ A real video LLM's vision tower (CLIP ViT-L/14-336, SigLIP, EVA) is pretrained c
 pairs, so its [CLS] token summarises what a frame shows; B-VLLM selects frames from that token alone (Lu et al.,
 §3.2). A random tower's [CLS] barely sees a needle (``benchmarks/RESULTS.md``), so ``make-tiny`` pretrains a tiny
 ``transformers.CLIPModel`` (vision and text towers) on frames drawn by the synthetic scene generator
-(:mod:`lit_bvllm.synthetic`) with one caption per frame:
+(:mod:`lit_bvllm.world`) with one caption per frame:
 
 - the loss is CLIP's symmetric InfoNCE (Radford et al. 2021, Eq. in Fig. 3) over frame/caption pairs, with every
   identical caption in the batch counted as a positive (a repeated caption is not a negative);
@@ -13,7 +13,7 @@ pairs, so its [CLS] token summarises what a frame shows; B-VLLM selects frames f
   a real tower's scale gives it for free, so that the token the selector reads is linearly a summary of the frame.
 
 The frames come from their own random stream (``[seed, CLIP_STREAM, index]``), disjoint from every stream of
-``make-synthetic`` (:mod:`lit_bvllm.synthetic.generate`), so no evaluation frame is ever seen. The model is
+``make-synthetic`` (:mod:`lit_bvllm.world.generate`), so no evaluation frame is ever seen. The model is
 written with ``save_pretrained`` next to its image processor and its text tokenizer, as a real CLIP checkpoint
 folder is laid out, and loads back through :func:`lit_bvllm.backbones.load_vision_tower` (the vision half) or
 ``CLIPModel.from_pretrained`` (both towers, for training-free text-to-frame scores).
@@ -38,9 +38,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from lit_bvllm.synthetic.describe import article, background_phrase, join
-from lit_bvllm.synthetic.render import distractor_centre, render_image, shape_mask
-from lit_bvllm.synthetic.scenes import (
+from lit_bvllm.world.describe import article, background_phrase, join
+from lit_bvllm.world.render import distractor_centre, render_image, shape_mask
+from lit_bvllm.world.scenes import (
     BACKGROUNDS,
     NEEDLE_COLOURS,
     NEEDLE_SHAPES,
@@ -156,7 +156,7 @@ def build_text_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     ``<|startoftext|> ... <|endoftext|>`` (the text tower pools at the first end token), padded with the end token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    from lit_bvllm.synthetic.scenes import DISTRACTOR_COLOURS, DISTRACTOR_SHAPES
+    from lit_bvllm.world.scenes import DISTRACTOR_COLOURS, DISTRACTOR_SHAPES
 
     words = [*BACKGROUNDS, *DISTRACTOR_COLOURS, *NEEDLE_COLOURS, *DISTRACTOR_SHAPES, *NEEDLE_SHAPES, *PLACES,
              "a", "an", "at", "the", "no", "shape", "and", "background", "fading", "from", "to", "of", "frame",

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from lit_bvllm.report import EVERY_FRAME_BAR
-from lit_bvllm.study import BLIND, CANDIDATE, REFERENCE, Cell, eval_length
+from lit_bvllm.analysis.report import EVERY_FRAME_BAR
+from lit_bvllm.study.records import BLIND, CANDIDATE, REFERENCE, Cell, eval_length
 from lit_bvllm.sweeps.grid import Sweep, console_script, expand
 from lit_bvllm.sweeps.run import state
 

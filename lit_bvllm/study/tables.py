@@ -9,8 +9,8 @@ import json
 import math
 from pathlib import Path
 
-from lit_bvllm.report import EVERY_FRAME_BAR
-from lit_bvllm.study import BLIND, CANDIDATE, REFERENCE, Cell, Record, eval_length, every_frame_types
+from lit_bvllm.analysis.report import EVERY_FRAME_BAR
+from lit_bvllm.study.records import BLIND, CANDIDATE, REFERENCE, Cell, Record, eval_length, every_frame_types
 from lit_bvllm.sweeps.grid import Sweep
 
 KINDS = {"strategies": "strategy", "controls": "control (Uniform ckpt)", "ablation": "ablation"}
@@ -145,7 +145,7 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
 def every_frame_section(methods: dict[tuple[str, str], dict[str, Cell]], metric: str) -> list[str]:
     """``study.md``'s lines on a type every frame answers (``circular/bg_every1``): per trained method and length,
     its circular accuracy beside blind's, the difference of the seed means and whether it reaches
-    :data:`~lit_bvllm.report.EVERY_FRAME_BAR`; then whether every strategy does at every length."""
+    :data:`~lit_bvllm.analysis.report.EVERY_FRAME_BAR`; then whether every strategy does at every length."""
     name = metric.split("/", 1)[1]
     blind = methods.get(("controls", BLIND), {})
     lines = ["", f"## Does anything reach the LLM? {name}: every frame shows the answer", "",

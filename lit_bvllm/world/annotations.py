@@ -5,7 +5,7 @@ Paths in entries are relative to the annotation file's folder (the dataset root)
 
 import numpy as np
 
-from lit_bvllm.synthetic.describe import caption, image_qa, needle_set_qa, text_qa, video_qa
+from lit_bvllm.world.describe import caption, image_qa, needle_set_qa, text_qa, video_qa
 
 CAPTION_PROMPTS = (
     "Describe this video briefly.",

@@ -156,7 +156,7 @@ class KeepingConfigSnapshot(SaveConfigCallback):
 
 
 class SelectionFigures(L.Callback):
-    """TensorBoard figures of what the reducer selected (:mod:`lit_bvllm.figures`): for the first ``num_samples``
+    """TensorBoard figures of what the reducer selected (:mod:`lit_bvllm.analysis.selection`): for the first ``num_samples``
     samples of the first validation batch (every validation run; the question, no answer) and of the first test
     batch (the question and the model's answer, needle spans marked where the benchmark has them), the sampled
     frames as a strip with the kept ones outlined (selection weight, merge group) and each kept frame's spatial
@@ -176,7 +176,7 @@ class SelectionFigures(L.Callback):
         return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
     def _draw(self, trainer, stage: str, batch: dict, info: dict, answers: list[str | None], needles: list) -> None:
-        from lit_bvllm.figures import sample_info, selection_figure
+        from lit_bvllm.analysis.selection import sample_info, selection_figure
 
         loggers = self._tensorboards(trainer)
         if not loggers or not trainer.is_global_zero or "kept_frames" not in info:
@@ -203,7 +203,7 @@ class SelectionFigures(L.Callback):
         wrapped model's own forward."""
         from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
-        from lit_bvllm.figures import recording_attention
+        from lit_bvllm.analysis.selection import recording_attention
 
         if not trainer.is_global_zero or not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
             return None  # only the first process draws: the others need no second pass
