@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 
 from datamodules.errors import SampleError
+from datamodules.io import atomic_file
 
 _CHUNK = 1 << 24
 
@@ -114,10 +115,8 @@ class AnnotationFile:
         starts, lengths = _json_list_offsets(self.path) if head[:1] == b"[" else _jsonl_offsets(self.path)
         if use_cache:
             try:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
-                np.save(tmp, np.stack([starts, lengths]))
-                os.replace(tmp, cache)
+                with atomic_file(cache) as f:
+                    np.save(f, np.stack([starts, lengths]))
             except OSError:
                 pass  # a read-only cache only costs re-indexing next time
         return starts, lengths

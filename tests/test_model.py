@@ -315,6 +315,7 @@ def test_atomic_checkpoint_survives_a_crash_while_writing(tmp_path, monkeypatch)
         io.save_checkpoint({"step": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=False) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no half-written temporary left beside it
 
 
 NO_LIGHTNING = """

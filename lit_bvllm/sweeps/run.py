@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from datamodules.io import write_json
 from lit_bvllm.sweeps.grid import Point, Step, Sweep, steps
 
 TAIL_LINES = 30
@@ -34,11 +35,7 @@ def read_status(sweep: Sweep, point: Point) -> dict | None:
 
 
 def write_status(sweep: Sweep, point: Point, status: dict) -> None:
-    path = status_path(sweep, point)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(status, indent=2, default=str))
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    write_json(status_path(sweep, point), status, default=str)  # atomic: a reader never sees half a file
 
 
 def step_done(step: Step, record: dict | None) -> bool:

@@ -5,22 +5,15 @@ file systems). Carrying the visual weights from one stage to the next: :func:`li
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
+from datamodules.io import atomic_file
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to ``<path>.tmp``, flush to disk, then ``os.replace`` onto ``<path>``."""
+    """``torch.save`` through the suite's one atomic writer (:func:`datamodules.io.atomic_file`)."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_file(path) as f:
             torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)

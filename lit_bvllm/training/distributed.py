@@ -23,8 +23,6 @@ policy (the LLM's decoder layers, for the same reason) and checkpointing policy 
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,8 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+from datamodules.io import atomic_file, remove, replace_folder
 
 WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
@@ -167,18 +167,14 @@ class ShardedStrategy(ModelParallelStrategy):
         if not self._save_distributed_checkpoint:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(str(filepath)))
-        tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+        tmp = path.with_name(path.name + ".tmp")
         if self.global_rank == 0:
-            _remove(tmp)
+            remove(tmp)
         self.barrier("sharded_checkpoint_tmp")
         super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier("sharded_checkpoint_written")
         if self.global_rank == 0:
-            _remove(old)
-            if path.exists():
-                os.replace(path, old)
-            os.replace(tmp, path)
-            _remove(old)
+            replace_folder(tmp, path)
         self.barrier("sharded_checkpoint_in_place")
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
@@ -273,13 +269,9 @@ def consolidate(ckpt_path: str, out: str | None = None) -> str:
     if optimizers:
         checkpoint["optimizer_states"] = [checkpoint.pop(k) for k in optimizers]
     target = Path(out) if out else path.with_name(path.name + ".consolidated")
-    torch.save(checkpoint, target)
+    with atomic_file(target) as f:
+        torch.save(checkpoint, f)
     print(f"{len(checkpoint.get('state_dict', {}))} tensors of {path} -> {target}")
     return str(target)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
