@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -42,6 +43,35 @@ MAX_IMAGE_PIXELS = 89_478_485  # PIL's own Image.MAX_IMAGE_PIXELS (it warns abov
 def no_frames() -> np.ndarray:
     """The frames of an entry without media: ``(0, 1, 1, 3)`` uint8."""
     return np.zeros((0, 1, 1, 3), np.uint8)
+
+
+@dataclass(frozen=True)
+class FrameSampling:
+    """Which frames of a video are decoded, as one value the data modules build from their ``--data.frame_mode``,
+    ``fps``, ``num_frames`` and ``max_frames`` flags and hand to the readers.
+
+    Attributes:
+        mode: ``fps`` (``fps`` frames per second, mid-interval; at most ``max_frames``, thinned uniformly) or
+            ``uniform`` (``num_frames`` frames).
+    """
+
+    mode: Literal["fps", "uniform"] = "fps"
+    fps: float = 1.0
+    num_frames: int = 16
+    max_frames: int | None = None
+
+    def __post_init__(self):
+        if self.mode not in ("fps", "uniform"):
+            raise ValueError(f"--data.frame_mode must be 'fps' or 'uniform', got {self.mode!r}")
+        if self.mode == "fps" and not self.fps > 0:
+            raise ValueError(f"--data.fps must be > 0, got {self.fps}")
+        if self.num_frames < 1 or (self.max_frames is not None and self.max_frames < 1):
+            raise ValueError(f"--data.num_frames and --data.max_frames must be >= 1, got {self.num_frames} and "
+                             f"{self.max_frames}")
+
+    def times(self, duration: float, start: float | None = None, end: float | None = None) -> np.ndarray:
+        """The timestamps to decode from a video of ``duration`` seconds (:func:`sample_times`)."""
+        return sample_times(duration, self.mode, self.fps, self.num_frames, self.max_frames, start, end)
 
 
 def sample_times(
@@ -152,15 +182,13 @@ def _open(path: str):
 
 def read_video(
     path: str,
-    mode: Literal["fps", "uniform"] = "fps",
-    fps: float = 1.0,
-    num_frames: int = 16,
-    max_frames: int | None = None,
+    sampling: FrameSampling = FrameSampling(),
     start: float | None = None,
     end: float | None = None,
     frame_fps: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Decode the sampled frames of ``path``, a video file or a folder of frames (see :func:`read_frame_folder`).
+    """Decode the frames ``sampling`` picks of ``path``, a video file or a folder of frames (see
+    :func:`read_frame_folder`), within ``[start, end]`` seconds when given.
 
     Args:
         frame_fps: frames per second of a frame folder (3.0 when None, MVBench's TVQA frames); unused for files.
@@ -171,11 +199,10 @@ def read_video(
         empty window; ``bad_image`` for a frame folder's oversized image).
     """
     if os.path.isdir(path):
-        return read_frame_folder(path, mode, fps, num_frames, max_frames, start, end,
-                                 FRAME_FOLDER_FPS if frame_fps is None else frame_fps)
+        return read_frame_folder(path, sampling, start, end, FRAME_FOLDER_FPS if frame_fps is None else frame_fps)
     vr, total, native_fps = _open(path)
     duration = total / native_fps
-    idx = times_to_indices(sample_times(duration, mode, fps, num_frames, max_frames, start, end), native_fps, total)
+    idx = times_to_indices(sampling.times(duration, start, end), native_fps, total)
     try:
         frames = vr.get_batch(idx.tolist()).asnumpy()
     except Exception as e:  # a header that opens over a body that does not decode
@@ -192,10 +219,7 @@ def natural_key(name: str) -> list:
 
 def read_frame_folder(
     path: str,
-    mode: Literal["fps", "uniform"] = "fps",
-    fps: float = 1.0,
-    num_frames: int = 16,
-    max_frames: int | None = None,
+    sampling: FrameSampling = FrameSampling(),
     start: float | None = None,
     end: float | None = None,
     frame_fps: float = FRAME_FOLDER_FPS,
@@ -220,7 +244,7 @@ def read_frame_folder(
     if not files:
         raise SampleError("empty_video", "video", f"frame folder '{path}' holds no {'/'.join(IMAGE_SUFFIXES)} image")
     duration = len(files) / frame_fps
-    idx = times_to_indices(sample_times(duration, mode, fps, num_frames, max_frames, start, end), frame_fps, len(files))
+    idx = times_to_indices(sampling.times(duration, start, end), frame_fps, len(files))
     frames = [read_image(os.path.join(path, files[i]), "video")[0] for i in idx]
     if len({f.shape for f in frames}) > 1:
         raise SampleError("decode_error", "video", f"frames of '{path}' differ in size: {sorted({f.shape for f in frames})}")

@@ -33,7 +33,7 @@ from datamodules.annotations import AnnotationFile, Source, mixture_index
 from datamodules.conversation import IGNORE_INDEX, VIDEO_TOKEN, parse_entry, tokenize
 from datamodules.errors import STRICT_HINT, DataError, SampleError, describe, row_id
 from datamodules.transforms import FrameTransform
-from datamodules.video import IMAGE_SUFFIXES, no_frames, read_image, read_video
+from datamodules.video import IMAGE_SUFFIXES, FrameSampling, no_frames, read_image, read_video
 
 log = logging.getLogger("lit_bvllm.data")
 
@@ -84,10 +84,7 @@ class VideoInstructDataset(Dataset):
         tokenizer,
         transform: FrameTransform,
         template: Literal["chat", "plain"] = "chat",
-        frame_mode: Literal["fps", "uniform"] = "fps",
-        fps: float = 1.0,
-        num_frames: int = 16,
-        max_frames: int | None = 128,
+        sampling: FrameSampling = FrameSampling(max_frames=128),
         max_length: int = 2048,
         visual_tokens: int = 256,
         question_tokenizer=None,
@@ -104,7 +101,7 @@ class VideoInstructDataset(Dataset):
         if not 0 < max_bad_fraction <= 1:
             raise ValueError(f"--data.max_bad_fraction must be in (0, 1], got {max_bad_fraction}")
         self.sources, self.tokenizer, self.transform = sources, tokenizer, transform
-        self.template, self.frame_mode, self.fps, self.num_frames, self.max_frames = template, frame_mode, fps, num_frames, max_frames
+        self.template, self.sampling = template, sampling
         self.max_length, self.visual_tokens = max_length, visual_tokens
         self.question_tokenizer = question_tokenizer or tokenizer
         self.max_question_length, self.strict, self.max_bad_fraction, self.seed = max_question_length, strict, max_bad_fraction, seed
@@ -217,7 +214,7 @@ class VideoInstructDataset(Dataset):
         start, end = entry.get("start"), entry.get("end")
         if not all(v is None or isinstance(v, (int, float)) for v in (start, end)):
             raise SampleError("bad_entry", "start/end", f"expected seconds, got {start!r}, {end!r}")
-        return read_video(path, self.frame_mode, self.fps, self.num_frames, self.max_frames, start, end)
+        return read_video(path, self.sampling, start, end)
 
     def load(self, j: int) -> dict:
         """Sample ``j`` of the mixture, or :class:`SampleError`."""

@@ -13,6 +13,7 @@ from datamodules.conversation import VIDEO_TOKEN
 from datamodules.loading import processes_on_node, share_cores, worker_count
 from datamodules.sampler import ResumableSampler
 from datamodules.transforms import FrameTransform
+from datamodules.video import FrameSampling
 from datamodules.video_instruct import VideoInstructCollator, VideoInstructDataset, load_blocklist
 
 log = logging.getLogger("lit_bvllm.data")
@@ -104,12 +105,20 @@ class VideoInstructDataModule(L.LightningDataModule):
         self.train_set: VideoInstructDataset | None = None
         self.val_set: VideoInstructDataset | None = None
 
+    @property
+    def sampling(self) -> FrameSampling:
+        """The frames decoded per video, from ``--data.frame_mode``, ``fps``, ``num_frames`` and ``max_frames``."""
+        h = self.hparams
+        return FrameSampling(h.frame_mode, h.fps, h.num_frames, h.max_frames)
+
     def _dataset(self, spec: str | list[str]) -> VideoInstructDataset:
         h = self.hparams
         return VideoInstructDataset(
-            load_sources(spec), self.tokenizer, self.transform, h.template, h.frame_mode, h.fps, h.num_frames,
-            h.max_frames, h.max_length, h.visual_tokens, self.question_tokenizer, h.max_question_length, h.strict,
-            h.max_bad_fraction, load_blocklist(h.blocklist), h.seed, h.video_token, h.allow_outside_root,
+            load_sources(spec), self.tokenizer, self.transform, template=h.template, sampling=self.sampling,
+            max_length=h.max_length, visual_tokens=h.visual_tokens, question_tokenizer=self.question_tokenizer,
+            max_question_length=h.max_question_length, strict=h.strict, max_bad_fraction=h.max_bad_fraction,
+            blocklist=load_blocklist(h.blocklist), seed=h.seed, video_token=h.video_token,
+            allow_outside_root=h.allow_outside_root,
         )
 
     def setup(self, stage: str | None = None) -> None:

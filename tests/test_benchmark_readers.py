@@ -23,7 +23,7 @@ from datamodules.benchmarks import (
 from datamodules.benchmarks.mvbench import MVBENCH_TASKS
 from datamodules.benchmarks.subtitles import parse_srt, read_srt, subtitles_at
 from datamodules.errors import SampleError
-from datamodules.video import natural_key, read_frame_folder, read_video
+from datamodules.video import FrameSampling, natural_key, read_frame_folder, read_video
 from lit_bvllm.world import make_synthetic
 from lit_bvllm.world.describe import needle_name
 from lit_bvllm.world.scenes import COLOURS
@@ -377,7 +377,7 @@ def test_read_frame_folder_samples_in_natural_order(tmp_path):
     assert duration == 4.0 and frames.shape == (4, 8, 10, 3) and frames.dtype == np.uint8
     np.testing.assert_allclose(times, [1 / 3, 4 / 3, 7 / 3, 10 / 3])  # the frames shown at 0.5, 1.5, 2.5, 3.5 s
     assert frames[:, 0, 0, 0].tolist() == [20, 50, 80, 110]  # frame2, frame5, frame8, frame11: natural order
-    frames, times, _ = read_frame_folder(str(tmp_path / "clip"), "uniform", num_frames=12, frame_fps=3.0)
+    frames, times, _ = read_frame_folder(str(tmp_path / "clip"), FrameSampling("uniform", num_frames=12), frame_fps=3.0)
     assert frames[:, 0, 0, 0].tolist() == [10 * k for k in range(1, 13)]
     frames, times, _ = read_video(str(tmp_path / "clip"), start=1.0, end=3.0)  # a folder dispatches, 3 fps default
     np.testing.assert_allclose(times, [4 / 3, 7 / 3])
@@ -398,7 +398,7 @@ def test_read_frame_folder_errors(tmp_path):
     write_frames(tmp_path / "broken", 3)
     (tmp_path / "broken/frame2.png").write_bytes(b"not a png")
     with pytest.raises(SampleError) as err:
-        read_frame_folder(str(tmp_path / "broken"), "uniform", num_frames=3)
+        read_frame_folder(str(tmp_path / "broken"), FrameSampling("uniform", num_frames=3))
     assert err.value.reason == "decode_error"
     with pytest.raises(SampleError, match="window"):
         read_frame_folder(str(tmp_path / "broken"), start=5, end=6)

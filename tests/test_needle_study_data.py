@@ -14,7 +14,7 @@ from reducer_contract import D, check_contract
 
 from datamodules.benchmarks import BenchmarkDataModule, VNBench
 from datamodules.benchmarks.selection import shown
-from datamodules.video import read_video
+from datamodules.video import FrameSampling, read_video
 from lit_bvllm.reducers import Uniform
 from lit_bvllm.reducers.base import Reducer, pack
 from lit_bvllm.reducers.sampling import select_uniform_frames
@@ -56,7 +56,7 @@ def test_each_set_has_videos_of_exactly_its_length(needles):
         assert sorted(p.name for p in (folder / "videos").iterdir()) == [f"needle{n}s_0000.mp4", f"needle{n}s_0001.mp4"]
         for record in load(folder / "metadata.json")["videos"]:
             assert record["duration"] == n and record["num_frames"] == n * record["fps"]
-            frames, times, duration = read_video(str(root / record["path"]), "fps", 1.0, max_frames=None)
+            frames, times, duration = read_video(str(root / record["path"]), FrameSampling("fps", 1.0))
             assert duration == pytest.approx(n) and len(frames) == n  # n frames at 1 fps, one per second
             assert times.tolist() == pytest.approx([t + 0.5 for t in range(n)])
 
@@ -116,8 +116,8 @@ def test_the_same_seed_writes_the_same_files_and_another_does_not(needles, tmp_p
         assert (tmp_path / "again/eval/needle_16s" / name).read_bytes() == ours
         assert (tmp_path / "other/eval/needle_16s" / name).read_bytes() != ours
     video = "eval/needle_16s/videos/needle16s_0001.mp4"
-    assert np.array_equal(read_video(str(tmp_path / "again" / video), max_frames=None)[0],
-                          read_video(str(root / video), max_frames=None)[0])
+    assert np.array_equal(read_video(str(tmp_path / "again" / video))[0],
+                          read_video(str(root / video))[0])
     # a set depends on (seed, length, index) only: more videos or other lengths never change one already drawn
     assert needle_records(0, 16, 1, (2, 2), 64, 48) == needle_records(0, 16, 5, (2, 2), 64, 48)[:1]
 

@@ -14,7 +14,7 @@ from bad_media import write_png_header, write_spaced_mkv
 from datamodules import video
 from datamodules.errors import SampleError
 from datamodules.transforms import FrameTransform
-from datamodules.video import read_image, read_video, sample_times, times_to_indices
+from datamodules.video import FrameSampling, read_image, read_video, sample_times, times_to_indices
 
 
 def test_fps_mode_takes_the_middle_of_each_second():
@@ -63,7 +63,7 @@ def test_decoded_frames_match_decord_directly(synthetic):
 
     rec = _train_videos(synthetic)[1]
     path = str(synthetic / rec["path"])
-    frames, times, _ = read_video(path, "uniform", num_frames=5)
+    frames, times, _ = read_video(path, FrameSampling("uniform", num_frames=5))
     idx = np.round(times * rec["fps"]).astype(int)
     direct = decord.VideoReader(path, num_threads=1).get_batch(idx.tolist()).asnumpy()
     np.testing.assert_array_equal(frames, direct)
@@ -74,7 +74,7 @@ def test_window_and_uniform_on_a_video(synthetic):
     path = str(synthetic / rec["path"])
     frames, times, _ = read_video(path, start=2, end=5)
     assert len(frames) == 3 and times.min() >= 2 and times.max() < 5
-    frames, times, _ = read_video(path, "uniform", num_frames=6)
+    frames, times, _ = read_video(path, FrameSampling("uniform", num_frames=6))
     assert len(frames) == 6 and np.all(np.diff(times) > 0)
 
 
@@ -163,7 +163,7 @@ def test_a_decompression_bomb_is_bad_image_without_decoding(tmp_path):
     with pytest.raises(SampleError, match="bad_image.*10000x10000"):
         read_image(str(write_png_header(tmp_path / "big.png", 10000, 10000)))
     with pytest.raises(SampleError) as err:  # a frame folder names its field 'video'
-        read_video(str(bomb.parent), max_frames=4)
+        read_video(str(bomb.parent), FrameSampling(max_frames=4))
     assert (err.value.reason, err.value.field) == ("bad_image", "video")
 
 
@@ -222,7 +222,7 @@ def test_the_header_check_passes_real_videos_and_costs_little(synthetic):
     probe = (time.perf_counter() - t0) / len(paths)
     t0 = time.perf_counter()
     for p in paths:
-        read_video(p, max_frames=16)
+        read_video(p, FrameSampling(max_frames=16))
     decode = (time.perf_counter() - t0) / len(paths)
     assert probe < 0.25 * decode  # measured: about 0.6 ms against 27 ms
 
@@ -233,3 +233,14 @@ def test_a_file_pyav_cannot_open_is_a_decode_error(tmp_path):
     with pytest.raises(SampleError) as err:
         video.check_container(str(garbage))
     assert err.value.reason == "decode_error" and str(garbage) in err.value.detail
+
+
+def test_frame_sampling_is_one_value_checked_where_it_is_made():
+    """The four frame flags travel as one FrameSampling (they were repeated through six signatures); a bad one is
+    refused where it is built, naming the flag, not on the first video read."""
+    s = FrameSampling("fps", 2.0, max_frames=3)
+    np.testing.assert_allclose(s.times(10.0), sample_times(10.0, "fps", 2.0, max_frames=3))
+    np.testing.assert_allclose(FrameSampling("uniform", num_frames=2).times(100.0, 10, 20), [12.5, 17.5])
+    for bad, flag in [(dict(mode="every"), "frame_mode"), (dict(fps=0.0), "fps"), (dict(max_frames=0), "max_frames")]:
+        with pytest.raises(ValueError, match=f"--data.{flag}"):
+            FrameSampling(**bad)

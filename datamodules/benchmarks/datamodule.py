@@ -42,7 +42,7 @@ from datamodules.conversation import IGNORE_INDEX, VIDEO_TOKEN
 from datamodules.errors import SampleError
 from datamodules.loading import processes_on_node, share_cores, worker_count
 from datamodules.transforms import FrameTransform
-from datamodules.video import no_frames, read_video
+from datamodules.video import FrameSampling, no_frames, read_video
 from datamodules.video_instruct import VideoInstructCollator
 
 log = logging.getLogger("lit_bvllm.data")
@@ -57,7 +57,7 @@ class BenchmarkDataset(Dataset):
         tokenizer: the LLM's tokenizer (with the chat template).
         transform: frames -> tower input.
         mode: ``generate`` or ``likelihood``.
-        frame_mode, fps, num_frames, max_frames: frame sampling (:func:`datamodules.video.sample_times`).
+        sampling: which frames are decoded (:class:`datamodules.video.FrameSampling`).
         question_tokenizer: tokenizer of the reducer's question input (default: ``tokenizer``).
         max_question_length: question tokens kept.
         video_token: placeholder token.
@@ -67,13 +67,12 @@ class BenchmarkDataset(Dataset):
     """
 
     def __init__(self, items: list[EvalItem], benchmark: Benchmark, tokenizer, transform: FrameTransform,
-                 mode: Literal["generate", "likelihood"] = "generate", frame_mode: str = "fps", fps: float = 1.0,
-                 num_frames: int = 16, max_frames: int | None = 128, question_tokenizer=None,
+                 mode: Literal["generate", "likelihood"] = "generate",
+                 sampling: FrameSampling = FrameSampling(max_frames=128), question_tokenizer=None,
                  max_question_length: int = 64, video_token: str = VIDEO_TOKEN, blind: bool = False,
                  allow_outside_root: bool = False):
         self.items, self.benchmark, self.tokenizer, self.transform = items, benchmark, tokenizer, transform
-        self.mode, self.frame_mode, self.fps = mode, frame_mode, fps
-        self.num_frames, self.max_frames, self.blind = num_frames, max_frames, blind
+        self.mode, self.sampling, self.blind = mode, sampling, blind
         self.refusals = {} if allow_outside_root else refusals(items, benchmark.media_roots())
         self.question_tokenizer = question_tokenizer or tokenizer
         self.max_question_length, self.video_token = max_question_length, video_token
@@ -94,8 +93,7 @@ class BenchmarkDataset(Dataset):
         if self._last is not None and self._last[0] == key:
             return self._last[1]
         try:
-            frames, times, _ = read_video(item.video, self.frame_mode, self.fps, self.num_frames, self.max_frames,
-                                          item.start, item.end, frame_fps=item.frame_fps)
+            frames, times, _ = read_video(item.video, self.sampling, item.start, item.end, frame_fps=item.frame_fps)
             out = self.transform(frames), torch.as_tensor(times, dtype=torch.float32), None
         except SampleError as err:  # reported per id in the results; the run goes on
             log.warning("item %s: %s", item.id, err)
@@ -295,9 +293,11 @@ class BenchmarkDataModule(L.LightningDataModule):
         self.tokenizer = load_tokenizer(h.tokenizer, h.video_token)
         qtok = load_tokenizer(h.question_tokenizer, None) if h.question_tokenizer else None
         transform = FrameTransform(h.transform, h.vision_tower, normalize=False)  # uint8 to the device
-        self.test_set = BenchmarkDataset(self.items, benchmark, self.tokenizer, transform, h.mode, h.frame_mode, h.fps,
-                                         h.num_frames, h.max_frames, qtok, h.max_question_length, h.video_token,
-                                         h.blind, h.allow_outside_root)
+        sampling = FrameSampling(h.frame_mode, h.fps, h.num_frames, h.max_frames)
+        self.test_set = BenchmarkDataset(self.items, benchmark, self.tokenizer, transform, h.mode, sampling,
+                                         question_tokenizer=qtok, max_question_length=h.max_question_length,
+                                         video_token=h.video_token, blind=h.blind,
+                                         allow_outside_root=h.allow_outside_root)
         if refused := self.test_set.refusals:
             self._report_refusals(refused)
         if not h.blind:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from datamodules.io import write_json
 from datamodules.transforms import FrameTransform
-from datamodules.video import read_video
+from datamodules.video import FrameSampling, read_video
 from lit_bvllm.vision import VisionEncoder
 from lit_bvllm.world.scenes import BACKGROUNDS, NEEDLE_COLOURS, NEEDLE_SHAPES
 
@@ -60,7 +60,7 @@ def encode_videos(records: list[dict], root: Path, encoder, transform, fps: floa
     feats: dict[str, list[Tensor]] = {k: [] for k in (*FEATURES, "tokens") if k != "tokens" or tokens}
     labels: dict[str, list[np.ndarray]] = {}
     for record in records:  # one video per tower call (its frames batched); probing, not a forward pass
-        frames, times, _ = read_video(str(root / record["path"]), "fps", fps, max_frames=max_frames)
+        frames, times, _ = read_video(str(root / record["path"]), FrameSampling("fps", fps, max_frames=max_frames))
         pixels = transform(frames)[None]  # (1, T, 3, S, S)
         mask = torch.ones(pixels.shape[:2], dtype=torch.bool)
         enc = encoder(pixels, mask, mask)

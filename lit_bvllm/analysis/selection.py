@@ -167,7 +167,7 @@ def show_selection(model, video: str, question: str, out: str | Path, options: l
     from datamodules.benchmarks.vnbench import VNBench
     from datamodules.loading import load_tokenizer
     from datamodules.transforms import FrameTransform
-    from datamodules.video import read_video
+    from datamodules.video import FrameSampling, read_video
 
     class OneQuestion(VNBench):  # VNBench's prompt for a question with options; the bare question otherwise
         def template(self, q: str, opts: list[str]) -> str:
@@ -181,8 +181,8 @@ def show_selection(model, video: str, question: str, out: str | Path, options: l
     frame_transform = FrameTransform(transform, vision_tower or model.config["vision_tower"], normalize=False)
     qtok = load_tokenizer(question_tokenizer, None) if question_tokenizer else None
     data = BenchmarkDataset([item], OneQuestion(str(Path(video).resolve().parent)), model.tokenizer, frame_transform,
-                            "generate", "fps", fps, 16, max_frames, qtok, video_token=model.config["video_token"],
-                            allow_outside_root=True)
+                            "generate", FrameSampling("fps", fps, max_frames=max_frames), qtok,
+                            video_token=model.config["video_token"], allow_outside_root=True)
     sample = data[0]
     if sample["meta"]["error"]:
         raise FileNotFoundError(f"--video '{video}': {sample['meta']['error']}")
@@ -193,7 +193,7 @@ def show_selection(model, video: str, question: str, out: str | Path, options: l
     model.eval()
     with recording_attention(model.reducer):
         answers, info = model.generate(batch, return_info=True)
-    raw, times, _ = read_video(item.video, "fps", fps, 16, max_frames)
+    raw, times, _ = read_video(item.video, FrameSampling("fps", fps, max_frames=max_frames))
     one = sample_info(info, 0)
     path = save_figure(selection_figure(raw, times, one, question, answers[0], needle_times), out)
     kept = [float(times[s["frame"]]) for s in kept_slots(one)]
