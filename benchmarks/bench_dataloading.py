@@ -382,7 +382,8 @@ def throughput_tables(tp: dict) -> list[str]:
         s = rows[kind, label, workers]
         lo, hi = s["videos"] / max(s["pass_s"]), s["videos"] / min(s["pass_s"])
         name = f"pipeline, transform={label}" if kind == "pipeline" else f"decord get_batch only, {label}"
-        lines.append(f"| {name} | {workers if kind == 'pipeline' else ''} | {s['videos_per_s']:.1f} ({lo:.1f}-{hi:.1f}) "
+        lines.append(f"| {name} | {workers if kind == 'pipeline' else ''} | "
+                     f"{s['videos_per_s']:.1f} ({lo:.1f}-{hi:.1f}) "
                      "| "
                      f"{s['frames_per_s']:.0f} | {s['videos_per_s'] / dec1['videos_per_s']:.2f} | "
                      f"{s['videos_per_s'] / dec2['videos_per_s']:.2f} | {s['cpu_s']:.1f} |")
@@ -409,13 +410,15 @@ def memory_tables(m: dict) -> list[str]:
     a = m["annotations"]
     lines = [f"### Annotation store: {a['entries']:,} entries, {a['bytes_min']}-{a['bytes_max']} B each (mean "
              f"{a['bytes_mean']:.0f}); JSON {a['json_mb']:.0f} MiB, JSONL {a['jsonl_mb']:.0f} MiB", "",
-             "| store | build s | index cache hit s | main RSS delta MiB | peak RSS delta MiB |", "|---|---|---|---|---|"]
+             "| store | build s | index cache hit s | main RSS delta MiB | peak RSS delta MiB |",
+             "|---|---|---|---|---|"]
     for c in m["cases"]:
         hit = f"{c['cache_hit_s']:.3f}" if "cache_hit_s" in c else "n/a"
         lines.append(f"| {c['kind']} {c['file']} | {c['build_s']:.2f} | {hit} | {c['store_rss_delta_mb']:.0f} | "
                      f"{c['peak_rss_delta_mb']:.0f} |")
     lines += ["", "### DataLoader with 2 forked workers (MiB; per worker: worker 0 / worker 1)", "",
-              "| store | after | worker USS | worker PSS | main PSS | total PSS, main + workers |", "|---|---|---|---|---|---|"]
+              "| store | after | worker USS | worker PSS | main PSS | total PSS, main + workers |",
+              "|---|---|---|---|---|---|"]
     for c in m["cases"]:
         points = [(f"{cp['samples']} samples (pipeline)", cp) for cp in c["pipeline"]]
         points.append((f"{c['touch']['entries_read']:,} entry reads (no decoding)", c["touch"]))
@@ -423,7 +426,8 @@ def memory_tables(m: dict) -> list[str]:
             uss = " / ".join(f"{w['uss_mb']:.0f}" for w in cp["workers"])
             pss = " / ".join(f"{w['pss_mb']:.0f}" for w in cp["workers"])
             total = cp["main"]["pss_mb"] + sum(w["pss_mb"] for w in cp["workers"])
-            lines.append(f"| {c['kind']} {c['file']} | {label} | {uss} | {pss} | {cp['main']['pss_mb']:.0f} | {total:.0f} |")
+            lines.append(f"| {c['kind']} {c['file']} | {label} | {uss} | {pss} | "
+                         f"{cp['main']['pss_mb']:.0f} | {total:.0f} |")
     return lines
 
 

@@ -9,9 +9,9 @@ reducer changes. The batch is a real collated training batch of the demo's finet
 looped in time to ``L`` frames (a video of L seconds at 1 fps): every reducer sees the same frames and text.
 
 Per point: mean of ``--steps`` steps (forward, backward, AdamW step) after 2 warm-up steps, the vision tower's and
-the reducer's forward timed by hooks; then one more step under ``MemTracker`` (``torch.distributed._tools``) for the peak of live tensor
-bytes (parameters, gradients, optimizer state, activations, temporaries). On CPU only ratios within one run mean
-anything.
+the reducer's forward timed by hooks; then one more step under ``MemTracker`` (``torch.distributed._tools``) for the
+peak of live tensor bytes (parameters, gradients, optimizer state, activations, temporaries). On CPU only ratios
+within one run mean anything.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def main() -> None:
         batch = next(iter(dm.train_dataloader()))
         budget = model.reducer.budget
         for length in a.lengths:
-            r = {"reducer": name, "length_s": length, "budget": budget, **measure(model, at_length(batch, length), a.steps)}
+            r = {"reducer": name, "length_s": length, "budget": budget,
+                 **measure(model, at_length(batch, length), a.steps)}
             rows.append(r)
             print(f"{name:9s} {length:4d} s: {r['visual_tokens_max']:5d} visual tokens (θ {budget}), "
                   f"{r['frames_encoded']:3d} frames encoded, step {r['step_ms']:7.1f} ms (tower {r['tower_ms']:6.1f}, "

@@ -33,8 +33,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# openai/clip-vit-large-patch14-336
 CLIP_L = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-              image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu")  # openai/clip-vit-large-patch14-336
+              image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
 HOUR = 3600
 MIB = 2**20
 
@@ -129,7 +130,8 @@ def main() -> None:
             if frames < chunk and chunk != min(a.chunks):
                 continue  # a chunk larger than the video is the smaller chunk's point
             out = subprocess.run([sys.executable, __file__, "--point", str(frames), str(chunk), "--tower", str(a.tower),
-                                  "--llm", str(a.llm), "--device", a.device, "--dtype", a.dtype], capture_output=True, text=True, check=False)
+                                  "--llm", str(a.llm), "--device", a.device, "--dtype", a.dtype],
+                                 capture_output=True, text=True, check=False)
             if out.returncode:
                 sys.exit(f"point {frames} frames / chunk {chunk} failed:\n{out.stderr[-3000:]}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -145,7 +147,8 @@ def main() -> None:
         sys.exit("--frames needs two lengths at the smallest chunk to measure the bytes per frame")
     slope = (small[1]["peak_mib"] - small[0]["peak_mib"]) / (small[1]["frames"] - small[0]["frames"])
     hour = big["peak_mib"] + slope * (HOUR - big["frames"])
-    result = {"date": time.strftime("%Y-%m-%d"), "tower_layers": a.layers, "device": a.device, "dtype": a.dtype, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    result = {"date": time.strftime("%Y-%m-%d"), "tower_layers": a.layers, "device": a.device, "dtype": a.dtype,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "torch": torch.__version__, "command": " ".join(["python", "benchmarks/bench_memory.py", *sys.argv[1:]]),
               "points": rows, "mib_per_frame": slope, "hour_peak_mib": hour}
     a.out.parent.mkdir(parents=True, exist_ok=True)

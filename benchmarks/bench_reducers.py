@@ -36,7 +36,8 @@ def build(name: str):
         "Identity": lambda: R.Identity(D, budget=BUDGET, truncate=True, num_patches=N),
         "WeightedSampler": lambda: R.WeightedSampler(D, tokens_per_frame=16, score="learned", max_frames=BUDGET // 16),
         "TokenLearner": lambda: R.TokenLearner(D, num_tokens=BUDGET),
-        "GroupedTTM": lambda: R.GroupedTTM(D, tokens_per_frame=N, num_tokens=BUDGET, num_layers=2, num_heads=4, max_frames=32),
+        "GroupedTTM": lambda: R.GroupedTTM(D, tokens_per_frame=N, num_tokens=BUDGET, num_layers=2, num_heads=4,
+                                           max_frames=32),
         "LLaMAVID": lambda: R.LLaMAVID(D, budget=BUDGET, num_queries=32, **QF),
         "BVLLM": lambda: R.BVLLM(D, num_frames=16, num_tokens=32, budget=BUDGET, num_queries=32, **QF),
     }[name]()
@@ -61,7 +62,8 @@ def encoded(reducer, x: dict) -> dict:
     order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :t]
     out = dict(x)
     for k in ("frames", "cls", "cls_attn"):
-        out[k] = torch.gather(x[k], 1, order.reshape(*order.shape, *[1] * (x[k].dim() - 2)).expand(-1, -1, *x[k].shape[2:]))
+        out[k] = torch.gather(x[k], 1,
+                              order.reshape(*order.shape, *[1] * (x[k].dim() - 2)).expand(-1, -1, *x[k].shape[2:]))
     out["frame_mask"] = torch.gather(keep, 1, order)
     return out
 
@@ -95,7 +97,8 @@ def one(name: str, T: int, reps: int, device: str) -> dict:
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
                else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
     out = reducer.eval()(**x)
-    return {"reducer": name, "T": T, "frames_encoded": int(x["frame_mask"].sum(1).max()), "ms": 1e3 * statistics.median(times),
+    return {"reducer": name, "T": T, "frames_encoded": int(x["frame_mask"].sum(1).max()),
+            "ms": 1e3 * statistics.median(times),
             "peak_mb": round(peak_mb, 1), "tokens": int(out.token_mask.sum(1).max()),
             "params": sum(p.numel() for p in reducer.parameters())}
 
@@ -151,13 +154,16 @@ def main() -> None:
     for name in names:
         for T in ts:
             cmd = [sys.executable, __file__, "--one", name, str(T), "--reps", str(reps)]
-            rows.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]))
+            rows.append(json.loads(
+                subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]))
             print(f"{name:<16} T={T:<4} {rows[-1]['ms']:9.1f} ms  peak +{rows[-1]['peak_mb']:8.1f} MB  "
                   f"tokens {rows[-1]['tokens']:4d}  frames read {rows[-1]['frames_encoded']}", flush=True)
     loop = batched_vs_loop(64, reps, device)
-    print(f"BVLLM batched vs per-sample loop (B=8, T=64): eval x{loop['eval_speedup']:.2f}, train x{loop['train_speedup']:.2f}")
+    print(f"BVLLM batched vs per-sample loop (B=8, T=64): eval x{loop['eval_speedup']:.2f}, "
+          f"train x{loop['train_speedup']:.2f}")
     report = {
-        "machine": {"device": device, "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+        "machine": {"device": device, "threads": torch.get_num_threads(), "python": platform.python_version(),
+                    "torch": torch.__version__,
                     "cpu": platform.processor() or platform.machine()},
         "setup": {"D": D, "N": N, "B": B, "budget": BUDGET},
         "rows": rows,

@@ -37,7 +37,8 @@ CONDITIONS = ("description", "other description", "none")
 @torch.no_grad()
 def option_scores(llm, tok, user: str, options: list[str]) -> list[float]:
     """Mean token log-likelihood of each option as the assistant's answer to ``user`` (one batch per item)."""
-    prompt = tok(tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True),
+    prompt = tok(tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                         add_generation_prompt=True),
                  add_special_tokens=False)["input_ids"]
     conts = [tok(o + tok.eos_token, add_special_tokens=False)["input_ids"] for o in options]
     n = len(prompt) + max(len(c) for c in conts)

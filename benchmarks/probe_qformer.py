@@ -14,8 +14,9 @@ Q-Former(s), the tower's [CLS] token, and a randomly initialised Q-Former of the
 
 Probes of standardised features (as ``probe-tower``'s) find the content even in a random Q-Former's outputs, where
 it is a sliver of their scale; two more columns say how readable it is: the *frame share* (the share of the
-features' energy that varies from frame to frame, :func:`lit_bvllm.analysis.probe.frame_share`) and the same probes on the
-raw features (``raw ...``: content carried by a small share needs large weights, which the L2 penalty charges).
+features' energy that varies from frame to frame, :func:`lit_bvllm.analysis.probe.frame_share`) and the same probes
+on the raw features (``raw ...``: content carried by a small share needs large weights, which the L2 penalty
+charges).
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     setup_process()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--qformer", nargs="+", required=True, help="InstructBLIP-layout Q-Former folder(s) (make-tiny's qformer)")
+    p.add_argument("--qformer", nargs="+", required=True,
+                   help="InstructBLIP-layout Q-Former folder(s) (make-tiny's qformer)")
     p.add_argument("--vision_tower", required=True, help="the tower the Q-Former reads (make-tiny's vision)")
     p.add_argument("--data", required=True, help="a make-synthetic folder (its metadata.json)")
     p.add_argument("--out", default=None, help="JSON file to write")

@@ -1,5 +1,6 @@
 """Where a training step of the demo goes: data (decode + transform, through the real DataLoader), the vision tower,
-the reducer, the LLM forward, the backward pass and the optimizer step, each timed on the demo's configs; then the tower alone, stopping at its feature layer against running every layer.
+the reducer, the LLM forward, the backward pass and the optimizer step, each timed on the demo's configs; then the
+tower alone, stopping at its feature layer against running every layer.
 
     python benchmarks/profile_step.py [--steps 20] [--config experiments/pretrain.yaml --config ...]
 
@@ -35,7 +36,8 @@ def timed_modules(model, times: dict, names=("vision", "reducer", "llm")) -> lis
     for name in names:
         module = getattr(model, name)
         handles.append(module.register_forward_pre_hook(lambda m, a, n=name: start.__setitem__(n, time.perf_counter())))
-        handles.append(module.register_forward_hook(lambda m, a, o, n=name: times[n].append(time.perf_counter() - start[n])))
+        handles.append(module.register_forward_hook(
+            lambda m, a, o, n=name: times[n].append(time.perf_counter() - start[n])))
     return handles
 
 
@@ -96,7 +98,8 @@ def main() -> None:
         print(f"| {k} | {1e3 * v:.1f} | {100 * v / total:.0f}% |")
     print(f"| step | {1e3 * total:.1f} | |")
     cut, full = tower_depth(model.vision, batch).values()
-    print(f"vision tower over the last batch's {int(batch['frame_mask'].sum())} frames, median of 20: {cut:.1f} ms up to "
+    print(f"vision tower over the last batch's {int(batch['frame_mask'].sum())} frames, median of 20: "
+          f"{cut:.1f} ms up to "
           f"the feature layer ({model.vision.depth} of {len(model.vision._layers())} layers), {full:.1f} ms through "
           f"every layer ({cut / full:.2f}x)")
 

@@ -183,7 +183,8 @@ def load_sources(spec: str | list[str]) -> list[Source]:
                     raise ValueError(f"{p}: datasets[{k}] needs a 'path' key")
                 unknown = set(item) - {"path", "root", "weight"}
                 if unknown:
-                    raise ValueError(f"{p}: datasets[{k}] has unknown keys {sorted(unknown)} (allowed: path, root, weight)")
+                    raise ValueError(f"{p}: datasets[{k}] has unknown keys {sorted(unknown)} "
+                                     "(allowed: path, root, weight)")
                 path = (p.parent / item["path"]).resolve()
                 root = (p.parent / item["root"]).resolve() if item.get("root") else path.parent
                 weight = float(item.get("weight", 1.0))

@@ -69,7 +69,8 @@ def parse_entry(entry: dict, video_token: str) -> Conversation:
         role = _ROLES.get(t.get("from", t.get("role")))
         value = t.get("value", t.get("content"))
         if role is None or not isinstance(value, str):
-            raise SampleError("bad_conversation", f"conversations[{k}]", "needs 'from' in human/gpt/system and a string 'value'")
+            raise SampleError("bad_conversation", f"conversations[{k}]",
+                              "needs 'from' in human/gpt/system and a string 'value'")
         check_text(value, f"conversations[{k}]")
         messages.append({"role": role, "content": value})
     system = messages[:1] if messages[0]["role"] == "system" else []
@@ -79,7 +80,8 @@ def parse_entry(entry: dict, video_token: str) -> Conversation:
     for k, m in enumerate(body):
         want = "user" if k % 2 == 0 else "assistant"
         if m["role"] != want:
-            raise SampleError("bad_conversation", f"conversations[{k + len(system)}]", f"expected a {want} turn, got {m['role']}")
+            raise SampleError("bad_conversation", f"conversations[{k + len(system)}]",
+                              f"expected a {want} turn, got {m['role']}")
         if want == "assistant" and not m["content"].strip():
             raise SampleError("bad_conversation", f"conversations[{k + len(system)}]", "empty answer")
 
@@ -88,9 +90,11 @@ def parse_entry(entry: dict, video_token: str) -> Conversation:
         raise SampleError("extra_tag", "conversations", "text-only entry (no 'video'/'image' key) contains a media tag")
     if media is not None:
         if not tag_turns:
-            raise SampleError("missing_tag", "conversations[0]", f"'{media}' entry has no <video>/<image> tag in its first human turn")
+            raise SampleError("missing_tag", "conversations[0]",
+                              f"'{media}' entry has no <video>/<image> tag in its first human turn")
         if len(tag_turns) > 1 or tag_turns[0] != 0:
-            raise SampleError("extra_tag", "conversations", f"exactly one media tag is allowed, in the first human turn; found {len(tag_turns)}")
+            raise SampleError("extra_tag", "conversations",
+                              f"exactly one media tag is allowed, in the first human turn; found {len(tag_turns)}")
     first = body[0]["content"]
     question = _TAG_RE.sub("", first).strip()
     if media is not None:
@@ -102,7 +106,8 @@ def _pieces_chat(tokenizer, messages: list[dict[str, str]]) -> list[tuple[list[i
     """Token pieces ``(ids, supervised)``: one per message, cut at the template's own prefix boundaries."""
     pieces, prev = [], ""
     for k, m in enumerate(messages):
-        cur = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False, add_generation_prompt=m["role"] == "user")
+        cur = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False,
+                                            add_generation_prompt=m["role"] == "user")
         if not cur.startswith(prev):
             raise ValueError(
                 "the tokenizer's chat template does not render conversations prefix by prefix, so assistant spans "
@@ -140,7 +145,8 @@ def tokenize(
     first; if even the first answer does not fit it is cut; if the prompt before it does not fit, the sample is
     ``too_long``. Returns ``(input_ids, labels, truncated)``.
     """
-    pieces = _pieces_plain(tokenizer, conv, video_token) if template == "plain" else _pieces_chat(tokenizer, conv.messages)
+    pieces = (_pieces_plain(tokenizer, conv, video_token) if template == "plain"
+              else _pieces_chat(tokenizer, conv.messages))
     budget = max_length - (visual_tokens - 1 if conv.media else 0)
     ids: list[int] = []
     labels: list[int] = []
@@ -150,7 +156,8 @@ def tokenize(
         if len(ids) + len(p) > budget:
             truncated = True
             if k < first_answer or (k == first_answer and len(ids) >= budget):
-                raise SampleError("too_long", "conversations", f"the prompt needs {len(ids) + len(p)} tokens but only {budget} "
+                raise SampleError("too_long", "conversations",
+                                  f"the prompt needs {len(ids) + len(p)} tokens but only {budget} "
                                   f"fit (--data.max_length {max_length} minus --data.visual_tokens {visual_tokens})")
             if k == first_answer:
                 p = p[: budget - len(ids)]

@@ -18,8 +18,10 @@ REASONS = (
     "decode_error",       # corrupt or truncated media
     "too_long",           # the prompt alone exceeds max_length once the visual-token budget is reserved
     "bad_text",           # text that is not valid Unicode (a lone surrogate such as "\\udcff"): it cannot be tokenized
-    "bad_image",          # an image declaring more pixels than datamodules.video.MAX_IMAGE_PIXELS (a decompression bomb)
-    "bad_container",      # a video header outside datamodules.video's limits (duration, frames, fps, size): never decoded
+    "bad_image",          # an image declaring more pixels than datamodules.video.MAX_IMAGE_PIXELS
+                          # (a decompression bomb)
+    "bad_container",      # a video header outside datamodules.video's limits (duration, frames, fps, size):
+                          # never decoded
     "crashed",            # scan only: checking the entry raised an unexpected error, or killed or hung its worker
 )
 

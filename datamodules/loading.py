@@ -30,7 +30,8 @@ def local_dir(path: str | Path, what: str, flag: str) -> Path:
     return p
 
 
-def load_tokenizer(path: str | Path, video_token: str | None = VIDEO_TOKEN, flag: str = "--model.llm") -> PreTrainedTokenizerBase:
+def load_tokenizer(path: str | Path, video_token: str | None = VIDEO_TOKEN,
+                   flag: str = "--model.llm") -> PreTrainedTokenizerBase:
     """Load the LLM's tokenizer from a local folder and make sure it has the video placeholder and a pad token.
 
     A real checkpoint's tokenizer (Qwen2) does not know ``video_token``; it is added as a special token, so
@@ -54,7 +55,8 @@ def load_tokenizer(path: str | Path, video_token: str | None = VIDEO_TOKEN, flag
 
 def load_image_processor(path: str | Path):
     """The vision tower's own ``AutoImageProcessor`` (resize, crop, normalise), from a local folder."""
-    return AutoImageProcessor.from_pretrained(local_dir(path, "vision tower", "--model.vision_tower"), local_files_only=True)
+    return AutoImageProcessor.from_pretrained(local_dir(path, "vision tower", "--model.vision_tower"),
+                                              local_files_only=True)
 
 
 def _core_share(processes_per_node: int) -> int:

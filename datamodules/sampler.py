@@ -12,7 +12,8 @@ from torch.utils.data import Sampler
 
 
 class ResumableSampler(Sampler[int]):
-    """Indices ``0..n-1``: shuffled per epoch with ``seed``, strided over ``num_replicas`` ranks, padded to equal length.
+    """Indices ``0..n-1``: shuffled per epoch with ``seed``, strided over ``num_replicas`` ranks, padded to equal
+    length.
 
     Args:
         n: dataset size.

@@ -51,7 +51,8 @@ def _row(file: str, index: int, entry_id: str | None, reason: str, field: str, d
             "detail": detail}
 
 
-def _check(dataset: VideoInstructDataset, source: int, index: int, decode: bool, conn: Connection | None = None) -> dict | None:
+def _check(dataset: VideoInstructDataset, source: int, index: int, decode: bool,
+           conn: Connection | None = None) -> dict | None:
     """The report row of one entry, or None when it is good; ``conn`` is told which media file is opened."""
     file = str(dataset.files[source].path)
     entry_id = dataset.entry_id(source, index)

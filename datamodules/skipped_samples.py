@@ -1,4 +1,5 @@
-"""``SkippedSamplesLogger``: counts the bad entries training skipped, each once; logs ``data/skipped``; writes a report."""
+"""``SkippedSamplesLogger``: counts the bad entries training skipped, each once; logs ``data/skipped``; writes a
+report."""
 
 from __future__ import annotations
 

@@ -154,7 +154,8 @@ def check_container(path: str) -> None:
     except SampleError:
         raise
     except Exception as e:  # PyAV's FFmpegError family, or anything else its parser raises
-        raise SampleError("decode_error", "video", f"'{path}' cannot be opened ({type(e).__name__}: {str(e)[:200]})") from None
+        raise SampleError("decode_error", "video",
+                          f"'{path}' cannot be opened ({type(e).__name__}: {str(e)[:200]})") from None
     if problem is not None:
         raise SampleError("bad_container", "video", f"'{path}' {problem}: a broken or hostile header, not decoded "
                                                     "(limits: datamodules.video.MAX_*)")
@@ -174,7 +175,8 @@ def _open(path: str):
         vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
         total, native_fps = len(vr), float(vr.get_avg_fps())
     except Exception as e:  # decord raises RuntimeError / DECORDError for corrupt and truncated files
-        raise SampleError("decode_error", "video", f"'{path}' cannot be opened ({type(e).__name__}: {str(e)[:200]})") from None
+        raise SampleError("decode_error", "video",
+                          f"'{path}' cannot be opened ({type(e).__name__}: {str(e)[:200]})") from None
     if total == 0 or native_fps <= 0:
         raise SampleError("empty_video", "video", f"'{path}' has {total} frames at {native_fps} fps")
     return vr, total, native_fps
@@ -206,7 +208,8 @@ def read_video(
     try:
         frames = vr.get_batch(idx.tolist()).asnumpy()
     except Exception as e:  # a header that opens over a body that does not decode
-        raise SampleError("decode_error", "video", f"'{path}' cannot be decoded ({type(e).__name__}: {str(e)[:200]})") from None
+        raise SampleError("decode_error", "video",
+                          f"'{path}' cannot be decoded ({type(e).__name__}: {str(e)[:200]})") from None
     finally:
         del vr
     return frames, idx / native_fps, duration
@@ -247,7 +250,8 @@ def read_frame_folder(
     idx = times_to_indices(sampling.times(duration, start, end), frame_fps, len(files))
     frames = [read_image(os.path.join(path, files[i]), "video")[0] for i in idx]
     if len({f.shape for f in frames}) > 1:
-        raise SampleError("decode_error", "video", f"frames of '{path}' differ in size: {sorted({f.shape for f in frames})}")
+        raise SampleError("decode_error", "video",
+                          f"frames of '{path}' differ in size: {sorted({f.shape for f in frames})}")
     return np.stack(frames), idx / frame_fps, duration  # (T, H, W, 3)
 
 
@@ -280,7 +284,8 @@ def read_image(path: str, field: str = "image") -> np.ndarray:
     except SampleError:
         raise
     except Exception as e:  # UnidentifiedImageError, OSError (truncated), ValueError, SyntaxError from a plugin, ...
-        raise SampleError("decode_error", field, f"'{path}' cannot be decoded ({type(e).__name__}: {str(e)[:200]})") from None
+        raise SampleError("decode_error", field,
+                          f"'{path}' cannot be decoded ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def probe_video(path: str) -> tuple[int, float]:

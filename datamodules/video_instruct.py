@@ -97,14 +97,16 @@ class VideoInstructDataset(Dataset):
         allow_outside_root: bool = False,
     ):
         if visual_tokens >= max_length:
-            raise ValueError(f"--data.visual_tokens ({visual_tokens}) must be smaller than --data.max_length ({max_length})")
+            raise ValueError(f"--data.visual_tokens ({visual_tokens}) must be smaller than "
+                             f"--data.max_length ({max_length})")
         if not 0 < max_bad_fraction <= 1:
             raise ValueError(f"--data.max_bad_fraction must be in (0, 1], got {max_bad_fraction}")
         self.sources, self.tokenizer, self.transform = sources, tokenizer, transform
         self.template, self.sampling = template, sampling
         self.max_length, self.visual_tokens = max_length, visual_tokens
         self.question_tokenizer = question_tokenizer or tokenizer
-        self.max_question_length, self.strict, self.max_bad_fraction, self.seed = max_question_length, strict, max_bad_fraction, seed
+        self.max_question_length, self.strict, self.max_bad_fraction, self.seed = (
+            max_question_length, strict, max_bad_fraction, seed)
         self.video_token, self.allow_outside_root = video_token, allow_outside_root
         self.files = [AnnotationFile(s.path) for s in sources]
         blocked = blocklist or set()
@@ -162,7 +164,8 @@ class VideoInstructDataset(Dataset):
         if bad > self.max_bad_fraction * max(read, min(len(self), SHARE_MIN_ENTRIES)):
             per_reason = dict(sorted(Counter(self.bad.values()).items()))
             raise DataError(
-                f"too many bad entries: {bad} of the {read} read so far by this data-loading process ({bad / read:.0%}), "
+                f"too many bad entries: {bad} of the {read} read so far by this data-loading process "
+                f"({bad / read:.0%}), "
                 f"above --data.max_bad_fraction={self.max_bad_fraction} (judged over at least "
                 f"{min(len(self), SHARE_MIN_ENTRIES)} entries); per reason: {per_reason}; last: {where}. Run "
                 "`lit_bvllm scan` with this config to list every bad entry (it writes scan_report.json; pass it as "
@@ -181,7 +184,8 @@ class VideoInstructDataset(Dataset):
         for k in range(len(self)):
             if self._key(j := (start + k) % len(self)) not in self.bad:
                 return j
-        raise DataError(f"every entry of {[str(f.path) for f in self.files]} is bad ({dict(Counter(self.bad.values()))}); "
+        raise DataError(f"every entry of {[str(f.path) for f in self.files]} is bad "
+                        f"({dict(Counter(self.bad.values()))}); "
                         "run `lit_bvllm scan` with this config to see why")
 
     def entry_id(self, source: int, index: int) -> str | None:
@@ -202,7 +206,8 @@ class VideoInstructDataset(Dataset):
         ids, labels, truncated = tokenize(
             self.tokenizer, conv, self.template, self.video_token, self.max_length, self.visual_tokens
         )
-        path = resolve_media(self.sources[source].root, conv.media_path, conv.media, self.allow_outside_root) if conv.media else None
+        path = (resolve_media(self.sources[source].root, conv.media_path, conv.media, self.allow_outside_root)
+                if conv.media else None)
         return entry, conv, ids, labels, truncated, path
 
     def decode(self, entry: dict, media: str | None, path: str | None) -> tuple[np.ndarray, np.ndarray, float]:
@@ -220,7 +225,8 @@ class VideoInstructDataset(Dataset):
         """Sample ``j`` of the mixture, or :class:`SampleError`."""
         source, index = int(self.source_of[j]), int(self.entry_of[j])
         entry, conv, ids, labels, truncated, path = self.prepare(source, index)
-        q = self.question_tokenizer(conv.question, add_special_tokens=True, truncation=True, max_length=self.max_question_length)
+        q = self.question_tokenizer(conv.question, add_special_tokens=True, truncation=True,
+                                    max_length=self.max_question_length)
         frames, times, duration = self.decode(entry, conv.media, path)
         return {
             "frames": self.transform(frames),

@@ -23,14 +23,16 @@ class VideoInstructDataModule(L.LightningDataModule):
     """Video/image/text instruction data in the LLaVA schema (VideoLLaMA2, Valley and LLaMA-VID files).
 
     Args:
-        train: annotation file(s) (``.json`` list or ``.jsonl``) or a mixture YAML (``datasets: [{path, root, weight}]``).
+        train: annotation file(s) (``.json`` list or ``.jsonl``) or a mixture YAML
+            (``datasets: [{path, root, weight}]``).
         tokenizer: local folder of the LLM's tokenizer (the LLM checkpoint folder).
         val: validation annotation file(s) or mixture; none by default.
         vision_tower: local folder of the vision tower; its image processor sets frame size, mean and std.
         transform: ``processor`` (the tower's HF image processor) or ``plain`` (batched torch resize + normalise).
         image_size: frame side when no vision tower is given.
         resize_mode: ``crop``, ``pad`` or ``squash``, for ``transform=plain``; None: the vision tower's own policy.
-        template: ``chat`` (the tokenizer's chat template, finetuning) or ``plain`` (placeholder + caption, pretraining).
+        template: ``chat`` (the tokenizer's chat template, finetuning) or ``plain`` (placeholder + caption,
+            pretraining).
         frame_mode: ``fps`` (``fps`` frames per second, mid-interval) or ``uniform`` (``num_frames`` frames).
         fps: frames per second in ``fps`` mode.
         num_frames: frames per video in ``uniform`` mode.
@@ -94,13 +96,13 @@ class VideoInstructDataModule(L.LightningDataModule):
         if not 0 < max_bad_fraction <= 1:
             raise ValueError(f"--data.max_bad_fraction must be in (0, 1], got {max_bad_fraction}")
         if max_retries is not None:
-            log.warning("--data.max_retries=%s is ignored: bad entries are replaced by entries not known to be bad, and "
-                        "--data.max_bad_fraction (%s) decides when the run stops", max_retries, max_bad_fraction)
+            log.warning("--data.max_retries=%s is ignored: bad entries are replaced by entries not known to be bad, "
+                        "and --data.max_bad_fraction (%s) decides when the run stops", max_retries, max_bad_fraction)
         self.save_hyperparameters()
         worker_count(num_workers)  # a bad value fails here, naming the flag
         if visual_tokens is None or visual_tokens < 0:
-            raise ValueError(f"visual_tokens must be the reducer's budget θ (>= 0), got {visual_tokens}: lit_bvllm sets "
-                             "it from --model.reducer; a data module built by hand needs it")
+            raise ValueError(f"visual_tokens must be the reducer's budget θ (>= 0), got {visual_tokens}: "
+                             "lit_bvllm sets it from --model.reducer; a data module built by hand needs it")
         self.tokenizer = None
         self.train_set: VideoInstructDataset | None = None
         self.val_set: VideoInstructDataset | None = None
@@ -128,12 +130,14 @@ class VideoInstructDataModule(L.LightningDataModule):
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(h.tokenizer, h.video_token)
             self.question_tokenizer = (
-                load_tokenizer(h.question_tokenizer, None, "--data.question_tokenizer") if h.question_tokenizer else None
+                load_tokenizer(h.question_tokenizer, None, "--data.question_tokenizer")
+                if h.question_tokenizer else None
             )
             self.transform = FrameTransform(h.transform, h.vision_tower, h.image_size, resize_mode=h.resize_mode,
                                             normalize=False)  # uint8 to the device, normalised there
             q_pad = self.question_tokenizer.pad_token_id if self.question_tokenizer is not None else None
-            self.collator = VideoInstructCollator(self.tokenizer.pad_token_id, self.transform.image_size, question_pad_id=q_pad)
+            self.collator = VideoInstructCollator(self.tokenizer.pad_token_id, self.transform.image_size,
+                                                  question_pad_id=q_pad)
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = self._dataset(h.train)
         if stage in (None, "fit", "validate") and h.val is not None and self.val_set is None:

@@ -1,4 +1,5 @@
-"""Loading the vision tower and the LLM from local folders (the tokenizer and image processor: :mod:`datamodules.loading`).
+"""Loading the vision tower and the LLM from local folders (the tokenizer and image processor:
+:mod:`datamodules.loading`).
 
 Every loader goes through the Hugging Face ``from_pretrained(local_path)`` path, so the tiny backbones written by
 ``lit_bvllm make-tiny`` and a real checkpoint (Qwen2-7B-Instruct, CLIP, SigLIP) load the same way. The one exception

@@ -215,7 +215,8 @@ def reducer_spec(factory) -> dict:
         return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(factory.keywords)}
     if isinstance(factory, type):
         return {"class_path": f"{factory.__module__}.{factory.__qualname__}", "init_args": {}}
-    raise TypeError("reducer must be a Reducer class or a class path with init_args (a callable taking the tower width)")
+    raise TypeError("reducer must be a Reducer class or a class path with init_args "
+                    "(a callable taking the tower width)")
 
 
 def reducer_factory(spec: dict) -> Callable[[int], Reducer]:

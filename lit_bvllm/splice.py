@@ -57,7 +57,8 @@ def splice(
     ph_pos = torch.where(is_ph.any(1), (torch.cumsum(text_keep.long(), 1) * is_ph).sum(1), 0)  # text tokens before it
     lengths = text_keep.sum(1) + n_vis
     Lout = int(lengths.max()) if B else 0
-    shift = (Lout - lengths)[:, None] if padding_side == "left" else torch.zeros(B, 1, dtype=torch.long, device=input_ids.device)
+    shift = ((Lout - lengths)[:, None] if padding_side == "left"
+             else torch.zeros(B, 1, dtype=torch.long, device=input_ids.device))
     out = text_embeds.new_zeros(B, Lout, H)
     b_idx = torch.arange(B, device=input_ids.device)[:, None]
     tpos = (text_pos + shift).masked_fill(~text_keep, 0)

@@ -77,7 +77,8 @@ class VisionEncoder(nn.Module):
             pixels = ((pixels.float() - self.pixel_mean) / self.pixel_std).contiguous()
         encoder, layers = self._encoder(), self._layers()
         last, got = layers[self.depth - 1], {}
-        hooks = [last.register_forward_hook(lambda m, a, o: got.__setitem__("feats", o[0] if isinstance(o, tuple) else o))]
+        hooks = [last.register_forward_hook(
+            lambda m, a, o: got.__setitem__("feats", o[0] if isinstance(o, tuple) else o))]
         if attention:  # eager attention returns its weights; only this layer's are kept
             hooks.append(last.self_attn.register_forward_hook(lambda m, a, o: got.__setitem__("attn", o[1])))
         encoder.layers = layers[: self.depth]

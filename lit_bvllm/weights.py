@@ -57,7 +57,8 @@ def visual_state(path: str | os.PathLike, flag: str = "--model.init_from") -> di
     state = read_checkpoint(path, flag).get("state_dict")
     if not isinstance(state, dict):
         raise ValueError(f"{flag} '{path}' has no state_dict: not a checkpoint written by lit_bvllm fit")
-    return {k.removeprefix("model."): v for k, v in state.items() if k.removeprefix("model.").startswith(VISUAL_PREFIXES)}
+    return {k.removeprefix("model."): v for k, v in state.items()
+            if k.removeprefix("model.").startswith(VISUAL_PREFIXES)}
 
 
 def check_tensors(own: dict[str, torch.Tensor], src: dict[str, torch.Tensor], required: set[str],

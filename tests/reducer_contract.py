@@ -30,7 +30,8 @@ def inputs(B: int, T: int, lengths: list[int] | None = None, seed: int = 0, text
     text_ids = torch.randint(1, VOCAB, (B, S), generator=tg)
     text_mask = torch.ones(B, S, dtype=torch.long)
     text_mask[0, S - 2 :] = 0
-    return dict(frames=frames, cls=cls, frame_mask=frame_mask, text_ids=text_ids, text_mask=text_mask, cls_attn=cls_attn)
+    return dict(frames=frames, cls=cls, frame_mask=frame_mask, text_ids=text_ids, text_mask=text_mask,
+                cls_attn=cls_attn)
 
 
 def run(reducer: Reducer, batch: dict) -> ReducerOutput:
@@ -94,7 +95,8 @@ def check_contract(make: Callable[[], Reducer], text_conditioned: bool, ts: tupl
         batch["frames"].requires_grad_(True)
         out = run(reducer, batch)
         (out.tokens.pow(2).sum() + out.tokens.sum()).backward()
-        missing = [name for name, p in reducer.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+        missing = [name for name, p in reducer.named_parameters()
+                   if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
         assert not missing, f"no gradient reaches: {missing}"
     reducer.eval()
 

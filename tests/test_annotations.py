@@ -60,7 +60,8 @@ def test_mixture_yaml_resolves_paths_roots_and_weights(tmp_path):
     (tmp_path / "data" / "a.json").write_text("[]")
     (tmp_path / "cfg").mkdir()
     mix = tmp_path / "cfg" / "mix.yaml"
-    mix.write_text("datasets:\n  - path: ../data/a.json\n    weight: 0.5\n  - path: ../data/a.json\n    root: ../media\n")
+    mix.write_text("datasets:\n  - path: ../data/a.json\n    weight: 0.5\n"
+                   "  - path: ../data/a.json\n    root: ../media\n")
     a, b = load_sources(str(mix))
     assert a.path == str(tmp_path / "data" / "a.json") and a.root == str(tmp_path / "data") and a.weight == 0.5
     assert b.root == str(tmp_path / "media") and b.weight == 1.0

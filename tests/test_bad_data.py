@@ -20,11 +20,13 @@ from datamodules.scan import scan_dataset, write_report
 
 def GOOD(i, path="videos/good.mp4"):
     return {"id": f"good{i}", "video": path,
-            "conversations": [{"from": "human", "value": "<video>\nWhat is shown?"}, {"from": "gpt", "value": f"Shapes {i}."}]}
+            "conversations": [{"from": "human", "value": "<video>\nWhat is shown?"},
+                              {"from": "gpt", "value": f"Shapes {i}."}]}
 
 
 def TEXT(i):
-    return {"id": f"text{i}", "conversations": [{"from": "human", "value": f"Question {i}?"}, {"from": "gpt", "value": f"Answer {i}."}]}
+    return {"id": f"text{i}", "conversations": [{"from": "human", "value": f"Question {i}?"},
+                                                {"from": "gpt", "value": f"Answer {i}."}]}
 
 
 BAD = {  # reason -> entry
@@ -135,7 +137,8 @@ def test_scan_isolates_a_decode_that_kills_its_worker(tiny, root, monkeypatch):
     """Without the header check decord aborts on the hostile file (SIGABRT): the scan reports that entry, and a
     later entry of the same file, as crashed and checks the rest."""
     monkeypatch.setattr(video, "check_container", lambda path: None)  # inherited by the forked scan workers
-    entries = [GOOD(0), {**GOOD(1, "videos/hostile.mp4"), "id": "hostile1"}, {**GOOD(2, "videos/missing.mp4"), "id": "missing"},
+    entries = [GOOD(0), {**GOOD(1, "videos/hostile.mp4"), "id": "hostile1"},
+               {**GOOD(2, "videos/missing.mp4"), "id": "missing"},
                {**GOOD(3, "videos/hostile.mp4"), "id": "hostile2"}, TEXT(4), GOOD(5)]
     path = write(root, "crash.json", entries)
     t0 = time.perf_counter()
@@ -203,8 +206,8 @@ def test_a_share_above_the_threshold_stops_with_the_count(tiny, root):
     assert "{'missing_file': 13}" in msg and "`lit_bvllm scan`" in msg and "--data.blocklist" in msg
     assert f"{path}: entry " in msg  # the last bad entry, named
 
-    mostly_bad = write(root, "mostly_bad.json", [{**GOOD(i, "videos/missing.mp4"), "id": f"bad{i}"} if i % 4 else TEXT(i)
-                                                 for i in range(20)])
+    mostly_bad = write(root, "mostly_bad.json",
+                       [{**GOOD(i, "videos/missing.mp4"), "id": f"bad{i}"} if i % 4 else TEXT(i) for i in range(20)])
     with pytest.raises(DataError, match=r"too many bad entries: 11 of the \d+ read .*--data.max_bad_fraction=0.5"):
         list(dm(tiny, mostly_bad).train_dataloader())  # 75% bad at the default
 
@@ -214,7 +217,8 @@ def test_max_bad_fraction_is_checked_and_max_retries_is_ignored(tiny, root, capl
     with pytest.raises(ValueError, match="--data.max_bad_fraction must be in"):
         VideoInstructDataModule(train=str(path), tokenizer=tiny["llm"], max_bad_fraction=0)
     with caplog.at_level("WARNING", logger="lit_bvllm.data"):
-        VideoInstructDataModule(train=str(path), tokenizer=tiny["llm"], visual_tokens=16, max_retries=3)  # a saved config replays
+        # a saved config replays
+        VideoInstructDataModule(train=str(path), tokenizer=tiny["llm"], visual_tokens=16, max_retries=3)
     assert "--data.max_retries=3 is ignored" in caplog.text
 
 

@@ -1,4 +1,5 @@
-"""Benchmark readers on make_synthetic's fixtures in each official format; malformed entries; subtitles; frame folders."""
+"""Benchmark readers on make_synthetic's fixtures in each official format; malformed entries; subtitles; frame
+folders."""
 
 import csv
 import json
@@ -70,10 +71,12 @@ def test_mvbench(synthetic, evals):
             assert item.options == entry["candidates"] and item.options[item.answer] == entry["answer"]
             assert item.video == str(root / "video" / task.prefix / entry["video"])
             assert (item.start, item.end) == ((entry["start"], entry["end"]) if task.bound else (None, None))
-            assert item.frame_fps == (3.0 if task.kind == "frame" else None) and item.extra == {"task": Path(task.file).stem}
+            assert (item.frame_fps == (3.0 if task.kind == "frame" else None)
+                    and item.extra == {"task": Path(task.file).stem})
     for item in by_task["Action Sequence"]:  # the window skips the first needle: the answer is the second
         record = evals[Path(item.video).stem]
-        assert item.start == record["needles"][0]["end"] and item.options[item.answer].endswith(needle_name(record["needles"][1]))
+        assert (item.start == record["needles"][0]["end"]
+                and item.options[item.answer].endswith(needle_name(record["needles"][1])))
     for item in by_task["Moving Count"]:
         assert item.options[item.answer] == str(len(evals[Path(item.video).stem]["distractors"]))
     for item in by_task["Episodic Reasoning"]:  # a 3 fps frame folder whose window shows the answer's needle
@@ -191,14 +194,16 @@ def test_vnbench(synthetic, tmp_path):
     entries = load(root / "VNBench_qa.json")
     items = VNBench(root).read()
     check_videos(items)
-    assert len(items) == len(entries) == 4 * 4 * 4 and len({i.group for i in items}) == 4 * 4  # 3 needle types, bg_every1
+    # 3 needle types, bg_every1
+    assert len(items) == len(entries) == 4 * 4 * 4 and len({i.group for i in items}) == 4 * 4
     for item, e in zip(items, entries):
         assert item.options[item.answer] == e["gt"] and item.category == e["type"]
         every = {"every_frame": True} if e["type"] == "bg_every1" else {}
         assert item.group == f"{Path(e['video']).stem}_{e['type']}"
         assert item.extra == {"try": e["try"], "needle_times": e["needle_times"], **every}
     # B-VLLM's gt_option letter and a gt index give the same answers
-    letters = [{k: v for k, v in e.items() if k != "gt"} | {"gt_option": "ABCD"[e["options"].index(e["gt"])]} for e in entries]
+    letters = [{k: v for k, v in e.items() if k != "gt"} | {"gt_option": "ABCD"[e["options"].index(e["gt"])]}
+               for e in entries]
     indices = [e | {"gt": e["options"].index(e["gt"])} for e in entries]
     for name, variant in (("letters.json", letters), ("indices.json", indices)):
         (tmp_path / name).write_text(json.dumps(variant))
@@ -213,7 +218,8 @@ def test_msvd_and_msrvtt(synthetic):
         check_videos(items)
         assert len(items) == len(entries) == 7 * 4
         for item, e in zip(items, entries):
-            assert (item.id, item.answer, item.category, item.options) == (str(e["id"]), e["answer"], e["answer_type"], [])
+            assert ((item.id, item.answer, item.category, item.options)
+                    == (str(e["id"]), e["answer"], e["answer_type"], []))
             assert item.video == str(root / "videos" / video.format(e["video_id"]))
 
 
@@ -242,7 +248,8 @@ def test_activitynet_qa(synthetic, evals):
         assert item.category == names[a["type"]] and item.extra == {"video_name": q["video_name"], "type": a["type"]}
         assert item.video == str(root / "all_test" / f"v_{q['video_name']}.mp4")
         if q["question"] == "how many times does a shape briefly appear?":
-            assert item.answer == ["zero", "one", "two", "three", "four", "five"][len(evals[q["video_name"]]["needles"])]
+            assert item.answer == ["zero", "one", "two", "three", "four", "five"][
+                len(evals[q["video_name"]]["needles"])]
 
 
 def test_activitynet_pairs_must_align(tmp_path):
@@ -255,7 +262,8 @@ def test_activitynet_pairs_must_align(tmp_path):
     items = ActivityNetQA(tmp_path).read()
     assert items[0].video == str(tmp_path / "all_test/abc.webm") and items[0].category == "other"
     (tmp_path / "test_a.json").write_text(json.dumps([ans[0], ans[2], ans[1]]))
-    with pytest.raises(ValueError, match=r"test_q.json and .*test_a.json disagree at position 1: question_id 'v_abc_1' vs"):
+    with pytest.raises(ValueError,
+                       match=r"test_q.json and .*test_a.json disagree at position 1: question_id 'v_abc_1' vs"):
         ActivityNetQA(tmp_path).read()
     (tmp_path / "test_a.json").write_text(json.dumps(ans[:2]))
     with pytest.raises(ValueError, match="has 3 entries but .* has 2"):
@@ -331,7 +339,8 @@ def test_benchmark_fixtures_are_deterministic(synthetic, tmp_path):
 
 AWKWARD_SRT = (
     "\ufeff1\r\n00:00:01,000 --> 00:00:02,500\r\n<i>Hello</i> there\r\n\r\n"  # BOM, CRLF, a tag
-    "00:00:02.500 --> 00:00:04,000 X1:10 X2:20\r\n{\\an8}no index, dot ms\r\nsecond <b>line</b>\r\n"  # no blank line next
+    "00:00:02.500 --> 00:00:04,000 X1:10 X2:20\r\n{\\an8}no index, dot ms\r\n"
+    "second <b>line</b>\r\n"  # no blank line next
     "3\r\n00:00:05,000 --> 00:00:06,000\r\n\r\n"  # an empty cue
     "4\n0:00:07,5 --> 0:00:09,000\nLF only\\Nbroken\n\n\n"  # short hour and fraction, pysubs2 break
     "5\n00:01:00,000 --> 00:01:02,000\n42\n"  # a number as text, at the end
@@ -383,7 +392,8 @@ def test_read_frame_folder_samples_in_natural_order(tmp_path):
     np.testing.assert_allclose(times, [4 / 3, 7 / 3])
     frames, times, duration = read_video(str(tmp_path / "clip"), frame_fps=6.0)
     assert duration == 2.0 and len(frames) == 2
-    assert sorted(["frame10.jpg", "frame2.jpg", "Frame1.jpg"], key=natural_key) == ["Frame1.jpg", "frame2.jpg", "frame10.jpg"]
+    assert (sorted(["frame10.jpg", "frame2.jpg", "Frame1.jpg"], key=natural_key)
+            == ["Frame1.jpg", "frame2.jpg", "frame10.jpg"])
 
 
 def test_read_frame_folder_errors(tmp_path):

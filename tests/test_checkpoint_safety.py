@@ -34,8 +34,8 @@ def hostile(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
 
 
 def config(tiny, synthetic):
-    return ["--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml", *tiny["flags"], "--data.train", str(synthetic / "finetune.json"),
-            "--data.num_workers", "0"]
+    return ["--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml", *tiny["flags"],
+            "--data.train", str(synthetic / "finetune.json"), "--data.num_workers", "0"]
 
 
 def test_a_hostile_checkpoint_runs_nothing(tmp_path):

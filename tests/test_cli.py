@@ -14,7 +14,8 @@ def test_make_commands_accept_dashed_flags(tmp_path, capsys):
           "--max-duration", "9", "--seed", "5"])
     summary = json.loads(capsys.readouterr().out)
     assert summary["videos"] == 2 and (tmp_path / "syn" / "finetune.json").is_file()
-    main(["make-tiny", "--out", str(tmp_path / "tiny"), "--lm-steps", "2", "--clip-steps", "2", "--clip-batch-size", "8"])
+    main(["make-tiny", "--out", str(tmp_path / "tiny"), "--lm-steps", "2", "--clip-steps", "2",
+          "--clip-batch-size", "8"])
     out = capsys.readouterr().out
     assert "tiny CLIP step     1: contrastive" in out  # the tower's losses are printed as it trains
     paths = json.loads(out[out.index("\n{") + 1:])
@@ -27,7 +28,8 @@ def test_importing_the_cli_changes_nothing_and_main_sets_the_process_up():
     what the user set and names every default once."""
     code = ("import os, json; e = dict(os.environ); import lit_bvllm.cli as c; assert dict(os.environ) == e, "
             "sorted(set(os.environ.items()) ^ set(e.items())); c.setup_process(); "
-            "print(json.dumps({k: os.environ.get(k) for k in [*c.OFFLINE, 'LIT_BVLLM_THREADS_CHOSEN', 'DS_ACCELERATOR']}))")
+            "print(json.dumps({k: os.environ.get(k) "
+            "for k in [*c.OFFLINE, 'LIT_BVLLM_THREADS_CHOSEN', 'DS_ACCELERATOR']}))")
     clean = {k: v for k, v in __import__("os").environ.items()
              if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM",
                           "LIT_BVLLM_THREADS_CHOSEN", "DS_ACCELERATOR", "OMP_NUM_THREADS")}
@@ -50,7 +52,8 @@ def repo_root(monkeypatch):
 
 def _config(tiny, train):
     """The training config itself (scan and preview read what fit reads), on the test's backbones and data."""
-    return ["--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml", *tiny["flags"], "--data.train", str(train), "--data.max_length", "256",
+    return ["--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml", *tiny["flags"],
+            "--data.train", str(train), "--data.max_length", "256",
             "--data.max_frames", "8", "--data.num_workers", "0"]
 
 

@@ -74,7 +74,8 @@ def test_truncation_drops_whole_trailing_pairs_and_respects_the_visual_budget(to
     conv = parse_entry(VIDEO, "<video>")
     full, _, _ = tokenize(tokenizer, conv, "chat", "<video>", 10_000, 32)
     # a budget that fits the first pair but not the second
-    first_pair_end = len(tokenize(tokenizer, parse_entry({**VIDEO, "conversations": VIDEO["conversations"][:2]}, "<video>"),
+    first_pair_end = len(tokenize(tokenizer,
+                                  parse_entry({**VIDEO, "conversations": VIDEO["conversations"][:2]}, "<video>"),
                                   "chat", "<video>", 10_000, 32)[0])
     max_length = first_pair_end + 5 + 31
     ids, labels, truncated = tokenize(tokenizer, conv, "chat", "<video>", max_length, 32)
@@ -92,7 +93,8 @@ def test_truncation_drops_whole_trailing_pairs_and_respects_the_visual_budget(to
 
 
 def test_text_only_gets_the_whole_length(tokenizer):
-    entry = {"id": 2, "conversations": [{"from": "human", "value": "Count to three."}, {"from": "gpt", "value": "one two three"}]}
+    entry = {"id": 2, "conversations": [{"from": "human", "value": "Count to three."},
+                                        {"from": "gpt", "value": "one two three"}]}
     ids, _, truncated = tokenize(tokenizer, parse_entry(entry, "<video>"), "chat", "<video>", len(
         tokenize(tokenizer, parse_entry(entry, "<video>"), "chat", "<video>", 1000, 32)[0]), 32)
     assert not truncated  # no visual budget reserved without media
@@ -127,7 +129,8 @@ def test_a_lone_surrogate_is_bad_text_before_the_tokenizer_sees_it(tokenizer, tu
     """JSON can hold "\\udcff"; the tokenizer raises a bare TypeError on it (issue 10, point 5)."""
     import json
 
-    entry = json.loads(json.dumps(VIDEO).replace("A red star.", "A red \\udcff star.").replace("At about", "At \\udcff"))
+    entry = json.loads(json.dumps(VIDEO).replace("A red star.", "A red \\udcff star.")
+                       .replace("At about", "At \\udcff"))
     entry["conversations"][turn]["value"] += "\udcff"
     with pytest.raises(TypeError):  # what the tokenizer alone does with it
         tokenizer(entry["conversations"][turn]["value"])

@@ -54,7 +54,8 @@ def test_batch_layout_on_the_synthetic_finetune_set(tiny, synthetic):
         else:
             assert n == 0
         pad = batch["attention_mask"][b] == 0
-        assert (batch["labels"][b][pad] == IGNORE_INDEX).all() and (batch["input_ids"][b][pad] == d.tokenizer.pad_token_id).all()
+        assert ((batch["labels"][b][pad] == IGNORE_INDEX).all()
+                and (batch["input_ids"][b][pad] == d.tokenizer.pad_token_id).all())
         q = batch["question_ids"][b][batch["question_mask"][b].bool()]
         assert d.tokenizer.decode(q) == meta["question"]
         assert "<video>" not in meta["question"] and "<image>" not in meta["question"]
@@ -114,7 +115,8 @@ def test_two_workers_give_the_same_batches(tiny, synthetic):
     ba, bb = list(a.train_dataloader()), list(b.train_dataloader())
     assert [m["id"] for x in ba for m in x["meta"]] == [m["id"] for x in bb for m in x["meta"]]
     assert len({m["id"] for x in ba for m in x["meta"]}) == len(a.train_set)  # one pass sees every entry once
-    assert all(torch.equal(x["frames"], y["frames"]) and torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(ba, bb))
+    assert all(torch.equal(x["frames"], y["frames"]) and torch.equal(x["input_ids"], y["input_ids"])
+               for x, y in zip(ba, bb))
 
 
 # ---------------------------------------------------------------- bad data
@@ -124,12 +126,16 @@ BAD_CASES = {
     "decode_error": lambda root: GOOD(0, "videos/garbage.mp4"),
     "decode_error_truncated": lambda root: GOOD(0, "videos/truncated.mp4"),
     "empty_video": lambda root: GOOD(0, "videos/empty.mp4"),
-    "missing_tag": lambda root: {**GOOD(0), "conversations": [{"from": "human", "value": "What?"}, {"from": "gpt", "value": "x"}]},
-    "extra_tag": lambda root: {**GOOD(0), "conversations": [{"from": "human", "value": "<video>\nWhat?"}, {"from": "gpt", "value": "x"},
-                                                               {"from": "human", "value": "<video> again?"}, {"from": "gpt", "value": "y"}]},
+    "missing_tag": lambda root: {**GOOD(0), "conversations": [{"from": "human", "value": "What?"},
+                                                              {"from": "gpt", "value": "x"}]},
+    "extra_tag": lambda root: {**GOOD(0), "conversations": [{"from": "human", "value": "<video>\nWhat?"},
+                                                            {"from": "gpt", "value": "x"},
+                                                            {"from": "human", "value": "<video> again?"},
+                                                            {"from": "gpt", "value": "y"}]},
     "bad_conversation": lambda root: {**GOOD(0), "conversations": [{"from": "human", "value": "<video>\nWhat?"}]},
     "path_escape": lambda root: GOOD(0, "../outside.mp4"),
-    "too_long": lambda root: {**GOOD(0), "conversations": [{"from": "human", "value": "<video>\n" + "why " * 400}, {"from": "gpt", "value": "x"}]},
+    "too_long": lambda root: {**GOOD(0), "conversations": [{"from": "human", "value": "<video>\n" + "why " * 400},
+                                                           {"from": "gpt", "value": "x"}]},
 }
 
 
@@ -181,14 +187,16 @@ def test_bad_entry_is_a_clear_error_in_strict_mode(tiny, bad_root, case):
 def test_all_bad_data_stops_with_the_count(tiny, bad_root):
     path = write(bad_root, "all_bad.json", [GOOD(i, "videos/missing.mp4") for i in range(5)])
     ds = dm(tiny, str(path)).train_set
-    with pytest.raises(DataError, match=r"too many bad entries: 3 of the 3 read .*\{'missing_file': 3\}.*lit_bvllm scan"):
+    with pytest.raises(DataError,
+                       match=r"too many bad entries: 3 of the 3 read .*\{'missing_file': 3\}.*lit_bvllm scan"):
         ds[0]  # more than --data.max_bad_fraction=0.5 of the 5 entries
 
 
 def test_scan_report_is_a_blocklist(tiny, bad_root, tmp_path):
     from datamodules.scan import scan_dataset, write_report
 
-    entries = [GOOD(0)] + [{**make(bad_root), "id": f"bad_{case}"} for case, make in sorted(BAD_CASES.items())] + [GOOD(1)]
+    entries = ([GOOD(0)] + [{**make(bad_root), "id": f"bad_{case}"} for case, make in sorted(BAD_CASES.items())]
+               + [GOOD(1)])
     path = write(bad_root, "mixed.json", entries)
     ds = dm(tiny, str(path)).train_set
     report = scan_dataset(ds, workers=2)
@@ -220,8 +228,9 @@ def test_training_logs_data_skipped_and_writes_per_reason_counts(tiny, bad_root,
     path = write(bad_root, "train.json", entries)
     data = VideoInstructDataModule(train=str(path), tokenizer=tiny["llm"], vision_tower=tiny["vision"], num_workers=0,
                                    batch_size=3, max_length=128, visual_tokens=16, max_frames=4)
-    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, callbacks=[SkippedSamplesLogger()], logger=L.pytorch.loggers.CSVLogger(tmp_path),
-                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=1)
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, callbacks=[SkippedSamplesLogger()],
+                        logger=L.pytorch.loggers.CSVLogger(tmp_path), enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=1)
     trainer.fit(_Consumer(), datamodule=data)
     assert trainer.callback_metrics["data/skipped"].item() == 3
     report = json.loads((tmp_path / "lightning_logs" / "version_0" / "skipped_samples.json").read_text())
@@ -242,7 +251,8 @@ def test_question_tokenizer_without_chat_template(tiny, synthetic, tmp_path):
     from tokenizers.processors import TemplateProcessing
 
     raw.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(tmp_path / "bert")
+    PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]",
+                            unk_token="[UNK]").save_pretrained(tmp_path / "bert")
     d = dm(tiny, str(synthetic / "finetune.json"), question_tokenizer=str(tmp_path / "bert"), max_question_length=8)
     batch = next(iter(d.train_dataloader()))
     q = batch["question_ids"]
@@ -265,7 +275,8 @@ def test_the_main_process_leaves_its_workers_their_cores(monkeypatch):
     loading.record_thread_choice()  # as lit_bvllm starts: nothing chosen
     monkeypatch.setenv("OMP_NUM_THREADS", "8")  # then Lightning's launcher sets cores // processes: not a choice
     # (cores on the node, cores this process may use, processes on the node, --data.num_workers) -> threads (None: kept)
-    for total, cores, processes, requested, expected in [(2, 2, 1, "auto", 1), (2, 2, 1, 0, None), (64, 64, 1, "auto", 56),
+    for total, cores, processes, requested, expected in [(2, 2, 1, "auto", 1), (2, 2, 1, 0, None),
+                                                         (64, 64, 1, "auto", 56),
                                                          (16, 16, 8, "auto", 1), (96, 12, 8, "auto", 4),
                                                          (8, 8, 1, 2, 6), (8, 8, 1, 9, 1)]:
         monkeypatch.setattr(os, "cpu_count", lambda n=total: n)

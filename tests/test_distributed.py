@@ -56,7 +56,8 @@ def ddp_fit(tiny, synthetic, tmp_path_factory):
     return tmp, ranks
 
 
-FSDP = ["--config", "experiments/strategies/fsdp.yaml", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]
+FSDP = ["--config", "experiments/strategies/fsdp.yaml", "--trainer.accelerator", "cpu",
+        "--trainer.precision", "32-true"]
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +116,14 @@ def test_two_process_test_scores_what_one_process_scores(ddp_fit, tiny, syntheti
     for devices in ("1", "2"):
         launch(["test", *common(tiny), "--config", "experiments/eval/base.yaml", "--config",
                 "experiments/eval/vnbench.yaml", "--data.benchmark.root", str(synthetic / "eval" / "vnbench"),
-                "--data.limit", "8", "--data.mode", "likelihood", "--ckpt_path", str(ckpt), "--trainer.devices", devices,
-                "--trainer.strategy", "ddp" if devices == "2" else "auto",
+                "--data.limit", "8", "--data.mode", "likelihood", "--ckpt_path", str(ckpt),
+                "--trainer.devices", devices, "--trainer.strategy", "ddp" if devices == "2" else "auto",
                 "--trainer.logger.init_args.save_dir", str(tmp), "--trainer.logger.init_args.version", f"d{devices}"],
                tmp)
         run = tmp / "eval_vnbench" / f"d{devices}"
         result = json.loads((run / "vnbench_results.json").read_text())
-        records = {(r := json.loads(line))["id"]: r for line in (run / "vnbench_predictions.jsonl").read_text().splitlines()}
+        records = {(r := json.loads(line))["id"]: r
+                   for line in (run / "vnbench_predictions.jsonl").read_text().splitlines()}
         results[devices] = result, records
     (one, one_records), (two, two_records) = results["1"], results["2"]
     assert (two["evaluated"], two["duplicates"], two["missing"]) == (one["evaluated"], 0, 0) == (8, 0, 0)

@@ -153,7 +153,8 @@ def test_open_ended_benchmarks_have_no_likelihood_mode(tiny, synthetic):
 
 
 def _items(n_opts=4, answers=(0, 1, 2, 3)):
-    return [EvalItem(f"q{i}", "v.mp4", f"question {i}?", [f"option {k}" for k in range(n_opts)], a, category=f"c{i % 2}")
+    return [EvalItem(f"q{i}", "v.mp4", f"question {i}?", [f"option {k}" for k in range(n_opts)], a,
+                     category=f"c{i % 2}")
             for i, a in enumerate(answers)]
 
 
@@ -194,7 +195,8 @@ def test_vnbench_circular_scoring():
 
 def test_videomme_per_duration_and_answered_accuracy():
     durations = ["short", "short", "medium", "long"]
-    items = [EvalItem(f"q{i}", "v.mp4", "q", ["w", "x", "y", "z"], 1, category="t", extra={"duration": d, "domain": "k"})
+    items = [EvalItem(f"q{i}", "v.mp4", "q", ["w", "x", "y", "z"], 1, category="t",
+                      extra={"duration": d, "domain": "k"})
              for i, d in enumerate(durations)]
     outputs = ["B", "A", "B", "I cannot tell from this video at all, sorry about that, truly I am not sure."]
     ev = Evaluator(VideoMME("root"), items)
@@ -265,7 +267,8 @@ def test_hidden_answers_write_submission_files(model, tiny, synthetic, tmp_path)
     egoschema = EgoSchema(str(synthetic / "eval" / "egoschema"), subset=False)
     _, result, records, run = run_test(model, tiny, egoschema, tmp_path)
     rows = (run / "egoschema_submission.csv").read_text().splitlines()
-    assert rows[0] == "q_uid,answer" and len(rows) == 1 + len(records) and result["submission"] == "egoschema_submission.csv"
+    assert rows[0] == "q_uid,answer" and len(rows) == 1 + len(records)
+    assert result["submission"] == "egoschema_submission.csv"
     assert result["scored"] == len(records) - 1  # one question of the fixture has no public answer
     # Perception Test's test split: no answer_id at all -> submission JSON only, no accuracy
     src = json.loads((synthetic / "eval" / "perception_test" / "mc_question_valid.json").read_text())

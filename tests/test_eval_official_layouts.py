@@ -182,7 +182,8 @@ def test_egoschema_full_set_writes_the_csv_even_when_every_answer_is_known(tmp_p
 
 def test_egoschema_video_root(tmp_path):
     write_egoschema(tmp_path / "EgoSchema", {"uid-0": 1})
-    assert EgoSchema(str(tmp_path / "EgoSchema")).read()[0].video == str(tmp_path / "EgoSchema/good_clips_git/uid-0.mp4")
+    assert (EgoSchema(str(tmp_path / "EgoSchema")).read()[0].video
+            == str(tmp_path / "EgoSchema/good_clips_git/uid-0.mp4"))
     touch(tmp_path / "clips" / "uid-0.mp4")
     moved = EgoSchema(str(tmp_path / "EgoSchema"), video_root=str(tmp_path / "clips"))
     assert moved.read()[0].video == str(tmp_path / "clips" / "uid-0.mp4")

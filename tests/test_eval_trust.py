@@ -223,7 +223,8 @@ def test_predict_marks_items_whose_video_is_missing(model, tiny, synthetic, tmp_
     logger = L.pytorch.loggers.CSVLogger(tmp_path, name="run", version="v")
     L.Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, callbacks=[PredictionWriter()]).predict(
         model, datamodule=dm, return_predictions=False)
-    records = [json.loads(line) for line in (tmp_path / "run" / "v" / "predictions.rank0.jsonl").read_text().splitlines()]
+    records = [json.loads(line)
+               for line in (tmp_path / "run" / "v" / "predictions.rank0.jsonl").read_text().splitlines()]
     same_video = [r for r in records if dm.items[[it.id for it in dm.items].index(r["id"])].video == gone]
     assert same_video and all("missing_file" in r["error"] for r in same_video)
     assert all(r["error"] is None for r in records if r not in same_video)
@@ -251,6 +252,7 @@ def test_vnbench_offers_the_official_parse_rule_and_records_it():
     options = ["red square", "blue circle", "green star", "white heart"]
     assert parse_vnbench("(B) A red square", options) == 1
     assert parse_vnbench_official("(B) A red square", options) == 0  # eval.py checks 'A' in the text first
-    assert parse_vnbench_official("Based on the video", options) == 1 and parse_vnbench_official("none", options) is None
+    assert (parse_vnbench_official("Based on the video", options) == 1
+            and parse_vnbench_official("none", options) is None)
     bench = VNBench("root", parse_rule=parse_vnbench_official)
     assert Evaluator(bench, _vn_items()).describe(4)["parse_rule"] == "vnbench_official"

@@ -48,7 +48,8 @@ COMPOSED = [
     ["pretrain.yaml", "finetune.yaml"],
     *[["pretrain.yaml", "finetune.yaml", "eval/base.yaml", f"eval/{p.name}"]
       for p in sorted((EXPERIMENTS / "eval").glob("*.yaml")) if p.name != "base.yaml"],
-    ["pretrain.yaml", "backbones/qwen2_7b_clip336.yaml", "reducers/bvllm.yaml", "reducers/bvllm_no_temporal_merge.yaml"],
+    ["pretrain.yaml", "backbones/qwen2_7b_clip336.yaml", "reducers/bvllm.yaml",
+     "reducers/bvllm_no_temporal_merge.yaml"],
     *[["pretrain.yaml", f"strategies/{p.name}"] for p in sorted((EXPERIMENTS / "strategies").glob("*.yaml"))],
     *[["pretrain.yaml", f"reducers/{p.name}"] for p in REDUCERS if not p.stem.startswith("bvllm_")],
 ]
@@ -77,7 +78,8 @@ def test_finetuning_gives_the_selection_more_frames_than_it_keeps():
     the average clip >= 2 L* frames, and the evaluation configs go back to 1 fps."""
     import re
 
-    pre, ft, base = (yaml.safe_load((EXPERIMENTS / f).read_text()) for f in ("pretrain.yaml", "finetune.yaml", "eval/base.yaml"))
+    pre, ft, base = (yaml.safe_load((EXPERIMENTS / f).read_text())
+                     for f in ("pretrain.yaml", "finetune.yaml", "eval/base.yaml"))
     data = {**pre["data"]["init_args"], **ft["data"]["init_args"]}
     lstar = pre["model"]["reducer"]["init_args"]["num_frames"]
     from lit_bvllm.world.generate import make_synthetic

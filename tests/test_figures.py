@@ -40,8 +40,9 @@ def test_the_figure_outlines_the_kept_frames_and_marks_the_needle(tmp_path):
     fig = selection_figure(frames, times, info, "What appears?", "(B) a red star", needle_times=[[4.5, 5.5]],
                            columns=4)
     strip = fig.axes[:8]
-    outlined = [i for i, ax in enumerate(strip) if any(getattr(p, "get_edgecolor", None) and
-                                                          tuple(p.get_edgecolor()[:3]) == _rgb(KEPT) for p in ax.patches)]
+    outlined = [i for i, ax in enumerate(strip)
+                if any(getattr(p, "get_edgecolor", None) and tuple(p.get_edgecolor()[:3]) == _rgb(KEPT)
+                       for p in ax.patches)]
     assert outlined == [2, 5]
     assert [i for i, ax in enumerate(strip) if " N" in ax.get_title()] == [5]  # the frame at 5 s shows the needle
     assert "w0.60 g2" in strip[5].get_title() and len(fig.axes) == 8 + 2  # strip + one panel per kept frame
@@ -107,7 +108,8 @@ def test_the_show_selection_command_reads_the_run_config(tiny, synthetic, tmp_pa
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
     root = synthetic / "eval" / "vnbench"
     entry = json.loads((root / "VNBench_qa.json").read_text())[0]
-    lightning_cli(["show-selection", "--config", "experiments/pretrain.yaml", *tiny["flags"], "--data.train", str(synthetic / "finetune.json"),
+    lightning_cli(["show-selection", "--config", "experiments/pretrain.yaml", *tiny["flags"],
+                   "--data.train", str(synthetic / "finetune.json"),
                    "--video", str(root / entry["video"]), "--question", entry["question"],
                    "--options", json.dumps(entry["options"]), "--out", str(tmp_path / "sel.png")])
     printed = json.loads(capsys.readouterr().out)

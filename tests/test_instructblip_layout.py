@@ -341,7 +341,8 @@ def test_every_backbone_composes_with_the_reducers_through_the_cli(backbone, cap
     own = yaml.safe_load(backbone.read_text())["model"]
     qformer = (own.get("reducer") or {}).get("init_args", {}).get("qformer")
     name = f"backbones/{backbone.name}"
-    compositions = [order for r in QFORMER_REDUCERS for order in ([name, f"reducers/{r[0]}"], [f"reducers/{r[0]}", name])]
+    compositions = [order for r in QFORMER_REDUCERS
+                    for order in ([name, f"reducers/{r[0]}"], [f"reducers/{r[0]}", name])]
     compositions.append(["reducers/bvllm.yaml", "reducers/bvllm_no_temporal_merge.yaml", name])
     for order in compositions:
         model = _print_config(["pretrain.yaml", *order], capsys)["model"]
@@ -371,7 +372,8 @@ def test_a_saved_position_ids_buffer_is_a_leftover_not_a_mismatch(tiny, tmp_path
     shutil.copytree(tiny["qformer"], tmp_path / "qf")
     state = load_file(str(tmp_path / "qf" / "model.safetensors"))
     n = state["qformer.embeddings.position_embeddings.weight"].shape[0]
-    save_file({**state, "qformer.embeddings.position_ids": torch.arange(n)[None]}, str(tmp_path / "qf" / "model.safetensors"))
+    save_file({**state, "qformer.embeddings.position_ids": torch.arange(n)[None]},
+              str(tmp_path / "qf" / "model.safetensors"))
     from lit_bvllm.reducers.qformer import TextQFormer
 
     a = TextQFormer(64, num_queries=8, pretrained=tiny["qformer"])

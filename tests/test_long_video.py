@@ -18,7 +18,8 @@ def test_one_hour_video_evaluates_in_bounded_memory(tiny, tmp_path):
     (root / "videos").mkdir(parents=True)
     record = {"id": "hour", "kind": "video", "duration": 3600, "fps": 2, "num_frames": 7200, "width": 64, "height": 48,
               "background": {"colours": ["navy"], "direction": "solid"}, "distractors": [],
-              "needles": [{"shape": "star", "colour": "red", "start": 1800, "end": 1802, "position": [32, 24], "size": 16}]}
+              "needles": [{"shape": "star", "colour": "red", "start": 1800, "end": 1802, "position": [32, 24],
+                           "size": 16}]}
     write_mp4(record, root / "videos" / "hour.mp4")
     entries = [{"video": "videos/hour.mp4", "question": "Which of these shapes briefly appears in the video?",
                 "options": ["a red star", "a blue ring", "a green cross", "a cyan diamond"], "gt": "a red star",
@@ -44,7 +45,7 @@ def test_one_hour_video_evaluates_in_bounded_memory(tiny, tmp_path):
         print(json.dumps({{"frames": int(sample["frames"].shape[0]), "evaluated": evaluation.results["evaluated"],
                           "errors": evaluation.results["errors"],
                           "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}}))
-    """)
+    """)  # noqa: E501
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     stats = json.loads(out.stdout.strip().splitlines()[-1])

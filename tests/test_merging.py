@@ -1,4 +1,5 @@
-"""Shared pure functions: ToMe bipartite merging (sizes, masks, targets); Gumbel selection and top-k, uniform indices."""
+"""Shared pure functions: ToMe bipartite merging (sizes, masks, targets); Gumbel selection and top-k, uniform
+indices."""
 
 import torch
 import torch.nn.functional as F

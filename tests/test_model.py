@@ -9,6 +9,7 @@ import sys
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from datamodules import VideoInstructDataModule
@@ -24,7 +25,8 @@ REDUCERS = {
     "LLaMAVID": {"budget": 16, "num_queries": 4, **QF},
     "MeanPool": {"num_patches": 16, "budget": 24},
     "TokenLearner": {"num_tokens": 8},
-    "GroupedTTM": {"tokens_per_frame": 16, "num_tokens": 8, "memory_slots": 2, "num_layers": 1, "num_heads": 2, "max_frames": 4},
+    "GroupedTTM": {"tokens_per_frame": 16, "num_tokens": 8, "memory_slots": 2, "num_layers": 1, "num_heads": 2,
+                   "max_frames": 4},
     "WeightedSampler": {"tokens_per_frame": 4, "max_frames": 4},
     "Identity": {"budget": 32, "truncate": True, "num_patches": 16},
 }
@@ -61,7 +63,8 @@ def test_a_resume_in_the_same_directory_keeps_the_first_runs_config(tiny, synthe
     lightning_cli(cli_args(tiny, synthetic, tmp_path, steps=1))
     run = tmp_path / "pretrain" / "tiny"
     with pytest.warns(UserWarning, match="kept as config.1.yaml"):
-        lightning_cli(cli_args(tiny, synthetic, tmp_path, steps=2, extra=["--ckpt_path", str(run / "checkpoints" / "last.ckpt")]))
+        lightning_cli(cli_args(tiny, synthetic, tmp_path, steps=2,
+                               extra=["--ckpt_path", str(run / "checkpoints" / "last.ckpt")]))
     assert "max_steps: 1" in (run / "config.1.yaml").read_text()
     assert "max_steps: 2" in (run / "config.yaml").read_text()
 
@@ -115,8 +118,15 @@ def test_a_runs_saved_config_replays(tiny, synthetic, tmp_path):
     assert "Unable to serialize" not in saved.read_text()
     assert "every_n_train_steps: 500" in saved.read_text()  # the checkpoint interval is part of the config
     assert sum(isinstance(c, ModelCheckpoint) for c in first.trainer.callbacks) == 1
+    from lit_bvllm.cli.commands import SUITE_CALLBACKS
+
+    config = yaml.safe_load(saved.read_text())
+    listed = [c["class_path"] for c in config["trainer"]["callbacks"]]
+    assert set(SUITE_CALLBACKS) <= set(listed)  # every callback of the run is in its config (7 were added in code)
     again = lightning_cli(["fit", "--config", str(saved), "--trainer.logger.init_args.save_dir", str(tmp_path / "b")])
     assert again.trainer.global_step == 1
+    kinds = [type(c).__name__ for c in again.trainer.callbacks]
+    assert len(kinds) == len(set(kinds)) and len(listed) == len(set(listed))  # the replay adds none twice
     assert isinstance(again.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     assert (tmp_path / "b" / "pretrain" / "tiny" / "checkpoints" / "last.ckpt").is_file()
 
@@ -199,7 +209,8 @@ def test_lora_sits_on_the_llm_linear_layers_only(tiny):
 
 
 def data(tiny, synthetic, **kw):
-    d = VideoInstructDataModule(train=str(synthetic / "finetune.json"), tokenizer=tiny["llm"], vision_tower=tiny["vision"],
+    d = VideoInstructDataModule(train=str(synthetic / "finetune.json"), tokenizer=tiny["llm"],
+                                vision_tower=tiny["vision"],
                                 num_workers=0, batch_size=2, visual_tokens=16, max_length=256, frame_mode="uniform",
                                 num_frames=6, **kw)
     d.setup("fit")
@@ -358,17 +369,20 @@ def test_export_reloads_without_lightning_with_identical_logits(tiny, synthetic,
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     if not merge:  # once is enough: a fresh interpreter where importing Lightning fails reloads and runs the export
         torch.save({"batch": {k: v for k, v in batch.items() if torch.is_tensor(v)}, "want": want}, tmp_path / "io.pt")
-        out = subprocess.run([sys.executable, "-c", NO_LIGHTNING.format(export=tmp_path / "export", io=tmp_path / "io.pt")],
+        code = NO_LIGHTNING.format(export=tmp_path / "export", io=tmp_path / "io.pt")
+        out = subprocess.run([sys.executable, "-c", code],
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0 and out.stdout.strip().endswith("same logits, no lightning"), out.stderr[-2000:]
     # the export's model.yaml evaluates through the CLI: same logits, results written
     cli = lightning_cli(["test", "--config", "experiments/eval/base.yaml", "--config", "experiments/eval/vnbench.yaml",
                          "--config", str(tmp_path / "export" / "model.yaml"),
-                         "--data.benchmark.root", str(synthetic / "eval" / "vnbench"), "--data.limit", "2", "--data.num_workers", "0",
+                         "--data.benchmark.root", str(synthetic / "eval" / "vnbench"), "--data.limit", "2",
+                         "--data.num_workers", "0",
                          "--trainer.logger.init_args.save_dir", str(tmp_path),
                          "--trainer.enable_progress_bar", "false"])
     with torch.no_grad():
-        torch.testing.assert_close(cli.model.model.eval()(batch, with_labels=False)[0].logits, want, atol=1e-4, rtol=1e-4)
+        got = cli.model.model.eval()(batch, with_labels=False)[0].logits
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     # --data.limit 2 keeps whole circular groups: the 4 tries of the first question
     assert json.loads((tmp_path / "eval_vnbench" / "version_0" / "vnbench_results.json").read_text())["evaluated"] == 4
 

@@ -314,7 +314,8 @@ def test_a_uniform_checkpoint_is_evaluated_with_the_oracle_pick(tiny, synthetic,
     monkeypatch.chdir(REPO)
     root, _ = needles
     spec = json.dumps({"class_path": "lit_bvllm.reducers.Uniform", "init_args": {"num_frames": 4, "budget": 64}})
-    model = ["--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml", *tiny["flags"], "--model.reducer", spec, "--model.init_from", "null"]
+    model = ["--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml", *tiny["flags"],
+             "--model.reducer", spec, "--model.init_from", "null"]
     quiet = ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
     main(["fit", *model, *quiet, "--data.train", str(synthetic / "finetune.json"), "--data.num_workers", "0",
           "--trainer.max_steps", "1"])

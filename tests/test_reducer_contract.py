@@ -18,7 +18,8 @@ def discovered() -> list[type[Reducer]]:
     for info in pkgutil.iter_modules(reducers.__path__):
         module = importlib.import_module(f"lit_bvllm.reducers.{info.name}")
         for obj in vars(module).values():
-            if inspect.isclass(obj) and issubclass(obj, Reducer) and obj is not Reducer and obj.__module__ == module.__name__:
+            if (inspect.isclass(obj) and issubclass(obj, Reducer) and obj is not Reducer
+                    and obj.__module__ == module.__name__):
                 found[obj.__qualname__] = obj
     return [found[k] for k in sorted(found)]
 

@@ -10,7 +10,8 @@ from reducer_contract import N, check_contract, inputs, run
 from lit_bvllm.reducers.bvllm import BVLLM
 from lit_bvllm.reducers.sampling import keyed_gumbel_noise
 
-SMALL = dict(num_frames=4, num_tokens=4, budget=10, num_queries=6, hidden_size=16, num_layers=2, num_heads=2, vocab_size=50)
+SMALL = dict(num_frames=4, num_tokens=4, budget=10, num_queries=6, hidden_size=16, num_layers=2, num_heads=2,
+             vocab_size=50)
 
 
 def make(**kw) -> BVLLM:
@@ -62,14 +63,16 @@ def test_logits_select_frames_through_the_gumbel_argmax():
 def test_duplicates_merge_and_chains_are_transitive():
     r = make()
     # soft rows: 0 ~ 1 and 1 ~ 2 (cos >= 0.75) but 0 !~ 2; row 3 unrelated
-    c, d = torch.cos(torch.deg2rad(torch.tensor([0.0, 40.0, 80.0]))), torch.sin(torch.deg2rad(torch.tensor([0.0, 40.0, 80.0])))
+    c, d = (torch.cos(torch.deg2rad(torch.tensor([0.0, 40.0, 80.0]))),
+            torch.sin(torch.deg2rad(torch.tensor([0.0, 40.0, 80.0]))))
     s = torch.zeros(1, 4, 6)
     s[0, :3, 0], s[0, :3, 1], s[0, 3, 5] = c, d, 1.0  # rows at 0, 40 and 80 degrees, and an unrelated one
     u = F.normalize(s, dim=-1)
     sim = u @ u.transpose(1, 2)
     assert sim[0, 0, 1] >= 0.75 and sim[0, 1, 2] >= 0.75 and sim[0, 0, 2] < 0.75
     s_sorted, groups, keep = r.order_and_group(s)
-    assert keep[0].tolist() == [True, False, False, True]  # one group {0,1,2} (the released code drops row 2), and row 3
+    # one group {0,1,2} (the released code drops row 2), and row 3
+    assert keep[0].tolist() == [True, False, False, True]
     assert groups[0, 0].tolist() == [1.0, 1.0, 1.0, 0.0] and groups[0, 3].tolist() == [0.0, 0.0, 0.0, 1.0]
 
 
@@ -97,7 +100,8 @@ def test_soft_grouping_follows_eq_2_to_5_not_connected_components(degrees, gamma
     _, g, keep = r.order_and_group(s)
     assert keep[0].tolist() == [True] + [False] * (len(degrees) - 1)  # hard mode: one chain, as before
     # the same groups reach the output: group sizes and tokens of the group means
-    r = make(selection="soft", gamma=gamma, spatial_sampling=False, num_tokens=N, budget=10_000, num_frames=len(degrees))
+    r = make(selection="soft", gamma=gamma, spatial_sampling=False, num_tokens=N, budget=10_000,
+             num_frames=len(degrees))
     r.select = lambda *a, **k: s
     batch = inputs(1, 6)
     out = run(r, batch)
@@ -171,9 +175,11 @@ def test_seeded_evaluation_noise_repeats_and_depends_on_the_seed():
     r.eval_noise = False
     assert not torch.allclose(a.info["selection"], run(r, batch).info["selection"])
     # the noise is standard Gumbel (mean = Euler's constant, variance = π²/6), and a fixed function of its keys
-    z = keyed_gumbel_noise(0, torch.arange(200)[:, None, None], torch.arange(32)[None, :, None], torch.arange(64)[None, None])
+    z = keyed_gumbel_noise(0, torch.arange(200)[:, None, None], torch.arange(32)[None, :, None],
+                           torch.arange(64)[None, None])
     assert abs(z.mean().item() - 0.5772) < 0.01 and abs(z.var().item() - 1.6449) < 0.03
-    assert torch.equal(z[3:5, :8, :10], keyed_gumbel_noise(0, torch.arange(3, 5)[:, None, None], torch.arange(8)[None, :, None],
+    assert torch.equal(z[3:5, :8, :10], keyed_gumbel_noise(0, torch.arange(3, 5)[:, None, None],
+                                                          torch.arange(8)[None, :, None],
                                                           torch.arange(10)[None, None]))
 
 
@@ -205,14 +211,17 @@ def test_hard_default_is_unchanged():
     r = make()
     out = run(r, inputs(2, 12))
     assert out.info["frame_indices"].tolist() == [[1, 6, 9, 11], [1, 2, 8, -1]]
-    assert out.info["group_sizes"].tolist() == [[1, 1, 1, 1], [1, 1, 2, 0]] and out.info["num_tokens"].tolist() == [10, 10]
+    assert (out.info["group_sizes"].tolist() == [[1, 1, 1, 1], [1, 1, 2, 0]]
+            and out.info["num_tokens"].tolist() == [10, 10])
     assert out.tokens.double().abs().sum().item() == pytest.approx(243.70198257573065, rel=1e-6)
-    torch.testing.assert_close(out.tokens[0, 0, :4], torch.tensor([0.1205609143, -0.5238227248, -0.5685214996, -0.2664922476]))
+    torch.testing.assert_close(out.tokens[0, 0, :4],
+                               torch.tensor([0.1205609143, -0.5238227248, -0.5685214996, -0.2664922476]))
     r.train()
     torch.manual_seed(5)
     out = r(**inputs(2, 12, lengths=[12, 7]))  # straight-through rows, noise from the global RNG
     assert out.info["frame_indices"].tolist() == [[0, 1, 6, 9], [0, -1, -1, 5]]
-    assert out.info["group_sizes"].tolist() == [[1, 1, 1, 1], [3, 0, 0, 1]] and out.info["num_tokens"].tolist() == [10, 8]
+    assert (out.info["group_sizes"].tolist() == [[1, 1, 1, 1], [3, 0, 0, 1]]
+            and out.info["num_tokens"].tolist() == [10, 8])
     assert out.tokens.detach().double().abs().sum().item() == pytest.approx(212.10578584956238, rel=1e-6)
 
 
@@ -316,7 +325,8 @@ def test_qformer_from_a_local_instructblip_checkpoint(tmp_path):
     state["query_tokens"] = qf.query_tokens.detach().clone()
     state["language_model.lm_head.weight"] = torch.zeros(2, 2)  # the 7B part is never read
     save_file(state, str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "instructblip", "qformer_config": qf.qformer.config.to_dict()}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "instructblip",
+                                                      "qformer_config": qf.qformer.config.to_dict()}))
     loaded = BVLLM(16, **{**SMALL, "qformer": str(tmp_path)}).eval()
     for part in (loaded.spatial_qformer, loaded.temporal_qformer):
         assert torch.equal(part.query_tokens, qf.query_tokens)

@@ -168,7 +168,8 @@ def test_a_second_test_run_is_refused_before_it_writes_and_overwrite_replaces_it
 
 
 def test_fit_refuses_a_rerun_resumes_in_place_and_overwrite_starts_afresh(tiny, synthetic, tmp_path):
-    base = ["fit", "--config", "experiments/pretrain.yaml", *tiny["flags"], "--data.train", str(synthetic / "pretrain.json"), "--data.num_workers", "0",
+    base = ["fit", "--config", "experiments/pretrain.yaml", *tiny["flags"],
+            "--data.train", str(synthetic / "pretrain.json"), "--data.num_workers", "0",
             "--data.batch_size", "2", "--trainer.logger.init_args.save_dir", str(tmp_path),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     run = tmp_path / "pretrain" / "tiny"

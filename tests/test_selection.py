@@ -50,7 +50,8 @@ def test_aggregate_counts_each_question_once_per_category():
     given = [t + 0.5 for t in range(10)]
     ret = selection_record([3.5], given, [[3, 4]])
     cnt = selection_record([7.5], given, [[3, 4]])
-    records = [{"id": it.id, "index": i, "selection": ret if it.category == "ret" else cnt} for i, it in enumerate(items)]
+    records = [{"id": it.id, "index": i, "selection": ret if it.category == "ret" else cnt}
+               for i, it in enumerate(items)]
     records.append({"id": "no_needles", "index": 0})  # items without needle times carry no selection
     out = aggregate(records, items)
     assert out["questions"] == 2 and out["hit_rate"] == 0.5

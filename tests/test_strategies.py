@@ -127,7 +127,8 @@ def test_fsdp1_yaml_builds_fsdp_with_the_model_layer_policies(two_gpus, tiny, sy
     cli = build(tiny, synthetic, "fsdp1.yaml")
     strategy = cli.trainer.strategy
     assert type(strategy) is FSDPStrategy and strategy.kwargs["use_orig_params"] is True
-    wrap, checkpointing = strategy.kwargs["auto_wrap_policy"], strategy._activation_checkpointing_kwargs["auto_wrap_policy"]
+    wrap, checkpointing = (strategy.kwargs["auto_wrap_policy"],
+                           strategy._activation_checkpointing_kwargs["auto_wrap_policy"])
     assert isinstance(wrap, ModelLayers) and wrap.units == "llm"
     assert isinstance(checkpointing, ModelLayers) and checkpointing.units == "all"
     assert strategy._state_dict_type == "full" and cli.trainer.num_devices == 2

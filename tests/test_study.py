@@ -256,7 +256,8 @@ def test_the_study_sweeps_expand_to_the_expected_points(capsys):
     assert "study: strategies 24 points, controls 9 points, ablation 12 points" in out
     assert not pathlib.Path("/nonexistent").exists()
     for s in (0, 1, 2):
-        assert f"--ckpt_path=/nonexistent/sweeps/needle_strategies/reducer=Uniform_seed={s}/checkpoints/last.ckpt" in out
+        assert (f"--ckpt_path=/nonexistent/sweeps/needle_strategies/reducer=Uniform_seed={s}/checkpoints/last.ckpt"
+                in out)
     assert out.count(" fit --config") == 24 + 12 and out.count("--trainer.max_steps=1000") == 24 + 12
     assert out.count(" test --config") == (24 + 9 + 12) * 3
     for n in (16, 64, 128):
@@ -318,7 +319,8 @@ def test_a_kept_selection_example_is_described_in_the_report(tmp_path):
     (folder / "selection_example.png").write_bytes(b"\x89PNG")
     (folder / "selection_example.json").write_text(json.dumps({
         "point": "reducer=BVLLM_seed=0", "eval": "needle_64s", "question_id": "needle_0001_ret_insert1_0",
-        "question": "Which of these shapes briefly appears in the video?", "gt": "a red star", "needle_times": [[12, 13]]}))
+        "question": "Which of these shapes briefly appears in the video?", "gt": "a red star",
+        "needle_times": [[12, 13]]}))
     study(root=str(tmp_path), quick=True, report_only=True, example=True, resamples=100)
     text = (folder / "study.md").read_text()
     assert ("![selection](selection_example.png) needle_0001_ret_insert1_0: Which of these shapes briefly appears in "

@@ -257,7 +257,8 @@ def test_the_shipped_sweeps_expand_to_commands(path, capsys):
     signature = inspect.signature(reducer)
     for key in [*s.grid, *s.zipped, *s.flags]:
         if key.startswith("model.reducer.init_args."):
-            assert key.rsplit(".", 1)[1] in signature.parameters, f"{path.name}: {key} is no {reducer.__name__} argument"
+            assert key.rsplit(".", 1)[1] in signature.parameters, (
+                f"{path.name}: {key} is no {reducer.__name__} argument")
     if "model.reducer.init_args.selection" in s.flags:
         assert s.flags["model.reducer.init_args.selection"] in str(signature.parameters["selection"].annotation)
     for config in [*s.configs, *(c for cs in s.evals.values() for c in cs)]:
@@ -352,7 +353,8 @@ def test_a_2x2_sweep_end_to_end_with_a_failing_point_and_a_rerun(tiny, synthetic
     assert all("--overwrite=true" in argv for argv in launched)  # each had files of its failed attempt (config.yaml)
     assert json.loads((sweep_dir / "status" / f"{good[1]}.json").read_text())["attempt"] == 2
     assert (sweep_dir / good[1] / "vnbench_results.json").is_file()
-    assert json.loads((sweep_dir / "status" / f"{bad}.json").read_text())["error"]["stderr_tail"] == "ValueError: L* again"
+    assert (json.loads((sweep_dir / "status" / f"{bad}.json").read_text())["error"]["stderr_tail"]
+            == "ValueError: L* again")
     assert len((sweep_dir / "results.csv").read_text().splitlines()) == 3
 
 

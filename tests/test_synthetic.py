@@ -19,7 +19,8 @@ from lit_bvllm.world.scenes import COLOURS, NEEDLE_SHAPES, sample_timeline
 
 SMALL = {"num_videos": 4, "num_eval_videos": 4, "max_duration": 12}
 JSON_FILES = ["metadata.json", "pretrain.json", "finetune.json", "finetune_llamavid.json",
-              "eval/vnbench/VNBench_qa.json", "eval/msvd/test_qa.json", "eval/msvd/test_q.json", "eval/msvd/test_a.json"]
+              "eval/vnbench/VNBench_qa.json", "eval/msvd/test_qa.json", "eval/msvd/test_q.json",
+              "eval/msvd/test_a.json"]
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +226,8 @@ def test_captions_and_qa_follow_the_record():
                           {"shape": "star", "colour": "blue", "start": 7, "end": 8},
                           {"shape": "triangle", "colour": "red", "start": 10, "end": 11}]}
     assert caption(record) == ("A video with a navy background. An orange circle bounces vertically. Briefly shown: "
-                               "a red triangle at about 3 s, then a blue star at about 7 s, then a red triangle at about 10 s.")
+                               "a red triangle at about 3 s, then a blue star at about 7 s, "
+                               "then a red triangle at about 10 s.")
     expected = {"How many times does a shape briefly flash up in the video?": "Three times.",
                 "Which shape appears first?": "A red triangle, at about second 3.",
                 "How does the orange circle move?": "It bounces vertically.",
@@ -315,9 +317,11 @@ def test_eval_videos_have_their_own_durations_and_needle_times(tmp_path):
         elif e["type"] == "bg_every1":  # every frame answers it (tests/test_every_frame_task.py)
             assert e["needle_times"] == [[0, r["duration"]]]
         else:
-            name = e["gt"] if e["type"] == "ret_insert1" else e["question"].split(" does ", 1)[1].removesuffix(" appear?")
+            name = (e["gt"] if e["type"] == "ret_insert1"
+                    else e["question"].split(" does ", 1)[1].removesuffix(" appear?"))
             name = name.split(" ", 1)[1]  # drop the article
-            assert e["needle_times"] == [[n["start"], n["end"]] for n in r["needles"] if f"{n['colour']} {n['shape']}" == name]
+            assert e["needle_times"] == [[n["start"], n["end"]] for n in r["needles"]
+                                         if f"{n['colour']} {n['shape']}" == name]
             assert e["needle_times"] and all(t in events for t in e["needle_times"])
 
 
@@ -350,7 +354,8 @@ def test_finetune_asks_every_form_of_the_needle_set(data):
     for e in files["finetune.json"]:
         questions = [t["value"].removeprefix("<video>\n") for t in e["conversations"][::2]]
         if e.get("video") in records and len(questions) == 4:
-            forms.setdefault(e["video"], []).append(dict(zip(questions, (t["value"] for t in e["conversations"][1::2]))))
+            forms.setdefault(e["video"], []).append(
+                dict(zip(questions, (t["value"] for t in e["conversations"][1::2]))))
     assert set(forms) == set(records) and all(len(v) == 2 for v in forms.values())
     for path, conversations in forms.items():
         record = records[path]
@@ -361,4 +366,5 @@ def test_finetune_asks_every_form_of_the_needle_set(data):
             picked = qa["Which of these shapes briefly appears in the video?"].split(" ", 1)[1]
             assert picked in names
             counting = [q for q in qa if q.startswith("How many times does ")]
-            assert len(counting) == 1 and qa[counting[0]] == str(names.count(counting[0][len("How many times does "):].split(" ", 1)[1][: -len(" appear?")]))
+            assert len(counting) == 1 and qa[counting[0]] == str(
+                names.count(counting[0][len("How many times does "):].split(" ", 1)[1][: -len(" appear?")]))

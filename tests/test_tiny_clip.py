@@ -84,7 +84,8 @@ def test_contrastive_loss_counts_repeated_captions_as_positives():
         row, col = logits[i].log_softmax(0), logits[:, i].log_softmax(0)
         naive += -(pos[i] * row).sum() / pos[i].sum() / 6 - (pos[:, i] * col).sum() / pos[:, i].sum() / 6
     assert contrastive_loss(a, b, torch.tensor(7.0), same).item() == pytest.approx(naive.item(), abs=1e-5)
-    assert contrastive_loss(a, b, torch.tensor(7.0), torch.eye(3, dtype=torch.bool)).item() != pytest.approx(naive.item(), abs=1e-3)
+    assert (contrastive_loss(a, b, torch.tensor(7.0), torch.eye(3, dtype=torch.bool)).item()
+            != pytest.approx(naive.item(), abs=1e-3))
 
 
 def test_pretraining_lowers_the_losses(tmp_path):

@@ -71,7 +71,8 @@ def test_generation_mask_hides_the_answer_from_the_queries_and_is_causal(tokeniz
         z2, hidden2 = model.run(4, visual, vmask, ids, mask, later, amask)
         torch.testing.assert_close(z2, z, atol=1e-5, rtol=0)
         torch.testing.assert_close(hidden2[:, :-1], hidden[:, :-1], atol=1e-5, rtol=0)
-        _, hidden3 = model.run(4, torch.randn_like(visual), vmask, ids, mask, answer, amask)  # the answer reads the queries
+        # the answer reads the queries
+        _, hidden3 = model.run(4, torch.randn_like(visual), vmask, ids, mask, answer, amask)
     assert (hidden3 - hidden).abs().max() > 1e-6  # (bitwise equal for equal inputs)
     m = generation_mask(2, mask, amask, torch.float32)
     assert m.shape == (2, 1, 9, 9) and m[1, 0, 0, 4] < -1e30 and m[0, 0, 5, 6] < -1e30 and m[0, 0, 6, 5] == 0
@@ -85,9 +86,11 @@ def test_the_folder_has_instructblips_layout(folder, tokenizer):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_type"] == "instructblip" and cfg["num_query_tokens"] == 16
     q = cfg["qformer_config"]
-    assert (q["hidden_size"], q["num_hidden_layers"], q["num_attention_heads"], q["encoder_hidden_size"]) == (64, 2, 4, 64)
+    assert ((q["hidden_size"], q["num_hidden_layers"], q["num_attention_heads"], q["encoder_hidden_size"])
+            == (64, 2, 4, 64))
     assert q["vocab_size"] >= len(tokenizer)
-    assert (cfg["vision_config"]["hidden_size"], cfg["vision_config"]["image_size"], cfg["vision_config"]["patch_size"]) == (64, 32, 8)
+    assert ((cfg["vision_config"]["hidden_size"], cfg["vision_config"]["image_size"],
+             cfg["vision_config"]["patch_size"]) == (64, 32, 8))
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
     # the keys are those a real InstructBLIP's save_pretrained writes, its Q-Former part only
@@ -106,7 +109,8 @@ def test_the_folder_has_instructblips_layout(folder, tokenizer):
 def test_the_written_qformer_reloads_with_identical_outputs(tiny, tokenizer, tmp_path):
     torch.manual_seed(0)
     model = QFormerPretraining(TextQFormer(64, 16, 64, 2, 4, 2048), 64, len(tokenizer))
-    records = [dict(_record(i % 2 == 0), background={"colours": ["navy", "gray"][i % 2: i % 2 + 1], "direction": "solid"})
+    records = [dict(_record(i % 2 == 0),
+                    background={"colours": ["navy", "gray"][i % 2: i % 2 + 1], "direction": "solid"})
                for i in range(12)]
     tokens = torch.randn(12, 17, 64)
     pretrain_qformer(model, tokens, build_data(records, tokenizer, 0), 2, ("lm", "itc", "heads"), batch_size=8)
@@ -134,7 +138,8 @@ def test_bvllm_builds_from_the_folder(folder):
         assert torch.equal(qf.query_tokens.data, queries)
         assert torch.equal(qf.qformer.embeddings.word_embeddings.weight, word)
     frames, cls = torch.randn(1, 6, 16, 64), torch.randn(1, 6, 64)
-    out_ = r(frames, cls, torch.ones(1, 6, dtype=torch.bool), torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long))
+    out_ = r(frames, cls, torch.ones(1, 6, dtype=torch.bool), torch.tensor([[5, 6, 7]]),
+             torch.ones(1, 3, dtype=torch.long))
     assert out_.tokens.shape[-1] == 64 and int(out_.token_mask.sum()) <= 16
 
 
@@ -174,7 +179,8 @@ def test_pretraining_learns_and_puts_the_content_in_the_first_queries(tokenizer)
     """Steps on tokens whose background class is written into them: the loss falls, and the background head reads
     the class off the mean output of the first 8 queries alone."""
     g = torch.Generator().manual_seed(0)
-    records = [dict(_record(i % 3 == 0), background={"colours": [["navy", "gray", "olive"][i % 3]], "direction": "solid"})
+    records = [dict(_record(i % 3 == 0),
+                    background={"colours": [["navy", "gray", "olive"][i % 3]], "direction": "solid"})
                for i in range(48)]
     codes = torch.randn(3, 17, 16, generator=g) * 2
     tokens = codes[torch.arange(48) % 3] + 0.1 * torch.randn(48, 17, 16, generator=g)
@@ -182,7 +188,8 @@ def test_pretraining_learns_and_puts_the_content_in_the_first_queries(tokenizer)
     model = QFormerPretraining(TextQFormer(16, 16, 32, 2, 4, 2048), 16, len(tokenizer))
     data = build_data(records, tokenizer, 0)
     log = pretrain_qformer(model, tokens, data, 40, ("heads",), batch_size=16, lr=1e-2, log_every=39)
-    ids, mask, vmask = torch.tensor([[5, 6, 7]] * 48), torch.ones(48, 3, dtype=torch.long), torch.ones(48, 17, dtype=torch.bool)
+    ids, mask, vmask = (torch.tensor([[5, 6, 7]] * 48), torch.ones(48, 3, dtype=torch.long),
+                        torch.ones(48, 17, dtype=torch.bool))
     with torch.no_grad():
         pred = model.heads["background"](model.qformer(8, model.ln_vision(tokens), vmask, ids, mask).mean(1)).argmax(1)
     assert log[-1]["heads"] < 0.1 * log[0]["heads"]

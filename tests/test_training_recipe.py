@@ -61,7 +61,8 @@ def test_frozen_modules_stay_put_through_a_fit_and_are_saved(tiny, synthetic, tm
     from lit_bvllm.cli.commands import lightning_cli
 
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
-    args = ["--config", "experiments/pretrain.yaml", *tiny["flags"], "--data.train", str(synthetic / "pretrain.json"), "--data.num_workers", "0",
+    args = ["--config", "experiments/pretrain.yaml", *tiny["flags"], "--data.train", str(synthetic / "pretrain.json"),
+            "--data.num_workers", "0",
             "--data.batch_size", "2", "--trainer.max_steps", "3", "--trainer.logger.init_args.save_dir", str(tmp_path),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--model.freeze", "[reducer.temporal_qformer,reducer.temporal_proj]"]
@@ -80,4 +81,5 @@ def test_frozen_modules_stay_put_through_a_fit_and_are_saved(tiny, synthetic, tm
     assert any(not torch.equal(p, after[n]) for n, p in before.items() if n.startswith("projector."))
     state = torch.load(tmp_path / "pretrain" / "tiny" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert all(torch.equal(state[f"model.{n}"], before[n]) for n in before if n.startswith(tuple(SELECTION)))
-    assert cli.model.model.reducer.tau == QF.get("tau", 0.1)  # the schedule of pretrain.yaml hands the configured τ back
+    # the schedule of pretrain.yaml hands the configured τ back
+    assert cli.model.model.reducer.tau == QF.get("tau", 0.1)

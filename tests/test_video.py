@@ -194,7 +194,8 @@ def hostile(tmp_path_factory):
 
 def test_the_hostile_container_kills_decord(hostile):
     """The fixture is what the issue describes: decord alone aborts the whole process on it (SIGABRT)."""
-    run = subprocess.run([sys.executable, "-c", "import decord, sys; decord.VideoReader(sys.argv[1], num_threads=1)", hostile],
+    run = subprocess.run([sys.executable, "-c",
+                          "import decord, sys; decord.VideoReader(sys.argv[1], num_threads=1)", hostile],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == -signal.SIGABRT and "bad_alloc" in run.stderr
 

@@ -178,12 +178,10 @@ class BenchmarkCollator:
         cls = OptionsCollator if mode == "likelihood" else VideoInstructCollator
         self.inner = cls(pad_id, image_size, padding_side="left" if mode == "generate" else "right",
                          question_pad_id=question_pad_id)
-        self.mode = mode
 
     def __call__(self, samples: list[dict]) -> dict:
         batch = self.inner(samples)
         batch["index"] = torch.tensor([s["index"] for s in samples])
-        batch["mode"] = self.mode
         if all("frame_evidence" in s for s in samples):  # frames are right-padded: so is their evidence
             evidence = torch.zeros(batch["frame_mask"].shape, dtype=torch.bool)
             for b, s in enumerate(samples):
@@ -267,7 +265,8 @@ class BenchmarkDataModule(L.LightningDataModule):
     def __init__(self, benchmark: Benchmark, tokenizer: str, mode: Literal["generate", "likelihood"] = "generate",
                  vision_tower: str | None = None, transform: Literal["processor", "plain"] = "processor",
                  frame_mode: Literal["fps", "uniform"] = "fps", fps: float = 1.0, num_frames: int = 16,
-                 max_frames: int | None = 128, batch_size: int = 4, num_workers: int | Literal["auto"] = "auto", limit: int | None = None,
+                 max_frames: int | None = 128, batch_size: int = 4, num_workers: int | Literal["auto"] = "auto",
+                 limit: int | None = None,
                  question_tokenizer: str | None = None, max_question_length: int = 64, video_token: str = VIDEO_TOKEN,
                  blind: bool = False, allow_outside_root: bool = False, max_unreadable_fraction: float = 0.02):
         super().__init__()
@@ -305,7 +304,7 @@ class BenchmarkDataModule(L.LightningDataModule):
         qpad = None if qtok is None else qtok.pad_token_id
         self.collator = BenchmarkCollator(self.tokenizer.pad_token_id, transform.image_size, h.mode, qpad)
         self.evaluator = Evaluator(benchmark, self.items, h.mode)
-        if getattr(self, "trainer", None) is not None:  # the trainer starts in this process: its threads leave the workers their cores
+        if getattr(self, "trainer", None) is not None:  # the trainer starts here: its threads leave the workers cores
             share_cores(h.num_workers, self.trainer)
 
     def _report_refusals(self, refused: dict[int, str]) -> None:
@@ -325,7 +324,8 @@ class BenchmarkDataModule(L.LightningDataModule):
         missing = [v for v in videos if not os.path.exists(v)]
         if not missing:
             return
-        report = unreadable_report(self.benchmark, len(videos), missing, "missing", self.hparams.max_unreadable_fraction)
+        report = unreadable_report(self.benchmark, len(videos), missing, "missing",
+                                   self.hparams.max_unreadable_fraction)
         if len(missing) > self.hparams.max_unreadable_fraction * len(videos):
             raise FileNotFoundError(report)
         log.warning("%s. Their items count as wrong (error_ids in the results)", report.split(". Set")[0])

@@ -2,8 +2,9 @@
 
 They complement the LLM judge (:mod:`datamodules.benchmarks.judge`) and never replace it in a results table: the
 published numbers of these benchmarks are judge numbers (Video-ChatGPT's
-``quantitative_evaluation/evaluate_activitynet_qa.py``, as VideoLLaMA2 and B-VLLM report them). All three compare :func:`normalize`-d text. An empty reference is matched only by an empty
-prediction (the SQuAD convention), so a hidden answer never scores as correct.
+``quantitative_evaluation/evaluate_activitynet_qa.py``, as VideoLLaMA2 and B-VLLM report them). All three compare
+:func:`normalize`-d text. An empty reference is matched only by an empty prediction (the SQuAD convention), so a
+hidden answer never scores as correct.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Each benchmark's own template (the user-turn text after the ``<video>\\n`` placeholder) is the ``template`` method
 of its module (``mvbench.py``, ``videomme.py``, ...); the chat template (system prompt, role headers, generation
 prompt) is applied by the data module. The templates follow the reference inference scripts of VideoLLaMA2 /
-B-VLLM (``videollama2/eval/inference_video_*.py``, ``bvlm/eval/inference_video_*.py``), down to their spacing and missing
-full stops, so that numbers stay comparable with the papers. Only NExT-QA, which those codebases do not evaluate,
-follows lmms-eval.
+B-VLLM (``videollama2/eval/inference_video_*.py``, ``bvlm/eval/inference_video_*.py``), down to their spacing and
+missing full stops, so that numbers stay comparable with the papers. Only NExT-QA, which those codebases do not
+evaluate, follows lmms-eval.
 
 Results should record :data:`PROMPT_VERSION` and each benchmark's ``describe_prompt()``, since the prompt alone
 moves multiple-choice accuracy by points between papers.

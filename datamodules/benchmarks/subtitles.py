@@ -32,7 +32,8 @@ class Cue:
 
 def _seconds(hours: str, minutes: str, seconds: str, fraction: str | None) -> float:
     """``("0", "01", "02", "5")`` -> 62.5: the fraction is a decimal fraction (",5" is half a second)."""
-    return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + (int(fraction.ljust(3, "0")) / 1000 if fraction else 0.0)
+    return (int(hours) * 3600 + int(minutes) * 60 + int(seconds)
+            + (int(fraction.ljust(3, "0")) / 1000 if fraction else 0.0))
 
 
 def _clean(line: str) -> str:

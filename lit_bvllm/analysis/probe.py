@@ -116,7 +116,8 @@ def probe_row(train_x: Tensor, train_y: dict, test_x: Tensor, test_y: dict, back
     row = {}
     if background:
         w, b = fit_probe(xtr, torch.from_numpy(train_y["background"]), len(BACKGROUNDS))
-        row["background_accuracy"] = float(((xte @ w + b).argmax(1) == torch.from_numpy(test_y["background"])).float().mean())
+        row["background_accuracy"] = float(
+            ((xte @ w + b).argmax(1) == torch.from_numpy(test_y["background"])).float().mean())
     ytr, yte = torch.from_numpy(train_y["needle"]), torch.from_numpy(test_y["needle"])
     w, b = fit_probe(xtr, ytr, 2)
     pred = (xte @ w + b).argmax(1)
@@ -165,7 +166,8 @@ def probe_tower(vision_tower: str, data: str, out: str | None = None, feature_la
     root = Path(data)
     meta_path = root / "metadata.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"--data '{root}' has no metadata.json; point it at a `lit_bvllm make-synthetic --out DIR` folder")
+        raise FileNotFoundError(f"--data '{root}' has no metadata.json; "
+                                "point it at a `lit_bvllm make-synthetic --out DIR` folder")
     videos = json.loads(meta_path.read_text())["videos"]
     train = [r for r in videos if r["split"] == "train"][:max_videos]
     test = [r for r in videos if r["split"] == "eval"][:max_videos]

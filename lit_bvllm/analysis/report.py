@@ -1,4 +1,5 @@
-"""Print evaluation results side by side: ``python -m lit_bvllm.analysis.report NAME=results.json [NAME=results.json ...]``."""
+"""Print evaluation results side by side:
+``python -m lit_bvllm.analysis.report NAME=results.json [NAME=results.json ...]``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 # rows of the table, in order: per-category scores first, then the headline numbers, then the counts
 SCORES = ("circular_per_category", "per_category", "per_duration", "circular_accuracy", "accuracy",
-          "accuracy_answered", "mean_over_tasks", "exact_match", "token_f1", "contains", "judge_accuracy", "judge_score")
+          "accuracy_answered", "mean_over_tasks", "exact_match", "token_f1", "contains", "judge_accuracy",
+          "judge_score")
 COUNTS = ("items", "unparsed", "errors", "unreadable_videos", "incomplete_groups")
 
 

@@ -177,7 +177,8 @@ def show_selection(model, video: str, question: str, out: str | Path, options: l
             return self.template(item.question, item.options)
 
     item = EvalItem(id="question", video=str(Path(video).resolve()), question=question, options=list(options or []),
-                    answer=-1, extra={"needle_times": needle_times} if needle_times else {})  # evidence: the oracle pick
+                    answer=-1,
+                    extra={"needle_times": needle_times} if needle_times else {})  # evidence: the oracle pick
     frame_transform = FrameTransform(transform, vision_tower or model.config["vision_tower"], normalize=False)
     qtok = load_tokenizer(question_tokenizer, None) if question_tokenizer else None
     data = BenchmarkDataset([item], OneQuestion(str(Path(video).resolve().parent)), model.tokenizer, frame_transform,

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -101,7 +100,7 @@ LINKED = {target: f"--{source}" for source, target in LINKS.items()}  # a flag t
 OPTIMISATION = ("lr", "lr_llm", "weight_decay", "warmup_ratio", "schedule")  # restored with the optimizer on resume
 STRUCTURE = ("reducer", "feature_layer", "video_token", "lora_r", "lora_alpha")  # a checkpoint must agree on these
 CONFIG_COMMANDS = ("export", "scan", "preview", "show-selection")  # read the run config training reads; methods below
-REPORTING = ("probe-tower", "sweep", "study")  # commands that print their own report (a table) instead of their return value
+REPORTING = ("probe-tower", "sweep", "study")  # commands that print their own report (a table), not their return value
 SETUP = {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "probe-tower": probe_tower,
          "sweep": sweep, "study": study, "consolidate": consolidate}  # no run config
 
@@ -232,10 +231,46 @@ def link_question_tokenizer(cfg) -> None:
                              f"{other[:3]}): {fix}")
 
 
-def default_checkpoint() -> ModelCheckpoint:
-    """The suite's checkpointing when a config declares none: every 500 steps, and last.ckpt for ``--ckpt_path last``."""
-    return ModelCheckpoint(filename="step{step}", save_last=True, save_top_k=-1, every_n_train_steps=500,
-                           auto_insert_metric_name=False)
+SUITE_CALLBACKS = [f"{cls.__module__}.{cls.__qualname__}" for cls in (
+    SkippedSamplesLogger, RunSummary, RNGState, BenchmarkEvaluation, PredictionWriter, SelectionFigures)] + [
+    "lightning.pytorch.callbacks.LearningRateMonitor"]
+"""The suite's own machinery, in every run: skipped-sample counts, the run summary, the RNG streams in the
+checkpoint, benchmark scoring, prediction files, what the reducer selected, the learning rate in the logs."""
+CHECKPOINT = {"filename": "step{step}", "save_last": True, "save_top_k": -1, "every_n_train_steps": 500,
+              "auto_insert_metric_name": False}
+"""A config without a ModelCheckpoint gets this one (every 500 steps, and last.ckpt for ``--ckpt_path last``)."""
+
+
+def add_suite_callbacks(trainer) -> None:
+    """Write the suite's callbacks (:data:`SUITE_CALLBACKS`, and :data:`CHECKPOINT` where checkpointing is on and the
+    config names no ModelCheckpoint) into the config's ``trainer.callbacks``, before the trainer is built: the
+    run's ``config.yaml`` shows every callback of the run, and replaying it adds none twice."""
+    from jsonargparse import Namespace
+
+    callbacks = trainer.get("callbacks")
+    callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+    named = [_resolve(_class_path(c)) for c in callbacks]
+
+    def given(path: str) -> bool:  # the config has it, or a subclass of it
+        cls = _resolve(path)
+        return any(isinstance(n, type) and issubclass(n, cls) for n in named)
+
+    checkpointing = trainer.get("enable_checkpointing", True) is not False
+    if checkpointing and not given("lightning.pytorch.callbacks.ModelCheckpoint"):
+        callbacks.append(Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint",
+                                   init_args=Namespace(**CHECKPOINT)))
+    for path in SUITE_CALLBACKS:
+        if not given(path):
+            init = Namespace(logging_interval="step") if path.endswith("LearningRateMonitor") else Namespace()
+            callbacks.append(Namespace(class_path=path, init_args=init))
+    trainer.callbacks = callbacks
+
+
+def _class_path(spec) -> str | None:
+    """The class path of a callback as the config holds it (a ``class_path`` entry, or an instance)."""
+    if hasattr(spec, "get") and spec.get("class_path"):
+        return spec.get("class_path")
+    return f"{type(spec).__module__}.{type(spec).__qualname__}"
 
 
 class VideoCLI(LightningCLI):
@@ -343,6 +378,7 @@ class VideoCLI(LightningCLI):
             cfg.trainer.precision = "bf16-mixed" if bf16 else "32-true"
         link_visual_tokens(cfg)
         link_question_tokenizer(cfg)
+        add_suite_callbacks(cfg.trainer)
 
     def instantiate_classes(self) -> None:
         if self.subcommand in SETUP:
@@ -352,26 +388,14 @@ class VideoCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         """Checkpoints are written atomically (:class:`AtomicCheckpointIO`) unless the config names its own
-        checkpoint IO, and the suite's callbacks join the config's. Added here, not as parser or trainer
-        defaults: an instance there is written into the run's ``config.yaml`` as "Unable to serialize instance",
-        and the snapshot no longer replays."""
+        checkpoint IO. Added here, not as a parser or trainer default: an instance there is written into the run's
+        ``config.yaml`` as "Unable to serialize instance", and the snapshot no longer replays."""
         trainer = self._get(self.config_init, "trainer", default={})
         plugins = trainer.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
-        # the checkpoint interval lives in the config (experiments/pretrain.yaml); a config without a
-        # ModelCheckpoint still gets the suite's (every 500 steps, last.ckpt for --ckpt_path last)
-        callbacks = trainer.get("callbacks")
-        callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-        if trainer.get("enable_checkpointing", True) is not False and not any(
-                isinstance(c, ModelCheckpoint) for c in callbacks):
-            callbacks.append(default_checkpoint())
-        # the suite's own machinery, in every run: skipped-sample counts, the run summary, the RNG streams in the
-        # checkpoint, benchmark scoring, prediction files, the learning rate in the logs
-        callbacks += [SkippedSamplesLogger(), RunSummary(), RNGState(), BenchmarkEvaluation(), PredictionWriter(),
-                      SelectionFigures(), LearningRateMonitor(logging_interval="step")]
-        return super().instantiate_trainer(**{"plugins": plugins, "callbacks": callbacks, **kwargs})
+        return super().instantiate_trainer(**{"plugins": plugins, **kwargs})
 
     def _run_subcommand(self, subcommand: str) -> None:
         if subcommand in SETUP:
@@ -456,7 +480,8 @@ class VideoCLI(LightningCLI):
         from lit_bvllm.analysis.selection import show_selection
 
         if not self._load_trained(model, ckpt_path) and model.hparams.get("weights") is None:
-            print("warning: no --ckpt_path or --model.weights: drawing an untrained reducer's selection", file=sys.stderr)
+            print("warning: no --ckpt_path or --model.weights: drawing an untrained reducer's selection",
+                  file=sys.stderr)
         h = datamodule.hparams
         result = show_selection(model.model, video, question, out, options, model.hparams.vision_tower,
                                 h.get("transform", "processor"), fps, max_frames, h.get("question_tokenizer"),

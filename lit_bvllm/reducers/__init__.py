@@ -11,4 +11,5 @@ from lit_bvllm.reducers.ttm import GroupedTTM
 from lit_bvllm.reducers.uniform import Uniform
 from lit_bvllm.reducers.weighted_sampler import WeightedSampler
 
-__all__ = ["BVLLM", "GroupedTTM", "Identity", "LLaMAVID", "MeanPool", "Reducer", "ReducerOutput", "TokenLearner", "Uniform", "WeightedSampler"]
+__all__ = ["BVLLM", "GroupedTTM", "Identity", "LLaMAVID", "MeanPool", "Reducer", "ReducerOutput", "TokenLearner",
+           "Uniform", "WeightedSampler"]

@@ -93,8 +93,8 @@ class BVLLM(Reducer):
 
     @classmethod
     def example(cls, in_dim: int, num_patches: int) -> BVLLM:
-        return cls(in_dim, num_frames=4, num_tokens=4, budget=10, num_queries=6, hidden_size=16, num_layers=2, num_heads=2,
-                   vocab_size=50)
+        return cls(in_dim, num_frames=4, num_tokens=4, budget=10, num_queries=6, hidden_size=16, num_layers=2,
+                   num_heads=2, vocab_size=50)
 
     def __init__(
         self,
@@ -129,8 +129,8 @@ class BVLLM(Reducer):
             bad.append(f"num_tokens={num_tokens} (R) exceeds num_queries={num_queries}: spatial sampling has one query "
                        "per token")
         if not spatial_merge and num_tokens > budget:
-            bad.append(f"num_tokens={num_tokens} (R) exceeds budget={budget} (θ) with spatial_merge=false: not one frame "
-                       "would fit, and the LLM would get no visual token")
+            bad.append(f"num_tokens={num_tokens} (R) exceeds budget={budget} (θ) with spatial_merge=false: "
+                       "not one frame would fit, and the LLM would get no visual token")
         if tau <= 0 or not 0 < gamma <= 1:
             bad.append(f"tau={tau} must be > 0 and gamma={gamma} in (0, 1]")
         if selection not in ("hard", "soft"):
@@ -181,7 +181,8 @@ class BVLLM(Reducer):
         if self.eval_noise and not self.training:  # keyed by (real frames, query, frame): batch and padding free
             dev = logits.device
             noise = keyed_gumbel_noise(self.noise_seed, frame_mask.sum(1)[:, None, None],
-                                       torch.arange(logits.shape[1], device=dev)[None, :, None], torch.arange(T, device=dev)[None, None])
+                                       torch.arange(logits.shape[1], device=dev)[None, :, None],
+                                       torch.arange(T, device=dev)[None, None])
         any_frame = frame_mask.any(1)
         safe_mask = frame_mask | ~any_frame[:, None]  # a sample without frames selects nothing (zeroed below)
         s = gumbel_select(logits, safe_mask, self.tau, self.training, hard=self.selection == "hard",
@@ -229,7 +230,8 @@ class BVLLM(Reducer):
             picked = torch.einsum("blt,btnd->blnd", s.to(frames.dtype), frames)  # V* = S V (Eq. 1)
         else:  # one-hot rows: gather instead of a (L*, T) x (T, N*D) product
             idx = s.argmax(-1)  # (B, L*)
-            picked = torch.gather(frames, 1, idx[..., None, None].expand(B, L, N, D)) * s.amax(-1)[..., None, None].to(frames.dtype)
+            picked = (torch.gather(frames, 1, idx[..., None, None].expand(B, L, N, D))
+                      * s.amax(-1)[..., None, None].to(frames.dtype))
         counts = groups.sum(-1, keepdim=True).clamp_min(1)  # (B, L, 1) group sizes
         merged = torch.einsum("bgi,bind->bgnd", (groups / counts).to(frames.dtype), picked)  # Eq. 4: group means
 
@@ -239,7 +241,8 @@ class BVLLM(Reducer):
         R = self.num_tokens
         attention = None
         if self.spatial_sampling:
-            tokens = self.spatial_qformer(R, self.ln_vision(kept), torch.ones(kept.shape[:2], dtype=torch.bool, device=kept.device),
+            tokens = self.spatial_qformer(R, self.ln_vision(kept),
+                                          torch.ones(kept.shape[:2], dtype=torch.bool, device=kept.device),
                                           text_ids[rows[0]], text_mask[rows[0]], return_attention=self.record_attention)
             if self.record_attention:
                 tokens, maps = tokens
@@ -255,7 +258,8 @@ class BVLLM(Reducer):
             target = (base[:, None] + (rank < extra[:, None]).long()).clamp_min(1)  # (B, L)
             x, size, tmask = merge_to_target(tokens, target[rows])
         else:
-            x, size, tmask = tokens, torch.ones(*tokens.shape[:2], 1, device=tokens.device), torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+            x, size, tmask = (tokens, torch.ones(*tokens.shape[:2], 1, device=tokens.device),
+                              torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
         frame_tokens = x.new_zeros(B, L, x.shape[1], H + 1)  # tokens and their sizes, (B, L, n, H+1)
         frame_valid = torch.zeros(B, L, x.shape[1], dtype=torch.bool, device=x.device)
         frame_tokens[rows], frame_valid[rows] = torch.cat([x, size.to(x.dtype)], -1), tmask

@@ -67,7 +67,8 @@ class LLaMAVID(Reducer):
         self.in_dim = self.out_dim = in_dim
         self.budget, self.num_queries = budget, num_queries
         self.ln_vision = vision_layernorm(in_dim, qformer)  # LAVIS's ln_vision
-        self.qformer = TextQFormer(in_dim, num_queries, hidden_size, num_layers, num_heads, vocab_size, pretrained=qformer)
+        self.qformer = TextQFormer(in_dim, num_queries, hidden_size, num_layers, num_heads, vocab_size,
+                                   pretrained=qformer)
         self.query_proj = nn.Linear(self.qformer.hidden_size, in_dim)  # vlm_att_projector
         self.key_proj = nn.Linear(in_dim, in_dim)  # vlm_att_key_projector
         self.context_proj = nn.Linear(in_dim, in_dim)  # vlm_att_val_projector, kept at width D

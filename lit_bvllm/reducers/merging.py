@@ -13,7 +13,8 @@ from torch import Tensor
 from lit_bvllm.reducers.sampling import pack
 
 
-def bipartite_merge_rows(x: Tensor, r: Tensor, size: Tensor | None = None, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def bipartite_merge_rows(x: Tensor, r: Tensor, size: Tensor | None = None,
+                         mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """ToMe bipartite soft matching with a per-row merge count and padding.
 
     Args:
@@ -40,7 +41,8 @@ def bipartite_merge_rows(x: Tensor, r: Tensor, size: Tensor | None = None, mask:
         node_max, node_idx = scores.max(-1)  # best B partner of every A token
         node_max = node_max.masked_fill(~ma, float("-inf"))
         order = torch.argsort(node_max, dim=1, descending=True, stable=True)
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=x.device).expand_as(order))
+        rank = torch.empty_like(order).scatter_(1, order,
+                                                torch.arange(order.shape[1], device=x.device).expand_as(order))
         r = torch.minimum(r.to(x.device), mask.sum(1) // 2)
         src = rank < r[:, None]  # (B, Na): A tokens merged into their partner
     sa, sb = size[:, ::2], size[:, 1::2]
@@ -72,7 +74,8 @@ def bipartite_merge(x: Tensor, r: int, size: Tensor | None = None) -> tuple[Tens
     return merged, size
 
 
-def merge_to_target(x: Tensor, target: Tensor, size: Tensor | None = None, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def merge_to_target(x: Tensor, target: Tensor, size: Tensor | None = None,
+                    mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Progressive bipartite merging of each row down to exactly ``target`` tokens (B-VLLM §3.4).
 
     While a row holds more than its target it is halved with :func:`bipartite_merge_rows` (sizes carried across

@@ -135,7 +135,8 @@ class TextQFormer(nn.Module):
         queries_out = out.last_hidden_state[:, :num_queries]  # (R, num_queries + S, H) -> the query positions
         if not return_attention:
             return queries_out
-        return queries_out, out.cross_attentions[-1][:, :, :num_queries].float().mean(1)  # (R, heads, Q, L) -> (R, Q, L)
+        # (R, heads, Q, L) -> (R, Q, L)
+        return queries_out, out.cross_attentions[-1][:, :, :num_queries].float().mean(1)
 
     def _load(self, path: str, num_queries: int) -> None:
         """The folder's ``qformer.*`` into the Q-Former (every tensor, shapes checked) and its first ``num_queries``

@@ -1,5 +1,6 @@
 """Choosing and packing frames and tokens: Gumbel-softmax selection (B-VLLM §3.2, Eq. 1; Jang et al., ICLR 2017)
-with optional seeded evaluation noise, uniform segment-midpoint frame indices (VideoLLaMA2's uniform sampling), and packing the kept items to the front.
+with optional seeded evaluation noise, uniform segment-midpoint frame indices (VideoLLaMA2's uniform sampling), and
+packing the kept items to the front.
 
 Nothing here has parameters. Index choices are made under ``no_grad`` unless a straight-through estimator carries
 the gradient (``gumbel_select``).

@@ -134,7 +134,8 @@ class GroupedTTM(Reducer):
     ) -> None:
         super().__init__()
         if final_pool not in ("tokenlearner", "mean"):
-            raise ValueError(f"GroupedTTM: final_pool is 'tokenlearner' or 'mean', not {final_pool!r}; set `final_pool`")
+            raise ValueError(f"GroupedTTM: final_pool is 'tokenlearner' or 'mean', not {final_pool!r}; "
+                             "set `final_pool`")
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"GroupedTTM: max_frames must be >= 1 or None, got {max_frames}; set `max_frames`")
         self.in_dim = in_dim

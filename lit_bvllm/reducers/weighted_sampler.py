@@ -51,7 +51,8 @@ class WeightedSampler(Reducer):
         max_frames: frames sampled uniformly per video; the budget is ``max_frames · tokens_per_frame``.
     """
 
-    inference_args = frozenset({"tokens_per_frame", "weighting", "max_frames"})  # may change on a trained model (Reducer.inference_args)
+    # may change on a trained model (Reducer.inference_args)
+    inference_args = frozenset({"tokens_per_frame", "weighting", "max_frames"})
 
     @classmethod
     def budget_from(cls, init_args) -> int:

@@ -39,7 +39,8 @@ QUICK_STEPS = 500  # the quick variant's training steps: half the full recipe's 
 # ------------------------------------------------------------------ the sweeps
 
 
-def load_sweeps(files: dict[str, str], root: str, quick: bool = False, quick_steps: int | None = None) -> dict[str, Sweep]:
+def load_sweeps(files: dict[str, str], root: str, quick: bool = False,
+                quick_steps: int | None = None) -> dict[str, Sweep]:
     """The study's sweeps, with ``root`` as their root; ``quick``: one seed, the 64 s set, ``<name>_quick`` folders
     (and ``quick_steps`` training steps when given). A ``ckpt_path`` into another study sweep's folder follows it."""
     full, moved = {}, {}

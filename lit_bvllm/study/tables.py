@@ -72,8 +72,8 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
         for r in records:
             w.writerow([r.role, r.method, r.point, r.seed, r.eval, r.length, "done" if r.metrics else r.status,
                         _num(r.tokens), *(_num(r.metrics.get(m)) for m in point_metrics)])
-    boot_cols = ["eval", "length", "questions", "a", "b", "acc_a", "acc_b", "diff", "low", "high", "level", "groups", "seeds",
-                 "dropped_groups", "resamples", "note"]
+    boot_cols = ["eval", "length", "questions", "a", "b", "acc_a", "acc_b", "diff", "low", "high", "level", "groups",
+                 "seeds", "dropped_groups", "resamples", "note"]
     with open(out / "bvllm_vs_uniform.csv", "w", newline="") as f:
         w = csv.DictWriter(f, boot_cols)
         w.writeheader()
@@ -82,13 +82,16 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
     s = sweeps["strategies"]
     recipe = ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in s.fit_flags.items())
     lines = ["# The needle study", "",
-             f"Every strategy at θ = 96 visual tokens, trained with one fixed recipe ({' + '.join(s.configs)}, {recipe};"
+             f"Every strategy at θ = 96 visual tokens, trained with one fixed recipe "
+             f"({' + '.join(s.configs)}, {recipe};"
              f" seeds {s.seeds}); no strategy was tuned (search budget: none, the same recipe for each). Circular "
-             "accuracy (VNBench's rule, option likelihood; 0.25: always the same option text, the option order being ignored), mean ± std over seeds; `(n/N)`: seeds "
+             "accuracy (VNBench's rule, option likelihood; 0.25: always the same option text, the option order being "
+             "ignored), mean ± std over seeds; `(n/N)`: seeds "
              "finished; tokens: visual tokens handed to the LLM per item in the evaluation, mean over items and seeds "
              "(one per length when they differ).", "",
              "## Answer accuracy", ""]
-    rows = [[m, KINDS[role], tokens(list(by.values())), *(pm(by[e], "circular_accuracy") if e in by else "" for e in evals)]
+    rows = [[m, KINDS[role], tokens(list(by.values())),
+             *(pm(by[e], "circular_accuracy") if e in by else "" for e in evals)]
             for (role, m), by in methods.items() if role in ("strategies", "controls")]
     lines += md_table(["method", "kind", "tokens", *head], rows)
     for k in every:
@@ -115,14 +118,16 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
     rows = [[str(b["length"] or b["eval"]), b["questions"], *(f"{b[k]:.3f}" for k in ("acc_a", "acc_b", "diff")),
              f"[{b['low']:.3f}, {b['high']:.3f}]", str(b["groups"]), str(b["seeds"])] if not b.get("note") else
             [str(b["length"] or b["eval"]), b["questions"], "", "", "", b["note"], "", ""] for b in boot]
-    lines += md_table(["length (s)", "questions", CANDIDATE, REFERENCE, "difference", f"{int(100 * (boot[0].get('level') or 0.95)) if boot else 95}% interval",
+    lines += md_table(["length (s)", "questions", CANDIDATE, REFERENCE, "difference",
+                       f"{int(100 * (boot[0].get('level') or 0.95)) if boot else 95}% interval",
                        "groups", "seeds"], rows)
     lines += ["", "Groups resampled with replacement, the same for both methods and every seed "
               "(`lit_bvllm.sweeps.paired`); the difference is the mean over groups and seeds. Questions: all the "
               "needle types together (the accuracy above), then each type alone.", ""]
     missing = [r for r in records if not r.metrics]
     lines += ["## Not finished", ""]
-    lines += [f"- {r.role} {r.method} seed {r.seed} {r.eval}: {r.status} (point {r.point})" for r in missing] or ["none"]
+    lines += ([f"- {r.role} {r.method} seed {r.seed} {r.eval}: {r.status} (point {r.point})" for r in missing]
+              or ["none"])
     lines += ["", "## Wall time", ""]
     if timing.get("ran_seconds") is not None:
         lines.append(f"- this invocation: {_hms(timing['ran_seconds'])} (running points and per-sweep reports)")

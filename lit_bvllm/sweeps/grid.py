@@ -73,7 +73,8 @@ class Sweep:
                 if k in RESERVED:
                     bad.append(f"{section}.{k}: set by the sweep; use the sweep file's '{RESERVED[k]}'")
         if self.mode == "fit" and not self.evals:
-            bad.append("mode fit: name the evaluations (evals: {name: [config, ...]}) each trained point is tested with")
+            bad.append("mode fit: name the evaluations (evals: {name: [config, ...]}) "
+                       "each trained point is tested with")
         if self.mode == "fit" and self.ckpt_path:
             bad.append("mode fit: ckpt_path is for test mode (a fit point is tested on its own last.ckpt)")
         if self.ckpt_path and SEED in self.ckpt_path and not self.seeds:

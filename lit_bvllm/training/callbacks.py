@@ -58,8 +58,9 @@ class RunSummary(L.Callback):
             "derived/world_size": trainer.world_size,
         })
         if trainer.is_global_zero:
-            print("run summary: " + ", ".join(f"{k.split('/')[1]}={v:,.1f}" if isinstance(v, float) else f"{k.split('/')[1]}={v:,}"
-                                              for k, v in self.stats.items()), flush=True)
+            shown = (f"{k.split('/')[1]}={v:,.1f}" if isinstance(v, float) else f"{k.split('/')[1]}={v:,}"
+                     for k, v in self.stats.items())
+            print("run summary: " + ", ".join(shown), flush=True)
         for logger in trainer.loggers:
             logger.log_hyperparams(self.stats)
         log_dir = trainer.log_dir  # broadcasts from rank 0: every rank must ask, or rank 0 waits for ever
@@ -74,7 +75,8 @@ class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
     def __init__(self):
         super().__init__(write_interval="batch")
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
+                           dataloader_idx) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             for record in prediction:
@@ -105,7 +107,8 @@ class TemperatureSchedule(L.Callback):
 
     def __init__(self, start: float = 1.0, anneal_ratio: float = 0.5):
         if start <= 0 or not 0 < anneal_ratio <= 1:
-            raise ValueError(f"TemperatureSchedule needs start > 0 and 0 < anneal_ratio <= 1, got {start}, {anneal_ratio}")
+            raise ValueError(f"TemperatureSchedule needs start > 0 and 0 < anneal_ratio <= 1, got {start}, "
+                             f"{anneal_ratio}")
         self.start, self.anneal_ratio = start, anneal_ratio
         self.target: float | None = None
 
@@ -115,7 +118,8 @@ class TemperatureSchedule(L.Callback):
         return self.start * (self.target / self.start) ** progress
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.target = getattr(pl_module.model.reducer, "tau", None)  # the configured τ (hparams), not a value left by a run
+        # the configured τ (hparams), not a value left by a run
+        self.target = getattr(pl_module.model.reducer, "tau", None)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.target is None:
@@ -156,10 +160,10 @@ class KeepingConfigSnapshot(SaveConfigCallback):
 
 
 class SelectionFigures(L.Callback):
-    """TensorBoard figures of what the reducer selected (:mod:`lit_bvllm.analysis.selection`): for the first ``num_samples``
-    samples of the first validation batch (every validation run; the question, no answer) and of the first test
-    batch (the question and the model's answer, needle spans marked where the benchmark has them), the sampled
-    frames as a strip with the kept ones outlined (selection weight, merge group) and each kept frame's spatial
+    """TensorBoard figures of what the reducer selected (:mod:`lit_bvllm.analysis.selection`): for the first
+    ``num_samples`` samples of the first validation batch (every validation run; the question, no answer) and of the
+    first test batch (the question and the model's answer, needle spans marked where the benchmark has them), the
+    sampled frames as a strip with the kept ones outlined (selection weight, merge group) and each kept frame's spatial
     attention. Tags ``selection/<stage>/<sample>``, at the global step.
 
     Args:

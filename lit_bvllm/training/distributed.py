@@ -265,7 +265,8 @@ def consolidate(ckpt_path: str, out: str | None = None) -> str:
         raise ValueError(f"--ckpt_path '{path}' is not a sharded checkpoint folder (no .metadata in it): a single-file "
                          "checkpoint needs no consolidation")
     checkpoint = _load_distributed_checkpoint(path)
-    optimizers = sorted((k for k in checkpoint if re.fullmatch(r"optimizer_\d+", k)), key=lambda k: int(k.split("_")[1]))
+    optimizers = sorted((k for k in checkpoint if re.fullmatch(r"optimizer_\d+", k)),
+                        key=lambda k: int(k.split("_")[1]))
     if optimizers:
         checkpoint["optimizer_states"] = [checkpoint.pop(k) for k in optimizers]
     target = Path(out) if out else path.with_name(path.name + ".consolidated")

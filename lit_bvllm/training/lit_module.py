@@ -162,7 +162,8 @@ class VideoLLMModule(L.LightningModule):
         self.log("train/nonfinite_steps", float(self.nonfinite_in_a_row), batch_size=len(ids) or 1)
         if self.nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
             raise RuntimeError(f"{message}; stopping after {self.nonfinite_in_a_row} non-finite losses in a row "
-                               "(--model.max_nonfinite_steps): lower --model.lr / --model.lr_llm, or check these samples")
+                               "(--model.max_nonfinite_steps): lower --model.lr / --model.lr_llm, or check these "
+                               "samples")
         return None
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -170,9 +171,10 @@ class VideoLLMModule(L.LightningModule):
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
-        """The model's answers to a benchmark batch: option scores (``mode="likelihood"``) or generations, with the
-        info; the evaluator (:class:`~lit_bvllm.training.callbacks.BenchmarkEvaluation`) scores them."""
-        if batch["mode"] == "likelihood":
+        """The model's answers to a benchmark batch: option scores when it carries options (``option_ids``: the
+        likelihood mode's collator) or generations, with the info; the evaluator
+        (:class:`~lit_bvllm.training.callbacks.BenchmarkEvaluation`) scores them."""
+        if "option_ids" in batch:
             output, info = self.model.option_scores(batch)
         else:
             output, info = self.model.generate(batch, return_info=True)

@@ -54,13 +54,16 @@ def finetune_entries(videos: list[dict], images: list[dict], rng: np.random.Gene
     entries = []
     for record in videos:
         for _ in range(int(rng.integers(2, 4))):
-            entries.append({"video": record["path"], "conversations": _conversation("<video>", _turns(rng, video_qa(record, rng)))})
+            entries.append({"video": record["path"],
+                            "conversations": _conversation("<video>", _turns(rng, video_qa(record, rng)))})
         for _ in range(needle_set_entries):  # the set's forms, so that a model learns to answer what it is asked
             pairs = needle_set_qa(record, rng)
             entries.append({"video": record["path"],
-                            "conversations": _conversation("<video>", [pairs[int(i)] for i in rng.permutation(len(pairs))])})
+                            "conversations": _conversation("<video>",
+                                                           [pairs[int(i)] for i in rng.permutation(len(pairs))])})
     for record in images:
-        entries.append({"image": record["path"], "conversations": _conversation("<image>", _turns(rng, image_qa(record, rng)))})
+        entries.append({"image": record["path"],
+                        "conversations": _conversation("<image>", _turns(rng, image_qa(record, rng)))})
     for _ in range(max(1, len(entries) // 9)):
         entries.append({"conversations": _conversation("", [text_qa(rng)])})
     order = rng.permutation(len(entries))

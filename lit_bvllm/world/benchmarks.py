@@ -39,7 +39,8 @@ STREAMS = {"mvbench": 0, "videomme": 1, "egoschema": 2, "perception_test": 3, "n
            "activitynet_qa": 6}
 FRAME_FPS = 3  # MVBench's TVQA frame folders
 FRAME_FOLDERS = 2  # episodic-reasoning items: the shortest eval videos, as JPEG folders
-NEXTQA_COLUMNS = ["video", "frame_count", "width", "height", "question", "answer", "qid", "type", "a0", "a1", "a2", "a3", "a4"]
+NEXTQA_COLUMNS = ["video", "frame_count", "width", "height", "question", "answer", "qid", "type",
+                  "a0", "a1", "a2", "a3", "a4"]
 WriteJson = Callable[[Path, object], None]
 
 
@@ -109,7 +110,8 @@ def _mvbench(root: Path, evals: list[dict], rng: np.random.Generator, write_json
         options, k = _choices(rng, article(needle_name(needle)), [article(a) for a in ALL_NEEDLES], 5)
         episodic.append({"video": r["id"], "question": "Which shape is shown in this clip?", "candidates": options,
                          "answer": options[k], "start": needle["start"], "end": needle["end"]})
-    files = {"json/action_sequence.json": sequence, "json/moving_count.json": count, "json/episodic_reasoning.json": episodic}
+    files = {"json/action_sequence.json": sequence, "json/moving_count.json": count,
+             "json/episodic_reasoning.json": episodic}
     for name, entries in files.items():
         write_json(base / name, entries)
     return {f"eval/mvbench/{name}": len(entries) for name, entries in files.items()}
@@ -213,7 +215,8 @@ def _nextqa(root: Path, evals: list[dict], rng: np.random.Generator, write_json:
         first, second = r["needles"][:2]
         asked = [("TN", f"what appears right after the first {needle_name(first)}",
                   _choices(rng, article(needle_name(second)), [article(a) for a in ALL_NEEDLES], 5)),
-                 ("DC", "how many circles and squares move around", _count_question(rng, len(r["distractors"]), 5, True))]
+                 ("DC", "how many circles and squares move around",
+                  _count_question(rng, len(r["distractors"]), 5, True))]
         for qid, (kind, question, (options, k)) in enumerate(asked):
             rows.append({"video": r["id"], "frame_count": r["num_frames"], "width": r["width"], "height": r["height"],
                          "question": question, "answer": k, "qid": qid, "type": kind,
@@ -257,7 +260,8 @@ def _activitynet_qa(root: Path, evals: list[dict], rng: np.random.Generator, wri
         sequence, absent = _names(r)
         shown = rng.random() < 0.5
         name = sequence[int(rng.integers(len(sequence)))] if shown else absent[int(rng.integers(len(absent)))]
-        pairs = msvd_questions(r, rng) + [(f"is there {article(name)} in the video?", "yes" if shown else "no", "yes/no")]
+        pairs = msvd_questions(r, rng) + [(f"is there {article(name)} in the video?", "yes" if shown else "no",
+                                           "yes/no")]
         for k, (question, answer, kind) in enumerate(pairs):
             qid = f"v_{r['id']}_{k}"
             questions.append({"video_name": r["id"], "question": question, "question_id": qid})

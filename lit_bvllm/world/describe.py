@@ -89,7 +89,8 @@ def video_qa(record: dict, rng: np.random.Generator) -> list[tuple[str, str]]:
     pairs.append((f"What color is the {n['shape']} that briefly appears?", f"It is {n['colour']}."))
     count = count_of(record, needle_name(n))
     pairs.append((f"At about what second does the {needle_name(n)} appear?",
-                  f"At about second {n['start']}" + (f", and {NUMBER_WORDS[count]} times in total." if count > 1 else ".")))
+                  f"At about second {n['start']}"
+                  + (f", and {NUMBER_WORDS[count]} times in total." if count > 1 else ".")))
     pairs.append((f"How many times does the {needle_name(n)} appear?", f"{NUMBER_WORDS[count].capitalize()}."))
     pairs += needle_set_qa(record, rng, n)[1:]  # the needle set's own forms (retrieval, counting, ordering)
     if len(distinct) > 1:

@@ -110,7 +110,8 @@ def vnbench_entries(records: list[dict], rng: np.random.Generator,
         stem = record["id"]
         for kind, question, options, gt, spans in questions:
             for k in range(4):
-                entries.append({"video": f"videos/{stem}.mp4", "question": question, "options": options[k:] + options[:k],
+                entries.append({"video": f"videos/{stem}.mp4", "question": question,
+                                "options": options[k:] + options[:k],
                                 "gt": gt, "type": kind, "try": k, "question_id": f"{stem}_{kind}_{k}",
                                 "needle_times": spans, **({"every_frame": True} if kind == EVERY_FRAME else {})})
     return entries
@@ -119,7 +120,8 @@ def vnbench_entries(records: list[dict], rng: np.random.Generator,
 def msvd_questions(record: dict, rng: np.random.Generator) -> list[tuple[str, str, str]]:
     """(question, one-word answer, answer_type) about one eval video, all lower case."""
     bg, needles = record["background"], record["needles"]
-    where = {"solid": "the background", "vertical": "the top of the background", "horizontal": "the left side of the background"}
+    where = {"solid": "the background", "vertical": "the top of the background",
+             "horizontal": "the left side of the background"}
     distinct = distinct_needles(record)
     pick = distinct[int(rng.integers(len(distinct)))]
     return [
@@ -129,7 +131,8 @@ def msvd_questions(record: dict, rng: np.random.Generator) -> list[tuple[str, st
         ("what shape appears first?", needles[0]["shape"], "what"),
         ("what shape appears last?", needles[-1]["shape"], "what"),
         (f"what color is the {pick['shape']} that appears?", pick["colour"], "what"),
-        (f"how many times does the {needle_name(pick)} appear?", NUMBER_WORDS[count_of(record, needle_name(pick))], "how many"),
+        (f"how many times does the {needle_name(pick)} appear?", NUMBER_WORDS[count_of(record, needle_name(pick))],
+         "how many"),
     ]
 
 
@@ -139,7 +142,8 @@ def msvd_files(records: list[dict], rng: np.random.Generator) -> tuple[list[dict
     for record in records:
         for k, (question, answer, kind) in enumerate(msvd_questions(record, rng)):
             qid = f"{record['id']}_{k}"
-            qa.append({"video_id": record["id"], "question": question, "id": len(qa), "answer": answer, "answer_type": kind})
+            qa.append({"video_id": record["id"], "question": question, "id": len(qa), "answer": answer,
+                       "answer_type": kind})
             q.append({"video_name": record["id"], "question": question, "question_id": qid})
             a.append({"answer": answer, "type": kind, "question_id": qid})
     return qa, q, a

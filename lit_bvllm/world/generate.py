@@ -22,7 +22,8 @@ MIN_DURATION = 8  # seconds: room for two needle events of up to 2 s, 1 s apart,
 
 def _duration_checks(low: float, high: float, flag: str) -> list[tuple[bool, str]]:
     return [
-        (low >= MIN_DURATION, f"--{flag}min-duration must be >= {MIN_DURATION} s (two needle events with gaps), got {low}"),
+        (low >= MIN_DURATION,
+         f"--{flag}min-duration must be >= {MIN_DURATION} s (two needle events with gaps), got {low}"),
         (low <= high, f"--{flag}min-duration ({low}) must be <= --{flag}max-duration ({high})"),
         (math.ceil(low) <= math.floor(high),
          f"no whole number of seconds lies in [--{flag}min-duration, --{flag}max-duration] = [{low}, {high}]"),

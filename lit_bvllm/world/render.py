@@ -110,7 +110,8 @@ def write_mp4(record: dict, path: Path) -> None:
     keyint = GOP_SECONDS * fps
     params = f"keyint={keyint}:min-keyint={keyint}:scenecut=0:no-mbtree=1"
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast", "x264-params": params})
+        stream = container.add_stream("libx264", rate=fps,
+                                      options={"crf": "18", "preset": "veryfast", "x264-params": params})
         stream.width, stream.height, stream.pix_fmt = record["width"], record["height"], "yuv420p"
         stream.codec_context.thread_count = 1
         stream.codec_context.gop_size = keyint

@@ -74,7 +74,8 @@ def sample_distractors(rng: np.random.Generator, width: int, height: int) -> lis
             "colour": kinds[k][1],
             "size": size,
             "motion": motion,
-            "position": [round(float(rng.uniform(size, width - size)), 2), round(float(rng.uniform(size, height - size)), 2)],
+            "position": [round(float(rng.uniform(size, width - size)), 2),
+                         round(float(rng.uniform(size, height - size)), 2)],
             "velocity": [round(float(vx), 2), round(float(vy), 2)],
         })
     return out

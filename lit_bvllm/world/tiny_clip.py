@@ -95,7 +95,8 @@ def frame_caption(record: dict) -> str:
         text = f"{article(n['colour'] + ' ' + n['shape'])} at the {place(*n['position'], w, h)}."
     else:
         text = "no shape."
-    things = [f"{article(d['colour'] + ' ' + d['shape'])} at the {place(*d['position'], w, h)}" for d in record["distractors"]]
+    things = [f"{article(d['colour'] + ' ' + d['shape'])} at the {place(*d['position'], w, h)}"
+              for d in record["distractors"]]
     return f"{text} {join(things)}. {background_phrase(record['background'])}."
 
 
@@ -169,7 +170,8 @@ def build_text_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator([" ".join(words)] * 4 + [f"{w}." for w in words], trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} $B {EOS}",
-                                                       special_tokens=[(BOS, tok.token_to_id(BOS)), (EOS, tok.token_to_id(EOS))])
+                                                       special_tokens=[(BOS, tok.token_to_id(BOS)),
+                                                                       (EOS, tok.token_to_id(EOS))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=EOS,
                                    model_max_length=64, padding_side="right")
 
@@ -181,8 +183,8 @@ def build_clip(tokenizer, image_size: int, patch_size: int, width: int, num_laye
                               num_attention_heads=4, image_size=image_size, patch_size=patch_size, projection_dim=width)
     text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=mlp_ratio * width,
                           num_hidden_layers=text_layers, num_attention_heads=4, max_position_embeddings=64,
-                          projection_dim=width, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id)
+                          projection_dim=width, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     return CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=width))
 
 
@@ -213,7 +215,8 @@ def infonce(logits: Tensor, same: Tensor) -> Tensor:
     """Symmetric InfoNCE over image-text ``logits (n, n)``, every pair with the same caption (``same (n, n)``) a
     positive: the target of each row is uniform over its positives."""
     target = same.float() / same.float().sum(1, keepdim=True)
-    return 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean() + torch.sum(-target * logits.log_softmax(0).T, 1).mean())
+    return 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean()
+                  + torch.sum(-target * logits.log_softmax(0).T, 1).mean())
 
 
 def contrastive_loss(image: Tensor, text: Tensor, scale: Tensor, same: Tensor) -> Tensor:

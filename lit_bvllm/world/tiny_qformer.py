@@ -137,7 +137,8 @@ def encode_frames(frames: np.ndarray, vision_dir: str, feature_layer: int = -2, 
 
 
 def _token_table(texts: list[str], tokenizer, prefix: list[int], suffix: list[int]) -> tuple[Tensor, Tensor]:
-    """Right-padded ids ``(n, S)`` and mask of ``prefix + tokens(text) + suffix`` per text (unique texts encoded once)."""
+    """Right-padded ids ``(n, S)`` and mask of ``prefix + tokens(text) + suffix`` per text (unique texts encoded
+    once)."""
     uniq = list(dict.fromkeys(texts))
     enc = tokenizer(uniq, add_special_tokens=True)["input_ids"]
     rows = {t: prefix + ids + suffix for t, ids in zip(uniq, enc)}
@@ -156,7 +157,8 @@ def _special_ids(tokenizer) -> tuple[int, int]:
                   if t is not None and t != tokenizer.unk_token_id), None)
     end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     if start is None or end is None:
-        raise ValueError("the question tokenizer needs a start (BOS, [CLS] or <|im_start|>) and an end token (EOS or [SEP])")
+        raise ValueError("the question tokenizer needs a start (BOS, [CLS] or <|im_start|>) "
+                         "and an end token (EOS or [SEP])")
     return start, end
 
 
@@ -232,9 +234,9 @@ class QFormerPretraining(nn.Module):
         return out[:, :k], (out[:, k + ids.shape[1] :] if answer is not None else None)
 
     def lm_loss(self, hidden: Tensor, answer: Tensor, answer_mask: Tensor) -> Tensor:
-        """Summed next-token cross-entropy of the answer (after its start token), LM head tied to the word embeddings and
-        restricted to the question tokenizer's ``num_tokens`` (the rest of the table is padding); logits are computed
-        at the real answer positions only."""
+        """Summed next-token cross-entropy of the answer (after its start token), LM head tied to the word embeddings
+        and restricted to the question tokenizer's ``num_tokens`` (the rest of the table is padding); logits are
+        computed at the real answer positions only."""
         on = answer_mask[:, 1:].bool()  # (B, S_a - 1): positions that predict a real token
         h = self.lm_transform(hidden[:, :-1][on])  # (n, H)
         logits = h @ self.qformer.qformer.embeddings.word_embeddings.weight[: self.num_tokens].T + self.lm_bias
@@ -357,7 +359,8 @@ def pretrain_qformer(model: QFormerPretraining, tokens: Tensor, data: dict[str, 
         opt.step()
         sched.step()
         if step % log_every == 0 or step == steps - 1:
-            entry = {"step": step, **{o: round(v.item(), 3) for o, v in losses.items()}, "seconds": round(time.time() - t0, 1)}
+            entry = {"step": step, **{o: round(v.item(), 3) for o, v in losses.items()},
+                     "seconds": round(time.time() - t0, 1)}
             log.append(entry)
             print(f"  tiny Q-Former step {step:5d}: " + "  ".join(f"{o} {entry[o]:.3f}" for o in losses)
                   + f"  ({entry['seconds']} s)", flush=True)
@@ -399,7 +402,8 @@ def save_qformer(out: str | Path, model: QFormerPretraining, tokenizer, vision_d
     tower = AutoConfig.from_pretrained(vision_dir, local_files_only=True)
     tower = getattr(tower, "vision_config", tower)
     vision = InstructBlipVisionConfig(hidden_size=tower.hidden_size, intermediate_size=tower.intermediate_size,
-                                      num_hidden_layers=tower.num_hidden_layers, num_attention_heads=tower.num_attention_heads,
+                                      num_hidden_layers=tower.num_hidden_layers,
+                                      num_attention_heads=tower.num_attention_heads,
                                       image_size=tower.image_size, patch_size=tower.patch_size)
     try:  # the question tokenizer's LLM (make-tiny's llm folder holds both)
         text = AutoConfig.from_pretrained(tokenizer_dir, local_files_only=True).to_dict()
