@@ -106,8 +106,8 @@ def leave_cores_to_workers(workers: int, processes_per_node: int = 1) -> None:
 
     torch starts with a thread per core (Lightning's launchers: cores // processes); next to DataLoader workers
     decoding video, those threads and the decoders fight for the same cores, and OpenMP threads that wait on a busy
-    core stall every op. On the demo's 2 cores with one worker, a training step took 1.38x as long with 2 threads as
-    with 1 (benchmarks/RESULTS.md). A thread count the user (or torchrun, which sets 1 for several processes per node)
+    core stall every op (measured on the demo's 2 cores: benchmarks/RESULTS.md, "Where a training step of the demo
+    goes"). A thread count the user (or torchrun, which sets 1 for several processes per node)
     chose with ``OMP_NUM_THREADS`` is left as it is."""
     chosen = os.environ.get(THREADS_CHOSEN)
     if workers <= 0 or (chosen == "1" if chosen is not None else "OMP_NUM_THREADS" in os.environ):

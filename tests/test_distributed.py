@@ -4,49 +4,13 @@
 import functools
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from helpers import ENTRIES, common, fit, launch
 from torch.distributed.checkpoint import FileSystemReader
-
-REPO = Path(__file__).resolve().parents[1]
-LIT_BVLLM = os.path.join(os.path.dirname(sys.executable), "lit_bvllm")
-ENTRIES = 6  # training samples (videos and images): an even count, so the sampler pads none: each seen once per epoch
-
-
-def launch(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "tests"),
-                                                                                os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([LIT_BVLLM, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return out
-
-
-def common(tiny) -> list[str]:
-    return ["--config", "experiments/pretrain.yaml", *tiny["flags"],
-            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0"]
-
-
-def fit(tiny, synthetic, tmp: Path, version: str, strategy: list[str], epochs: int = 2, ckpt: Path | None = None,
-        devices: int = 2):
-    """Pretraining on 2 processes, batch 2 per process (3 samples and 2 optimizer steps per epoch each); the ranks'
-    records (tests/ddp_probe.py). ``strategy`` comes after the common flags, so it may set the accelerator."""
-    entries = json.loads((synthetic / "pretrain.json").read_text())
-    assert len(entries) >= ENTRIES
-    train = synthetic / f"pretrain_first{ENTRIES}.json"  # beside the media it names
-    train.write_text(json.dumps(entries[:ENTRIES]))
-    ranks = tmp / f"ranks_{version}_{epochs}"
-    launch(["fit", *common(tiny), *strategy, "--data.train", str(train), "--data.batch_size", "2",
-            "--trainer.devices", str(devices), "--trainer.max_epochs", str(epochs), "--trainer.max_steps", "-1",
-            "--trainer.logger.init_args.save_dir", str(tmp), "--trainer.logger.init_args.version", version,
-            "--trainer.callbacks+=ddp_probe.RankRecorder", f"--trainer.callbacks.dirpath={ranks}",
-            *(["--ckpt_path", str(ckpt)] if ckpt else [])], tmp)
-    return [json.loads((ranks / f"rank{r}.json").read_text()) for r in range(devices)], ranks / "tensors"
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ on 2. The CPU versions of these checks (DDP and FSDP2 on 2 processes) run in eve
 
 import pytest
 import torch
-from test_distributed import ENTRIES, fit
+from helpers import ENTRIES, fit
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

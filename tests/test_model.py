@@ -10,39 +10,13 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from helpers import REDUCERS, cli_args, data, reducer_classes, small_module
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from datamodules import VideoInstructDataModule
 from lit_bvllm.cli.commands import lightning_cli
 from lit_bvllm.reducers import BVLLM
 from lit_bvllm.training.checkpointing import AtomicCheckpointIO
 from lit_bvllm.training.lit_module import VideoLLMModule
-
-QF = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "vocab_size": 2048}
-REDUCERS = {
-    "BVLLM": {"num_frames": 4, "num_tokens": 4, "budget": 16, "num_queries": 4, **QF},
-    "Uniform": {"num_frames": 1, "budget": 16},
-    "LLaMAVID": {"budget": 16, "num_queries": 4, **QF},
-    "MeanPool": {"num_patches": 16, "budget": 24},
-    "TokenLearner": {"num_tokens": 8},
-    "GroupedTTM": {"tokens_per_frame": 16, "num_tokens": 8, "memory_slots": 2, "num_layers": 1, "num_heads": 2,
-                   "max_frames": 4},
-    "WeightedSampler": {"tokens_per_frame": 4, "max_frames": 4},
-    "Identity": {"budget": 32, "truncate": True, "num_patches": 16},
-}
-
-
-def cli_args(tiny, synthetic, tmp_path, reducer="BVLLM", steps=2, extra=()):
-    args = ["fit", "--config", "experiments/pretrain.yaml",
-            *tiny["flags"],
-            f"--model.reducer=lit_bvllm.reducers.{reducer}",
-            "--data.train", str(synthetic / "finetune.json"), "--data.template", "chat", "--data.num_frames", "6",
-            "--data.num_workers", "0", "--data.batch_size", "2",
-            "--trainer.max_steps", str(steps), "--trainer.logger.init_args.save_dir", str(tmp_path),
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-    for k, v in REDUCERS[reducer].items():
-        args += [f"--model.reducer.{k}", str(v).lower() if isinstance(v, bool) else str(v)]
-    return args + list(extra)
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +105,7 @@ def test_a_runs_saved_config_replays(tiny, synthetic, tmp_path):
     assert (tmp_path / "b" / "pretrain" / "tiny" / "checkpoints" / "last.ckpt").is_file()
 
 
-@pytest.mark.parametrize("reducer", sorted(REDUCERS))
+@pytest.mark.parametrize("reducer", [c.__name__ for c in reducer_classes()])  # every reducer of the package
 def test_two_step_fit_with_each_reducer(reducer, tiny, synthetic, tmp_path):
     cli = lightning_cli(cli_args(tiny, synthetic, tmp_path, reducer))
     assert cli.trainer.global_step == 2
@@ -172,13 +146,6 @@ def test_pretrain_to_finetune_carries_every_visual_tensor(tiny, synthetic, tmp_p
     assert other.model.model is not None
 
 
-def small_module(tiny, lora_r=0, reducer=BVLLM, **kw):
-    """A VideoLLMModule as Lightning builds it (configure_model is called by the trainer)."""
-    torch.manual_seed(0)
-    red = functools.partial(reducer, **REDUCERS[reducer.__name__])
-    return VideoLLMModule(tiny["llm"], tiny["vision"], red, lora_r=lora_r, lora_alpha=16, **kw)
-
-
 def small_model(tiny, lora_r=0, reducer=BVLLM, **kw):
     """The plain VideoLLM of :func:`small_module`."""
     module = small_module(tiny, lora_r, reducer, **kw)
@@ -206,15 +173,6 @@ def test_lora_sits_on_the_llm_linear_layers_only(tiny):
     trainable_llm = [n for n, p in m.llm.named_parameters() if p.requires_grad]
     assert trainable_llm and all("lora_" in n for n in trainable_llm)
     assert not any(p.requires_grad for p in m.vision.parameters())
-
-
-def data(tiny, synthetic, **kw):
-    d = VideoInstructDataModule(train=str(synthetic / "finetune.json"), tokenizer=tiny["llm"],
-                                vision_tower=tiny["vision"],
-                                num_workers=0, batch_size=2, visual_tokens=16, max_length=256, frame_mode="uniform",
-                                num_frames=6, **kw)
-    d.setup("fit")
-    return d
 
 
 class SeenIds(L.Callback):

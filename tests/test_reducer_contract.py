@@ -1,30 +1,13 @@
 """The shared reducer contract (tests/reducer_contract.py) over every reducer of the ``lit_bvllm.reducers`` package: a
 new reducer file is picked up, and checked at the small size its ``example`` gives."""
 
-import importlib
 import inspect
-import pkgutil
 
 import pytest
+from helpers import reducer_classes
 from reducer_contract import D, N, check_contract
 
-from lit_bvllm import reducers
-from lit_bvllm.reducers.base import Reducer
-
-
-def discovered() -> list[type[Reducer]]:
-    """Every Reducer subclass defined in a module of the ``lit_bvllm.reducers`` package: a new file is picked up."""
-    found = {}
-    for info in pkgutil.iter_modules(reducers.__path__):
-        module = importlib.import_module(f"lit_bvllm.reducers.{info.name}")
-        for obj in vars(module).values():
-            if (inspect.isclass(obj) and issubclass(obj, Reducer) and obj is not Reducer
-                    and obj.__module__ == module.__name__):
-                found[obj.__qualname__] = obj
-    return [found[k] for k in sorted(found)]
-
-
-EXPORTED = discovered()
+EXPORTED = reducer_classes()
 
 
 def test_every_strategy_is_found():

@@ -3,7 +3,7 @@
 import lightning as L
 import pytest
 import torch
-from test_model import data, small_module
+from helpers import data, small_module
 
 from lit_bvllm import reducers
 

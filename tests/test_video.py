@@ -58,15 +58,19 @@ def test_one_frame_per_second_of_a_synthetic_video(synthetic):
     np.testing.assert_allclose(times, np.floor((np.arange(rec["duration"]) + 0.5) * rec["fps"]) / rec["fps"])
 
 
-def test_decoded_frames_match_decord_directly(synthetic):
-    import decord
+def test_decoded_frames_are_the_rendered_frames_at_their_times(synthetic):
+    """Each decoded frame is the frame the generator rendered for its time, not a neighbour: against the
+    rendered ground truth (this compared decord with decord before, which could not catch an index off by one)."""
+    from lit_bvllm.world.render import render_frames
 
     rec = _train_videos(synthetic)[1]
-    path = str(synthetic / rec["path"])
-    frames, times, _ = read_video(path, FrameSampling("uniform", num_frames=5))
+    frames, times, _ = read_video(str(synthetic / rec["path"]), FrameSampling("uniform", num_frames=5))
+    rendered = np.stack(list(render_frames(rec))).astype(np.float32)
     idx = np.round(times * rec["fps"]).astype(int)
-    direct = decord.VideoReader(path, num_threads=1).get_batch(idx.tolist()).asnumpy()
-    np.testing.assert_array_equal(frames, direct)
+    for frame, i in zip(frames.astype(np.float32), idx):
+        error = np.abs(rendered - frame).mean(axis=(1, 2, 3))  # against every rendered frame
+        assert error[i] < 4.0, (i, error[i])  # H.264 at CRF 18: a few levels of error
+        assert error[i] == error.min()  # its own frame, and no other, is the closest (distractors move)
 
 
 def test_window_and_uniform_on_a_video(synthetic):

@@ -2,7 +2,8 @@
 
 ``BenchmarkDataModule(benchmark=VNBench(root=...), ...)``: the benchmark (:mod:`datamodules.benchmarks.base`, one
 module each) reads its items and writes its prompts; this module turns them into batches for ``lit_bvllm test``
-and hands the model an :class:`~datamodules.benchmarks.evaluator.Evaluator` (``evaluator``) that scores them:
+and builds the :class:`~datamodules.benchmarks.evaluator.Evaluator` (``evaluator``) that the test callback
+(``lit_bvllm.training.callbacks.BenchmarkEvaluation``) scores the model's answers with:
 
 - ``mode="generate"`` (the papers' protocol): the benchmark's reference prompt in the chat template, ending with
   the assistant header; the model answers greedily and the answer is parsed;
@@ -11,7 +12,7 @@ and hands the model an :class:`~datamodules.benchmarks.evaluator.Evaluator` (``e
 
 A batch holds the frame fields of :class:`~datamodules.video_instruct.VideoInstructCollator` (prompts left-padded
 for batched generation), plus ``index`` (each item's position in the benchmark, for the metric states),
-``mode``, ``frame_evidence (B, T) bool`` when every item of the batch says where its needles are
+``frame_evidence (B, T) bool`` when every item of the batch says where its needles are
 (``extra["needle_times"]``, the synthetic needle sets: True on the sampled frames inside a needle span, False on
 padding; the oracle control reads it, :class:`lit_bvllm.reducers.Uniform`) and, in likelihood mode, the option
 continuations of

@@ -30,8 +30,9 @@ from datamodules.benchmarks.selection import selection_record
 
 
 class Evaluator:
-    """Scores one benchmark's outputs and aggregates them the way the benchmark reports (the model's test loop
-    calls ``new_metric``, ``score`` per batch, then ``aggregate``, ``submission`` and ``describe``).
+    """Scores one benchmark's outputs and aggregates them the way the benchmark reports (the test callback,
+    ``lit_bvllm.training.callbacks.BenchmarkEvaluation``, calls ``new_metric``, ``score`` per batch, then
+    ``aggregate``, ``submission`` and ``describe``).
 
     Args:
         benchmark: the benchmark (its parse rule, scoring and aggregation).

@@ -1,4 +1,4 @@
-"""The ``lit_bvllm`` command: one parser (:func:`lightning_cli`) for every subcommand.
+"""The ``lit_bvllm`` command: one parser (:func:`lit_bvllm.cli.commands.lightning_cli`) for every subcommand.
 
 Subcommands::
 
@@ -6,6 +6,7 @@ Subcommands::
     lit_bvllm export --config CFG --ckpt_path CKPT --out DIR [--merge_lora true]   a folder that loads without Lightning
     lit_bvllm scan --config CFG [--out FILE]      validate a training set before a long run (report = blocklist)
     lit_bvllm preview --config CFG                decode and print one training batch
+    lit_bvllm show-selection --config CFG --ckpt_path CKPT --video V --question Q   what the reducer keeps, drawn
     lit_bvllm make-tiny --out DIR                 tiny local vision tower, LLM and tokenizer
     lit_bvllm make-synthetic --out DIR            synthetic mp4 videos and annotations in the public formats
     lit_bvllm probe-tower --vision_tower DIR --data DIR   linear probes: does the tower's [CLS] see the needle?
@@ -15,7 +16,7 @@ Subcommands::
 
 fit, validate, test and predict write to a run directory, ``runs/<name>/<version>``: a new ``version_N`` unless
 the version is named, and a named one that already holds a run is refused (``--overwrite true`` deletes it first;
-``fit --ckpt_path`` from inside it resumes there): :func:`claim_run_dir`.
+``fit --ckpt_path`` from inside it resumes there): :func:`lit_bvllm.cli.commands.claim_run_dir`.
 
 export, scan and preview read the configs training reads (``--config experiments/pretrain.yaml [--config
 experiments/finetune.yaml]``); ``--data.<arg>`` overrides one value. Flags accept dashes or underscores

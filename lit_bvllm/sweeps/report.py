@@ -1,6 +1,6 @@
 """A sweep's numbers: the finished points' results gathered into a table (mean ± std over seeds), written as
 ``results.csv`` and ``results.md``, and to TensorBoard (``<sweep>/tensorboard``: the HPARAMS tab, and scalars
-against the knob for a one-knob sweep). Figures: :mod:`lit_bvllm.sweeps.figures`.
+against the knob for a one-knob sweep). Figures: :mod:`lit_bvllm.sweeps.curves`.
 
 A VNBench type every frame answers (``every_frame_types`` of its results: the background colour, ``bg_every1``)
 gets its column right after the headlines, and ``results.md`` a line saying that ``circular_accuracy`` leaves it

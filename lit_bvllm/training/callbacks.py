@@ -95,7 +95,7 @@ class TemperatureSchedule(L.Callback):
     B-VLLM samples frames with a hard straight-through Gumbel-softmax at τ = 0.1 (Eq. 1, §3.2). At that temperature
     the noisy softmax is one-hot from the first step, whatever the logits: its Jacobian, and so the gradient that
     reaches the frame-selection Q-Former, is ~0, and the selector stays as initialised (measured on the embedded
-    default: every query picked the same frame, 1.4 frames kept of up to 128). Annealing τ from a warm start is the
+    default: benchmarks/RESULTS.md). Annealing τ from a warm start is the
     Gumbel-softmax's own recipe (Jang et al., ICLR 2017, §3.2 and §4): soft samples explore and carry gradient early,
     and training ends at the paper's τ, the value evaluation uses. τ is a function of the global step, so a resumed
     run anneals exactly as an uninterrupted one.
