@@ -167,8 +167,8 @@ def test_evaluation_under_a_sharding_strategy_is_refused_with_the_way_out(tiny):
     from types import SimpleNamespace
 
     from lit_bvllm.reducers import Uniform
-    from lit_bvllm.training.distributed import ShardedStrategy
     from lit_bvllm.training.lit_module import VideoLLMModule
+    from lit_bvllm.training.strategy import ShardedStrategy
 
     m = VideoLLMModule(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=4, budget=64))
     m._trainer = SimpleNamespace(strategy=ShardedStrategy())

@@ -12,8 +12,9 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import Checkpoi
 from transformers import InstructBlipQFormerModel
 
 from lit_bvllm.reducers import BVLLM, GroupedTTM, Uniform
-from lit_bvllm.training.distributed import ModelLayers, ShardedStrategy, clean_name, layer_classes
 from lit_bvllm.training.lit_module import VideoLLMModule
+from lit_bvllm.training.strategy import ShardedStrategy
+from lit_bvllm.training.wrapping import ModelLayers, clean_name, layer_classes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +99,7 @@ def test_activation_checkpointing_wraps_the_same_layers_and_keeps_the_state_dict
 
 def test_the_trainable_only_filter_sees_through_the_checkpoint_wrapper(tiny):
     """LoRA tensors live inside the wrapped LLM layers: the filter must name them as the state dict does."""
-    from lit_bvllm.training.distributed import checkpoint_layers
+    from lit_bvllm.training.wrapping import checkpoint_layers
 
     m = tiny_module(tiny)
     m.model.add_lora(2, 4, 0.0)

@@ -118,28 +118,44 @@ class BenchmarkDataset(Dataset):
             frames, times, error = self.transform(no_frames()), torch.zeros(0), refused
         else:
             frames, times, error = self.frames(item)
-        tok = self.tokenizer
         text = self.prompt(item, times, subtitles=refused is None)
-        chat = tok.apply_chat_template([{"role": "user", "content": f"{self.video_token}\n{text}"}],
-                                       tokenize=False, add_generation_prompt=True)
-        ids = tok(chat, add_special_tokens=False)["input_ids"]
-        q = self.question_tokenizer(item.question, add_special_tokens=True, truncation=True,
-                                    max_length=self.max_question_length)["input_ids"]
+        ids = self.prompt_ids(text)
+        spans = item.extra.get("needle_times")
         sample = {
             "frames": frames,
             "frame_times": times,
             "input_ids": torch.tensor(ids),
             "labels": torch.full((len(ids),), IGNORE_INDEX),
-            "question_ids": torch.tensor(q),
+            "question_ids": torch.tensor(self.question_ids(item)),
             "index": i,
-            "meta": {"id": item.id, "error": error, "prompt": text},
+            "meta": {"id": item.id, "error": error, "prompt": text, "options": item.options, "needle_times": spans},
         }
-        if (spans := item.extra.get("needle_times")) is not None:
+        if spans is not None:
             sample["frame_evidence"] = frame_evidence(times, spans)
         if self.mode == "likelihood":
-            options = [tok(o + tok.eos_token, add_special_tokens=False)["input_ids"] for o in item.options]
-            sample["options"] = [(torch.tensor(ids + o), torch.tensor([IGNORE_INDEX] * len(ids) + o)) for o in options]
+            sample["options"] = self.option_sequences(ids, item.options)
         return sample
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """The user turn (placeholder, then ``text``) in the chat template, ending with the assistant header."""
+        tok = self.tokenizer
+        chat = tok.apply_chat_template([{"role": "user", "content": f"{self.video_token}\n{text}"}],
+                                       tokenize=False, add_generation_prompt=True)
+        return tok(chat, add_special_tokens=False)["input_ids"]
+
+    def question_ids(self, item: EvalItem) -> list[int]:
+        """The question alone, for a text-conditioned reducer, in its question tokenizer."""
+        return self.question_tokenizer(item.question, add_special_tokens=True, truncation=True,
+                                       max_length=self.max_question_length)["input_ids"]
+
+    def option_sequences(self, ids: list[int], options: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Likelihood mode: per option, the prompt followed by the option and EOS, labelled on the option only."""
+        tok = self.tokenizer
+        out = []
+        for option in options:
+            o = tok(option + tok.eos_token, add_special_tokens=False)["input_ids"]
+            out.append((torch.tensor(ids + o), torch.tensor([IGNORE_INDEX] * len(ids) + o)))
+        return out
 
 
 def frame_evidence(times: torch.Tensor, spans: list[list[float]]) -> torch.Tensor:
@@ -304,7 +320,7 @@ class BenchmarkDataModule(L.LightningDataModule):
             self._check_videos_exist()
         qpad = None if qtok is None else qtok.pad_token_id
         self.collator = BenchmarkCollator(self.tokenizer.pad_token_id, transform.image_size, h.mode, qpad)
-        self.evaluator = Evaluator(benchmark, self.items, h.mode)
+        self.evaluator = Evaluator(benchmark, self.items, h.mode, h.max_unreadable_fraction)
         if getattr(self, "trainer", None) is not None:  # the trainer starts here: its threads leave the workers cores
             share_cores(h.num_workers, self.trainer)
 

@@ -38,10 +38,19 @@ class Evaluator:
         benchmark: the benchmark (its parse rule, scoring and aggregation).
         items: its items, in dataset order (``batch["index"]`` points into them).
         mode: ``generate`` or ``likelihood``.
+        max_unreadable_fraction: the share of videos that may give no frames before the run fails
+            (``--data.max_unreadable_fraction``; :meth:`unreadable`).
     """
 
-    def __init__(self, benchmark: Benchmark, items: list[EvalItem], mode: str = "generate"):
+    def __init__(self, benchmark: Benchmark, items: list[EvalItem], mode: str = "generate",
+                 max_unreadable_fraction: float = 1.0):
         self.benchmark, self.items, self.mode = benchmark, items, mode
+        self.max_unreadable_fraction = max_unreadable_fraction
+
+    @property
+    def name(self) -> str:
+        """The benchmark's name: its files are ``<name>_results.json``, ``<name>_predictions.jsonl``."""
+        return self.benchmark.name
 
     def new_metric(self) -> ItemScores:
         return ItemScores(len(self.items), len(self.benchmark.values))
@@ -124,9 +133,10 @@ class Evaluator:
     def _unreadable(self, records: list[dict]) -> list[dict]:
         return [r for r in records if r["error"] is not None and not r["error"].startswith("path_escape")]
 
-    def unreadable(self, records: list[dict], allowed: float) -> str | None:
-        """An error message when more than ``allowed`` of the videos gave no frames (missing, undecodable), naming
-        where they were looked for; None otherwise."""
+    def unreadable(self, records: list[dict]) -> str | None:
+        """An error message when more than ``max_unreadable_fraction`` of the videos gave no frames (missing,
+        undecodable), naming where they were looked for; None otherwise."""
+        allowed = self.max_unreadable_fraction
         counts, bad_records = self.videos(records), self._unreadable(records)
         if counts["unreadable_videos"] <= allowed * counts["videos"]:
             return None

@@ -33,7 +33,7 @@ from lit_bvllm.training.callbacks import (
     SelectionFigures,
 )
 from lit_bvllm.training.checkpointing import AtomicCheckpointIO
-from lit_bvllm.training.distributed import consolidate
+from lit_bvllm.training.consolidate import consolidate
 from lit_bvllm.training.lit_module import VideoLLMModule
 from lit_bvllm.weights import read_checkpoint
 from lit_bvllm.world import make_synthetic

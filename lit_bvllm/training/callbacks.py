@@ -36,8 +36,7 @@ class RunSummary(L.Callback):
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        info = getattr(pl_module, "last_info", None)  # the reducer's info of this training step
-        if self.done or info is None:
+        if self.done or not outputs:  # a skipped step has no outputs
             return
         self.done = True
         frames = batch["frame_mask"].sum(1).float().cpu()
@@ -45,7 +44,7 @@ class RunSummary(L.Callback):
         r = model.reducer
         keep = r.frames_to_encode(batch["frame_mask"]).sum(1).float().cpu()
         n = getattr(model.vision, "num_patches", 0)
-        after = info["num_tokens"].float().cpu()  # from the step itself: no extra pass (which FSDP2 would refuse)
+        after = outputs["num_tokens"].float().cpu()  # from the step itself: no extra pass (FSDP2 would refuse one)
         media = frames > 0
         mean = lambda x: float(x[media].mean()) if media.any() else 0.0  # noqa: E731
         self.stats.update({
@@ -229,17 +228,18 @@ class SelectionFigures(L.Callback):
         info = self._recorded_info(trainer, pl_module, batch)
         if info is None:
             return
-        items = [trainer.datamodule.items[int(i)] if int(i) >= 0 else None for i in batch["index"]]
         answers = []
-        for b, out in enumerate(outputs["output"]):
-            if isinstance(out, str):
+        for i, meta, out in zip(batch["index"].tolist(), batch["meta"], outputs["output"]):
+            if i < 0:  # a rank's stand-in sample, no item's
+                answers.append(None)
+            elif isinstance(out, str):
                 answers.append(out)
-            elif items[b] is not None and items[b].options:  # likelihood mode: the option of highest score
-                k = int(out[: len(items[b].options)].argmax())
-                answers.append(f"({chr(65 + k)}) {items[b].options[k]}")
+            elif meta["options"]:  # likelihood mode: the option of highest score
+                k = int(out[: len(meta["options"])].argmax())
+                answers.append(f"({chr(65 + k)}) {meta['options'][k]}")
             else:
                 answers.append(None)
-        needles = [None if it is None else it.extra.get("needle_times") for it in items]
+        needles = [meta["needle_times"] if i >= 0 else None for i, meta in zip(batch["index"].tolist(), batch["meta"])]
         self._draw(trainer, "test", batch, info, answers, needles)
 
 
@@ -266,69 +266,82 @@ class RNGState(L.Callback):
 
 
 class BenchmarkEvaluation(L.Callback):
-    """``lit_bvllm test``: scores each batch's answers with the benchmark's evaluator (``datamodule.evaluator``),
-    syncs the metric states and gathers the per-item records across ranks (each item once), aggregates, logs
-    ``test/<benchmark>/...`` and writes the run's files: ``<benchmark>_results.json`` (with the protocol and the
-    weights evaluated), ``<benchmark>_predictions.jsonl`` and a submission file where the answers are hidden.
+    """``lit_bvllm test``: scores each batch's answers with the benchmark's evaluator, syncs the metric states and
+    gathers the per-item records across ranks (each item once), aggregates, logs ``test/<benchmark>/...`` and writes
+    the run's files: ``<benchmark>_predictions.jsonl`` (first, so the answers are kept whatever follows),
+    ``<benchmark>_results.json`` (with the protocol and the weights evaluated) and a submission file where the
+    answers are hidden.
 
-    The aggregate is kept as ``self.results`` (rank 0; ``{}`` elsewhere).
+    The evaluator (:class:`datamodules.benchmarks.evaluator.Evaluator`: the benchmark, its items, how it scores and
+    how many unreadable videos it allows) is the one the benchmark data module builds as it is set up, its
+    ``evaluator``; the callback takes it once, at the start of the test. The aggregate is kept as ``self.results``
+    (rank 0; ``{}`` elsewhere).
     """
 
     def __init__(self):
         self.results: dict = {}
+        self.evaluator = None
 
-    @staticmethod
-    def _evaluator(trainer):
-        ev = getattr(trainer.datamodule, "evaluator", None)
-        if ev is None:
+    def on_test_start(self, trainer, pl_module) -> None:
+        self.evaluator = getattr(trainer.datamodule, "evaluator", None)
+        if self.evaluator is None:
             raise ValueError("`lit_bvllm test` needs a benchmark data module: compose experiments/eval/base.yaml and "
                              "experiments/eval/<benchmark>.yaml")
-        return ev
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self._records: list[dict] = []
-        self._scores = self._evaluator(trainer).new_metric().to(pl_module.device)
+        self._scores = self.evaluator.new_metric().to(pl_module.device)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        records, update = self._evaluator(trainer).score(batch, outputs["output"], outputs["info"])
+        records, update = self.evaluator.score(batch, outputs["output"], outputs["info"])
         self._scores.update(**update)
         self._records += records
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        ev = self._evaluator(trainer)
+        ev, out = self.evaluator, Path(trainer.log_dir or ".")
         states = self._scores.compute()  # summed over ranks
-        records = self._records
-        if dist.is_available() and dist.is_initialized():
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
-        records.sort(key=lambda r: r["index"])
-        name = trainer.datamodule.name
-        out = Path(trainer.log_dir or ".")
-        if trainer.is_global_zero:  # the answers are kept whatever follows
-            out.mkdir(parents=True, exist_ok=True)
-            with open(out / f"{name}_predictions.jsonl", "w") as f:
-                for r in records:
-                    f.write(json.dumps(r) + "\n")
+        records = _gather(self._records)
+        if trainer.is_global_zero:
+            _write_predictions(out / f"{ev.name}_predictions.jsonl", records)
         videos = ev.videos(records)
-        rank_zero_info(f"{name}: {videos['unreadable_videos']} of {videos['videos']} videos missing or unreadable")
-        allowed = getattr(trainer.datamodule, "hparams", {}).get("max_unreadable_fraction", 1.0)
-        if (problem := ev.unreadable(records, allowed)) is not None:  # every rank holds every record: all stop
-            raise RuntimeError(f"{problem}. The answers are in {out / f'{name}_predictions.jsonl'}; no results were "
-                               "written")
+        rank_zero_info(f"{ev.name}: {videos['unreadable_videos']} of {videos['videos']} videos missing or unreadable")
+        if (problem := ev.unreadable(records)) is not None:  # every rank holds every record: all stop
+            raise RuntimeError(f"{problem}. The answers are in {out / f'{ev.name}_predictions.jsonl'}; no results "
+                               "were written")
         result = ev.aggregate(states, records, out) if trainer.is_global_zero else {}
         for key, value in _flatten(result).items():
-            pl_module.log(f"test/{name}/{key}", value, rank_zero_only=True)
+            pl_module.log(f"test/{ev.name}/{key}", value, rank_zero_only=True)
         if trainer.is_global_zero:
-            if (sub := ev.submission(records)) is not None:
-                (out / sub[0]).write_text(sub[1])
-                result["submission"] = sub[0]
-            h = pl_module.hparams
-            weights = {"ckpt_path": None if trainer.ckpt_path is None else str(trainer.ckpt_path),
-                       "weights": h.get("weights"), "lora_adapter": h.get("lora_adapter")}
-            write_json(out / f"{name}_results.json",
-                       {**result, "protocol": ev.describe(h.get("max_new_tokens")), "evaluated_weights": weights})
+            self._write_results(result, records, out, trainer, pl_module.hparams)
         self.results = result
+
+    def _write_results(self, result: dict, records: list[dict], out: Path, trainer, hparams) -> None:
+        """The submission file where the benchmark has one, then ``<benchmark>_results.json`` with the protocol
+        and the weights evaluated."""
+        ev = self.evaluator
+        if (sub := ev.submission(records)) is not None:
+            (out / sub[0]).write_text(sub[1])
+            result["submission"] = sub[0]
+        weights = {"ckpt_path": None if trainer.ckpt_path is None else str(trainer.ckpt_path),
+                   "weights": hparams.get("weights"), "lora_adapter": hparams.get("lora_adapter")}
+        write_json(out / f"{ev.name}_results.json",
+                   {**result, "protocol": ev.describe(hparams.get("max_new_tokens")), "evaluated_weights": weights})
+
+
+def _gather(records: list[dict]) -> list[dict]:
+    """Every rank's records, on every rank, in item order."""
+    if dist.is_available() and dist.is_initialized():
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, records)
+        records = [r for part in gathered for r in part]
+    return sorted(records, key=lambda r: r["index"])
+
+
+def _write_predictions(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
 
 
 def _flatten(result: dict, prefix: str = "") -> dict[str, float]:

@@ -26,7 +26,7 @@ from transformers import get_scheduler
 from lit_bvllm.backbones import VIDEO_TOKEN
 from lit_bvllm.model import VideoLLM, reducer_spec
 from lit_bvllm.reducers.base import Reducer
-from lit_bvllm.training.distributed import checkpoint_layers, clean_name, shard
+from lit_bvllm.training.wrapping import checkpoint_layers, clean_name, shard
 from lit_bvllm.weights import VISUAL_PREFIXES, check_tensors, load_visual_weights, unused_names
 
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}  # transformers' names
@@ -58,7 +58,7 @@ class VideoLLMModule(L.LightningModule):
             ``constant``.
         gradient_checkpointing: recompute the LLM's activations in backward (Hugging Face's, the LLM only).
         activation_checkpointing: recompute every layer's activations in backward, the LLM's, the tower's and the
-            reducer's (torch's checkpoint wrapper on :func:`lit_bvllm.training.distributed.layer_classes`); what
+            reducer's (torch's checkpoint wrapper on :func:`lit_bvllm.training.wrapping.layer_classes`); what
             ``experiments/strategies/fsdp.yaml`` sets.
         freeze: name prefixes of reducer/projector parameters kept frozen in this stage (e.g.
             ``["reducer.temporal_qformer", "reducer.temporal_proj"]``: the official B-VLLM pretraining likewise
@@ -100,7 +100,6 @@ class VideoLLMModule(L.LightningModule):
         self.reducer_factory = reducer
         self.model: VideoLLM | None = None  # built in configure_model
         self.nonfinite_in_a_row = 0
-        self.last_info: dict | None = None  # the reducer's info of the last training step
         self.strict_loading = False  # checkpoints hold the trainable tensors only (see on_save_checkpoint)
 
     def configure_model(self) -> None:
@@ -139,17 +138,18 @@ class VideoLLMModule(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict, batch_idx: int) -> dict | None:
+        """The loss, and the visual tokens each sample got (``num_tokens``: the run summary reads them from the
+        step's outputs); None for a skipped step (a non-finite loss)."""
         out, info = self.model(batch)
         B = batch["input_ids"].shape[0]
         bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(out.loss)), all=False)
         if bad:  # every rank skips together (DDP), so no rank waits for gradients that never come
             return self._skip_nonfinite(batch, out.loss)
         self.nonfinite_in_a_row = 0
-        self.last_info = {"num_tokens": info["num_tokens"].detach()}  # RunSummary reads it
         self.log("train/loss", out.loss, prog_bar=True, batch_size=B)
         self.log("train/visual_tokens", info["num_tokens"].float().mean(), batch_size=B)
-        return out.loss
+        return {"loss": out.loss, "num_tokens": info["num_tokens"].detach()}
 
     def _skip_nonfinite(self, batch: dict, loss: Tensor) -> None:
         """Skip this step (no backward, no update), say which samples, and stop after ``max_nonfinite_steps`` in a
