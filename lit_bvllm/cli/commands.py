@@ -134,28 +134,42 @@ def claim_run_dir(trainer: L.Trainer, command: str, ckpt_path: str | None, overw
         return run
     inside = ckpt_path is not None and (
         ckpt_path in ("last", "hpc") or run.resolve() in Path(ckpt_path).resolve().parents)
-    if inside and overwrite:  # whatever the command: deleting the run would delete the weights it is about to read
-        raise ValueError(f"--overwrite true would delete {run}, which holds the checkpoint this {command} reads "
-                         f"(--ckpt_path {ckpt_path}); drop --overwrite, or name another run directory with "
-                         "--trainer.logger.init_args.version NAME")
-    if inside and command == "fit":  # a resume continues the run in place
+    if inside and command == "fit" and not overwrite:  # a resume continues the run in place
         return run
+    if (refusal := _refusal(run, held, command, ckpt_path, overwrite, inside)) is not None:
+        raise refusal
+    _delete_run(run, Path(logger.root_dir), len(held))
+    return run
+
+
+def _refusal(run: Path, held: list[str], command: str, ckpt_path: str | None, overwrite: bool,
+             inside: bool) -> Exception | None:
+    """Why a run directory that holds ``held`` may not be used (None: it may, deleted first)."""
+    if inside and overwrite:  # whatever the command: deleting the run would delete the weights it is about to read
+        return ValueError(f"--overwrite true would delete {run}, which holds the checkpoint this {command} reads "
+                          f"(--ckpt_path {ckpt_path}); drop --overwrite, or name another run directory with "
+                          "--trainer.logger.init_args.version NAME")
     if not overwrite:
         shown = ", ".join(held[:5]) + (f", ... ({len(held)} entries)" if len(held) > 5 else "")
         replace = "" if inside else ", replace it with --overwrite true"
-        raise FileExistsError(
+        return FileExistsError(
             f"run directory {run} already holds a run ({shown}); name another with "
             f"--trainer.logger.init_args.version NAME (or set it to null for a new version_N){replace}, or resume a "
             f"training run with fit --ckpt_path {run / 'checkpoints' / 'last.ckpt'}")
+    return None
+
+
+def _delete_run(run: Path, logger_root: Path, entries: int) -> None:
+    """``--overwrite true``: the first process (:data:`LAUNCHER_RANKS`) deletes the earlier run, never the working
+    directory, a folder above it or the logger's root."""
     if any(os.environ.get(k, "0") != "0" for k in LAUNCHER_RANKS):
-        return run  # the first process deletes
+        return  # the first process deletes
     target, here = run.resolve(), Path.cwd().resolve()
-    if target == here or target in here.parents or target == Path(logger.root_dir).resolve():
+    if target == here or target in here.parents or target == logger_root.resolve():
         raise ValueError(f"--overwrite true would delete {run}, which is not a run's own folder (the working "
                          "directory, one above it, or the logger's root); name a version")
     shutil.rmtree(run)
-    print(f"--overwrite true: deleted the earlier run in {run} ({len(held)} entries)", file=sys.stderr)
-    return run
+    print(f"--overwrite true: deleted the earlier run in {run} ({entries} entries)", file=sys.stderr)
 
 
 def link_visual_tokens(cfg) -> None:
@@ -273,6 +287,29 @@ def _class_path(spec) -> str | None:
     return f"{type(spec).__module__}.{type(spec).__qualname__}"
 
 
+def structure_differences(saved: dict, model, evaluating: bool) -> list[str]:
+    """The :data:`STRUCTURE` settings in which a checkpoint's hyperparameters (``saved``) and the config's ``model``
+    differ. Evaluating, the reducer's forward-pass knobs (its ``inference_args``: L*, R, θ, τ, γ, ...) may differ:
+    the sweeps of the B-VLLM paper's Fig. 3 change them on one trained model."""
+    diffs = []
+    for key in STRUCTURE:
+        if key not in saved:
+            continue
+        ours = model.get(key)
+        ours = ours.as_dict() if hasattr(ours, "as_dict") else ours
+        theirs = saved[key]
+        if key == "reducer":
+            args, their_args = (ours or {}).get("init_args") or {}, theirs.get("init_args") or {}
+            free = getattr(_resolve(ours.get("class_path")), "inference_args", set()) if evaluating else set()
+            same = _same_class(ours.get("class_path"), theirs.get("class_path")) and all(
+                args[k] == their_args[k] for k in set(args) & set(their_args) - set(free))
+        else:
+            same = ours == theirs
+        if not same:
+            diffs.append(f"{key}: checkpoint {theirs} vs config {ours}")
+    return diffs
+
+
 class VideoCLI(LightningCLI):
     """LightningCLI with the suite's subcommands, checks and defaults (see the module docstring)."""
 
@@ -304,7 +341,8 @@ class VideoCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` against the config. Lightning's default replaces the config's model settings by
         the checkpoint's, explicit flags included; here the config stays what it says, the checkpoint is read
-        safely, and a checkpoint of another model structure stops the run with the differences listed."""
+        safely (and kept for the commands that take their weights from it), and a checkpoint of another model
+        structure, or a resumed fit with other optimisation settings, stops the run with the differences listed."""
         sub = self.config.get("subcommand")
         if not sub or sub in SETUP:
             return
@@ -314,37 +352,17 @@ class VideoCLI(LightningCLI):
         checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")
         if sub in CONFIG_COMMANDS:  # export, show-selection take their weights from it: read once (a fit lets it go)
             self.checkpoint = checkpoint
-        saved = checkpoint.get("hyper_parameters") or {}
-        model = self.config[sub]["model"]
-        diffs = []
-        for key in STRUCTURE:
-            if key not in saved:
-                continue
-            ours = model.get(key)
-            ours = ours.as_dict() if hasattr(ours, "as_dict") else ours
-            theirs = saved[key]
-            if key == "reducer":
-                args, their_args = (ours or {}).get("init_args") or {}, theirs.get("init_args") or {}
-                # evaluating, the reducer's forward-pass knobs (L*, R, θ, τ, γ, ...) may differ: the sweeps of Fig. 3
-                free = set() if sub == "fit" else getattr(_resolve(ours.get("class_path")), "inference_args", set())
-                same = _same_class(ours.get("class_path"), theirs.get("class_path")) and all(
-                    args[k] == their_args[k] for k in set(args) & set(their_args) - set(free))
-            else:
-                same = ours == theirs
-            if not same:
-                diffs.append(f"{key}: checkpoint {theirs} vs config {ours}")
-        if diffs:
+        saved, model = checkpoint.get("hyper_parameters") or {}, self.config[sub]["model"]
+        if diffs := structure_differences(saved, model, evaluating=sub != "fit"):
             raise ValueError(f"--ckpt_path '{ckpt_path}' holds another model than this config describes: "
                              + "; ".join(diffs) + ". Use the config of the run that wrote it (its config.yaml).")
         # a resumed fit restores the optimizer and schedule state, learning rates included: a changed value would
         # be silently replaced by the checkpoint's, so it is refused (max_steps does apply: the schedule stretches)
-        if sub == "fit":
-            changed = [f"{k}: checkpoint {saved[k]} vs config {model.get(k)}" for k in OPTIMISATION
-                       if k in saved and saved[k] != model.get(k)]
-            if changed:
-                raise ValueError(f"resuming from --ckpt_path '{ckpt_path}' restores its optimizer and schedule, so "
-                                 "these settings cannot change: " + "; ".join(changed) + ". Resume with the run's own "
-                                 "values, or start a new run from its weights (--model.init_from).")
+        if sub == "fit" and (changed := [f"{k}: checkpoint {saved[k]} vs config {model.get(k)}" for k in OPTIMISATION
+                                         if k in saved and saved[k] != model.get(k)]):
+            raise ValueError(f"resuming from --ckpt_path '{ckpt_path}' restores its optimizer and schedule, so "
+                             "these settings cannot change: " + "; ".join(changed) + ". Resume with the run's own "
+                             "values, or start a new run from its weights (--model.init_from).")
 
     def _set_seed(self) -> None:
         if self.subcommand not in SETUP:

@@ -103,10 +103,17 @@ class VideoLLMModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the trainable tensors only (see on_save_checkpoint)
 
     def configure_model(self) -> None:
-        """Load the backbones, build reducer and projector, set what trains in this stage, and load the weights the
-        stage starts from (``weights`` always, ``init_from`` when fitting)."""
+        """Build the model (:meth:`build`), then place it for the strategy (:meth:`place`)."""
         if self.model is not None:
             return
+        model = self.build()
+        self.place(model)
+        self.model = model
+
+    def build(self) -> VideoLLM:
+        """Load the backbones, build reducer and projector, set what trains in this stage (freezing, LoRA, gradient
+        checkpointing), and load the weights the stage starts from (``weights`` always, ``init_from`` when
+        fitting)."""
         h = self.hparams
         model = VideoLLM(h.llm, h.vision_tower, self.reducer_factory, h.feature_layer, h.vision_chunk, h.video_token,
                          h.max_new_tokens)
@@ -123,14 +130,19 @@ class VideoLLMModule(L.LightningModule):
             load_visual_weights(model, h.weights, flag="--model.weights")
         if h.init_from is not None and self._fitting():
             load_visual_weights(model, h.init_from)
+        return model
+
+    def place(self, model: VideoLLM) -> None:
+        """Ready ``model`` for the trainer's strategy: plain DDP needs every visual parameter touched each step
+        (``touch_visual``); FSDP2 shards it (:func:`~lit_bvllm.training.wrapping.shard`), with activation
+        checkpointing inside the units when asked; otherwise activation checkpointing wraps the layers."""
         strategy = getattr(self._trainer, "strategy", None)
         model.touch_visual = strategy is None or (isinstance(strategy, DDPStrategy)  # plain DDP only
                                                   and not isinstance(strategy, DeepSpeedStrategy))
         if self._device_mesh is not None:  # ModelParallelStrategy (experiments/strategies/fsdp.yaml): FSDP2
-            shard(model, self._device_mesh["data_parallel"], checkpointing=h.activation_checkpointing)
-        elif h.activation_checkpointing:
+            shard(model, self._device_mesh["data_parallel"], checkpointing=self.hparams.activation_checkpointing)
+        elif self.hparams.activation_checkpointing:
             checkpoint_layers(model)
-        self.model = model
 
     def _fitting(self) -> bool:
         trainer = self._trainer
