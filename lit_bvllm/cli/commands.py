@@ -198,8 +198,10 @@ def link_question_tokenizer(cfg) -> None:
 
     With ``--model.reducer.init_args.qformer`` set and no question tokenizer given, the checkpoint's own
     ``qformer_tokenizer/`` (where an InstructBLIP folder keeps its BERT tokenizer) becomes it, written into the
-    config (the run's ``config.yaml`` records it). Then the question tokenizer must fit the Q-Former's vocabulary
-    (the checkpoint's ``qformer_config.vocab_size``, else the reducer's ``vocab_size``), and beside a checkpoint's
+    config (the run's ``config.yaml`` records it). Without a checkpoint and with ``vocab_size`` unset, the reducer's
+    ``vocab_size`` becomes the question tokenizer's size (a link, written into the config too). Then the question
+    tokenizer must fit the Q-Former's vocabulary (the checkpoint's ``qformer_config.vocab_size``, else the
+    reducer's ``vocab_size``), and beside a checkpoint's
     ``qformer_tokenizer/`` give each of its tokens that tokenizer's id (the pretrained word embeddings are indexed
     by those ids): a mismatch is refused here, naming both flags, not an IndexError on the first batch after the
     LLM has loaded (STYLE.md 15). Folders that do not exist are left to the loaders, which name them.
@@ -216,7 +218,7 @@ def link_question_tokenizer(cfg) -> None:
             reference = str(Path(qformer) / QFORMER_TOKENIZER)
             if data.question_tokenizer is None:
                 data.question_tokenizer = reference
-    if vocab is None:
+    if "vocab_size" not in args:
         return  # a reducer without a question vocabulary
     from datamodules.loading import load_tokenizer
 
@@ -227,6 +229,8 @@ def link_question_tokenizer(cfg) -> None:
     tokenizer = load_tokenizer(path or llm, None, "--data.question_tokenizer" if path else "--model.llm")
     ids = tokenizer.get_vocab()
     size = len(tokenizer) + (0 if path or cfg.model.get("video_token") in ids else 1)  # the LLM's gets the placeholder
+    if vocab is None:  # the link: the reducer embeds what the question tokenizer writes
+        vocab = args.vocab_size = size
     source = (f"the vocab_size of the checkpoint --model.reducer.init_args.qformer '{qformer}'" if qformer else
               "--model.reducer.init_args.vocab_size")
     fix = (f"set --data.question_tokenizer to '{reference}' (or leave it unset)" if reference else

@@ -68,7 +68,8 @@ class BVLLM(Reducer):
         hidden_size: Q-Former width (the output width of this reducer when spatial sampling is on).
         num_layers: Q-Former layers.
         num_heads: Q-Former attention heads.
-        vocab_size: vocabulary of the question tokenizer.
+        vocab_size: vocabulary of the question tokenizer; None: ``lit_bvllm`` sets it from that tokenizer as it
+            parses the config (:func:`lit_bvllm.cli.commands.link_question_tokenizer`); unused with ``qformer``.
         qformer: local InstructBLIP checkpoint that both Q-Formers (``qformer.*``, ``query_tokens``) and ``ln_vision``
             (its ``vision_model.post_layernorm``, when present) start from; its ``qformer_config`` then sets the
             Q-Formers' shape (hidden_size, num_layers, num_heads, vocab_size unused). None: random initialisation.
@@ -108,7 +109,7 @@ class BVLLM(Reducer):
         hidden_size: int = 768,
         num_layers: int = 12,
         num_heads: int = 12,
-        vocab_size: int = 30523,
+        vocab_size: int | None = None,
         qformer: str | None = None,
         selection: Literal["hard", "soft"] = "hard",
         eval_noise: bool = False,

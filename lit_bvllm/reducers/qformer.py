@@ -56,7 +56,8 @@ class TextQFormer(nn.Module):
         hidden_size: Q-Former width.
         num_layers: Q-Former layers.
         num_heads: attention heads.
-        vocab_size: size of the question tokenizer's vocabulary (30523 for InstructBLIP's BERT).
+        vocab_size: size of the question tokenizer's vocabulary (30523 for InstructBLIP's BERT); needed without
+            ``pretrained``.
         cross_attention_frequency: a cross-attention block every this many layers (InstructBLIP: 2).
         max_text_length: longest question (position embeddings).
         pretrained: local InstructBLIP checkpoint folder to initialise from (queries, Q-Former weights; module
@@ -71,7 +72,7 @@ class TextQFormer(nn.Module):
         hidden_size: int = 768,
         num_layers: int = 12,
         num_heads: int = 12,
-        vocab_size: int = 30523,
+        vocab_size: int | None = None,
         cross_attention_frequency: int = 2,
         max_text_length: int = 512,
         pretrained: str | None = None,
@@ -80,6 +81,10 @@ class TextQFormer(nn.Module):
         if pretrained is not None:
             config = pretrained_config(pretrained)
         else:
+            if vocab_size is None:
+                raise ValueError("a Q-Former without a checkpoint needs the question tokenizer's vocabulary size: set "
+                                 "--model.reducer.init_args.vocab_size (lit_bvllm sets it from the question "
+                                 "tokenizer), or --model.reducer.init_args.qformer")
             config = InstructBlipQFormerConfig(
                 vocab_size=vocab_size,
                 hidden_size=hidden_size,
