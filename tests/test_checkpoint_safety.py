@@ -132,3 +132,21 @@ def test_evaluation_may_change_the_reducers_forward_knobs_but_not_its_structure(
               "--model.reducer.init_args.num_queries", "32"])
     with pytest.raises(ValueError, match=r"holds another model"):
         main(["fit", *base, "--trainer.max_steps", "2", "--ckpt_path", ckpt, "--model.reducer.init_args.tau", "0.5"])
+
+
+def test_an_unset_linked_reducer_argument_matches_any_checkpoint_value():
+    """A config that leaves the reducer's vocab_size unset (it follows the question tokenizer, or the Q-Former
+    checkpoint) matches a checkpoint that wrote it (2048 in configs before the link); any other argument still
+    has to agree, and the forward-pass ones only when evaluating."""
+    from lit_bvllm.cli.commands import structure_differences
+
+    saved = {"reducer": {"class_path": "lit_bvllm.reducers.bvllm.BVLLM",
+                         "init_args": {"vocab_size": 2048, "budget": 96, "hidden_size": 64}}}
+    config = {"reducer": {"class_path": "lit_bvllm.reducers.BVLLM",
+                          "init_args": {"vocab_size": None, "budget": 96, "hidden_size": 64}}}
+    assert structure_differences(saved, config, evaluating=False) == []
+    config["reducer"]["init_args"]["vocab_size"] = 1024
+    assert len(structure_differences(saved, config, evaluating=True)) == 1
+    config["reducer"]["init_args"].update(vocab_size=None, budget=64)
+    assert structure_differences(saved, config, evaluating=True) == []  # θ is a forward-pass knob
+    assert len(structure_differences(saved, config, evaluating=False)) == 1

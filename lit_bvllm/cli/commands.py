@@ -291,6 +291,10 @@ def _class_path(spec) -> str | None:
     return f"{type(spec).__module__}.{type(spec).__qualname__}"
 
 
+LINKED_INIT_ARGS = ("vocab_size",)
+"""Reducer init args that, left unset, follow the data (:func:`link_question_tokenizer`)."""
+
+
 def structure_differences(saved: dict, model, evaluating: bool) -> list[str]:
     """The :data:`STRUCTURE` settings in which a checkpoint's hyperparameters (``saved``) and the config's ``model``
     differ. Evaluating, the reducer's forward-pass knobs (its ``inference_args``: L*, R, θ, τ, γ, ...) may differ:
@@ -304,9 +308,10 @@ def structure_differences(saved: dict, model, evaluating: bool) -> list[str]:
         theirs = saved[key]
         if key == "reducer":
             args, their_args = (ours or {}).get("init_args") or {}, theirs.get("init_args") or {}
-            free = getattr(_resolve(ours.get("class_path")), "inference_args", set()) if evaluating else set()
+            free = set(getattr(_resolve(ours.get("class_path")), "inference_args", set())) if evaluating else set()
+            free |= {k for k in LINKED_INIT_ARGS if args.get(k) is None}  # unset: set from the data after this check
             same = _same_class(ours.get("class_path"), theirs.get("class_path")) and all(
-                args[k] == their_args[k] for k in set(args) & set(their_args) - set(free))
+                args[k] == their_args[k] for k in set(args) & set(their_args) - free)
         else:
             same = ours == theirs
         if not same:
