@@ -184,3 +184,32 @@ def test_fit_refuses_a_rerun_resumes_in_place_and_overwrite_starts_afresh(tiny, 
     main([*base, "--trainer.max_steps", "1", "--overwrite", "true"])
     assert torch.load(ckpt, weights_only=True)["global_step"] == 1 and not (run / "config.1.yaml").exists()
     assert "max_steps: 1" in (run / "config.yaml").read_text()
+
+
+def test_a_failed_start_leaves_nothing_that_blocks_its_retry(tiny, synthetic, tmp_path):
+    """A fit that fails before its first step (here the LLM folder is missing) removes the run directory its logger
+    had begun: the retry under the same name needs no --overwrite (it was refused: 'already holds a run')."""
+    base = ["fit", "--config", "experiments/pretrain.yaml", *tiny["flags"],
+            "--data.train", str(synthetic / "pretrain.json"), "--data.num_workers", "0", "--data.batch_size", "2",
+            "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.max_steps", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    run = tmp_path / "pretrain" / "tiny"
+    missing = base + ["--model.llm", str(tmp_path / "no_llm")]
+    with pytest.raises(FileNotFoundError, match="no_llm"):
+        main(missing)
+    assert not run.exists() or not any(run.iterdir())
+    main(base)  # the same name, no --overwrite
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_failed_start_never_deletes_results(tmp_path):
+    from lit_bvllm.cli.commands import remove_failed_start
+
+    run = earlier_run(tmp_path / "run")
+    (run / "events.out.tfevents.1.vm").write_bytes(b"x" * 88)
+    assert not remove_failed_start(run) and (run / "checkpoints" / "last.ckpt").is_file()
+    only_logs = tmp_path / "only_logs"
+    only_logs.mkdir()
+    (only_logs / "events.out.tfevents.1.vm").write_bytes(b"x" * 88)
+    (only_logs / "hparams.yaml").write_text("{}")
+    assert remove_failed_start(only_logs) and not only_logs.exists()

@@ -172,6 +172,25 @@ def _delete_run(run: Path, logger_root: Path, entries: int) -> None:
     print(f"--overwrite true: deleted the earlier run in {run} ({entries} entries)", file=sys.stderr)
 
 
+LOGGER_FILES = ("events.out.tfevents.", "hparams.yaml", "config.yaml", "metrics.csv")
+"""What a logger writes as a run starts: a run directory holding only these holds no result of the run."""
+
+
+def remove_failed_start(run: Path) -> bool:
+    """Delete the run directory of a command that failed before its first step (a bad path, a model that does not
+    load) when it holds nothing but what the logger wrote as it started, so that the retry may use the same name
+    without ``--overwrite``; checkpoints, results and predictions are never deleted. Only the first process
+    deletes. Whether it deleted."""
+    if any(os.environ.get(k, "0") != "0" for k in LAUNCHER_RANKS) or not run.is_dir():
+        return False
+    files = [p for p in run.rglob("*") if p.is_file()]
+    if any(not p.name.startswith(LOGGER_FILES) for p in files):
+        return False
+    shutil.rmtree(run)
+    print(f"the run failed before its first step: removed {run}, which held only its logger's files", file=sys.stderr)
+    return True
+
+
 def link_visual_tokens(cfg) -> None:
     """``--data.visual_tokens`` (the visual tokens a sample's length reserves) from the reducer's budget θ, which the
     reducer states from its init args (:meth:`~lit_bvllm.reducers.base.Reducer.budget_from`), before anything loads:
@@ -434,9 +453,15 @@ class VideoCLI(LightningCLI):
         if subcommand in CONFIG_COMMANDS:  # Lightning looks the command up on the trainer first
             getattr(self, subcommand)(**self._prepare_subcommand_kwargs(subcommand))
             return
-        claim_run_dir(self.trainer, subcommand, self.config_init[subcommand].get("ckpt_path"),
-                      getattr(self, "overwrite_run", False))
-        super()._run_subcommand(subcommand)
+        run = claim_run_dir(self.trainer, subcommand, self.config_init[subcommand].get("ckpt_path"),
+                            getattr(self, "overwrite_run", False))
+        fresh = run is not None and not (run.is_dir() and any(run.iterdir()))
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception:
+            if fresh and self.trainer.global_step == 0:
+                remove_failed_start(run)
+            raise
 
     # ------------------------------------------------------------ commands that read the run config
 
