@@ -213,3 +213,25 @@ def test_a_failed_start_never_deletes_results(tmp_path):
     (only_logs / "events.out.tfevents.1.vm").write_bytes(b"x" * 88)
     (only_logs / "hparams.yaml").write_text("{}")
     assert remove_failed_start(only_logs) and not only_logs.exists()
+
+
+def test_a_run_without_a_terminal_writes_its_progress_in_plain_lines(tiny, synthetic, tmp_path, capsys):
+    """stdout redirected (a SLURM log): fit writes a line every tenth of its steps, with step, loss, samples/s and ETA
+    (it printed one line, at the end); test its batches. The epoch reads 'Epoch 0', not 'Epoch 0/-2'."""
+    import re
+
+    from lit_bvllm.training.callbacks import ProgressBar
+
+    base = ["--config", "experiments/pretrain.yaml", *tiny["flags"], "--data.train", str(synthetic / "pretrain.json"),
+            "--data.num_workers", "0", "--data.batch_size", "2", "--trainer.logger.init_args.save_dir", str(tmp_path),
+            "--trainer.enable_model_summary", "false"]
+    main(["fit", *base, "--trainer.max_steps", "30"])
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("fit step")]
+    assert len(lines) >= 3, lines
+    assert re.fullmatch(r"fit step 30/30 \(100%\), loss \d+\.\d{4}, \d+\.\d samples/s, 0:\d\d:\d\d elapsed, "
+                        r"ETA 0:00:00", lines[-1]), lines[-1]
+    bar = ProgressBar()
+    bar._trainer = type("T", (), {"max_epochs": -1})()
+    assert bar._get_train_description(0).strip() == "Epoch 0"
+    bar._trainer.max_epochs = 3
+    assert bar._get_train_description(1).strip() == "Epoch 1/2"

@@ -28,6 +28,7 @@ from lit_bvllm.training.callbacks import (
     BenchmarkEvaluation,
     KeepingConfigSnapshot,
     PredictionWriter,
+    ProgressLog,
     RNGState,
     RunSummary,
     SelectionFigures,
@@ -269,10 +270,11 @@ def link_question_tokenizer(cfg) -> None:
 
 
 SUITE_CALLBACKS = [f"{cls.__module__}.{cls.__qualname__}" for cls in (
-    SkippedSamplesLogger, RunSummary, RNGState, BenchmarkEvaluation, PredictionWriter, SelectionFigures)] + [
-    "lightning.pytorch.callbacks.LearningRateMonitor"]
+    SkippedSamplesLogger, RunSummary, RNGState, BenchmarkEvaluation, PredictionWriter, SelectionFigures,
+    ProgressLog)] + ["lightning.pytorch.callbacks.LearningRateMonitor"]
 """The suite's own machinery, in every run: skipped-sample counts, the run summary, the RNG streams in the
-checkpoint, benchmark scoring, prediction files, what the reducer selected, the learning rate in the logs."""
+checkpoint, benchmark scoring, prediction files, what the reducer selected, progress lines in a log file, the
+learning rate in the logs."""
 CHECKPOINT = {"filename": "step{step}", "save_last": True, "save_top_k": -1, "every_n_train_steps": 500,
               "auto_insert_metric_name": False}
 """A config without a ModelCheckpoint gets this one (every 500 steps, and last.ckpt for ``--ckpt_path last``)."""
@@ -296,6 +298,10 @@ def add_suite_callbacks(trainer) -> None:
     if checkpointing and not given("lightning.pytorch.callbacks.ModelCheckpoint"):
         callbacks.append(Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint",
                                    init_args=Namespace(**CHECKPOINT)))
+    progress = "lit_bvllm.training.callbacks.ProgressBar"
+    if (trainer.get("enable_progress_bar", True) is not False and _resolve(progress) is not progress
+            and not given("lightning.pytorch.callbacks.progress.progress_bar.ProgressBar")):
+        callbacks.append(Namespace(class_path=progress, init_args=Namespace()))
     for path in SUITE_CALLBACKS:
         if not given(path):
             init = Namespace(logging_interval="step") if path.endswith("LearningRateMonitor") else Namespace()

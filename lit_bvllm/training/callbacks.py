@@ -4,6 +4,8 @@ keeps across a resume (``RNGState``), its training recipe (``TemperatureSchedule
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -354,3 +356,87 @@ def _flatten(result: dict, prefix: str = "") -> dict[str, float]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             flat[f"{prefix}{k}"] = float(v)
     return flat
+
+
+class ProgressLog(L.Callback):
+    """Plain progress lines for a log file: when stdout is not a terminal (a SLURM job's ``tail -f``, a redirected
+    run), the progress bar writes nothing until the end, so every ``every_n_steps`` training steps (and test
+    batches) one line says where the run is: ``fit step 120/1000 (12%) loss 0.512, 4.2 samples/s, 0:00:29 elapsed,
+    ETA 0:03:33``. Silent on a terminal, where the bar shows the same. Rank 0 only.
+
+    Args:
+        every_n_steps: steps (test: batches) between two lines; None: a tenth of the run (at most 100, at least 1;
+            100 when the run has no end).
+        force: write the lines on a terminal too.
+    """
+
+    def __init__(self, every_n_steps: int | None = None, force: bool = False):
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"ProgressLog: every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps, self.force = every_n_steps, force
+
+    def _every(self, total: int | None) -> int:
+        if self.every_n_steps is not None:
+            return self.every_n_steps
+        return max(1, min(100, total // 10)) if total else 100
+
+    def _on(self, trainer) -> bool:
+        return trainer.is_global_zero and (self.force or not sys.stdout.isatty())
+
+    def _start(self) -> None:
+        self._t0, self._samples, self._done = time.monotonic(), 0, 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start()
+        self._first_step = trainer.global_step  # a resumed run counts its own pace
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._samples += int(batch["input_ids"].shape[0]) * trainer.world_size
+        step = trainer.global_step
+        total = trainer.max_steps if trainer.max_steps > 0 else None
+        if not self._on(trainer) or step % self._every(total) or step == getattr(self, "_last", None):
+            return
+        self._last = step
+        loss = trainer.callback_metrics.get("train/loss")
+        self._line("fit step", step, total, step - self._first_step,
+                   [f"loss {float(loss):.4f}"] if loss is not None else [])
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._samples += int(batch["input_ids"].shape[0]) * trainer.world_size
+        done = batch_idx + 1
+        total = int(trainer.num_test_batches[dataloader_idx]) if trainer.num_test_batches else None
+        if self._on(trainer) and (done % self._every(total) == 0 or done == total):
+            self._line("test batch", done, total, done, [])
+
+    def _line(self, what: str, at: int, total: int | None, done: int, extra: list[str]) -> None:
+        elapsed = time.monotonic() - self._t0
+        parts = [f"{what} {at}" + (f"/{total} ({100 * at / total:.0f}%)" if total else ""), *extra,
+                 f"{self._samples / max(elapsed, 1e-9):.1f} samples/s", f"{_clock(elapsed)} elapsed"]
+        if total and done > 0:
+            parts.append(f"ETA {_clock(elapsed / done * (total - at))}")
+        print(", ".join(parts), flush=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+try:
+    from lightning.pytorch.callbacks import RichProgressBar
+except ImportError:  # rich is optional in Lightning
+    RichProgressBar = None
+
+if RichProgressBar is not None:
+    class ProgressBar(RichProgressBar):
+        """Lightning's rich progress bar, whose epoch reads ``Epoch 3`` when the run is bounded by steps: the stock
+        one printed ``Epoch 3/-2`` (max_epochs - 1, with max_epochs = -1)."""
+
+        def _get_train_description(self, current_epoch: int) -> str:
+            description = super()._get_train_description(current_epoch)
+            if self.trainer.max_epochs is not None and self.trainer.max_epochs < 0:
+                description = description.replace(f"/{self.trainer.max_epochs - 1}", "", 1)
+            return description
