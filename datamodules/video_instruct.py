@@ -39,16 +39,17 @@ log = logging.getLogger("lit_bvllm.data")
 
 
 def resolve_media(root: str, rel: str, field: str, allow_outside_root: bool = False) -> str:
-    """``root/rel``, refusing paths that leave ``root``: ``..``, absolute paths elsewhere, and symlinks inside the root
-    that lead out of it (checked on the resolved path). ``allow_outside_root`` (``--data.allow_outside_root``) reads
-    them: data roots that are links to another disk."""
+    """``root/rel``, refusing what the annotation says that leads out of ``root``: a ``..`` past it or an absolute
+    path elsewhere. A symlink the data owner placed inside the root (a ``videos/`` folder on another disk, usual on
+    cluster file systems) is followed. ``allow_outside_root`` (``--data.allow_outside_root``) reads any path."""
     path = os.path.normpath(os.path.join(root, rel))
     if allow_outside_root:
         return path
-    real, real_root = os.path.realpath(path), os.path.realpath(root)
-    if os.path.commonpath([real, real_root]) != real_root:
-        raise SampleError("path_escape", field, f"'{rel}' resolves outside the data root '{root}' (set "
-                                                "--data.allow_outside_root=true if your media live elsewhere)")
+    inside, top = os.path.abspath(path), os.path.abspath(root)
+    if os.path.commonpath([inside, top]) != top:
+        raise SampleError("path_escape", field, f"'{rel}' leads outside the data root '{root}' (a '..' or an absolute "
+                                                "path; set --data.allow_outside_root=true if your media live "
+                                                "elsewhere, or give the media folder as the annotation's root)")
     return path
 
 

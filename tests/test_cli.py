@@ -77,6 +77,29 @@ def test_scan_and_preview_from_a_config(tiny, synthetic, tmp_path, capsys):
     assert "skipped entries in this batch: 0" in out
 
 
+def test_a_symlinked_media_folder_scans_and_trains_with_no_bad_entry(tiny, synthetic, tmp_path, capsys):
+    """An annotation folder whose videos/ and images/ are symlinks to another disk (usual on a cluster): the scan
+    finds 0 bad entries (it found every one a path_escape) and a fit reads them, skipping none."""
+    data = tmp_path / "annotations"
+    data.mkdir()
+    for media in ("videos", "images"):
+        (data / media).symlink_to(synthetic / media, target_is_directory=True)
+    entries = json.loads((synthetic / "finetune.json").read_text())[:24]
+    (data / "train.json").write_text(json.dumps(entries))
+    cfg = _config(tiny, data / "train.json")
+    main(["scan", *cfg, "--out", str(tmp_path / "scan.json")])
+    report = json.loads((tmp_path / "scan.json").read_text())
+    assert report["bad"] == 0 and report["entries"] >= 20, report["counts"]  # the media entries of the 24
+    from datamodules import SkippedSamplesLogger
+    from lit_bvllm.cli.commands import lightning_cli
+
+    cli = lightning_cli(["fit", *cfg, "--model.init_from", "null", "--trainer.max_steps", "6", "--data.batch_size",
+                         "4", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+    assert cli.trainer.global_step == 6  # every training sample read once
+    skipped = next(c for c in cli.trainer.callbacks if isinstance(c, SkippedSamplesLogger))
+    assert skipped.seen == {} and float(cli.trainer.callback_metrics["data/skipped"]) == 0.0
+
+
 def test_strict_flag_from_the_command_line(tiny, synthetic, tmp_path):
     from datamodules.errors import DataError
 

@@ -9,8 +9,9 @@ file. A malformed entry raises ``ValueError`` naming the file, the entry and the
 reader decodes media.
 
 Readers do not judge where a path points; the data module does, before it reads anything (:func:`confine_media`):
-a video, frame folder or subtitle file that resolves outside the benchmark's folders makes its item an error
-item, unless ``--data.allow_outside_root`` is set.
+a video, frame folder or subtitle file whose path leads outside the benchmark's folders (an absolute path
+elsewhere, a ``..`` past them; a symlink placed inside them is followed) makes its item an error item, unless
+``--data.allow_outside_root`` is set.
 """
 
 from __future__ import annotations
@@ -28,31 +29,25 @@ ALLOW_FLAG = "--data.allow_outside_root"
 
 
 def confine(path: str | Path, roots: list[str | Path], field: str) -> Path:
-    """``path`` with its symlinks resolved, or a ``path_escape`` :class:`SampleError` when it lies outside every
-    folder of ``roots`` (resolved too).
+    """``path`` made absolute (``..`` folded, symlinks kept), or a ``path_escape`` :class:`SampleError` when it lies
+    outside every folder of ``roots``.
 
-    The training data's rule (:func:`datamodules.video_instruct.resolve_media`: the joined path must stay under
-    the data root), with symlinks resolved before the check, so that neither ``..``, an absolute path nor a link
-    inside the root leads out of it. Copied here rather than imported, so that the two sides can be read alone.
+    The training data's rule (:func:`datamodules.video_instruct.resolve_media`): what the annotation says may not
+    lead out of the root (no ``..`` past it, no absolute path elsewhere), and a symlink the benchmark's owner placed
+    inside the root is followed. Copied here rather than imported, so that the two sides can be read alone.
     """
-    resolved = Path(path).resolve()
-    folders = [Path(r).resolve() for r in roots]
-    if any(resolved.is_relative_to(folder) for folder in folders):
-        return resolved
+    inside = Path(os.path.abspath(path))
+    folders = [Path(os.path.abspath(r)) for r in roots]
+    if any(inside.is_relative_to(folder) for folder in folders):
+        return inside
     where = " or ".join(f"'{f}'" for f in folders)
-    leads = "is" if str(resolved) == str(path) else f"resolves to '{resolved}',"
-    raise SampleError("path_escape", field, f"'{path}' {leads} outside the benchmark root {where}; "
+    raise SampleError("path_escape", field, f"'{path}' lies outside the benchmark root {where}; "
                                             f"set {ALLOW_FLAG}=true if the benchmark's media live elsewhere")
 
 
 def confine_media(video: str, subtitles: str | None, roots: list[str | Path]) -> None:
-    """:func:`confine` every path an item reads: its video, each linked frame of its frame folder, its subtitles."""
+    """:func:`confine` every path an item reads: its video (a file or a frame folder) and its subtitles."""
     confine(video, roots, "video")
-    if os.path.isdir(video):  # a frame folder: a frame may be a link out of it
-        with os.scandir(video) as entries:
-            for entry in entries:
-                if entry.is_symlink():
-                    confine(entry.path, roots, "video")
     if subtitles is not None:
         confine(subtitles, roots, "subtitles")
 
