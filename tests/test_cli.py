@@ -90,6 +90,11 @@ def test_a_symlinked_media_folder_scans_and_trains_with_no_bad_entry(tiny, synth
     main(["scan", *cfg, "--out", str(tmp_path / "scan.json")])
     report = json.loads((tmp_path / "scan.json").read_text())
     assert report["bad"] == 0 and report["entries"] >= 20, report["counts"]  # the media entries of the 24
+    from lit_bvllm.cli.commands import scan_hint
+
+    hint = scan_hint({"entries": 24, "counts": {"path_escape": 20, "missing_file": 1}})
+    assert hint.startswith("20 of 24 entries are path_escape") and "--data.allow_outside_root true" in hint
+    assert scan_hint({"entries": 24, "counts": {"path_escape": 3}}) is None  # a few: the blocklist is the answer
     from datamodules import SkippedSamplesLogger
     from lit_bvllm.cli.commands import lightning_cli
 

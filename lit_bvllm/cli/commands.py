@@ -58,6 +58,27 @@ def scan(data: VideoInstructDataModule, out: str = "scan_report.json", workers: 
     path = write_report(report, out)
     print(f"scanned {report['entries']} entries in {report['seconds']} s: {report['ok']} ok, {report['bad']} bad "
           f"{report['counts']}; report: {path}" + (f" (use --data.blocklist={path})" if report["bad"] else ""))
+    if hint := scan_hint(report):
+        print(hint)
+
+
+MOSTLY = {"path_escape": "the media paths lead out of the annotation's folder: if the media live elsewhere, set "
+                         "--data.allow_outside_root true (or write the annotation beside its media) rather than "
+                         "blocking them",
+          "missing_file": "the media are not where the annotation's folder says: media paths are read relative to "
+                          "the annotation file's folder (or the mixture YAML's root:); check --data.train"}
+"""What a scan says when most entries fail for one reason: the setting to change, not a blocklist of the set."""
+
+
+def scan_hint(report: dict) -> str | None:
+    """A line naming the flag to change when more than half of the scanned entries fail for one reason."""
+    counts = report.get("counts") or {}
+    if not counts or not report.get("entries"):
+        return None
+    reason, n = max(counts.items(), key=lambda kv: kv[1])
+    if n <= report["entries"] / 2 or reason not in MOSTLY:
+        return None
+    return f"{n} of {report['entries']} entries are {reason}: {MOSTLY[reason]}"
 
 
 def preview(data: VideoInstructDataModule, num_samples: int = 4) -> None:
