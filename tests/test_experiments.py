@@ -106,3 +106,28 @@ def test_finetuning_gives_the_selection_more_frames_than_it_keeps():
     mean = (inspect.signature(make_synthetic).parameters["min_duration"].default + longest) / 2  # durations are uniform
     assert data["frame_mode"] == "fps" and data["fps"] * mean >= 2 * lstar and data["max_frames"] >= 2 * lstar
     assert base["data"]["init_args"]["fps"] == 1.0 and base["data"]["init_args"]["max_frames"] >= 128
+
+
+def test_every_flag_the_readme_gives_is_one_the_parser_takes():
+    """Each `--model.X` / `--data.X` the README names is an argument of the module or of a data module, and the data
+    settings the parser links from the model (--data.tokenizer, ...) appear only where the README says they are
+    refused (it told users to pass --data.tokenizer, which the CLI refuses)."""
+    import inspect
+
+    from datamodules import VideoInstructDataModule
+    from datamodules.benchmarks import BenchmarkDataModule
+    from lit_bvllm.cli.commands import LINKS
+    from lit_bvllm.training.lit_module import VideoLLMModule
+
+    readme = (EXPERIMENTS.parent / "README.md").read_text()
+    params = {"model": set(inspect.signature(VideoLLMModule).parameters),
+              "data": set(inspect.signature(VideoInstructDataModule).parameters)
+              | set(inspect.signature(BenchmarkDataModule).parameters) | {"help"}}
+    named = set(re.findall(r"--(model|data)\.(?:init_args\.)?(\w+)", readme))
+    assert len(named) > 20
+    unknown = sorted(f"--{group}.{name}" for group, name in named if name not in params[group])
+    assert unknown == []
+    linked = set(LINKS.values())
+    for line in readme.splitlines():
+        for name in re.findall(r"--data\.(\w+)", line):
+            assert name not in linked or "refused" in line, line
