@@ -149,3 +149,15 @@ def test_export_reads_the_training_config(tiny, synthetic, tmp_path, capsys):
     assert "trained tensors to" in capsys.readouterr().out
     model = load_exported(tmp_path / "export")
     assert (tmp_path / "export" / "adapter").is_dir() and model.config["reducer"]["class_path"].endswith("BVLLM")
+
+
+def test_a_typo_is_a_short_error_naming_the_right_option():
+    """A mistyped option: at most 5 lines, the closest valid option named, the usage left to --help (it printed 73
+    lines of usage before the reason, and no suggestion)."""
+    for typo, right in [("--model.reducer.init_args.num_frame", "--model.reducer.init_args.num_frames"),
+                        ("--data.max_lenght", "--data.max_length"), ("--trainer.max_stepz", "--trainer.max_steps")]:
+        out = subprocess.run([sys.executable, "-m", "lit_bvllm.cli", "fit", "--config", "experiments/pretrain.yaml",
+                              typo, "3"], capture_output=True, text=True, timeout=120)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) <= 5, out.stderr
+        assert lines[0].startswith("error: ") and f"did you mean {right}?" in lines, lines

@@ -4,19 +4,22 @@ config (export, scan, preview, show-selection). Imported by :func:`lit_bvllm.cli
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from datamodules import SkippedSamplesLogger, VideoInstructDataModule
+from datamodules.benchmarks import BenchmarkDataModule
 from datamodules.conversation import IGNORE_INDEX
 from datamodules.scan import scan_dataset, write_report
 from lit_bvllm.analysis.probe import probe_tower
@@ -365,6 +368,60 @@ def structure_differences(saved: dict, model, evaluating: bool) -> list[str]:
     return diffs
 
 
+class SuiteParser(LightningArgumentParser):
+    """The parser of every subcommand, whose errors are short: the error, the closest valid option where one is
+    close, and where the help is; the usage (70 lines) only on ``--help``."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)  # raised to the caller (a parser inside another, a test)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        self._logger.error(message)
+        lines = [f"error: {short_error(message)}"]
+        if hint := closest_option(message, parser):
+            lines.append(hint)
+        lines.append(f"see: {parser.prog.replace(' [options]', '')} --help")
+        sys.stderr.write("\n".join(lines) + "\n")
+        self.exit(2)
+
+
+def short_error(message: str) -> str:
+    """jsonargparse's message without the type expression it prints before the reason."""
+    message = " ".join(message.split())
+    reason = re.search(r"(Option '[^']+' is not accepted|Unrecognized arguments: .*|Key \"[^\"]+\" is required.*)",
+                       message, re.IGNORECASE)
+    key = re.match(r'Parser key "([^"]+)":', message)
+    if reason:
+        return (f"--{key.group(1)}: " if key else "") + reason.group(1).split(". Got value")[0]
+    return message[:400]
+
+
+KEY_CLASSES = {"data": [VideoInstructDataModule, BenchmarkDataModule], "model": [VideoLLMModule]}
+"""The classes whose init args a bad ``--<key>.<option>`` is compared with when the message names no class."""
+
+
+def closest_option(message: str, parser) -> str | None:
+    """'did you mean ...' for an unknown option: the class's own init args for a class_path argument (a reducer's
+    ``num_frame``), else the subcommand's flags (``--trainer.max_step``)."""
+    import difflib
+
+    if m := re.search(r"Option '([^']+)' is not accepted", message):
+        key = re.match(r'Parser key "([^"]+)":', message)
+        cls = re.search(r"class_path='([\w.]+)'", message)
+        targets = [_resolve(cls.group(1))] if cls else KEY_CLASSES.get(key.group(1) if key else "", [])
+        names = [n for target in targets if isinstance(target, type)
+                 for n in inspect.signature(target.__init__).parameters if n not in ("self", "in_dim")]
+        if close := difflib.get_close_matches(m.group(1), names, n=1):
+            where = f"--{key.group(1)}." + ("init_args." if cls else "") if key else ""
+            return f"did you mean {where}{close[0]}?"
+    if m := re.search(r"Unrecognized arguments: (\S+)", message, re.IGNORECASE):
+        flag = m.group(1).split("=", 1)[0]
+        options = [o for o in getattr(parser, "_option_string_actions", {}) if o.startswith("--")]
+        if close := difflib.get_close_matches(flag, options, n=1, cutoff=0.75):
+            return f"did you mean {close[0]}?"
+    return None
+
+
 class VideoCLI(LightningCLI):
     """LightningCLI with the suite's subcommands, checks and defaults (see the module docstring)."""
 
@@ -583,6 +640,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
     return VideoCLI(
         VideoLLMModule,
         L.LightningDataModule,
+        parser_class=SuiteParser,
         subclass_mode_data=True,
         args=args,
         run=run,
