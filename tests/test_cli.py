@@ -161,3 +161,13 @@ def test_a_typo_is_a_short_error_naming_the_right_option():
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 2 and len(lines) <= 5, out.stderr
         assert lines[0].startswith("error: ") and f"did you mean {right}?" in lines, lines
+
+
+def test_the_optimizer_is_the_modules_and_help_does_not_offer_another():
+    """The module builds its optimizer (--model.lr, lr_llm, schedule); fit --help offered --optimizer, which failed
+    inside the run with 'optimizer got an empty parameter list'. Now it is not an option at all."""
+    run = lambda *a: subprocess.run([sys.executable, "-m", "lit_bvllm.cli", "fit", *a], capture_output=True,  # noqa: E731
+                                    text=True, timeout=120)
+    assert "--optimizer" not in run("--help").stdout
+    bad = run("--config", "experiments/pretrain.yaml", "--optimizer", "AdamW")
+    assert bad.returncode == 2 and "unrecognized arguments: --optimizer" in bad.stderr

@@ -146,7 +146,7 @@ def test_overwrite_is_in_the_help(command, capsys):
     assert "--overwrite" in out and "delete it first" in out
 
 
-def test_a_second_test_run_is_refused_before_it_writes_and_overwrite_replaces_it(tiny, synthetic, tmp_path):
+def test_a_second_test_run_is_refused_before_it_writes_and_overwrite_replaces_it(tiny, synthetic, tmp_path, capsys):
     configs = ["pretrain.yaml", "eval/base.yaml", "eval/msvd_qa.yaml"]
     base = ["test", *[a for c in configs for a in ("--config", f"experiments/{c}")],
             *tiny["flags"], "--model.max_new_tokens", "2",
@@ -156,6 +156,7 @@ def test_a_second_test_run_is_refused_before_it_writes_and_overwrite_replaces_it
     run = tmp_path / "eval_msvd_qa" / "tiny"
     main(base)
     assert json.loads((run / "msvd_qa_results.json").read_text())["evaluated"] == 2
+    assert f"msvd_qa results: {run / 'msvd_qa_results.json'}" in capsys.readouterr().out  # the path, said at the end
     (run / "stale_from_the_old_run.txt").write_text("old")
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     with pytest.raises(FileExistsError, match=rf"run directory {run} already holds a run .*--overwrite true"):

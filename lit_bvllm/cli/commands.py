@@ -641,6 +641,8 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
         VideoLLMModule,
         L.LightningDataModule,
         parser_class=SuiteParser,
+        auto_configure_optimizers=False,  # the module builds its own (--model.lr, lr_llm, schedule): --optimizer was
+                                          # offered by --help and failed with "empty parameter list"
         subclass_mode_data=True,
         args=args,
         run=run,

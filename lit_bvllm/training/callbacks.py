@@ -326,8 +326,10 @@ class BenchmarkEvaluation(L.Callback):
             result["submission"] = sub[0]
         weights = {"ckpt_path": None if trainer.ckpt_path is None else str(trainer.ckpt_path),
                    "weights": hparams.get("weights"), "lora_adapter": hparams.get("lora_adapter")}
-        write_json(out / f"{ev.name}_results.json",
-                   {**result, "protocol": ev.describe(hparams.get("max_new_tokens")), "evaluated_weights": weights})
+        path = write_json(out / f"{ev.name}_results.json",
+                          {**result, "protocol": ev.describe(hparams.get("max_new_tokens")),
+                           "evaluated_weights": weights})
+        print(f"{ev.name} results: {path} (predictions: {out / f'{ev.name}_predictions.jsonl'})", flush=True)
 
 
 def _gather(records: list[dict]) -> list[dict]:
