@@ -236,3 +236,17 @@ def test_a_run_without_a_terminal_writes_its_progress_in_plain_lines(tiny, synth
     assert bar._get_train_description(0).strip() == "Epoch 0"
     bar._trainer.max_epochs = 3
     assert bar._get_train_description(1).strip() == "Epoch 1/2"
+
+
+def test_a_training_run_logs_its_gradient_norm_throughput_and_memory(tiny, synthetic, tmp_path):
+    """TensorBoard had the loss, learning rates, τ and visual tokens; now also the gradient norm, samples/s and
+    tokens/s, and the peak memory, every log_every_n_steps."""
+    cli = lightning_cli(["fit", "--config", "experiments/pretrain.yaml", *tiny["flags"],
+                         "--data.train", str(synthetic / "pretrain.json"), "--data.num_workers", "0",
+                         "--data.batch_size", "2", "--trainer.logger.init_args.save_dir", str(tmp_path),
+                         "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "2",
+                         "--trainer.enable_progress_bar", "false"])
+    m = cli.trainer.callback_metrics
+    for key in ("train/grad_norm", "train/samples_per_s", "train/tokens_per_s", "train/peak_memory_gib"):
+        assert key in m and torch.isfinite(m[key]) and float(m[key]) > 0, key
+    assert float(m["train/tokens_per_s"]) > float(m["train/samples_per_s"])  # many tokens a sample

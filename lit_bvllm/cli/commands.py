@@ -35,6 +35,7 @@ from lit_bvllm.training.callbacks import (
     RNGState,
     RunSummary,
     SelectionFigures,
+    TrainingMetrics,
 )
 from lit_bvllm.training.checkpointing import AtomicCheckpointIO
 from lit_bvllm.training.consolidate import consolidate
@@ -295,10 +296,10 @@ def link_question_tokenizer(cfg) -> None:
 
 SUITE_CALLBACKS = [f"{cls.__module__}.{cls.__qualname__}" for cls in (
     SkippedSamplesLogger, RunSummary, RNGState, BenchmarkEvaluation, PredictionWriter, SelectionFigures,
-    ProgressLog)] + ["lightning.pytorch.callbacks.LearningRateMonitor"]
+    ProgressLog, TrainingMetrics)] + ["lightning.pytorch.callbacks.LearningRateMonitor"]
 """The suite's own machinery, in every run: skipped-sample counts, the run summary, the RNG streams in the
 checkpoint, benchmark scoring, prediction files, what the reducer selected, progress lines in a log file, the
-learning rate in the logs."""
+gradient norm, throughput and peak memory, the learning rate in the logs."""
 CHECKPOINT = {"filename": "step{step}", "save_last": True, "save_top_k": -1, "every_n_train_steps": 500,
               "auto_insert_metric_name": False}
 """A config without a ModelCheckpoint gets this one (every 500 steps, and last.ckpt for ``--ckpt_path last``)."""

@@ -442,3 +442,44 @@ if RichProgressBar is not None:
             if self.trainer.max_epochs is not None and self.trainer.max_epochs < 0:
                 description = description.replace(f"/{self.trainer.max_epochs - 1}", "", 1)
             return description
+
+
+class TrainingMetrics(L.Callback):
+    """What a researcher reads a training run by, in the logger every ``log_every_n_steps``: the gradient norm
+    before clipping (``train/grad_norm``, over the trainable parameters), the throughput since the last log
+    (``train/samples_per_s``, ``train/tokens_per_s``: every process's samples, their attended tokens) and the peak
+    memory (``train/peak_memory_gib``: CUDA's peak allocation on a GPU, the process's peak resident size on a CPU)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._since, self._samples, self._tokens = time.monotonic(), 0, 0
+
+    def _due(self, trainer) -> bool:
+        return (trainer.global_step + 1) % max(1, trainer.log_every_n_steps) == 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not self._due(trainer):
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
+            pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._samples += int(batch["input_ids"].shape[0]) * trainer.world_size
+        self._tokens += int(batch["attention_mask"].sum()) * trainer.world_size
+        if trainer.global_step % max(1, trainer.log_every_n_steps):
+            return
+        elapsed = max(time.monotonic() - self._since, 1e-9)
+        pl_module.log_dict({"train/samples_per_s": self._samples / elapsed,
+                            "train/tokens_per_s": self._tokens / elapsed,
+                            "train/peak_memory_gib": _peak_memory_gib(pl_module.device)},
+                           on_step=True, on_epoch=False, batch_size=1, rank_zero_only=True)
+        self._since, self._samples, self._tokens = time.monotonic(), 0, 0
+
+
+def _peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
