@@ -131,3 +131,38 @@ def test_every_flag_the_readme_gives_is_one_the_parser_takes():
     for line in readme.splitlines():
         for name in re.findall(r"--data\.(\w+)", line):
             assert name not in linked or "refused" in line, line
+
+
+def _printed(configs: list[str], capsys) -> dict:
+    from lit_bvllm.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["fit", *[a for c in configs for a in ("--config", str(EXPERIMENTS / c))], "--print_config"])
+    assert done.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("reducer", ["bvllm.yaml", "uniform.yaml", "llamavid.yaml"])
+def test_the_paper_recipes_hold_the_papers_values(reducer, capsys):
+    """experiments/recipes/: the two stages as the B-VLLM paper's released scripts run them (bvllm_official.md §2.3),
+    for B-VLLM and for the baselines at the same recipe (the reducer file swapped)."""
+    backbone = "backbones/qwen2_7b_instructblip.yaml"
+    order = [backbone, f"reducers/{reducer}"]  # a reducer without a Q-Former goes after the backbone file
+    one = _printed(["pretrain.yaml", *order, "recipes/paper_stage1.yaml"], capsys)
+    two = _printed(["pretrain.yaml", "finetune.yaml", *order, "recipes/paper_stage2.yaml"], capsys)
+    for cfg, lr, frames, batch in ((one, 1e-3, 16, 128), (two, 1e-4, 32, 64)):
+        t, m, d = cfg["trainer"], cfg["model"], cfg["data"]["init_args"]
+        assert t["max_epochs"] == 1 and t["max_steps"] == -1 and t["precision"] == "bf16-mixed"
+        assert d["batch_size"] * t["accumulate_grad_batches"] * t["devices"] * t["num_nodes"] == batch
+        assert (m["lr"], m["schedule"], m["warmup_ratio"], m["weight_decay"]) == (lr, "cosine", 0.03, 0.0)
+        assert (d["frame_mode"], d["num_frames"], d["max_length"]) == ("uniform", frames, 8192)
+        assert m["gradient_checkpointing"] is True and m["llm"].endswith("Qwen2-7B-Instruct")
+        assert m["reducer"]["class_path"].endswith({"bvllm.yaml": "BVLLM", "uniform.yaml": "Uniform",
+                                                    "llamavid.yaml": "LLaMAVID"}[reducer])
+        assert any(c["class_path"].endswith("ModelCheckpoint") for c in t["callbacks"])
+    assert one["model"]["lora_r"] == 0 and one["model"]["freeze"] == ["reducer.spatial_qformer"]
+    assert one["data"]["init_args"]["template"] == "plain"
+    m = two["model"]
+    assert (m["lora_r"], m["lora_alpha"], m["lora_dropout"], m["lr_llm"]) == (128, 256, 0.05, 1e-4)
+    assert m["freeze"] is None and m["init_from"] == "runs/pretrain/paper_stage1/checkpoints/last.ckpt"
+    assert two["data"]["init_args"]["template"] == "chat"
