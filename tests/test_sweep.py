@@ -318,7 +318,7 @@ def test_a_2x2_sweep_end_to_end_with_a_failing_point_and_a_rerun(tiny, synthetic
         assert json.loads((sweep_dir / "status" / f"{pid}.json").read_text())["status"] == "done"
     status = json.loads((sweep_dir / "status" / f"{bad}.json").read_text())
     assert status["status"] == "failed" and status["error"]["returncode"] != 0
-    assert (sweep_dir / bad / "config.yaml").is_file()  # it failed after writing its run dir
+    assert not (sweep_dir / bad).exists()  # it failed before its first step: nothing left that blocks its rerun
     assert "num_frames=20 (L*) exceeds num_queries=16" in status["error"]["stderr_tail"]
     out = capsys.readouterr().out
     assert f"FAILED {bad}" in out and "exceeds num_queries" in out
@@ -350,7 +350,9 @@ def test_a_2x2_sweep_end_to_end_with_a_failing_point_and_a_rerun(tiny, synthetic
         main(["sweep", "--config", str(path)])
     versions = [a.split("=", 1)[1] for argv in launched for a in argv if a.startswith("--trainer.logger.init_args.v")]
     assert sorted(versions) == sorted([good[1], bad, "num_frames=20_num_tokens=4"])
-    assert all("--overwrite=true" in argv for argv in launched)  # each had files of its failed attempt (config.yaml)
+    overwritten = {a.split("=", 1)[1] for argv in launched if "--overwrite=true" in argv for a in argv
+                   if a.startswith("--trainer.logger.init_args.v")}
+    assert overwritten == {good[1]}  # the one with files of its failed attempt; a failed start left none
     assert json.loads((sweep_dir / "status" / f"{good[1]}.json").read_text())["attempt"] == 2
     assert (sweep_dir / good[1] / "vnbench_results.json").is_file()
     assert (json.loads((sweep_dir / "status" / f"{bad}.json").read_text())["error"]["stderr_tail"]
