@@ -171,3 +171,32 @@ def test_the_optimizer_is_the_modules_and_help_does_not_offer_another():
     assert "--optimizer" not in run("--help").stdout
     bad = run("--config", "experiments/pretrain.yaml", "--optimizer", "AdamW")
     assert bad.returncode == 2 and "unrecognized arguments: --optimizer" in bad.stderr
+
+
+def test_several_benchmarks_are_evaluated_with_one_model_load(tiny, synthetic, tmp_path, capsys, monkeypatch):
+    """lit_bvllm evaluate: two benchmarks, the backbones loaded once (nine loads of a 7B model for the paper's Table
+    1 before), each benchmark's results in its own run directory, and one table of both."""
+    import pathlib
+
+    import lit_bvllm.model as model_module
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "synthetic").symlink_to(synthetic, target_is_directory=True)  # the configs' roots
+    (tmp_path / "experiments").symlink_to(repo / "experiments", target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    loads = []
+    real = model_module.load_llm
+    monkeypatch.setattr(model_module, "load_llm", lambda *a, **k: loads.append(a) or real(*a, **k))
+    pairs = dict(zip(tiny["flags"][::2], tiny["flags"][1::2]))
+    flags = " ".join([*(f"{k[2:]}={v}" for k, v in pairs.items()), "data.limit=4", "data.num_workers=0",
+                      "model.max_new_tokens=2", "trainer.enable_progress_bar=false", "model.init_from=null"])
+    main(["evaluate", "--tasks", "vnbench,msvd_qa", "--flags", flags])
+    assert len(loads) == 1  # one model for both benchmarks
+    out = capsys.readouterr().out
+    for name, folder in (("vnbench", "eval_vnbench"), ("msvd_qa", "eval_msvd_qa")):
+        results = sorted((tmp_path / "runs" / folder).glob(f"*/{name}_results.json"))
+        assert len(results) == 1 and json.loads(results[0].read_text())["evaluated"] >= 4
+        assert f"{name} results: {results[0].relative_to(tmp_path)}" in out or str(results[0]) in out
+    header = next(line for line in out.splitlines()[::-1] if "vnbench" in line and "msvd_qa" in line)
+    assert header  # the side-by-side table, a column per benchmark, closes the output

@@ -7,6 +7,7 @@ Subcommands::
     lit_bvllm scan --config CFG [--out FILE]      validate a training set before a long run (report = blocklist)
     lit_bvllm preview --config CFG                decode and print one training batch
     lit_bvllm show-selection --config CFG --ckpt_path CKPT --video V --question Q   what the reducer keeps, drawn
+    lit_bvllm evaluate --tasks mvbench,videomme --ckpt_path CKPT   several benchmarks, one model load, one table
     lit_bvllm make-tiny --out DIR                 tiny local vision tower, LLM and tokenizer
     lit_bvllm make-synthetic --out DIR            synthetic mp4 videos and annotations in the public formats
     lit_bvllm probe-tower --vision_tower DIR --data DIR   linear probes: does the tower's [CLS] see the needle?

@@ -120,14 +120,59 @@ def preview(data: VideoInstructDataModule, num_samples: int = 4) -> None:
     print(f"\nskipped entries in this batch: {len(batch['skipped'])}")
 
 
+def evaluate(tasks: str, configs: str = "experiments/pretrain.yaml,experiments/finetune.yaml",
+             ckpt_path: str | None = None, eval_dir: str = "experiments/eval", flags: str = "",
+             overwrite: bool = False) -> dict:
+    """Several benchmarks, one model load: each task's run as ``lit_bvllm test`` would write it, then a table.
+
+    ``lit_bvllm evaluate --tasks mvbench,videomme --ckpt_path runs/finetune/tiny/checkpoints/last.ckpt``: the
+    training configs, then ``<eval_dir>/base.yaml`` and ``<eval_dir>/<task>.yaml``, per task; the model (backbones,
+    reducer) is built once and tested on every task, each in its own run directory with its results and predictions.
+
+    Args:
+        tasks: comma-separated benchmark configs under ``eval_dir`` (``mvbench``, ``videomme``, ``needle_64s``, ...).
+        configs: comma-separated training configs, in the order ``fit`` read them.
+        ckpt_path: the training checkpoint evaluated (its structure checked against the configs).
+        eval_dir: the folder of the benchmark configs.
+        flags: further settings for every task, space-separated ``key=value`` (``data.limit=8
+            model.max_new_tokens=16``: each becomes ``--key=value``).
+        overwrite: replace each task's run directory if it holds a run.
+    """
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise ValueError("--tasks names no benchmark: give e.g. --tasks mvbench,videomme (configs under --eval_dir)")
+    missing = [n for n in names if not (Path(eval_dir) / f"{n}.yaml").is_file()]
+    if missing:
+        raise FileNotFoundError(f"--tasks: no config {', '.join(f'{eval_dir}/{n}.yaml' for n in missing)}")
+    base = [a for c in configs.split(",") if c.strip() for a in ("--config", c.strip())]
+    saved = (read_checkpoint(ckpt_path, "--ckpt_path").get("hyper_parameters") or {}) if ckpt_path else None
+    module, written = None, {}
+    for name in names:
+        extra = [f"--{f.removeprefix('--')}" for f in flags.split()]
+        cli = lightning_cli([*base, "--config", f"{eval_dir}/base.yaml", "--config", f"{eval_dir}/{name}.yaml",
+                             *extra], run=False)
+        if saved is not None and (diffs := structure_differences(saved, cli.config.model, evaluating=True)):
+            raise ValueError(f"--ckpt_path '{ckpt_path}' holds another model than these configs describe: "
+                             + "; ".join(diffs))
+        module = module or cli.model  # built (backbones loaded) by the first test, reused by the others
+        claim_run_dir(cli.trainer, "test", ckpt_path, overwrite)
+        cli.trainer.test(module, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+        ev = next(c for c in cli.trainer.callbacks if isinstance(c, BenchmarkEvaluation))
+        written[name] = str(Path(cli.trainer.log_dir) / f"{ev.evaluator.name}_results.json")
+    from lit_bvllm.analysis.report import main as report
+
+    report([f"{name}={path}" for name, path in written.items()])
+    return written
+
+
 LINKS = {"model.llm": "tokenizer", "model.vision_tower": "vision_tower", "model.video_token": "video_token"}
 """The parser's links, model setting -> the data module's init arg it sets (one setting for the model and the data)."""
 LINKED = {target: f"--{source}" for source, target in LINKS.items()}  # a flag that sets a link target is refused
 OPTIMISATION = ("lr", "lr_llm", "weight_decay", "warmup_ratio", "schedule")  # restored with the optimizer on resume
 STRUCTURE = ("reducer", "feature_layer", "video_token", "lora_r", "lora_alpha")  # a checkpoint must agree on these
 CONFIG_COMMANDS = ("export", "scan", "preview", "show-selection")  # read the run config training reads; methods below
-REPORTING = ("probe-tower", "sweep", "study")  # commands that print their own report (a table), not their return value
-SETUP = {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "probe-tower": probe_tower,
+REPORTING = ("probe-tower", "sweep", "study", "evaluate")  # print their own report (a table), not their return value
+SETUP = {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "probe-tower": probe_tower, "evaluate": evaluate,
          "sweep": sweep, "study": study, "consolidate": consolidate}  # no run config
 
 
