@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -58,8 +60,10 @@ class VideoInstructDataModule(L.LightningDataModule):
         blocklist: a ``lit_bvllm scan`` report; its bad entries are left out.
         seed: seed of the mixture subsampling, the shuffling and the replacement choice.
         video_token: placeholder token marking where visual tokens go.
-        allow_outside_root: read media whose paths (``..``, absolute, or symlinks inside the data root) resolve
-            outside the annotation file's data root; False: such an entry is a ``path_escape`` bad entry.
+        allow_outside_root: read media whose paths (a ``..`` past the data root, an absolute path elsewhere) lead
+            out of it; False: such an entry is a ``path_escape`` bad entry. Symlinks inside the root are followed.
+        media_root: the folder media paths resolve against, for annotations kept apart from their media (LLaVA's
+            ``--video_folder``); None: each annotation file's own folder (or its mixture entry's ``root:``).
         pin_memory: pin batches in page-locked memory (for GPU training).
     """
 
@@ -91,6 +95,7 @@ class VideoInstructDataModule(L.LightningDataModule):
         video_token: str = VIDEO_TOKEN,
         pin_memory: bool = False,
         allow_outside_root: bool = False,
+        media_root: str | None = None,
     ):
         super().__init__()
         if not 0 < max_bad_fraction <= 1:
@@ -113,10 +118,18 @@ class VideoInstructDataModule(L.LightningDataModule):
         h = self.hparams
         return FrameSampling(h.frame_mode, h.fps, h.num_frames, h.max_frames)
 
+    def _sources(self, spec: str | list[str]) -> list:
+        sources = load_sources(spec)
+        if self.hparams.media_root is None:
+            return sources
+        if not Path(self.hparams.media_root).is_dir():
+            raise FileNotFoundError(f"--data.media_root '{self.hparams.media_root}' is not a folder")
+        return [dataclasses.replace(s, root=str(Path(self.hparams.media_root).expanduser())) for s in sources]
+
     def _dataset(self, spec: str | list[str]) -> VideoInstructDataset:
         h = self.hparams
         return VideoInstructDataset(
-            load_sources(spec), self.tokenizer, self.transform, template=h.template, sampling=self.sampling,
+            self._sources(spec), self.tokenizer, self.transform, template=h.template, sampling=self.sampling,
             max_length=h.max_length, visual_tokens=h.visual_tokens, question_tokenizer=self.question_tokenizer,
             max_question_length=h.max_question_length, strict=h.strict, max_bad_fraction=h.max_bad_fraction,
             blocklist=load_blocklist(h.blocklist), seed=h.seed, video_token=h.video_token,

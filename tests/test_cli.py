@@ -200,3 +200,16 @@ def test_several_benchmarks_are_evaluated_with_one_model_load(tiny, synthetic, t
         assert f"{name} results: {results[0].relative_to(tmp_path)}" in out or str(results[0]) in out
     header = next(line for line in out.splitlines()[::-1] if "vnbench" in line and "msvd_qa" in line)
     assert header  # the side-by-side table, a column per benchmark, closes the output
+
+
+def test_annotations_apart_from_their_media_name_the_media_folder(tiny, synthetic, tmp_path):
+    """--data.media_root: an annotation file kept in another folder than its media (LLaVA's --video_folder) reads them
+    from there; without it every entry is a missing file."""
+    ann = tmp_path / "elsewhere" / "train.json"
+    ann.parent.mkdir()
+    ann.write_text(json.dumps(json.loads((synthetic / "finetune.json").read_text())[:12]))
+    main(["scan", *_config(tiny, ann), "--out", str(tmp_path / "without.json")])
+    assert json.loads((tmp_path / "without.json").read_text())["counts"].get("missing_file", 0) >= 10
+    main(["scan", *_config(tiny, ann), "--data.media_root", str(synthetic), "--out", str(tmp_path / "with.json")])
+    report = json.loads((tmp_path / "with.json").read_text())
+    assert report["bad"] == 0 and report["entries"] >= 10
