@@ -83,6 +83,9 @@ def test_likelihood_mode_scores_every_option(model, tiny, synthetic, tmp_path):
     _, result, records, _ = run_test(model, tiny, VNBench(str(synthetic / "eval" / "vnbench")), tmp_path,
                                      mode="likelihood", limit=8)
     assert result["unparsed"] == 0 and result["protocol"]["parse_rule"] is None
+    metrics = (tmp_path / "vnbench" / "v" / "metrics.csv").read_text().splitlines()
+    header, row = metrics[0].split(","), metrics[-1].split(",")
+    assert float(row[header.index("hp_metric")]) == pytest.approx(result["circular_accuracy"])  # not TensorBoard's -1
     for r in records:
         assert len(r["scores"]) == 4 and r["pred"] == max(range(4), key=lambda k: r["scores"][k])
     # the 4 tries of one question hold the same options rotated: likelihood scores rotate with them

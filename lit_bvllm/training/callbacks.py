@@ -313,6 +313,9 @@ class BenchmarkEvaluation(L.Callback):
         result = ev.aggregate(states, records, out) if trainer.is_global_zero else {}
         for key, value in _flatten(result).items():
             pl_module.log(f"test/{ev.name}/{key}", value, rank_zero_only=True)
+        headline = next((result[k] for k in HEADLINES if isinstance(result.get(k), (int, float))), None)
+        if headline is not None:  # TensorBoard's HPARAMS tab shows it (it showed -1)
+            pl_module.log("hp_metric", float(headline), rank_zero_only=True)
         if trainer.is_global_zero:
             self._write_results(result, records, out, trainer, pl_module.hparams)
         self.results = result
@@ -330,6 +333,10 @@ class BenchmarkEvaluation(L.Callback):
                           {**result, "protocol": ev.describe(hparams.get("max_new_tokens")),
                            "evaluated_weights": weights})
         print(f"{ev.name} results: {path} (predictions: {out / f'{ev.name}_predictions.jsonl'})", flush=True)
+
+
+HEADLINES = ("circular_accuracy", "accuracy", "mean_over_tasks", "judge_accuracy", "exact_match")
+"""The metric a benchmark run is read by, first present first: it becomes the run's ``hp_metric``."""
 
 
 def _gather(records: list[dict]) -> list[dict]:
