@@ -154,7 +154,7 @@ def evaluate(tasks: str, configs: str = "experiments/pretrain.yaml,experiments/f
         if saved is not None and (diffs := structure_differences(saved, cli.config.model, evaluating=True)):
             raise ValueError(f"--ckpt_path '{ckpt_path}' holds another model than these configs describe: "
                              + "; ".join(diffs))
-        module = module or cli.model  # built (backbones loaded) by the first test, reused by the others
+        module = cli.model if module is None else module  # built (backbones loaded) by the first test, reused
         claim_run_dir(cli.trainer, "test", ckpt_path, overwrite)
         cli.trainer.test(module, datamodule=cli.datamodule, ckpt_path=ckpt_path)
         ev = next(c for c in cli.trainer.callbacks if isinstance(c, BenchmarkEvaluation))
