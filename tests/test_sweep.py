@@ -194,8 +194,15 @@ def test_headline_rule():
     assert headline_metric("vnbench@b", {"vnbench@b/circular_accuracy"}) == "vnbench@b/circular_accuracy"
 
 
-def test_report_only_writes_figures_and_tensorboard(tmp_path, capsys):
+def test_report_only_writes_figures_and_tensorboard(tmp_path, capsys, monkeypatch):
+    from matplotlib.axes import Axes
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    labels, legends = [], []
+    real_xlabel, real_legend = Axes.set_xlabel, Axes.legend
+    monkeypatch.setattr(Axes, "set_xlabel", lambda ax, s, *a, **k: labels.append(s) or real_xlabel(ax, s, *a, **k))
+    monkeypatch.setattr(Axes, "legend", lambda ax, *a, **k: legends.append(
+        [t.get_text() for t in real_legend(ax, *a, **k).get_texts()]))
 
     s = spec(tmp_path, grid={"model.reducer.init_args.tau": [0.1, 1.0], "model.reducer.init_args.gamma": [0.5, 0.9]})
     fake_results(s, {p.id: {"vnbench": {"circular_accuracy": i / 4, "accuracy": 0.5}}
@@ -209,6 +216,9 @@ def test_report_only_writes_figures_and_tensorboard(tmp_path, capsys):
     for png in ("curve_tau.png", "curve_gamma.png", "heatmap_tau_gamma.png"):
         assert (s.dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (s.dir / "heatmap_lstar_r.png").exists()
+    # axes and lines in the paper's symbols (they read tau, gamma, num_frames)
+    assert {"τ (Gumbel temperature)", "γ (merge threshold)"} <= set(labels)
+    assert any(text.startswith("γ=") for group in legends for text in group)
     runs = sorted(p.name for p in (s.dir / "tensorboard").iterdir())
     assert runs == sorted(p.id for p in expand(s)[:3])  # one HPARAMS session per finished point, no curves (2 knobs)
     ev = EventAccumulator(str(s.dir / "tensorboard" / runs[0]), size_guidance={"tensors": 0}).Reload()

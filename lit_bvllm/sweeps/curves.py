@@ -15,8 +15,16 @@ from pathlib import Path
 
 from lit_bvllm.sweeps.report import Row, Table
 
-HEATMAPS = {"lstar_r": ("num_frames", "num_tokens", "L* (num_frames)", "R (num_tokens)"),
-            "tau_gamma": ("tau", "gamma", "τ (tau)", "γ (gamma)")}
+SYMBOLS = {"num_frames": "L* (frames kept)", "num_tokens": "R (tokens per frame)", "budget": "θ (token budget)",
+           "tau": "τ (Gumbel temperature)", "gamma": "γ (merge threshold)"}
+"""The B-VLLM paper's symbol for each knob a figure puts on an axis (the knob's own name otherwise)."""
+HEATMAPS = {"lstar_r": ("num_frames", "num_tokens", SYMBOLS["num_frames"], SYMBOLS["num_tokens"]),
+            "tau_gamma": ("tau", "gamma", SYMBOLS["tau"], SYMBOLS["gamma"])}
+
+
+def axis_label(name: str) -> str:
+    """A knob's axis label: the paper's symbol for B-VLLM's knobs (``num_frames`` is L*), else the knob's name."""
+    return SYMBOLS.get(name.rsplit(".", 1)[-1], name)
 
 
 def write_figures(table: Table, out: Path) -> list[Path]:
@@ -51,7 +59,7 @@ def curve(table: Table, knob: str, path: Path) -> Path:
                 xs, ys, es = zip(*pts)
                 ax.errorbar(xs, ys, yerr=[0 if math.isnan(e) else e for e in es], marker="o", capsize=3,
                             linestyle="-" if numeric else "none", label=label)
-        ax.set_xlabel(table.names[knob])
+        ax.set_xlabel(axis_label(table.names[knob]))
         ax.set_ylabel("headline metric" if bench is None else table.headline[bench])
         if bench is not None:
             ax.set_title(bench)
@@ -121,7 +129,8 @@ def _axis(table: Table, knob: str) -> tuple[dict[str, float], list[str]]:
 def _groups(rows: list[Row], others: list[str], table: Table) -> dict[str, list[Row]]:
     out: dict[str, list[Row]] = {}
     for r in rows:
-        out.setdefault(", ".join(f"{table.names[k]}={r.knobs[k]}" for k in others), []).append(r)
+        out.setdefault(", ".join(f"{axis_label(table.names[k]).split(' ')[0]}={r.knobs[k]}" for k in others),
+                       []).append(r)
     return out
 
 
