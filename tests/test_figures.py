@@ -49,6 +49,12 @@ def test_the_figure_outlines_the_kept_frames_and_marks_the_needle(tmp_path):
     assert len(fig.axes[8].images) == 2  # the frame and its attention heatmap
     path = save_figure(fig, tmp_path / "f" / "sel.png")
     assert path.read_bytes()[:8] == PNG and path.stat().st_size > 2000
+    fig = selection_figure(frames, times, info, "What appears?", "(B) a red star", needle_times=[[4.5, 5.5]],
+                           columns=4, options=["a blue cross", "a red star"], correct=1)
+    title = fig._suptitle.get_text()
+    assert "(A) a blue cross   (B) a red star [right]" in title and "model: (B) a red star" in title
+    assert "w: the slot's selection weight" in title and "g: selections merged into it" in title  # the legend
+    assert min(ax.title.get_fontsize() for ax in fig.axes[:8]) >= 8  # the timestamps are readable (were 6 pt)
 
 
 def _rgb(hex_colour):

@@ -128,7 +128,8 @@ class BenchmarkDataset(Dataset):
             "labels": torch.full((len(ids),), IGNORE_INDEX),
             "question_ids": torch.tensor(self.question_ids(item)),
             "index": i,
-            "meta": {"id": item.id, "error": error, "prompt": text, "options": item.options, "needle_times": spans},
+            "meta": {"id": item.id, "error": error, "prompt": text, "options": item.options, "answer": item.answer,
+                     "needle_times": spans},
         }
         if spans is not None:
             sample["frame_evidence"] = frame_evidence(times, spans)

@@ -67,11 +67,13 @@ def kept_slots(info: dict) -> list[dict]:
 
 
 def selection_figure(frames, times, info: dict, question: str, answer: str | None = None,
-                     needle_times: list[list[float]] | None = None, columns: int = 16):
+                     needle_times: list[list[float]] | None = None, columns: int = 16,
+                     options: list[str] | None = None, correct: int | None = None):
     """A matplotlib Figure of one sample: top, every sampled frame (``frames``: ``(T, H, W, 3)`` uint8 or tower input
     ``(T, 3, H, W)``; ``times`` seconds) in rows of ``columns``, the kept ones outlined and labelled ``w`` (weight)
     and ``g`` (merge group size), frames inside ``needle_times`` marked; bottom, every kept frame with its spatial
-    attention over it. ``info``: one sample's (:func:`sample_info`)."""
+    attention over it. The title holds the question, its ``options`` (the ``correct`` one marked) and the model's
+    ``answer``, and a legend of the marks. ``info``: one sample's (:func:`sample_info`)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -106,7 +108,7 @@ def selection_figure(frames, times, info: dict, question: str, answer: str | Non
             ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, edgecolor=KEPT, linewidth=3))
             s = by_frame[t]
             label += f"\nw{max(x['weight'] for x in s):.2f} g{sum(x['group'] for x in s)}"
-        ax.set_title(label, fontsize=6, color=KEPT if t in by_frame else ("black" if not needle else NEEDLE), pad=1)
+        ax.set_title(label, fontsize=8, color=KEPT if t in by_frame else ("black" if not needle else NEEDLE), pad=1)
     for k, s in enumerate(slots):  # the kept frames, larger, with where the spatial sampler looked
         r, c = divmod(k, detail_cols)
         ax = fig.add_subplot(grid[rows + 2 * r: rows + 2 * r + 2, 2 * c: 2 * c + 2])
@@ -121,8 +123,13 @@ def selection_figure(frames, times, info: dict, question: str, answer: str | Non
                           interpolation="bilinear")
         ax.set_xticks([]), ax.set_yticks([])
         ax.set_title(f"slot {s['slot']}: {times[s['frame']]:.1f}s, w{s['weight']:.2f} g{s['group']}", fontsize=7)
-    title = f"Q: {question.strip()}" + (f"\nA: {answer.strip()}" if answer is not None else "")
-    title += f"\n{len(slots)} kept of {T} frames (outlined: kept; N: needle)"
+    title = f"Q: {question.strip()}"
+    if options:
+        title += "\n" + "   ".join(f"({chr(65 + k)}) {o}" + (" [right]" if k == correct else "")
+                                   for k, o in enumerate(options))
+    title += f"\nmodel: {answer.strip()}" if answer is not None else ""
+    title += (f"\n{len(slots)} kept of {T} frames. Outlined: kept; N: inside a needle's span; w: the slot's selection "
+              "weight (Eq. 1); g: selections merged into it (Eq. 2-5)")
     fig.suptitle(title, fontsize=9, ha="left", x=0.01)
     return fig
 
@@ -196,6 +203,7 @@ def show_selection(model, video: str, question: str, out: str | Path, options: l
         answers, info = model.generate(batch, return_info=True)
     raw, times, _ = read_video(item.video, FrameSampling("fps", fps, max_frames=max_frames))
     one = sample_info(info, 0)
-    path = save_figure(selection_figure(raw, times, one, question, answers[0], needle_times), out)
+    path = save_figure(selection_figure(raw, times, one, question, answers[0], needle_times,
+                                        options=list(options or []) or None), out)
     kept = [float(times[s["frame"]]) for s in kept_slots(one)]
     return {"answer": answers[0], "kept_times": kept, "figure": str(path)}

@@ -194,8 +194,11 @@ class SelectionFigures(L.Callback):
                 continue
             meta = batch["meta"][b]
             question = meta.get("question") or meta.get("prompt") or ""
+            right = meta.get("answer")
             fig = selection_figure(batch["frames"][b, :t].cpu(), batch["frame_times"][b, :t].cpu(),
-                                   sample_info(info, b), question, answers[b], needles[b])
+                                   sample_info(info, b), question, answers[b], needles[b],
+                                   options=meta.get("options") or None,
+                                   correct=right if isinstance(right, int) and right >= 0 else None)
             for lg in loggers:
                 lg.experiment.add_figure(f"selection/{stage}/{b}", fig, trainer.global_step, close=False)
             plt.close(fig)
