@@ -122,9 +122,10 @@ class VideoInstructDataModule(L.LightningDataModule):
         sources = load_sources(spec)
         if self.hparams.media_root is None:
             return sources
-        if not Path(self.hparams.media_root).is_dir():
+        root = Path(self.hparams.media_root).expanduser()
+        if not root.is_dir():
             raise FileNotFoundError(f"--data.media_root '{self.hparams.media_root}' is not a folder")
-        return [dataclasses.replace(s, root=str(Path(self.hparams.media_root).expanduser())) for s in sources]
+        return [dataclasses.replace(s, root=str(root)) for s in sources]
 
     def _dataset(self, spec: str | list[str]) -> VideoInstructDataset:
         h = self.hparams
