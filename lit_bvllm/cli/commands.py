@@ -182,6 +182,12 @@ OVERWRITE_HELP = ("replace the run directory (--trainer.logger.init_args.version
 LAUNCHER_RANKS = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 
 
+def first_process() -> bool:
+    """Whether this is the first process of a launch (global rank 0 by its launcher's variables), the one that
+    deletes run directories; the trainer's rank is not known yet where that is decided."""
+    return all(os.environ.get(k, "0") == "0" for k in LAUNCHER_RANKS)
+
+
 def claim_run_dir(trainer: L.Trainer, command: str, ckpt_path: str | None, overwrite: bool) -> Path | None:
     """Make sure a run does not write into another run's directory; the directory, or None when unchecked.
 
@@ -233,7 +239,7 @@ def _refusal(run: Path, held: list[str], command: str, ckpt_path: str | None, ov
 def _delete_run(run: Path, logger_root: Path, entries: int) -> None:
     """``--overwrite true``: the first process (:data:`LAUNCHER_RANKS`) deletes the earlier run, never the working
     directory, a folder above it or the logger's root."""
-    if any(os.environ.get(k, "0") != "0" for k in LAUNCHER_RANKS):
+    if not first_process():
         return  # the first process deletes
     target, here = run.resolve(), Path.cwd().resolve()
     if target == here or target in here.parents or target == logger_root.resolve():
@@ -252,7 +258,7 @@ def remove_failed_start(run: Path) -> bool:
     load) when it holds nothing but what the logger wrote as it started, so that the retry may use the same name
     without ``--overwrite``; checkpoints, results and predictions are never deleted. Only the first process
     deletes. Whether it deleted."""
-    if any(os.environ.get(k, "0") != "0" for k in LAUNCHER_RANKS) or not run.is_dir():
+    if not first_process() or not run.is_dir():
         return False
     files = [p for p in run.rglob("*") if p.is_file()]
     if any(not p.name.startswith(LOGGER_FILES) for p in files):

@@ -396,7 +396,7 @@ class ProgressLog(L.Callback):
         return trainer.is_global_zero and (self.force or not sys.stdout.isatty())
 
     def _start(self) -> None:
-        self._t0, self._samples, self._done = time.monotonic(), 0, 0
+        self._t0, self._samples, self._last = time.monotonic(), 0, None
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._start()
@@ -409,7 +409,7 @@ class ProgressLog(L.Callback):
         self._samples += int(batch["input_ids"].shape[0]) * trainer.world_size
         step = trainer.global_step
         total = trainer.max_steps if trainer.max_steps > 0 else None
-        if not self._on(trainer) or step % self._every(total) or step == getattr(self, "_last", None):
+        if not self._on(trainer) or step % self._every(total) or step == self._last:
             return
         self._last = step
         loss = trainer.callback_metrics.get("train/loss")
