@@ -24,6 +24,11 @@ STRATEGIES = ["BVLLM", "Uniform", "LLaMAVID", "MeanPool", "TokenLearner", "Group
 CATEGORIES = ["ret_insert1", "ord_insert1", "cnt_insert1"]
 VIDEOS = 12  # per length: 36 question groups, 144 items
 P_RIGHT = {"BVLLM": 0.75, "Uniform": 0.35}  # a planted effect: B-VLLM answers more groups
+PAIRED = (0, 1, 2, 3, 4, 5)  # the shipped sweep's seeds of B-VLLM and Uniform (extra_seeds); the other strategies 0-2
+
+
+def seeds_of(method: str) -> tuple[int, ...]:
+    return PAIRED if method in ("BVLLM", "Uniform") else (0, 1, 2)
 
 
 @pytest.fixture(autouse=True)
@@ -98,16 +103,16 @@ def test_the_report_has_every_strategy_length_and_seed_with_mean_and_std(tmp_pat
     out = tmp_path / "study"
     points = read_csv(out / "points.csv")
     strategies = {(r["method"], r["eval"], r["seed"]) for r in points if r["role"] == "strategies"}
-    assert strategies == {(m, f"needle_{n}s", str(s)) for m in STRATEGIES for n in (16, 64, 128) for s in (0, 1, 2)}
-    assert all(r["status"] == "done" for r in points) and len(points) == (8 * 3 + 3 * 3 + 4 * 3) * 3
+    assert strategies == {(m, f"needle_{n}s", str(s)) for m in STRATEGIES for n in (16, 64, 128) for s in seeds_of(m)}
+    assert all(r["status"] == "done" for r in points) and len(points) == (8 * 3 + 2 * 3 + 3 * 3 + 4 * 3) * 3
     summary = {(r["role"], r["method"], r["eval"]): r for r in read_csv(out / "summary.csv")}
     for method in STRATEGIES:
         for n in (16, 64, 128):
             row = summary[("strategies", method, f"needle_{n}s")]
-            values = [planted[("strategies", method, f"needle_{n}s", s)] for s in (0, 1, 2)]
+            values = [planted[("strategies", method, f"needle_{n}s", s)] for s in seeds_of(method)]
             assert float(row["circular_accuracy"]) == pytest.approx(np.mean(values))
             assert float(row["circular_accuracy_std"]) == pytest.approx(np.std(values, ddof=1))
-            assert (row["seeds_done"], row["seeds_expected"]) == ("3", "3")
+            assert row["seeds_done"] == row["seeds_expected"] == str(len(seeds_of(method)))
     assert float(summary[("strategies", "LLaMAVID", "needle_16s")]["visual_tokens"]) == 32.0  # its actual tokens
     assert float(summary[("strategies", "LLaMAVID", "needle_64s")]["visual_tokens"]) == 96.0
     assert float(summary[("controls", "blind (no frames)", "needle_64s")]["visual_tokens"]) == 0.0  # not its 96
@@ -116,8 +121,8 @@ def test_the_report_has_every_strategy_length_and_seed_with_mean_and_std(tmp_pat
     for name in ["blind (no frames)", "random frames", "oracle frames", "BVLLM w/o frame selection",
                  "BVLLM w/o temporal merge", "BVLLM w/o spatial sampling", "BVLLM soft selection", *STRATEGIES]:
         assert f"| {name} |" in md, name
-    bv = planted[("strategies", "BVLLM", "needle_64s", 0)], planted[("strategies", "BVLLM", "needle_64s", 1)]
-    assert f"{np.mean([*bv, planted[('strategies', 'BVLLM', 'needle_64s', 2)]]):.3f} ± " in md
+    assert f"{np.mean([planted[('strategies', 'BVLLM', 'needle_64s', s)] for s in PAIRED]):.3f} ± " in md
+    assert "seeds [0, 1, 2], reducer=BVLLM also [3, 4, 5], reducer=Uniform also [3, 4, 5])" in md
     assert "## Not finished\n\nnone" in md
     assert "| method | kind | tokens | 16 s | 64 s | 128 s |" in md  # the lengths are columns
     assert "| LLaMAVID | strategy | 32 / 96 / 96 |" in md and "| Uniform | strategy | 96 |" in md  # per length
@@ -134,16 +139,16 @@ def test_the_bootstrap_interval_brackets_the_difference_and_is_deterministic(tmp
     run = tmp_path / "needle_strategies"
     for ev, r in rows.items():
         observed = np.mean([planted[("strategies", "BVLLM", ev, s)] - planted[("strategies", "Uniform", ev, s)]
-                            for s in (0, 1, 2)])  # balanced types: the mean over groups is the mean over types
+                            for s in PAIRED])  # balanced types: the mean over groups is the mean over types
         assert float(r["diff"]) == pytest.approx(observed)
         assert float(r["low"]) <= observed <= float(r["high"])
-        assert (r["groups"], r["seeds"], r["dropped_groups"]) == (str(3 * VIDEOS), "3", "0")
+        assert (r["groups"], r["seeds"], r["dropped_groups"]) == (str(3 * VIDEOS), "6", "0")
         # each needle type alone: its own groups, its own difference (the per-type accuracies the runs wrote)
         per_type = {t["questions"]: t for t in table if t["eval"] == ev and t["questions"] != "all"}
         assert sorted(per_type) == sorted(CATEGORIES)
         for c, t in per_type.items():
             acc = {m: [json.loads((run / f"reducer={m}_seed={s}" / ev / "vnbench_results.json").read_text())[
-                "circular_per_category"][c] for s in (0, 1, 2)] for m in ("BVLLM", "Uniform")}
+                "circular_per_category"][c] for s in PAIRED] for m in ("BVLLM", "Uniform")}
             assert float(t["diff"]) == pytest.approx(np.mean(acc["BVLLM"]) - np.mean(acc["Uniform"]))
             assert float(t["low"]) <= float(t["diff"]) <= float(t["high"]) and t["groups"] == str(VIDEOS)
         assert np.mean([float(t["diff"]) for t in per_type.values()]) == pytest.approx(observed)
@@ -186,7 +191,7 @@ def test_a_missing_point_is_reported_not_dropped(tmp_path, capsys):
     assert "(2/3)" in md.split("## Per task type")[0]
     assert "- strategies TokenLearner seed 1 needle_128s: pending (point reducer=TokenLearner_seed=1)" in md
     assert "- controls oracle frames seed 2 needle_16s: pending" in md
-    assert "6 of 135 method x length x seed results missing" in capsys.readouterr().out
+    assert "6 of 153 method x length x seed results missing" in capsys.readouterr().out
 
 
 def test_a_method_with_no_finished_seed_reads_missing(tmp_path):
@@ -223,18 +228,18 @@ def test_the_full_wall_time_is_estimated_from_measured_quick_points(tmp_path):
     full = load_sweeps(FILES, str(tmp_path))
     quick = load_sweeps(FILES, str(tmp_path), quick=True)
     t = estimate(full, step_times(full) + step_times(quick))
-    fits, tests = 24 + 12, (24 + 9 + 12) * 3
+    fits, tests = 30 + 12, (30 + 9 + 12) * 3  # strategies: 8 x 3 seeds + B-VLLM's and Uniform's 3 extra
     assert (t["measured"], t["scaled"], t["unknown"]) == (fits + tests // 3, 2 * tests // 3, 0)
-    assert t["seconds"] == pytest.approx(fits * 100 + (24 + 9 + 12) * 40 * (16 + 64 + 128) / 64)
+    assert t["seconds"] == pytest.approx(fits * 100 + (30 + 9 + 12) * 40 * (16 + 64 + 128) / 64)
     # a test's length-independent part (a blind test's time) is kept, the rest scales with the length
     with_base = estimate(full, step_times(full) + step_times(quick), test_base=8.0)
-    assert with_base["seconds"] == pytest.approx(fits * 100 + 45 * (40 + 2 * 8 + 32 * (16 + 128) / 64))
+    assert with_base["seconds"] == pytest.approx(fits * 100 + 51 * (40 + 2 * 8 + 32 * (16 + 128) / 64))
     fewer = load_sweeps(FILES, str(tmp_path), quick=True, quick_steps=150)
     assert fewer["strategies"].fit_flags["trainer.max_steps"] == 150
     half = [("strategies", "reducer=BVLLM", "fit", 50.0, 500, None)]  # half the full recipe's 1,000 steps
-    assert estimate(full, half)["scaled"] == 3 and estimate(full, half)["seconds"] == pytest.approx(3 * 100)
+    assert estimate(full, half)["scaled"] == 6 and estimate(full, half)["seconds"] == pytest.approx(6 * 100)
     timed = [("strategies", "reducer=BVLLM", "fit", 50.0, 500, 0.2)]  # 500 more steps at 0.2 s
-    assert estimate(full, timed)["seconds"] == pytest.approx(3 * 150)
+    assert estimate(full, timed)["seconds"] == pytest.approx(6 * 150)
 
 
 def test_seconds_per_step_from_the_fits_logged_losses(tmp_path):
@@ -253,15 +258,16 @@ def test_seconds_per_step_from_the_fits_logged_losses(tmp_path):
 def test_the_study_sweeps_expand_to_the_expected_points(capsys):
     main(["study", "--dry-run", "true", "--root", "/nonexistent/sweeps"])
     out = capsys.readouterr().out
-    assert "study: strategies 24 points, controls 9 points, ablation 12 points" in out
+    assert "study: strategies 30 points, controls 9 points, ablation 12 points" in out
     assert not pathlib.Path("/nonexistent").exists()
     for s in (0, 1, 2):
         assert (f"--ckpt_path=/nonexistent/sweeps/needle_strategies/reducer=Uniform_seed={s}/checkpoints/last.ckpt"
                 in out)
-    assert out.count(" fit --config") == 24 + 12 and out.count("--trainer.max_steps=1000") == 24 + 12
-    assert out.count(" test --config") == (24 + 9 + 12) * 3
+    assert out.count(" fit --config") == 30 + 12 and out.count("--trainer.max_steps=1000") == 30 + 12
+    assert out.count(" test --config") == (30 + 9 + 12) * 3
+    assert out.count("--trainer.logger.init_args.version=reducer=BVLLM_seed=5/needle_64s") == 1  # extra_seeds
     for n in (16, 64, 128):
-        assert out.count(f"--config experiments/eval/needle_{n}s.yaml") == 24 + 9 + 12
+        assert out.count(f"--config experiments/eval/needle_{n}s.yaml") == 30 + 9 + 12
     assert out.count("--data.blind=true") == 3 * 3 and out.count("--model.reducer.init_args.pick=oracle") == 3 * 3
     for switch in ("frame_selection", "temporal_merge", "spatial_sampling"):
         assert out.count(f"--model.reducer.init_args.{switch}=false") == 4 * 3  # its variant's fit + 3 tests x 3 seeds

@@ -48,6 +48,14 @@ def test_grid_is_a_product_crossed_with_zipped_rows_and_seeds(tmp_path):
     assert [p.id for p in expand(spec(tmp_path, grid={BUDGET: [96]}))] == ["budget=96"]  # no seeds: config's seed
 
 
+def test_extra_seeds_give_some_settings_more_seeds(tmp_path):
+    s = spec(tmp_path, grid={BUDGET: [64, 96, 128]}, seeds=[0, 1], extra_seeds={"budget=96": [2, 3]})
+    ids = [p.id for p in expand(s)]
+    assert ids == ["budget=64_seed=0", "budget=64_seed=1", "budget=96_seed=0", "budget=96_seed=1", "budget=96_seed=2",
+                   "budget=96_seed=3", "budget=128_seed=0", "budget=128_seed=1"]
+    assert [p.seed for p in expand(s) if p.setting == "budget=96"] == [0, 1, 2, 3]
+
+
 def test_point_ids_are_readable_sanitised_and_stable(tmp_path):
     assert short_names([BUDGET, "data.budget", LSTAR]) == {BUDGET: "reducer.budget", "data.budget": "data.budget",
                                                           LSTAR: "num_frames"}
@@ -73,6 +81,10 @@ def test_point_ids_are_readable_sanitised_and_stable(tmp_path):
     ({"name": "my sweep/1"}, "name 'my sweep/1'"),
     ({"grid": {BUDGET: [96, 96]}}, "share the id"),
     ({"ckpt_path": "runs/s/reducer=U_seed={seed}/last.ckpt"}, "names {seed} but the sweep has no seeds"),
+    ({"grid": {BUDGET: [96]}, "seeds": [0], "extra_seeds": {"budget=69": [1]}}, r"names \['budget=69'\].*budget=96"),
+    ({"grid": {BUDGET: [96]}, "seeds": [0], "extra_seeds": {"budget=96": [0]}}, "share the id"),
+    ({"grid": {BUDGET: [96]}, "extra_seeds": {"budget=96": [1]}}, "need the sweep's seeds"),
+    ({"grid": {BUDGET: [96]}, "seeds": [0], "extra_seeds": {"budget=96": 3}}, "non-empty list of integer seeds"),
 ])
 def test_a_sweep_file_is_checked(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):

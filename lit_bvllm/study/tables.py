@@ -81,10 +81,11 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
 
     s = sweeps["strategies"]
     recipe = ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in s.fit_flags.items())
+    extra = "".join(f", {k} also {v}" for k, v in s.extra_seeds.items())
     lines = ["# The needle study", "",
              f"Every strategy at θ = 96 visual tokens, trained with one fixed recipe "
              f"({' + '.join(s.configs)}, {recipe};"
-             f" seeds {s.seeds}); no strategy was tuned (search budget: none, the same recipe for each). Circular "
+             f" seeds {s.seeds}{extra}); no strategy was tuned (search budget: none, the same recipe for each). Circular "
              "accuracy (VNBench's rule, option likelihood; 0.25: always the same option text, the option order being "
              "ignored), mean ± std over seeds; `(n/N)`: seeds "
              "finished; tokens: visual tokens handed to the LLM per item in the evaluation, mean over items and seeds "

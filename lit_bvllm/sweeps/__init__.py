@@ -25,6 +25,7 @@ def sweep(
     grid: dict[str, list] | None = None,
     zipped: dict[str, list] | None = None,
     seeds: list[int] | None = None,
+    extra_seeds: dict[str, list[int]] | None = None,
     ckpt_path: str | None = None,
     evals: dict[str, list[str]] | None = None,
     flags: dict | None = None,
@@ -52,6 +53,9 @@ def sweep(
         zipped: dotted keys whose lists (of one length) go together, row by row, crossed with ``grid``.
         seeds: ``seed_everything`` of each point's runs: every knob setting runs once per seed (none: the configs'
             seed, and no seed in the point ids).
+        extra_seeds: more seeds for some settings, by the setting's id (the point id without ``_seed=N``):
+            ``{reducer=BVLLM: [3, 4, 5], reducer=Uniform: [3, 4, 5]}`` gives the comparison a study is about more seeds
+            than the rest of its rows.
         ckpt_path: test mode: the trained checkpoint every point evaluates (none: the configs' weights); ``{seed}``
             in it is each point's seed (``runs/sweeps/needle_strategies/reducer=Uniform_seed={seed}/checkpoints/
             last.ckpt``: the checkpoint a fit sweep trained with that seed).
@@ -71,8 +75,8 @@ def sweep(
         dry_run: print the points and their exact commands; run nothing.
         report_only: run nothing; remake the table, figures and TensorBoard runs from the finished points.
     """
-    spec = Sweep(name, configs, mode, grid or {}, zipped or {}, seeds, ckpt_path, evals or {}, flags or {},
-                 fit_flags or {}, test_flags or {}, root, slurm or {})
+    spec = Sweep(name, configs, mode, grid or {}, zipped or {}, seeds, extra_seeds or {}, ckpt_path, evals or {},
+                 flags or {}, fit_flags or {}, test_flags or {}, root, slurm or {})
     points = expand(spec)
     if dry_run:
         print_plan(spec, points)

@@ -39,6 +39,7 @@ class Sweep:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     zipped: dict[str, list[Any]] = field(default_factory=dict)
     seeds: list[int] | None = None
+    extra_seeds: dict[str, list[int]] = field(default_factory=dict)
     ckpt_path: str | None = None
     evals: dict[str, list[str]] = field(default_factory=dict)
     flags: dict[str, Any] = field(default_factory=dict)
@@ -54,6 +55,7 @@ class Sweep:
         self.grid, self.zipped = keys(self.grid), keys(self.zipped)
         self.flags, self.fit_flags, self.test_flags = keys(self.flags), keys(self.fit_flags), keys(self.test_flags)
         self.evals, self.slurm = dict(self.evals or {}), dict(self.slurm or {})
+        self.extra_seeds = dict(self.extra_seeds or {})
         bad = []
         if not self.name or _SAFE.search(self.name):
             bad.append(f"name {self.name!r}: letters, digits and . _ + - only (it names the sweep's folder)")
@@ -79,6 +81,11 @@ class Sweep:
             bad.append("mode fit: ckpt_path is for test mode (a fit point is tested on its own last.ckpt)")
         if self.ckpt_path and SEED in self.ckpt_path and not self.seeds:
             bad.append(f"ckpt_path {self.ckpt_path!r} names {SEED} but the sweep has no seeds (seeds: [0, 1, ...])")
+        if self.extra_seeds and not self.seeds:
+            bad.append("extra_seeds: more seeds for some settings need the sweep's seeds (seeds: [0, 1, ...])")
+        for k, v in self.extra_seeds.items():
+            if not isinstance(v, list) or not v or not all(isinstance(x, int) for x in v):
+                bad.append(f"extra_seeds.{k}: a non-empty list of integer seeds")
         for e in self.evals:
             if _SAFE.search(e) or e in ("checkpoints", "fit"):
                 bad.append(f"evals.{e}: letters, digits and . _ + - only, not 'checkpoints' or 'fit' (a folder name)")
@@ -152,23 +159,28 @@ def labels(values: list[Any]) -> list[str]:
 
 
 def expand(sweep: Sweep) -> list[Point]:
-    """Every point: the product of the ``grid`` lists, times the rows of the ``zipped`` lists, times the seeds."""
+    """Every point: the product of the ``grid`` lists, times the rows of the ``zipped`` lists, times the seeds (and a
+    setting's ``extra_seeds``)."""
     keys = [*sweep.grid, *sweep.zipped]
     names = short_names(keys)
     tags = {k: dict(zip(map(value_key, vs), labels(vs))) for k, vs in {**sweep.grid, **sweep.zipped}.items()}
     rows = list(zip(*sweep.zipped.values())) if sweep.zipped else [()]
-    points, seen = [], {}
+    points, seen, settings = [], {}, []
     for combo in itertools.product(*sweep.grid.values()):
         for row in rows:
             knobs = dict(zip(keys, (*combo, *row)))
             setting = "_".join(f"{names[k]}={tags[k][value_key(v)]}" for k, v in knobs.items()) or "base"
-            for seed in sweep.seeds or [None]:
+            settings.append(setting)
+            for seed in [*(sweep.seeds or [None]), *sweep.extra_seeds.get(setting, [])]:
                 pid = setting if seed is None else f"{setting}_seed={seed}" if knobs else f"seed={seed}"
                 if pid in seen:
                     raise ValueError(f"sweep '{sweep.name}': two points would share the id {pid!r} ({seen[pid]} and "
                                      f"{knobs}, seed {seed}); a value repeats in the grid, zipped lists or seeds")
                 seen[pid] = knobs
                 points.append(Point(knobs, seed, pid, setting, {k: tags[k][value_key(v)] for k, v in knobs.items()}))
+    if unknown := sorted(set(sweep.extra_seeds) - set(settings)):
+        raise ValueError(f"sweep '{sweep.name}': extra_seeds names {unknown}, not settings of this sweep; its settings: "
+                         f"{settings}")
     return points
 
 
