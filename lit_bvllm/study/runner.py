@@ -160,7 +160,8 @@ def study(quick: bool = False, root: str = "runs/sweeps", out: str | None = None
           ablation: str = FILES["ablation"], resamples: int = 10000, example: bool = True, dry_run: bool = False,
           report_only: bool = False) -> None:
     """The needle study: every strategy at θ = 96, the controls and B-VLLM's ablation on the 16, 64 and 128 s needle
-    sets (three seeds; six for B-VLLM and Uniform), then its tables and figures. Run again, it resumes: finished points are skipped.
+    sets (three seeds; six for B-VLLM and Uniform), then its tables and figures. Run again, it resumes: finished
+    points are skipped.
 
     Args:
         quick: one seed and the 64 s set only, in ``<sweep>_quick`` folders and ``<root>/study_quick``.

@@ -85,10 +85,10 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
     lines = ["# The needle study", "",
              f"Every strategy at θ = 96 visual tokens, trained with one fixed recipe "
              f"({' + '.join(s.configs)}, {recipe};"
-             f" seeds {s.seeds}{extra}); no strategy was tuned (search budget: none, the same recipe for each). Circular "
-             "accuracy (VNBench's rule, option likelihood; 0.25: always the same option text, the option order being "
-             "ignored), mean ± std over seeds; `(n/N)`: seeds "
-             "finished; tokens: visual tokens handed to the LLM per item in the evaluation, mean over items and seeds "
+             f" seeds {s.seeds}{extra}); no strategy was tuned (search budget: none, the same recipe for each). "
+             "Circular accuracy (VNBench's rule, option likelihood; 0.25: always the same option text, the option "
+             "order being ignored), mean ± std over seeds; `(n/N)`: seeds finished; tokens: visual tokens handed to "
+             "the LLM per item in the evaluation, mean over items and seeds "
              "(one per length when they differ).", "",
              "## Answer accuracy", ""]
     rows = [[m, KINDS[role], tokens(list(by.values())),

@@ -179,8 +179,8 @@ def expand(sweep: Sweep) -> list[Point]:
                 seen[pid] = knobs
                 points.append(Point(knobs, seed, pid, setting, {k: tags[k][value_key(v)] for k, v in knobs.items()}))
     if unknown := sorted(set(sweep.extra_seeds) - set(settings)):
-        raise ValueError(f"sweep '{sweep.name}': extra_seeds names {unknown}, not settings of this sweep; its settings: "
-                         f"{settings}")
+        raise ValueError(f"sweep '{sweep.name}': extra_seeds names {unknown}, not settings of this sweep; its "
+                         f"settings: {settings}")
     return points
 
 
