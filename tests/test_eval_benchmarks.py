@@ -334,7 +334,8 @@ def test_predict_writes_generations(tiny, synthetic, tmp_path, monkeypatch):
                    "--data.benchmark.root", str(synthetic / "eval" / "msvd"), "--data.limit", "5",
                    "--data.num_workers", "0",
                    "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
-    lines = (tmp_path / "eval_msvd_qa" / "version_0" / "predictions.rank0.jsonl").read_text().splitlines()
+    run = tmp_path / "eval_msvd_qa" / pathlib.Path(tiny["llm"]).name  # no checkpoint: named after the base LLM
+    lines = (run / "predictions.rank0.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert len(records) == 5 and len({r["id"] for r in records}) == 5
     assert all(r["prompt"] and isinstance(r["output"], str) and r["error"] is None for r in records)

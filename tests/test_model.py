@@ -342,7 +342,8 @@ def test_export_reloads_without_lightning_with_identical_logits(tiny, synthetic,
         got = cli.model.model.eval()(batch, with_labels=False)[0].logits
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     # --data.limit 2 keeps whole circular groups: the 4 tries of the first question
-    assert json.loads((tmp_path / "eval_vnbench" / "version_0" / "vnbench_results.json").read_text())["evaluated"] == 4
+    # and the run folder is named after the export evaluated (its --model.weights folder)
+    assert json.loads((tmp_path / "eval_vnbench" / "export" / "vnbench_results.json").read_text())["evaluated"] == 4
 
 
 def test_generation_is_greedy_batched_and_deterministic(tiny, synthetic):

@@ -11,7 +11,7 @@ import yaml
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lit_bvllm.cli import main
-from lit_bvllm.cli.commands import LAUNCHER_RANKS, claim_run_dir, lightning_cli
+from lit_bvllm.cli.commands import LAUNCHER_RANKS, claim_run_dir, lightning_cli, weights_name
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -121,6 +121,28 @@ def test_without_a_versioned_logger_nothing_is_checked(tmp_path):
     t = L.Trainer(logger=False, default_root_dir=tmp_path, enable_checkpointing=False)
     earlier_run(tmp_path)
     assert claim_run_dir(t, "test", None, True) is None and (tmp_path / "x_results.json").is_file()
+
+
+def test_an_evaluation_is_named_after_the_weights_it_evaluates(tiny, tmp_path):
+    """Results went to runs/eval_<benchmark>/version_N, a folder that says nothing of the checkpoint evaluated."""
+    assert weights_name("runs/finetune/tiny/checkpoints/last.ckpt", None) == "finetune-tiny-last"
+    assert weights_name("/ckpt/stage 2/epoch=1.ckpt", None) == "stage-2-epoch-1"
+    assert weights_name(None, {"weights": "/exports/bvllm_7b/", "llm": "/ckpt/Qwen2"}) == "bvllm_7b"
+    assert weights_name(None, {"weights": None, "llm": "/ckpt/Qwen2-7B-Instruct"}) == "Qwen2-7B-Instruct"
+    assert weights_name("best", {"llm": "/ckpt/Qwen2"}) is None  # Lightning's own name: version_N as before
+    configs = ["pretrain.yaml", "finetune.yaml", "eval/base.yaml", "eval/needle.yaml"]
+    args = [a for c in configs for a in ("--config", f"experiments/{c}")]
+    args += [*tiny["flags"], "--model.init_from", "null", "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    ckpt = "runs/finetune/tiny/checkpoints/last.ckpt"
+    assert lightning_cli(args, run=False, weights=ckpt).trainer.log_dir == str(tmp_path / "eval_needle" /
+                                                                                 "finetune-tiny-last")
+    earlier_run(tmp_path / "eval_needle" / "finetune-tiny-last")
+    assert lightning_cli(args, run=False, weights=ckpt).trainer.log_dir == str(tmp_path / "eval_needle" /
+                                                                                 "finetune-tiny-last_2")
+    llm = pathlib.Path(tiny["flags"][tiny["flags"].index("--model.llm") + 1]).name
+    assert lightning_cli(args, run=False, weights="").trainer.log_dir == str(tmp_path / "eval_needle" / llm)
+    named = lightning_cli(args + ["--trainer.logger.init_args.version", "mine"], run=False, weights=ckpt)
+    assert named.trainer.log_dir == str(tmp_path / "eval_needle" / "mine")  # a name the user gives is kept
 
 
 def test_the_eval_configs_give_each_run_a_new_version(tiny, tmp_path):

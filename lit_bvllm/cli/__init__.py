@@ -15,9 +15,10 @@ Subcommands::
     lit_bvllm study [--quick true]                the needle study: every strategy, controls, ablation; tables, figures
     lit_bvllm consolidate --ckpt_path DIR [--out FILE]   one file from a sharded (FSDP2) checkpoint folder
 
-fit, validate, test and predict write to a run directory, ``runs/<name>/<version>``: a new ``version_N`` unless
-the version is named, and a named one that already holds a run is refused (``--overwrite true`` deletes it first;
-``fit --ckpt_path`` from inside it resumes there): :func:`lit_bvllm.cli.commands.claim_run_dir`.
+fit, validate, test and predict write to a run directory, ``runs/<name>/<version>``: a new ``version_N`` unless the
+version is named (an evaluation's unnamed version is named after its weights, ``finetune-tiny-last``), and a named one
+that already holds a run is refused (``--overwrite true`` deletes it first; ``fit --ckpt_path`` from inside it resumes
+there): :func:`lit_bvllm.cli.commands.claim_run_dir`.
 
 export, scan and preview read the configs training reads (``--config experiments/pretrain.yaml [--config
 experiments/finetune.yaml]``); ``--data.<arg>`` overrides one value. Flags accept dashes or underscores

@@ -150,7 +150,7 @@ def evaluate(tasks: str, configs: str = "experiments/pretrain.yaml,experiments/f
     for name in names:
         extra = [f"--{f.removeprefix('--')}" for f in flags.split()]
         cli = lightning_cli([*base, "--config", f"{eval_dir}/base.yaml", "--config", f"{eval_dir}/{name}.yaml",
-                             *extra], run=False)
+                             *extra], run=False, weights=ckpt_path or "")
         if saved is not None and (diffs := structure_differences(saved, cli.config.model, evaluating=True)):
             raise ValueError(f"--ckpt_path '{ckpt_path}' holds another model than these configs describe: "
                              + "; ".join(diffs))
@@ -266,6 +266,49 @@ def remove_failed_start(run: Path) -> bool:
     shutil.rmtree(run)
     print(f"the run failed before its first step: removed {run}, which held only its logger's files", file=sys.stderr)
     return True
+
+
+EVALUATING = ("validate", "test", "predict")
+VERSIONED = ("lightning.pytorch.loggers.TensorBoardLogger", "lightning.pytorch.loggers.tensorboard.TensorBoardLogger",
+             "lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.csv_logs.CSVLogger")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def weights_name(ckpt_path: str | None, model) -> str | None:
+    """What an evaluation's run folder is named after: the checkpoint's run and file
+    (``runs/finetune/tiny/checkpoints/last.ckpt`` -> ``finetune-tiny-last``), else the exported folder
+    (``--model.weights``), else the LLM's folder (zero-shot on the base weights); None for Lightning's own
+    checkpoint names (``best``, ``last``), which name no file."""
+    if ckpt_path in ("best", "last", "hpc", "registry"):
+        return None
+    if ckpt_path:
+        path = Path(ckpt_path)
+        parts = [*path.parts[-4:-2], path.stem] if path.parent.name == "checkpoints" else [path.parent.name, path.stem]
+    elif model is not None and model.get("weights"):
+        parts = [Path(str(model.get("weights"))).name]
+    elif model is not None and model.get("llm"):
+        parts = [Path(str(model.get("llm"))).name]
+    else:
+        return None
+    return _UNSAFE.sub("-", "-".join(p for p in parts if p not in ("", ".", ".."))).strip("-") or None
+
+
+def name_after_weights(cfg, ckpt_path: str | None) -> None:
+    """An evaluation whose logger version is unset (``version: null``, the eval configs') gets its run folder named
+    after the weights it evaluates (:func:`weights_name`), ``_2``, ``_3``, ... appended while that name holds a run:
+    ``runs/eval_mvbench/finetune-tiny-last``, not ``version_7``. Only TensorBoard and CSV loggers have versions."""
+    logger = cfg.trainer.get("logger")
+    if not hasattr(logger, "get") or logger.get("class_path") not in VERSIONED:
+        return
+    init = logger.get("init_args")
+    if init is None or init.get("version") is not None or (name := weights_name(ckpt_path, cfg.get("model"))) is None:
+        return
+    root = Path(init.get("save_dir") or ".") / (init.get("name") or "lightning_logs")
+    version, n = name, 1
+    while (root / version).is_dir() and any((root / version).iterdir()):
+        n += 1
+        version = f"{name}_{n}"
+    init.version = version
 
 
 def link_visual_tokens(cfg) -> None:
@@ -475,7 +518,12 @@ def closest_option(message: str, parser) -> str | None:
 
 
 class VideoCLI(LightningCLI):
-    """LightningCLI with the suite's subcommands, checks and defaults (see the module docstring)."""
+    """LightningCLI with the suite's subcommands, checks and defaults (see the module docstring). ``weights``: the
+    checkpoint a caller evaluates with this config (``evaluate``; "": none), which names its run folder."""
+
+    def __init__(self, *args, weights: str | None = None, **kwargs) -> None:
+        self.weights = weights
+        super().__init__(*args, **kwargs)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -560,6 +608,8 @@ class VideoCLI(LightningCLI):
             cfg.trainer.precision = "bf16-mixed" if bf16 else "32-true"
         link_visual_tokens(cfg)
         link_question_tokenizer(cfg)
+        if self.subcommand in EVALUATING or self.weights is not None:
+            name_after_weights(cfg, cfg.get("ckpt_path") or self.weights or None)
         add_suite_callbacks(cfg.trainer)
 
     def instantiate_classes(self) -> None:
@@ -681,7 +731,7 @@ class VideoCLI(LightningCLI):
 setattr(VideoCLI, "show-selection", VideoCLI.show_selection)
 
 
-def lightning_cli(args: list[str] | None = None, run: bool = True):
+def lightning_cli(args: list[str] | None = None, run: bool = True, weights: str | None = None):
     """The one parser of every ``lit_bvllm`` subcommand: a LightningCLI over
     :class:`~lit_bvllm.training.lit_module.VideoLLMModule` and any LightningDataModule (``class_path``).
 
@@ -698,6 +748,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True):
         subclass_mode_data=True,
         args=args,
         run=run,
+        weights=weights,
         save_config_callback=KeepingConfigSnapshot,  # never overwrites an earlier run's config.yaml
         trainer_defaults={"use_distributed_sampler": False},  # the data module shards with its own resumable sampler
     )
