@@ -163,6 +163,23 @@ def test_a_typo_is_a_short_error_naming_the_right_option():
         assert lines[0].startswith("error: ") and f"did you mean {right}?" in lines, lines
 
 
+@pytest.mark.parametrize("command, own", [
+    ("show-selection", ["--video", "--question", "--options", "--needle_times"]),
+    ("scan", ["--out", "--workers", "--decode"]), ("export", ["--out", "--merge_lora"]),
+    ("preview", ["--num_samples"])])
+def test_a_tooling_commands_help_lists_its_own_flags_first(command, own, capsys):
+    """show-selection --help printed the 500 lines of trainer, model and data flags it shares with fit first and its
+    own flags at lines 633-653; now a short usage naming them, then their group, then the rest."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith(f"usage: lit_bvllm {command} [--config CONFIG ...]") and len(lines[0].split("] [")) < 12
+    first_shared = out.index("--trainer.max_steps")
+    for flag in own:
+        assert f"[{flag} ...]" in lines[0] and out.index(f"  {flag} ") < first_shared, flag
+
+
 def test_the_optimizer_is_the_modules_and_help_does_not_offer_another():
     """The module builds its optimizer (--model.lr, lr_llm, schedule); fit --help offered --optimizer, which failed
     inside the run with 'optimizer got an empty parameter list'. Now it is not an option at all."""

@@ -517,6 +517,24 @@ def closest_option(message: str, parser) -> str | None:
     return None
 
 
+def summary(obj) -> str:
+    """The first paragraph of a docstring, on one line: a subcommand's description (its first line was cut
+    mid-sentence)."""
+    return " ".join((getattr(obj, "__doc__", None) or "").strip().split("\n\n")[0].split())
+
+
+def own_flags_first(parser, name: str, method) -> None:
+    """``--help`` of a config command (export, scan, preview, show-selection) starts with its own flags: a short usage
+    line, then the group of the method's arguments, then the run config's (trainer, model, data) it shares with fit.
+    Their help listed those 500 lines first, and the command's own flags at its end."""
+    own = [n for n in inspect.signature(method).parameters if n not in ("self", "model", "datamodule")]
+    groups = [g for g in parser._action_groups if any(a.dest in own for a in g._group_actions)]
+    parser._action_groups = [*groups, *(g for g in parser._action_groups if g not in groups)]
+    flags = " ".join(f"[--{n} ...]" for n in own if n != "ckpt_path")
+    parser.usage = (f"lit_bvllm {name} [--config CONFIG ...] {flags} [--ckpt_path CKPT] "
+                    "[--trainer.* / --model.* / --data.* as fit takes them]")
+
+
 class VideoCLI(LightningCLI):
     """LightningCLI with the suite's subcommands, checks and defaults (see the module docstring). ``weights``: the
     checkpoint a caller evaluates with this config (``evaluate``; "": none), which names its run folder."""
@@ -537,14 +555,16 @@ class VideoCLI(LightningCLI):
         subcommands = parser.add_subcommands()
         for name in self.subcommands():
             klass = self.trainer_class if name in LightningCLI.subcommands() else type(self)
-            description = (getattr(klass, name).__doc__ or "").strip().split("\n")[0]
+            description = summary(getattr(klass, name.replace("-", "_"), None))
             sub = self._prepare_subcommand_parser(klass, name, **{"description": description, **kwargs.get(name, {})})
             if name in LightningCLI.subcommands():  # the commands that write a run directory
                 sub.add_argument("--overwrite", type=bool, default=False, help=OVERWRITE_HELP)
+            else:
+                own_flags_first(sub, name, getattr(klass, name.replace("-", "_")))
             self._subcommand_parsers[name] = sub
             subcommands.add_subcommand(name, sub, help=description)
         for name, fn in SETUP.items():
-            description = (fn.__doc__ or "").strip().split("\n")[0]
+            description = summary(fn)
             sub = self.init_parser(description=description)
             self._setup_arguments[name] = set(sub.add_function_arguments(fn, as_group=False))
             self._subcommand_parsers[name] = sub
