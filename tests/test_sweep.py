@@ -244,6 +244,36 @@ def test_report_only_writes_figures_and_tensorboard(tmp_path, capsys, monkeypatc
     assert {h.name for h in exp.hparam_infos} == {"tau", "gamma", "seed"}
 
 
+def test_the_hit_rate_curve_draws_its_uniform_baseline_and_every_line(tmp_path, monkeypatch):
+    """lstar_hit_rate.png drew three coinciding R lines of which one was visible, titled the synthetic needle set
+    "vnbench" and left out the uniform baseline its results carry."""
+    from matplotlib.axes import Axes
+
+    from lit_bvllm.sweeps.curves import curve
+
+    drawn = {"errorbar": [], "plot": [], "set_title": []}
+    for name in drawn:
+        real = getattr(Axes, name)
+        monkeypatch.setattr(Axes, name, lambda ax, *a, _n=name, _r=real, **k: drawn[_n].append((a, k)) or _r(ax, *a,
+                                                                                                              **k))
+    configs = ["experiments/pretrain.yaml", "experiments/eval/base.yaml", "experiments/eval/needle.yaml"]
+    s = spec(tmp_path, configs=configs, grid={LSTAR: [4, 8, 16], R: [4, 8]})
+    hit, uniform = {4: 0.4, 8: 0.7, 16: 0.85}, {4: 0.1, 8: 0.25, 16: 0.3}  # R acts after selection: the same per R
+    fake_results(s, {p.id: {"vnbench": {"circular_accuracy": 0.3, "selection": {
+        "hit_rate": hit[p.knobs[LSTAR]], "uniform_hit_rate": uniform[p.knobs[LSTAR]]}}} for p in expand(s)})
+    table = collect(s, headline="selection/hit_rate")
+    assert table.titles == {"vnbench": "needle (vnbench)"}
+    curve(table, LSTAR, tmp_path / "curve.png")
+    assert [a[0] for a, _ in drawn["set_title"]] == ["needle (vnbench)"]
+    lines = [(list(a[0]), list(a[1]), k["marker"]) for a, k in drawn["errorbar"]]
+    assert len(lines) == 2 and [ys for _, ys, _ in lines] == [[0.4, 0.7, 0.85]] * 2
+    assert lines[0][0] != lines[1][0] and lines[0][2] != lines[1][2]  # offset sideways, other markers: both visible
+    assert all(abs(x - n) < 0.5 for xs, _, _ in lines for x, n in zip(xs, (4, 8, 16)))
+    base = [(list(a[1]), k.get("label")) for a, k in drawn["plot"]]
+    assert [ys for ys, _ in base] == [[0.1, 0.25, 0.3]] * 2
+    assert [label for _, label in base] == ["uniform pick of as many frames", None]  # one legend entry
+
+
 def test_a_one_knob_sweep_logs_curves_with_the_knob_as_step(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

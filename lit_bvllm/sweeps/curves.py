@@ -2,7 +2,10 @@
 
 - ``curve_<knob>.png`` for each swept knob: the headline metric (mean over seeds, ± std as error bars) against the
   knob; one line per benchmark when it is the only knob, else one panel per benchmark and one line per setting of
-  the other knobs (per strategy when the reducer is a knob).
+  the other knobs (per strategy when the reducer is a knob). Lines that coincide (a knob that acts after the one on
+  the axis: R for the hit rate against L*) are told apart by their markers and a small sideways offset. The
+  selection hit rate gets its baseline, a uniform pick of as many frames (``selection/uniform_hit_rate``), dashed.
+  Panels are titled as the sweep's runs name the benchmark (``needle (vnbench)``).
 - ``heatmap_lstar_r.png`` when ``num_frames`` (L*) and ``num_tokens`` (R) are both swept, as in B-VLLM Fig. 3a, and
   ``heatmap_tau_gamma.png`` for ``tau`` and ``gamma`` (Fig. 3b): one panel per benchmark; a cell averages the
   settings of any other knob.
@@ -47,27 +50,58 @@ def curve(table: Table, knob: str, path: Path) -> Path:
     others = [k for k in table.knobs if k != knob]
     panels = [None] if not others else list(table.headline)
     fig = _figure(len(panels), 1)
+    span = (max(values.values()) - min(values.values())) or 1.0
     for ax, bench in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         if bench is None:  # the only knob: a line per benchmark
-            lines = {b: (table.rows, m) for b, m in table.headline.items()}
+            lines = {table.titles.get(b, b): (table.rows, m) for b, m in table.headline.items()}
         else:
             lines = {g: (rows, table.headline[bench]) for g, rows in _groups(table.rows, others, table).items()}
-        for label, (rows, metric) in lines.items():
+        for i, (label, (rows, metric)) in enumerate(lines.items()):
+            dodge = (i - (len(lines) - 1) / 2) * 0.015 * span  # coinciding lines stay visible
             pts = sorted((values[r.knobs[knob]], r.mean(metric), r.std(metric)) for r in rows
                          if not math.isnan(r.mean(metric)))
             if pts:
                 xs, ys, es = zip(*pts)
-                ax.errorbar(xs, ys, yerr=[0 if math.isnan(e) else e for e in es], marker="o", capsize=3,
-                            linestyle="-" if numeric else "none", label=label)
+                drawn = ax.errorbar([x + dodge for x in xs], ys, yerr=[0 if math.isnan(e) else e for e in es],
+                                    marker=MARKERS[i % len(MARKERS)], capsize=3, linestyle="-" if numeric else "none",
+                                    label=label)
+                _baseline(ax, table, rows, knob, metric, values, dodge, drawn.lines[0].get_color(), numeric, i == 0)
         ax.set_xlabel(axis_label(table.names[knob]))
-        ax.set_ylabel("headline metric" if bench is None else table.headline[bench])
+        ax.set_ylabel(_metric_label(table, bench))
         if bench is not None:
-            ax.set_title(bench)
+            ax.set_title(table.titles.get(bench, bench))
         ax.set_xticks(list(values.values()), ticks, rotation=30 if max(map(len, ticks)) > 6 else 0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
+
+
+MARKERS = "osD^vP*X"
+BASELINES = {"selection/hit_rate": ("selection/uniform_hit_rate", "uniform pick of as many frames"),
+             "selection/event_recall": ("selection/uniform_event_recall", "uniform pick of as many frames")}
+"""A metric and the baseline its results carry beside it (drawn dashed, in the metric's line colour)."""
+
+
+def _metric_label(table: Table, bench: str | None) -> str:
+    """The y axis: the headline metric's name without its benchmark (the same metric for every line)."""
+    names = {m.split("/", 1)[1] for b, m in table.headline.items() if bench is None or b == bench}
+    return names.pop() if len(names) == 1 else "headline metric"
+
+
+def _baseline(ax, table: Table, rows: list[Row], knob: str, metric: str, values: dict, dodge: float, color,
+              numeric: bool, first: bool) -> None:
+    """The metric's baseline (:data:`BASELINES`) for the same rows, dashed, labelled once per panel."""
+    bench, _, name = metric.partition("/")
+    if name not in BASELINES:
+        return
+    base, label = BASELINES[name]
+    pts = sorted((values[r.knobs[knob]], r.mean(f"{bench}/{base}")) for r in rows
+                 if not math.isnan(r.mean(f"{bench}/{base}")))
+    if pts:
+        xs, ys = zip(*pts)
+        ax.plot([x + dodge for x in xs], ys, linestyle="--" if numeric else "none", marker="x", color=color,
+                alpha=0.7, label=label if first else None)
 
 
 def heatmap(table: Table, y_knob: str, x_knob: str, y_label: str, x_label: str, path: Path) -> Path:

@@ -66,6 +66,7 @@ class Table:
     metrics: list[str]
     headline: dict[str, str]
     every_frame: list[str] = field(default_factory=list)  # metrics of types every frame answers (in ``metrics``)
+    titles: dict[str, str] = field(default_factory=dict)  # benchmark -> what the sweep's runs call it (figures)
 
 
 def flatten(result: dict, prefix: str = "") -> dict[str, float]:
@@ -80,11 +81,20 @@ def flatten(result: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def point_results(sweep: Sweep, point: Point,
-                  every_frame: dict[str, None] | None = None) -> dict[str, dict[str, float]]:
+def eval_config_name(configs: list[str]) -> str | None:
+    """The benchmark config a test-mode sweep's runs read (``experiments/eval/needle.yaml`` -> ``needle``): the last
+    config in an ``eval`` folder other than ``base.yaml``."""
+    names = [Path(c).stem for c in configs if Path(c).parent.name == "eval" and Path(c).stem != "base"]
+    return names[-1] if names else None
+
+
+def point_results(sweep: Sweep, point: Point, every_frame: dict[str, None] | None = None,
+                  titles: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
     """``{benchmark: flat metrics}`` of a point's results files (``<benchmark>_results.json`` of each test). A
     benchmark that two evals of one point both test is named ``<benchmark>@<eval>``. ``every_frame``, when given,
-    gets the ``<benchmark>/circular_per_category/<type>`` metrics of the types every frame answers."""
+    gets the ``<benchmark>/circular_per_category/<type>`` metrics of the types every frame answers; ``titles`` the
+    name the sweep's runs give each benchmark (the eval's name, or the benchmark config's: ``needle`` for the
+    synthetic needle set that VNBench's rules score), for figures."""
     found = []
     for step in steps(sweep, point, ["lit_bvllm"]):
         if step.command == "test":
@@ -98,6 +108,9 @@ def point_results(sweep: Sweep, point: Point,
     for b, e, m, types in found:
         name = b if names.count(b) == 1 else f"{b}@{e}"
         out[name] = m
+        if titles is not None:
+            source = e if e != "test" else eval_config_name(sweep.configs)
+            titles[name] = f"{source} ({b})" if source and source != b else b
         if every_frame is not None:
             every_frame.update(dict.fromkeys(f"{name}/circular_per_category/{t}" for t in types))
     return out
@@ -123,6 +136,7 @@ def collect(sweep: Sweep, headline: str | dict[str, str] | None = None) -> Table
     benchmarks: dict[str, None] = {}
     seen: dict[str, None] = {}
     every: dict[str, None] = {}
+    titles: dict[str, str] = {}
     levels: dict[str, dict[str, object]] = {k: {} for k in knobs}
     for point in expand(sweep):
         for k, v in point.knobs.items():
@@ -131,7 +145,7 @@ def collect(sweep: Sweep, headline: str | dict[str, str] | None = None) -> Table
             continue
         row = rows.setdefault(point.setting, Row(point.setting, point.labels, dict(point.knobs)))
         row.seeds.append(point.seed)
-        for bench, metrics in point_results(sweep, point, every).items():
+        for bench, metrics in point_results(sweep, point, every, titles).items():
             benchmarks[bench] = None
             for m, v in metrics.items():
                 row.metrics.setdefault(f"{bench}/{m}", []).append(v)
@@ -140,7 +154,7 @@ def collect(sweep: Sweep, headline: str | dict[str, str] | None = None) -> Table
     every_frame = [m for m in every if m in seen and m not in heads.values()]
     first = [*heads.values(), *every_frame]  # the headlines, then the types every frame answers
     ordered = first + [m for m in seen if m not in first]
-    return Table(knobs, names, levels, list(rows.values()), ordered, heads, every_frame)
+    return Table(knobs, names, levels, list(rows.values()), ordered, heads, every_frame, titles)
 
 
 def write_tables(table: Table, out: Path) -> tuple[Path, Path]:
