@@ -27,14 +27,14 @@ install: $(BIN)/.installed  ## create .venv and install the suite (CPU torch by 
 
 demo: install  ## tiny backbones + synthetic videos, pretrain, finetune (LoRA), needle evaluation; prints the results
 	$(BIN)/lit_bvllm make-tiny --out $(ART)/tiny
-	$(BIN)/lit_bvllm make-synthetic --out $(ART)/synthetic --seed 0 --num-videos 1600 --max-duration 32 --min-fps 2 --max-fps 4 \
-		--num-eval-videos 48 --eval-min-duration 64 --eval-max-duration 128
+	$(BIN)/lit_bvllm make-synthetic $(SYNTHETIC_FLAGS)
 	$(BIN)/lit_bvllm probe-tower --vision_tower $(ART)/tiny/vision --data $(ART)/synthetic --max_videos 400 --out $(ART)/probe_tiny_clip.json
 # The demo's runs have fixed names (runs/pretrain/tiny, runs/finetune/tiny, runs/eval_needle/tiny and tiny_blind),
 # which the next step and the report read; --overwrite true replaces an earlier demo's run in each, so that a
 # second `make demo` starts afresh instead of being refused (a named run directory that holds a run is).
 	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml --overwrite true
-	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml --config experiments/finetune.yaml --overwrite true
+	$(BIN)/lit_bvllm fit --config experiments/pretrain.yaml --config experiments/finetune.yaml --overwrite true \
+		--data.val $(ART)/synthetic/finetune_val.json
 	$(BIN)/lit_bvllm test --config experiments/pretrain.yaml --config experiments/finetune.yaml \
 		--config experiments/eval/base.yaml --config experiments/eval/needle.yaml --ckpt_path runs/finetune/tiny/checkpoints/last.ckpt \
 		--trainer.logger.init_args.version tiny --overwrite true
@@ -61,14 +61,15 @@ bench: install  ## data-loading benchmark (writes numbers to stdout; see benchma
 bench-reducers: install  ## reducer cost against video length (see benchmarks/RESULTS.md)
 	$(BIN)/python benchmarks/bench_reducers.py --out $(ART)/bench
 
-# The needle study (issue 13; lit_bvllm/study/runner.py). Its data: the demo's backbones and training set (the demo's
-# make-synthetic flags) and the held-out needle sets of 16, 64 and 128 s, each made only when missing.
+# The demo's data (with 16 held-out videos' conversations, finetune_val.json, for its validation loss), and the
+# needle study's (issue 13; lit_bvllm/study/runner.py): the demo's backbones and training set (these flags) and the
+# held-out needle sets of 16, 64 and 128 s, each made only when missing.
 NEEDLE_LENGTHS ?= 16 64 128
 NEEDLE_VIDEOS ?= 50
 comma := ,
 space := $(subst ,, )
 SYNTHETIC_FLAGS := --out $(ART)/synthetic --seed 0 --num-videos 1600 --max-duration 32 --min-fps 2 --max-fps 4 \
-	--num-eval-videos 48 --eval-min-duration 64 --eval-max-duration 128
+	--num-eval-videos 48 --eval-min-duration 64 --eval-max-duration 128 --num-val-videos 16
 
 study-data: install  ## the study's backbones, training set and needle sets (each only when missing)
 	@test -f $(ART)/tiny/llm/config.json || $(BIN)/lit_bvllm make-tiny --out $(ART)/tiny

@@ -153,3 +153,38 @@ def test_frames_are_shown_as_they_were_whatever_form_they_come_in():
     normalised = torch.linspace(-2, 2, 2 * 3 * 8 * 8).view(2, 3, 8, 8)  # tower input: stretched to [0, 1]
     out = for_display(normalised)
     assert out.shape == (2, 8, 8, 3) and out.min() == 0.0 and out.max() == 1.0
+
+
+def test_training_logs_a_validation_loss_and_selection_figures_every_n_steps(tiny, tmp_path, monkeypatch):
+    """TensorBoard said little about training: no validation loss and no selection figures while it trains. Now
+    make-synthetic writes held-out conversations on their own videos (--num-val-videos), finetune.yaml validates
+    every val_check_interval steps, and each validation logs val/loss and the selection figures at its step."""
+    import pathlib
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lit_bvllm.cli.commands import lightning_cli
+    from lit_bvllm.world import make_synthetic
+
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
+    data = tmp_path / "data"
+    make_synthetic(data, seed=0, num_videos=2, num_eval_videos=1, max_duration=8, num_val_videos=2)
+    val = json.loads((data / "finetune_val.json").read_text())
+    train = json.loads((data / "finetune.json").read_text())
+    assert {e["video"] for e in val if "video" in e} == {"videos/val_0000.mp4", "videos/val_0001.mp4"}
+    assert not {e.get("video") for e in train} & {e.get("video") for e in val} - {None}  # held out: own videos
+    make_synthetic(tmp_path / "none", seed=0, num_videos=2, num_eval_videos=1, max_duration=8)
+    assert (tmp_path / "none" / "finetune.json").read_bytes() == (data / "finetune.json").read_bytes()  # unchanged
+    assert not (tmp_path / "none" / "finetune_val.json").exists()
+    cli = lightning_cli(["fit", "--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml",
+                         *tiny["flags"], "--model.init_from", "null", "--data.train", str(data / "finetune.json"),
+                         "--data.val", str(data / "finetune_val.json"), "--data.num_workers", "0",
+                         "--data.batch_size", "2", "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
+                         "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
+                         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+    assert cli.trainer.val_check_interval == 2 and cli.trainer.check_val_every_n_epoch is None  # finetune.yaml's
+    events = EventAccumulator(cli.trainer.log_dir, size_guidance={"images": 0, "scalars": 0}).Reload()
+    assert len(events.Scalars("val/loss")) == 2  # one per validation (Lightning's step for it: 1 and 3)
+    figures = [t for t in events.Tags()["images"] if t.startswith("selection/val/")]
+    assert sorted(figures) == ["selection/val/0", "selection/val/1"]
+    assert all([e.step for e in events.Images(t)] == [2, 4] for t in figures)  # at the global step, every 2 steps

@@ -17,6 +17,7 @@ from lit_bvllm.world.scenes import sample_image, sample_video
 # Independent random streams: numpy.random.default_rng([seed, stream, index]); needles.py draws from 8, 9 and 11.
 TRAIN_VIDEOS, EVAL_VIDEOS, IMAGES, PRETRAIN, FINETUNE, VNBENCH, MSVD, BENCHMARKS = range(8)
 VNBENCH_EVERY_FRAME = 10  # eval/vnbench's every-frame questions (evalsets.EVERY_FRAME), added after streams 0..9
+VAL_VIDEOS, VAL = 12, 13  # finetune_val.json's videos and conversations: their own streams, the rest unchanged
 MIN_DURATION = 8  # seconds: room for two needle events of up to 2 s, 1 s apart, 1 s clear of both ends
 
 
@@ -33,13 +34,14 @@ def _duration_checks(low: float, high: float, flag: str) -> list[tuple[bool, str
 def validate(seed: int, num_videos: int, num_eval_videos: int, min_duration: float, max_duration: float,
              min_fps: int, max_fps: int, width: int, height: int, eval_min_duration: float | None = None,
              eval_max_duration: float | None = None, needle_lengths: list[int] | None = None,
-             needle_videos: int = 50, needles_only: bool = False) -> None:
+             needle_videos: int = 50, needles_only: bool = False, num_val_videos: int = 0) -> None:
     """Raise ValueError naming the flag to change when the arguments of make_synthetic cannot work."""
     lengths = list(needle_lengths or [])
     checks = [
         (seed >= 0, f"--seed must be >= 0, got {seed}"),
         (num_videos >= 1, f"--num-videos must be >= 1, got {num_videos}"),
         (num_eval_videos >= 1, f"--num-eval-videos must be >= 1, got {num_eval_videos}"),
+        (num_val_videos >= 0, f"--num-val-videos must be >= 0, got {num_val_videos}"),
         *_duration_checks(min_duration, max_duration, ""),
         *_duration_checks(min_duration if eval_min_duration is None else eval_min_duration,
                           max_duration if eval_max_duration is None else eval_max_duration, "eval-"),
@@ -87,6 +89,7 @@ def make_synthetic(
     needle_lengths: list[int] | None = None,
     needle_videos: int = 50,
     needles_only: bool = False,
+    num_val_videos: int = 0,
 ) -> dict:
     """Write a deterministic synthetic dataset of H.264 videos with timed "needle" shapes and their annotations.
 
@@ -116,6 +119,9 @@ def make_synthetic(
             s each, drawn from their own random streams (needles.py); None (the default) writes none.
         needle_videos: videos per needle set (3 needle questions and the every-frame one x 4 circular tries each;
             50 makes one question worth 2 points of a per-type circular score).
+        num_val_videos: also write ``finetune_val.json``, held-out conversations in the training set's forms on
+            their own videos (``videos/val_XXXX.mp4``, training durations): ``--data.val`` for a validation loss
+            and selection figures while training. 0 (the default) writes none; the training files do not change.
         needles_only: write only the needle sets, leaving everything else under ``out`` as it is (add them to a
             dataset written earlier; give the flags it was written with: the sets use ``seed``, the fps range and
             the frame size).
@@ -128,7 +134,7 @@ def make_synthetic(
     eval_min = min_duration if eval_min_duration is None else eval_min_duration
     eval_max = max_duration if eval_max_duration is None else eval_max_duration
     validate(seed, num_videos, num_eval_videos, min_duration, max_duration, min_fps, max_fps, width, height,
-             eval_min, eval_max, needle_lengths, needle_videos, needles_only)
+             eval_min, eval_max, needle_lengths, needle_videos, needles_only, num_val_videos)
     root = Path(out)
     if needles_only:
         return {"out": str(root), "needle_sets": write_needle_sets(
@@ -146,9 +152,11 @@ def make_synthetic(
                            durations, fps_range, width, height, min_needles=0) for i in range(num_videos)]
     evals = [sample_video(rng(EVAL_VIDEOS, i), f"eval_{i:04d}", f"eval/vnbench/videos/eval_{i:04d}.mp4", "eval",
                           eval_durations, fps_range, width, height, min_needles=2) for i in range(num_eval_videos)]
+    vals = [sample_video(rng(VAL_VIDEOS, i), f"val_{i:04d}", f"videos/val_{i:04d}.mp4", "val", durations, fps_range,
+                         width, height, min_needles=0) for i in range(num_val_videos)]
     images = [sample_image(rng(IMAGES, i), f"img_{i:04d}", f"images/img_{i:04d}.jpg", width, height)
               for i in range(max(2, num_videos // 4))]
-    for record in videos + evals:
+    for record in videos + vals + evals:
         write_mp4(record, root / record["path"])
     for record in evals:
         record["copies"] = [f"eval/msvd/videos/{record['id']}.mp4"]
@@ -156,6 +164,9 @@ def make_synthetic(
     for record in images:
         write_jpg(record, root / record["path"])
     _prune(root / "videos", "vid_*.mp4", {Path(r["path"]).name for r in videos})
+    _prune(root / "videos", "val_*.mp4", {Path(r["path"]).name for r in vals})
+    if not vals:  # an earlier run's, whose videos were just pruned
+        (root / "finetune_val.json").unlink(missing_ok=True)
     _prune(root / "images", "img_*.jpg", {Path(r["path"]).name for r in images})
     for folder in ("eval/vnbench/videos", "eval/msvd/videos"):
         _prune(root / folder, "eval_*.mp4", {f"{r['id']}.mp4" for r in evals})
@@ -170,11 +181,13 @@ def make_synthetic(
         "eval/msvd/test_qa.json": msvd_qa,
         "eval/msvd/test_q.json": msvd_q,
         "eval/msvd/test_a.json": msvd_a,
+        **({"finetune_val.json": finetune_entries(vals, [], rng(VAL))} if vals else {}),
     }
     config = {"seed": seed, "num_videos": num_videos, "num_eval_videos": num_eval_videos, "min_duration": min_duration,
               "max_duration": max_duration, "min_fps": min_fps, "max_fps": max_fps, "width": width, "height": height,
-              "eval_min_duration": eval_min, "eval_max_duration": eval_max}
-    _write_json(root / "metadata.json", {"config": config, "videos": videos + evals, "images": images}, sort_keys=True)
+              "eval_min_duration": eval_min, "eval_max_duration": eval_max, "num_val_videos": num_val_videos}
+    _write_json(root / "metadata.json", {"config": config, "videos": videos + vals + evals, "images": images},
+                sort_keys=True)
     for name, entries in files.items():
         _write_json(root / name, entries)
     benchmarks = write_benchmark_fixtures(root, evals, lambda index: rng(BENCHMARKS, index), _write_json)
@@ -184,6 +197,7 @@ def make_synthetic(
         "out": str(root),
         "videos": len(videos),
         "eval_videos": len(evals),
+        "val_videos": len(vals),
         "images": len(images),
         "seconds": sum(r["duration"] for r in videos),
         "eval_seconds": sum(r["duration"] for r in evals),
