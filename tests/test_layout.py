@@ -178,8 +178,8 @@ def test_the_readme_layout_names_every_module():
     """README's layout table names every module of ``lit_bvllm/`` in its folder's row (it had fallen behind the tree
     once: a redesign moved files and the table kept the old names)."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Layout"):]
-    section = section[:section.index("\n## ")]
+    section = text[text.index("### Layout"):]
+    section = section[:section.index("\n### ")]
     rows = {line.split("|")[1].strip().strip("`"): line for line in section.splitlines() if line.startswith("| `")}
     missing = []
     for folder in [ROOT / "lit_bvllm", *sorted(p.parent for p in (ROOT / "lit_bvllm").glob("*/__init__.py"))]:
