@@ -178,22 +178,77 @@ class VideoLLM(nn.Module):
     @torch.no_grad()
     def option_scores(self, batch: dict) -> tuple[Tensor, dict]:
         """Multiple choice by option likelihood (lmms-eval's ``mcppl``): the mean token log-likelihood of every option
-        continuation, ``(B, K_max)`` (``-inf`` where a sample has fewer options), all options in one forward pass;
-        and the info. The visual tokens are computed once per item and shared by its options."""
+        continuation, ``(B, K_max)`` (``-inf`` where a sample has fewer options), and the info.
+
+        The prompt and visual tokens run once per item: the prefix its option rows share (up to the first scored
+        token, the placeholder inside it) is one LLM pass whose KV cache every option row of the item continues
+        from, in one batched pass over the option tokens only. K options cost one prefill of the video prefix, not K
+        (:meth:`option_scores_unshared`, the K-row path, gives the same scores; it runs when no prefix with the
+        placeholder is shared)."""
         visual, vmask, info = self.visual_tokens(batch)
+        ids, amask, labels = batch["option_ids"], batch["option_mask"].bool(), batch["option_labels"]
+        k = batch["num_options"]
+        owner = torch.repeat_interleave(torch.arange(len(k), device=k.device), k)  # (R,) item of each option row
+        first = torch.cumsum(k, 0) - k  # (B,) each item's first row
+        same = (ids == ids[first][owner]) & amask & amask[first][owner]
+        scored = labels != IGNORE_INDEX
+        first_label = torch.where(scored.any(1), scored.long().argmax(1), ids.shape[1])
+        row_cut = torch.minimum(same.long().cumprod(1).sum(1), first_label)  # (R,) shared, and before any target
+        cut = torch.full_like(k, ids.shape[1]).scatter_reduce(0, owner, row_cut, "amin")  # (B,)
+        is_ph = (ids == self.placeholder_id) & amask
+        ph_pos = torch.where(is_ph.any(1), is_ph.long().argmax(1), -1)
+        shared = (cut >= 1).all() & ((ph_pos < cut[owner]) & (is_ph.any(1) | ~vmask.any(1)[owner])).all()
+        if not bool(shared):
+            return self.option_scores_unshared(batch, (visual, vmask, info))
+        # the prefix: one left-padded row per item, so that its last token's logits are the last column
+        cols = torch.arange(ids.shape[1], device=ids.device)
+        pre_len = int(cut.max())
+        pre_mask = (amask[first] & (cols < cut[:, None]))[:, :pre_len]
+        embeds, mask, _ = self.splice(ids[first][:, :pre_len], pre_mask, visual, vmask, padding_side="left")
+        positions = (mask.cumsum(1) - 1).clamp_min(0)  # as a right-padded row numbers them: the K-row path's
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                       logits_to_keep=1)
+        cache = out.cache
+        cache.reorder_cache(owner)  # every option row of an item continues from its prefix
+        # the continuations: each row's tokens from its item's cut on, right-padded
+        start = cut[owner]
+        width = int((amask.sum(1) - start).max())
+        at = start[:, None] + torch.arange(width, device=ids.device)
+        inside = at < ids.shape[1]
+        at = at.clamp_max(ids.shape[1] - 1)
+        cont_mask = amask.gather(1, at) & inside
+        cont_labels = labels.gather(1, at).masked_fill(~cont_mask, IGNORE_INDEX)
+        cont = self.llm.get_input_embeddings()(ids.gather(1, at).clamp_min(0))
+        length = mask.sum(1)[owner]  # the prefix's tokens in each row: the continuation's first position
+        logits = self.llm(inputs_embeds=cont, attention_mask=torch.cat([mask[owner], cont_mask.long()], 1),
+                          position_ids=length[:, None] + torch.arange(width, device=ids.device),
+                          cache=cache, use_cache=True).logits
+        # token j of a continuation is predicted by the token before it: the prefix's last one for j = 0
+        predicted = torch.cat([out.logits[:, -1:][owner], logits[:, :-1]], 1)
+        return self._mean_option_logp(predicted, cont_labels, k, owner), info
+
+    def option_scores_unshared(self, batch: dict, visual_tokens: tuple | None = None) -> tuple[Tensor, dict]:
+        """:meth:`option_scores` with one full row per option (prompt, visual tokens and option, each row its own
+        prefill): the reference the shared-prefix path equals, and its fallback."""
+        visual, vmask, info = visual_tokens or self.visual_tokens(batch)
         k = batch["num_options"]
         owner = torch.repeat_interleave(torch.arange(len(k), device=k.device), k)  # (sum K,) item of each option row
         embeds, mask, labels = self.splice(batch["option_ids"], batch["option_mask"], visual[owner], vmask[owner],
                                            batch["option_labels"])
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
-        targets = labels[:, 1:]
+        return self._mean_option_logp(logits[:, :-1], labels[:, 1:], k, owner), info
+
+    @staticmethod
+    def _mean_option_logp(predicted: Tensor, targets: Tensor, k: Tensor, owner: Tensor) -> Tensor:
+        """``(B, K_max)`` mean log-likelihood of each row's targets (``predicted[:, j]`` the logits for
+        ``targets[:, j]``), ``-inf`` where an item has fewer options."""
         scored = targets != IGNORE_INDEX
-        logp = F.log_softmax(logits[:, :-1].float(), -1).gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
+        logp = F.log_softmax(predicted.float(), -1).gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
         mean = (logp * scored).sum(1) / scored.sum(1).clamp_min(1)  # (sum K,)
         out = torch.full((len(k), int(k.max())), float("-inf"), device=mean.device)
         slot = torch.arange(len(owner), device=k.device) - torch.repeat_interleave(torch.cumsum(k, 0) - k, k)
         out[owner, slot] = mean
-        return out, info
+        return out
 
 
 def kept_frames(info: dict, frame_index: Tensor) -> Tensor:

@@ -367,3 +367,38 @@ def test_option_scores_equal_one_forward_pass_per_option(model, tiny, synthetic)
                 row += 1
             start += k
         assert row == int(batch["num_options"].sum()) and torch.isinf(got[got.isinf()]).all()
+
+
+@pytest.mark.parametrize("folder", sorted(FOLDERS.values()))
+def test_shared_prefix_option_scores_equal_one_row_per_option(model, tiny, synthetic, folder):
+    """Option scoring ran the video prefix once per option (K rows of prompt + visual tokens + option); now the
+    prefix runs once per item and the options continue from its KV cache. Same scores (float32, 1e-5) on every
+    benchmark fixture, and the prefix is really shared (the fallback path is not taken)."""
+    from unittest import mock
+
+    from datamodules.benchmarks.base import MultipleChoiceBenchmark
+    from lit_bvllm.model import VideoLLM
+
+    cls = next(c for c, f in FOLDERS.items() if f == folder)
+    if not issubclass(cls, MultipleChoiceBenchmark):
+        pytest.skip("open-ended: no options to score")
+    dm = BenchmarkDataModule(cls(str(synthetic / "eval" / folder)), tiny["llm"], vision_tower=tiny["vision"],
+                             num_workers=0, batch_size=3, mode="likelihood", limit=6)
+    dm.setup("test")
+    m = model.model.eval()
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            with mock.patch.object(VideoLLM, "option_scores_unshared", side_effect=AssertionError("not shared")):
+                got, _ = m.option_scores(batch)
+            want, _ = m.option_scores_unshared(batch)
+            assert got.shape == want.shape and torch.equal(got.isinf(), want.isinf())
+            torch.testing.assert_close(got[~got.isinf()], want[~want.isinf()], atol=1e-5, rtol=0)
+        # ragged visual tokens (a merging reducer's: each item its own count, the valid ones first)
+        visual, vmask, info = m.visual_tokens(batch)
+        ragged = vmask.clone()
+        ragged[1:, -5:] = False
+        ragged[-1, 3:] = False
+        with mock.patch.object(m, "visual_tokens", return_value=(visual, ragged, info)):
+            got, _ = m.option_scores(batch)
+            want, _ = m.option_scores_unshared(batch)
+        torch.testing.assert_close(got[~got.isinf()], want[~want.isinf()], atol=1e-5, rtol=0)
