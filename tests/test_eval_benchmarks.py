@@ -402,3 +402,34 @@ def test_shared_prefix_option_scores_equal_one_row_per_option(model, tiny, synth
             got, _ = m.option_scores(batch)
             want, _ = m.option_scores_unshared(batch)
         torch.testing.assert_close(got[~got.isinf()], want[~want.isinf()], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("folder", ["vnbench", "mvbench"])
+def test_identical_requests_are_scored_once_and_every_try_is_recorded(model, tiny, synthetic, tmp_path, monkeypatch,
+                                                                     folder):
+    """Likelihood mode asks the bare question, so VNBench's 4 circular tries (the same options in 4 orders) have
+    equal option scores: they were decoded and scored 4 times. Now one request stands for them; every try keeps
+    its record, with its options' scores in its own order: the same records and results as one pass per item."""
+    import datamodules.benchmarks.datamodule as dmod
+    from lit_bvllm.model import VideoLLM
+
+    cls = next(c for c, f in FOLDERS.items() if f == folder)
+    calls = []
+    real = VideoLLM.option_scores
+    monkeypatch.setattr(VideoLLM, "option_scores", lambda self, batch: calls.append(len(batch["index"])) or
+                        real(self, batch))
+    dm, result, records, _ = run_test(model, tiny, cls(str(synthetic / "eval" / folder)), tmp_path / "once",
+                                      mode="likelihood", limit=24)
+    requests = len(dmod.identical_requests(dm.items, {}))
+    assert sum(calls) == requests and requests == (len(dm.items) // 4 if folder == "vnbench" else len(dm.items))
+    monkeypatch.setattr(dmod, "identical_requests", lambda items, refused: [[i] for i in range(len(items))])
+    calls.clear()
+    _, alone, alone_records, _ = run_test(model, tiny, cls(str(synthetic / "eval" / folder)), tmp_path / "each",
+                                          mode="likelihood", limit=24)
+    assert sum(calls) == len(dm.items)
+    assert [r["id"] for r in records] == [r["id"] for r in alone_records] == [it.id for it in dm.items]
+    for a, b in zip(records, alone_records):
+        assert (a["pred"], a["correct"]) == (b["pred"], b["correct"]) and a["scores"] == pytest.approx(b["scores"],
+                                                                                                       abs=1e-5)
+    assert {k: v for k, v in result.items() if isinstance(v, float)} == pytest.approx(
+        {k: v for k, v in alone.items() if isinstance(v, float)})

@@ -19,12 +19,17 @@ continuations of
 ``option_ids`` / ``option_mask`` / ``option_labels`` ``(sum_b K_b, L)`` (prompt + option k, right-padded, labels
 -100 except on the option's tokens), and ``num_options`` ``(B,)``.
 
-Multi-process evaluation shards the items without padding (rank ``r`` of ``W`` gets items ``r, r + W, ...``), so
-no item is scored twice and none is lost; the model gathers the shards.
+In likelihood mode the prompt does not show the options, so items that differ only in the order of their options
+(VNBench's circular tries) have equal option scores: they run as one request (:class:`Requests`), decoded and
+scored once, and the evaluator gives each item its options' scores in its own order (``members``, ``orders``).
+
+Multi-process evaluation shards the items (requests) without padding (rank ``r`` of ``W`` gets items ``r, r + W,
+...``), so no item is scored twice and none is lost; the model gathers the shards.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Literal
@@ -159,6 +164,42 @@ class BenchmarkDataset(Dataset):
         return out
 
 
+def identical_requests(items: list[EvalItem], refused: dict[int, str]) -> list[list[int]]:
+    """Likelihood mode: the items whose option scores are equal, in groups of positions (first appearance order).
+    Their prompt is the bare question, so two items with the same video, clip, frame rate, subtitles, question,
+    needle spans and options (in any order; each option once) score alike. A refused item stays alone."""
+    groups: dict[object, list[int]] = {}
+    for i, it in enumerate(items):
+        same = len(set(it.options)) == len(it.options) and i not in refused
+        key = ((it.video, it.start, it.end, it.frame_fps, it.subtitles, it.question, tuple(sorted(it.options)),
+                json.dumps(it.extra.get("needle_times"))) if same else ("alone", i))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+class Requests(Dataset):
+    """The items of a :class:`BenchmarkDataset` as requests: each group of :func:`identical_requests` is one sample
+    (its first item's), with ``members`` (the items' positions) and ``orders`` (per member, where each of its options
+    stands among the sample's). VNBench's 4 circular tries are decoded and scored once, not 4 times."""
+
+    def __init__(self, dataset: BenchmarkDataset):
+        self.dataset = dataset
+        self.groups = identical_requests(dataset.items, dataset.refusals)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, r: int) -> dict:
+        if r == len(self.groups):  # ShardSampler's stand-in
+            return self.dataset[len(self.dataset.items)]
+        members = self.groups[r]
+        items = self.dataset.items
+        sample = self.dataset[members[0]]
+        sample["members"] = members
+        sample["orders"] = [[items[members[0]].options.index(o) for o in items[m].options] for m in members]
+        return sample
+
+
 def frame_evidence(times: torch.Tensor, spans: list[list[float]]) -> torch.Tensor:
     """``(T,) bool``: which frames, decoded at ``times`` (seconds), lie inside one of the ``[start, end)`` needle spans
     (:func:`~datamodules.benchmarks.selection.in_spans`, the hit rate's rule)."""
@@ -200,6 +241,9 @@ class BenchmarkCollator:
     def __call__(self, samples: list[dict]) -> dict:
         batch = self.inner(samples)
         batch["index"] = torch.tensor([s["index"] for s in samples])
+        if any("members" in s for s in samples):  # requests (likelihood mode): the items each one answers
+            batch["members"] = [s.get("members", [s["index"]]) for s in samples]
+            batch["orders"] = [s.get("orders", [list(range(len(s["options"])))]) for s in samples]
         if all("frame_evidence" in s for s in samples):  # frames are right-padded: so is their evidence
             evidence = torch.zeros(batch["frame_mask"].shape, dtype=torch.bool)
             for b, s in enumerate(samples):
@@ -353,11 +397,17 @@ class BenchmarkDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         workers = worker_count(h.num_workers, processes_on_node(trainer))
-        return DataLoader(self.test_set, batch_size=h.batch_size, sampler=ShardSampler(len(self.test_set), rank, world),
+        data = Requests(self.test_set) if h.mode == "likelihood" else self.test_set
+        return DataLoader(data, batch_size=h.batch_size, sampler=ShardSampler(len(data), rank, world),
                           num_workers=workers, collate_fn=self.collator)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+    def predict_dataloader(self) -> DataLoader:  # one generated answer per item
+        h = self.hparams
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return DataLoader(self.test_set, batch_size=h.batch_size,
+                          sampler=ShardSampler(len(self.test_set), rank, world),
+                          num_workers=worker_count(h.num_workers, processes_on_node(trainer)), collate_fn=self.collator)
 
 
 def limit_groups(items: list[EvalItem], limit: int | None) -> list[EvalItem]:

@@ -65,16 +65,20 @@ class Evaluator:
         tokens = (info or {}).get("num_tokens")
         if tokens is not None and len(tokens) != len(batch["index"]):
             tokens = None
+        members = batch.get("members") or [[int(i)] for i in batch["index"]]
+        orders = batch.get("orders") or [[None]] * len(members)
         for b, (i, meta) in enumerate(zip(batch["index"], batch["meta"])):
             if i < 0:  # a stand-in of a rank without items (ShardSampler): scored by nobody
                 continue
-            item = self.items[int(i)]
-            record = {"id": item.id, "index": int(i), "prompt": meta["prompt"], "error": meta["error"]}
-            record.update(self.benchmark.score(item, output[b], self.mode, meta["error"]))
-            if tokens is not None:
-                record["visual_tokens"] = int(tokens[b])  # handed to the LLM for this item, after reduction
-            records.append(record)
-            rows.append(b)
+            for m, order in zip(members[b], orders[b]):  # a request answers each item it stands for
+                item = self.items[int(m)]
+                answer = output[b] if order is None else output[b][order]  # its options' scores in its order
+                record = {"id": item.id, "index": int(m), "prompt": meta["prompt"], "error": meta["error"]}
+                record.update(self.benchmark.score(item, answer, self.mode, meta["error"]))
+                if tokens is not None:
+                    record["visual_tokens"] = int(tokens[b])  # handed to the LLM for this item, after reduction
+                records.append(record)
+                rows.append(b)
         kept = (info or {}).get("kept_frames")
         if kept is not None:
             self._selection(batch, kept.cpu(), records, rows)
