@@ -8,7 +8,11 @@
    cache) against ``VideoLLM.option_scores_unshared`` (one full row per option), on the same decoded batches,
    alternating, the median of ``--passes``; the largest score difference between the two is printed too. On a CPU
    the ratio is the number to read.
-2. **A Qwen2-7B-shaped LLM** (its published config; parameters counted on the meta device, no weights): the FLOPs
+2. **The needle set's evaluation, end to end** (``lit_bvllm test``'s loop in-process: decoding, tower, reducer,
+   scoring, records; one worker-less process): before (one sample per item, one LLM row per option), with the
+   shared prefix, and with identical requests scored once too (issue 25, item 2: VNBench's 4 circular tries are
+   one request in likelihood mode). Items/s of each, one pass each, in that order.
+3. **A Qwen2-7B-shaped LLM** (its published config; parameters counted on the meta device, no weights): the FLOPs
    of each path's LLM calls for one item of 768 visual tokens (B-VLLM's paper budget) + a 40-token prompt and 4 or
    5 options of 6 tokens (:func:`qwen2_7b_flops` says how they are counted).
 """
@@ -30,6 +34,56 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 QWEN2_7B = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
             "num_key_value_heads": 4, "vocab_size": 152064}  # config.json of Qwen2-7B-Instruct
+
+
+def needle_cli(root: Path, items: int, save_dir: str):
+    """``lit_bvllm test`` on the needle set (the demo's configs, make-tiny's backbones, untrained), not run."""
+    from lit_bvllm.cli.commands import lightning_cli
+
+    configs = ["pretrain.yaml", "finetune.yaml", "eval/base.yaml", "eval/needle.yaml"]
+    args = [a for c in configs for a in ("--config", str(REPO / "experiments" / c))]
+    return lightning_cli([*args, "--model.init_from", "null", "--data.limit", str(items), "--data.num_workers", "0",
+                          "--data.batch_size", "4", "--trainer.logger.init_args.save_dir", save_dir,
+                          "--trainer.enable_progress_bar", "false"], run=False)
+
+
+def time_evaluation(root: Path, items: int) -> dict:
+    """Items/s of the needle set's test loop: before, shared prefix, shared prefix + identical requests once."""
+    import tempfile
+    from unittest import mock
+
+    import datamodules.benchmarks.datamodule as dmod
+    from lit_bvllm.model import VideoLLM
+
+    singles = mock.patch.object(dmod, "identical_requests", lambda its, refused: [[i] for i in range(len(its))])
+    unshared = mock.patch.object(VideoLLM, "option_scores", VideoLLM.option_scores_unshared)
+    variants = {"before (per item, a row per option)": [singles, unshared], "shared prefix": [singles],
+                "shared prefix + requests once": []}
+    out, here = {}, Path.cwd()
+    os.chdir(root)
+    try:
+        for name, patches in variants.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                for p in patches:
+                    p.start()
+                try:
+                    cli = needle_cli(root, items, tmp)
+                    t0 = time.perf_counter()
+                    cli.trainer.test(cli.model, datamodule=cli.datamodule)
+                    seconds = time.perf_counter() - t0
+                finally:
+                    for p in patches:
+                        p.stop()
+                result = json.loads(next(Path(tmp).rglob("vnbench_results.json")).read_text())
+                out[name] = {"seconds": seconds, "items": result["evaluated"],
+                             "items_per_s": result["evaluated"] / seconds,
+                             "circular_accuracy": result["circular_accuracy"]}
+    finally:
+        os.chdir(here)
+    base = out["before (per item, a row per option)"]["seconds"]
+    for v in out.values():
+        v["speedup"] = base / v["seconds"]
+    return out
 
 
 def needle_batches(root: Path, items: int):
@@ -109,7 +163,7 @@ def main() -> None:
     model, batches = needle_batches(Path(a.root).resolve(), a.items)
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
                          f"{torch.__version__}", "needle_set": time_paths(model, batches, a.passes),
-              "qwen2_7b": qwen2_7b_flops()}
+              "needle_evaluation": time_evaluation(Path(a.root).resolve(), a.items), "qwen2_7b": qwen2_7b_flops()}
     print(json.dumps(result, indent=2))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
