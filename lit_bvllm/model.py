@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from datamodules.conversation import IGNORE_INDEX
 from lit_bvllm.backbones import VIDEO_TOKEN, load_llm, load_tokenizer
 from lit_bvllm.projector import Projector
-from lit_bvllm.reducers.base import Reducer
+from lit_bvllm.reducers.base import Reducer, SelectedFrames
 from lit_bvllm.splice import splice
 from lit_bvllm.vision import VisionEncoder
 from lit_bvllm.weights import VISUAL_PREFIXES
@@ -66,6 +66,7 @@ class VideoLLM(nn.Module):
                        "max_new_tokens": max_new_tokens}
         self.max_new_tokens = max_new_tokens
         self.touch_visual = True  # the DDP keep-alive term (embed); VideoLLMModule turns it off under other strategies
+        self.two_pass = True  # evaluation: [CLS] of every frame, patches of the picked ones (visual_tokens)
         self.tokenizer = load_tokenizer(tokenizer or llm, video_token, "--model.llm")
         self.placeholder_id = self.tokenizer.convert_tokens_to_ids(video_token)
         self.vision = VisionEncoder(vision_tower, feature_layer, vision_chunk)
@@ -116,7 +117,12 @@ class VideoLLM(nn.Module):
         """Frames -> (visual tokens in LLM space ``(B, M, H)``, mask ``(B, M)``, info)."""
         r = self.reducer
         keep = r.frames_to_encode(batch["frame_mask"])
-        enc = self.vision(batch["frames"], batch["frame_mask"], keep, attention=r.needs_cls_attention)
+        # a reducer that picks its frames from [CLS] alone (B-VLLM's hard selection at evaluation) reads the patches
+        # of those frames only: [CLS] of every frame first, then the picked frames' patches (one pass keeps every
+        # frame's: 7.9 GiB of an hour's 14 with CLIP-L/336)
+        two_pass = self.two_pass and getattr(r, "selects_from_cls", False) and batch.get("question_ids") is not None
+        enc = self.vision(batch["frames"], batch["frame_mask"], keep, attention=r.needs_cls_attention,
+                          patches=not two_pass)
         weight = next(self.projector.parameters())
         B = batch["frame_mask"].shape[0]
         if enc["frame_mask"].shape[1] == 0:  # no sample of the batch has a frame (text only): nothing to reduce
@@ -130,13 +136,33 @@ class VideoLLM(nn.Module):
             if evidence is not None:
                 evidence = torch.gather(evidence, 1, index.clamp_min(0)) & (index >= 0)
             extra["evidence"] = evidence
-        out = r(enc["frames"], enc["cls"], enc["frame_mask"], text_ids=batch.get("question_ids"),
+        frames = self._picked_patches(batch, enc) if two_pass else enc["frames"]
+        out = r(frames, enc["cls"], enc["frame_mask"], text_ids=batch.get("question_ids"),
                 text_mask=batch.get("question_mask"), cls_attn=enc.get("cls_attn"), **extra)
         tokens = self.projector(out.tokens.to(weight.dtype)) * out.token_mask[..., None]
         info = {**out.info, "frames_encoded": enc["frame_mask"].sum(1)}
         if "frame_indices" in out.info:  # the frames whose content reaches the LLM, as positions in batch["frames"]
             info["kept_frames"] = kept_frames(out.info, enc["frame_index"])
         return tokens, out.token_mask, info
+
+    def _picked_patches(self, batch: dict, enc: dict) -> SelectedFrames:
+        """The second pass: the patches of the frames the reducer's selection picks from ``enc``'s [CLS] tokens
+        (:meth:`~lit_bvllm.reducers.bvllm.BVLLM.frames_needed`), encoded alone, and where each encoded frame's sit."""
+        need = self.reducer.frames_needed(enc["cls"], enc["frame_mask"], batch["question_ids"],
+                                          batch.get("question_mask"))  # (B, L*) positions among the encoded frames
+        index = enc["frame_index"]  # (B, T') their positions in batch["frames"]
+        B, T = batch["frame_mask"].shape
+        picked = torch.zeros(B, index.shape[1], dtype=torch.long, device=index.device)
+        picked.scatter_reduce_(1, need.clamp_min(0), (need >= 0).long(), "amax")
+        keep = torch.zeros(B, T + 1, dtype=torch.long, device=index.device)  # column T: padding's
+        keep.scatter_reduce_(1, torch.where(index >= 0, index, T), picked, "amax")
+        second = self.vision(batch["frames"], batch["frame_mask"], keep[:, :T].bool())
+        where = torch.full((B, T + 1), -1, dtype=torch.long, device=index.device)  # batch frame -> its patches' slot
+        index2 = second["frame_index"]
+        where.scatter_(1, torch.where(index2 >= 0, index2, T),
+                       torch.arange(index2.shape[1], device=index.device).expand_as(index2).contiguous())
+        where[:, T] = -1
+        return SelectedFrames(second["frames"], torch.gather(where, 1, torch.where(index >= 0, index, T)))
 
     def splice(self, input_ids: Tensor, attention_mask: Tensor, visual: Tensor, visual_mask: Tensor,
                labels: Tensor | None = None, padding_side: str = "right"):

@@ -91,13 +91,16 @@ class VisionEncoder(nn.Module):
         attn = got["attn"][:, :, 0, 1:].float().mean(1) if attention else None  # (k, heads, 1+N, 1+N) -> (k, N)
         return got["feats"], attn
 
-    def forward(self, frames: Tensor, frame_mask: Tensor, keep: Tensor, attention: bool = False) -> dict[str, Tensor]:
+    def forward(self, frames: Tensor, frame_mask: Tensor, keep: Tensor, attention: bool = False,
+                patches: bool = True) -> dict[str, Tensor]:
         """Encode the ``keep`` frames of ``frames (B, T, 3, H, W)`` (uint8, or normalised float).
 
         Returns ``frames (B, T', N, D)``, ``cls (B, T', D)``, ``frame_mask (B, T')``, ``frame_index (B, T')`` (the
         source frame, -1 on padding) and, with ``attention``, ``cls_attn (B, T', N)``; T' is the most frames kept
         in a row. Each chunk's features are written straight into the outputs, and only a chunk's frames are
         gathered at a time: beside the input frames, the peak is the outputs plus one chunk's activations.
+        ``patches=False`` keeps no patch features (``frames`` is then ``(B, T', 0, D)``): the [CLS] pass of a
+        reducer that chooses its frames from [CLS] alone (:meth:`lit_bvllm.model.VideoLLM.visual_tokens`).
         """
         if attention and not self.has_cls:
             raise ValueError("[CLS] attention needs a tower with a [CLS] token (CLIP, InstructBLIP); use score=learned "
@@ -109,16 +112,17 @@ class VisionEncoder(nn.Module):
         source = index[rows]  # their positions in `frames`
         T, N, D = valid.shape[1], self.num_patches, self.width
         dtype = next(self.tower.parameters()).dtype
-        tokens = torch.zeros(B, T, N, D, dtype=dtype, device=frames.device)
+        tokens = torch.zeros(B, T, N if patches else 0, D, dtype=dtype, device=frames.device)
         cls = torch.zeros(B, T, D, dtype=dtype, device=frames.device)
         cls_attn = torch.zeros(B, T, N, device=frames.device) if attention else None
         with eager_attention(self.tower, attention):
             for i in range(0, source.shape[0], self.chunk):  # chunks of frames, not a per-frame loop
                 slot = (rows[0][i : i + self.chunk], rows[1][i : i + self.chunk])
                 f, a = self._encode(frames[slot[0], source[i : i + self.chunk]], attention)
-                patches = f[:, 1:] if self.has_cls else f
-                tokens[slot] = patches
-                cls[slot] = f[:, 0] if self.has_cls else patches.mean(1)
+                feats = f[:, 1:] if self.has_cls else f
+                if patches:
+                    tokens[slot] = feats
+                cls[slot] = f[:, 0] if self.has_cls else feats.mean(1)
                 if attention:
                     cls_attn[slot] = a
         out = {"frames": tokens, "cls": cls, "frame_mask": valid, "frame_index": index}

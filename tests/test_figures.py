@@ -94,8 +94,8 @@ def test_the_callback_logs_selection_figures_to_tensorboard(bvllm_model, tiny, s
     from lit_bvllm.training.callbacks import BenchmarkEvaluation, SelectionFigures
 
     dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
-                             num_workers=0, batch_size=2, limit=2, mode="likelihood")
-    logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="run", version="v")
+                             num_workers=0, batch_size=2, limit=5, mode="likelihood")  # 2 questions' 4 tries:
+    logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="run", version="v")    # 2 requests, 2 samples
     L.Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, enable_model_summary=False,
               callbacks=[BenchmarkEvaluation(), SelectionFigures(num_samples=2)]).test(bvllm_model, datamodule=dm)
     events = EventAccumulator(str(tmp_path / "run" / "v"), size_guidance={"images": 0})

@@ -35,6 +35,16 @@ from lit_bvllm.reducers.sampling import pack, uniform_frame_mask  # noqa: F401  
 
 
 @dataclass
+class SelectedFrames:
+    """The patches of only the frames a reducer's selection picks, in place of every frame's (evaluation's second
+    pass, for a reducer with ``selects_from_cls``): ``patches (B, T2, N, D)`` and ``slot (B, T)``, where each of the
+    T encoded frames' patches sit (-1: not encoded)."""
+
+    patches: Tensor
+    slot: Tensor
+
+
+@dataclass
 class ReducerOutput:
     """Visual tokens for the LLM: ``tokens (B, M, D_out)``, ``token_mask (B, M)`` and logging ``info``."""
 

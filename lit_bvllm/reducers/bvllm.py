@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
+from lit_bvllm.reducers.base import Reducer, ReducerOutput, SelectedFrames, pack
 from lit_bvllm.reducers.merging import merge_to_target
 from lit_bvllm.reducers.qformer import TextQFormer, vision_layernorm
 from lit_bvllm.reducers.sampling import gumbel_select, keyed_gumbel_noise, select_uniform_frames
@@ -190,6 +190,20 @@ class BVLLM(Reducer):
                           generator=self.generator, noise=noise)
         return s * any_frame[:, None, None]
 
+    @property
+    def selects_from_cls(self) -> bool:
+        """Whether, as set now, the reducer reads patches only of the frames its selection picks from [CLS] alone:
+        hard one-hot selection outside training. Then the model may encode [CLS] for every frame and the patches
+        of the picked frames only (:meth:`frames_needed`, ``SelectedFrames``)."""
+        return self.frame_selection and self.selection == "hard" and not self.training
+
+    def frames_needed(self, cls: Tensor, frame_mask: Tensor, text_ids: Tensor, text_mask: Tensor | None = None
+                      ) -> Tensor:
+        """``(B, L*)`` the frame (position in ``cls``) each selection row picks, -1 for a row that picks none: every
+        frame whose patches :meth:`forward` reads when :attr:`selects_from_cls`."""
+        s = self.select(cls, frame_mask, text_ids, torch.ones_like(text_ids) if text_mask is None else text_mask)
+        return torch.where(s.sum(-1) > 0, s.argmax(-1), -1)
+
     # ------------------------------------------------------------------ temporal
 
     def order_and_group(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -223,7 +237,12 @@ class BVLLM(Reducer):
             raise ValueError("BVLLM is text-conditioned: pass the question as text_ids/text_mask")
         if text_mask is None:
             text_mask = torch.ones_like(text_ids)
-        B, T, N, D = frames.shape
+        subset = isinstance(frames, SelectedFrames)  # the picked frames' patches only (two-pass evaluation)
+        if subset and not self.selects_from_cls:
+            raise ValueError("BVLLM got only the picked frames' patches, but soft selection or training reads every "
+                             "frame's")
+        B, T = cls.shape[:2]
+        N, D = frames.patches.shape[2:] if subset else frames.shape[2:]
         L = self.num_frames
         s = self.select(cls, frame_mask, text_ids, text_mask)  # (B, L*, T)
         s, groups, keep = self.order_and_group(s)
@@ -231,10 +250,12 @@ class BVLLM(Reducer):
             picked = torch.einsum("blt,btnd->blnd", s.to(frames.dtype), frames)  # V* = S V (Eq. 1)
         else:  # one-hot rows: gather instead of a (L*, T) x (T, N*D) product
             idx = s.argmax(-1)  # (B, L*)
-            picked = (torch.gather(frames, 1, idx[..., None, None].expand(B, L, N, D))
-                      * s.amax(-1)[..., None, None].to(frames.dtype))
+            source, idx = ((frames.patches, torch.gather(frames.slot, 1, idx).clamp_min(0)) if subset
+                           else (frames, idx))
+            picked = (torch.gather(source, 1, idx[..., None, None].expand(B, L, N, D))
+                      * s.amax(-1)[..., None, None].to(source.dtype))
         counts = groups.sum(-1, keepdim=True).clamp_min(1)  # (B, L, 1) group sizes
-        merged = torch.einsum("bgi,bind->bgnd", (groups / counts).to(frames.dtype), picked)  # Eq. 4: group means
+        merged = torch.einsum("bgi,bind->bgnd", (groups / counts).to(picked.dtype), picked)  # Eq. 4: group means
 
         # spatial sampling on the kept frames only: (B, L, N, D) -> (K, N, D) -> (K, R, H)
         rows = keep.nonzero(as_tuple=True)
