@@ -74,8 +74,11 @@ def mc_batch(model, frames: int, side: int, options: int = 4) -> dict:
             "num_options": torch.tensor([options])}
 
 
-def point(frames: int, chunk: int, tower: Path, llm: Path, device: str = "cpu", dtype: str = "float32") -> dict:
-    """One evaluation forward at ``frames`` frames, ``chunk`` frames per tower call, in this process."""
+def point(frames: int, chunk: int, tower: Path, llm: Path, device: str = "cpu", dtype: str = "float32",
+          one_pass: bool = False) -> dict:
+    """One evaluation forward at ``frames`` frames, ``chunk`` frames per tower call, in this process; ``one_pass``:
+    every frame's patches kept (as before issue 25), else B-VLLM's two passes ([CLS] of every frame, then the
+    patches of the frames it picks)."""
     from peak_memory import peak_memory, tensors
 
     from lit_bvllm.model import VideoLLM, reducer_factory
@@ -83,6 +86,7 @@ def point(frames: int, chunk: int, tower: Path, llm: Path, device: str = "cpu", 
     spec = yaml.safe_load((REPO / "experiments/reducers/bvllm.yaml").read_text())["model"]["reducer"]
     torch.manual_seed(0)
     model = VideoLLM(str(llm), str(tower), reducer_factory(spec), vision_chunk=chunk).eval()
+    model.two_pass = not one_pass
     model.to(device=device, dtype=getattr(torch, dtype))
     batch = {k: v.to(device) for k, v in mc_batch(model, frames, CLIP_L["image_size"]).items()}
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -94,7 +98,8 @@ def point(frames: int, chunk: int, tower: Path, llm: Path, device: str = "cpu", 
     seconds = time.perf_counter() - t0
     assert torch.isfinite(scores).all(), scores
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"frames": frames, "chunk": chunk, "peak_mib": peak["total"], "peak_by_kind_mib": peak,
+    return {"frames": frames, "chunk": chunk, "two_pass": not one_pass, "peak_mib": peak["total"],
+            "peak_by_kind_mib": peak,
             "parameters_mib": params / MIB, "frames_mib": batch["frames"].numel() / MIB,
             "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "max_rss_before_mib": rss0 / 1024, "visual_tokens": int(info["num_tokens"].max()),
@@ -114,12 +119,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "artifacts/bench/memory.json")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (then --frames 3600 runs the hour itself)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the model's weights")
+    ap.add_argument("--one-pass", action="store_true", help="keep every frame's patches (the path before issue 25)")
     ap.add_argument("--point", type=int, nargs=2, metavar=("FRAMES", "CHUNK"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.tower = a.tower or REPO / "artifacts/bench" / ("clip_l14_336_random" + (
         "" if a.layers == CLIP_L["num_hidden_layers"] else f"_{a.layers}l"))
     if a.point:  # a child: one point, as JSON on the last line
-        print(json.dumps(point(*a.point, a.tower, a.llm, a.device, a.dtype)))
+        print(json.dumps(point(*a.point, a.tower, a.llm, a.device, a.dtype, a.one_pass)))
         return
     if not (a.llm / "config.json").is_file():
         sys.exit(f"no LLM at {a.llm}: run `make tiny` (or `make demo`) first, or pass --llm")
@@ -130,7 +136,8 @@ def main() -> None:
             if frames < chunk and chunk != min(a.chunks):
                 continue  # a chunk larger than the video is the smaller chunk's point
             out = subprocess.run([sys.executable, __file__, "--point", str(frames), str(chunk), "--tower", str(a.tower),
-                                  "--llm", str(a.llm), "--device", a.device, "--dtype", a.dtype],
+                                  "--llm", str(a.llm), "--device", a.device, "--dtype", a.dtype,
+                                  *(["--one-pass"] if a.one_pass else [])],
                                  capture_output=True, text=True, check=False)
             if out.returncode:
                 sys.exit(f"point {frames} frames / chunk {chunk} failed:\n{out.stderr[-3000:]}")
@@ -147,7 +154,8 @@ def main() -> None:
         sys.exit("--frames needs two lengths at the smallest chunk to measure the bytes per frame")
     slope = (small[1]["peak_mib"] - small[0]["peak_mib"]) / (small[1]["frames"] - small[0]["frames"])
     hour = big["peak_mib"] + slope * (HOUR - big["frames"])
-    result = {"date": time.strftime("%Y-%m-%d"), "tower_layers": a.layers, "device": a.device, "dtype": a.dtype,
+    result = {"date": time.strftime("%Y-%m-%d"), "two_pass": not a.one_pass, "tower_layers": a.layers,
+              "device": a.device, "dtype": a.dtype,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "torch": torch.__version__, "command": " ".join(["python", "benchmarks/bench_memory.py", *sys.argv[1:]]),
               "points": rows, "mib_per_frame": slope, "hour_peak_mib": hour}
