@@ -253,6 +253,7 @@ class VideoLLM(nn.Module):
         predicted = torch.cat([out.logits[:, -1:][owner], logits[:, :-1]], 1)
         return self._mean_option_logp(predicted, cont_labels, k, owner), info
 
+    @torch.no_grad()
     def option_scores_unshared(self, batch: dict, visual_tokens: tuple | None = None) -> tuple[Tensor, dict]:
         """:meth:`option_scores` with one full row per option (prompt, visual tokens and option, each row its own
         prefill): the reference the shared-prefix path equals, and its fallback."""
