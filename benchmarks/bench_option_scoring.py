@@ -2,12 +2,13 @@
 
     python benchmarks/bench_option_scoring.py [--root DIR] [--items 48] [--passes 3] [--out FILE]
 
-1. **Items/s on the demo's needle set**, likelihood mode (``experiments/eval/needle.yaml`` composed after the demo's
-   configs: make-tiny's backbones under ``DIR/artifacts``, pretrain.yaml's B-VLLM; the weights do not change the
-   cost, so no checkpoint is read): ``VideoLLM.option_scores`` (the prefix once, the options continuing from its KV
-   cache) against ``VideoLLM.option_scores_unshared`` (one full row per option), on the same decoded batches,
-   alternating, the median of ``--passes``; the largest score difference between the two is printed too. On a CPU
-   the ratio is the number to read.
+1. **Requests/s on the demo's needle set** (a request: one question, its circular tries scored once), likelihood mode
+   (``experiments/eval/needle.yaml`` composed after the demo's configs: make-tiny's backbones under
+   ``DIR/artifacts``, pretrain.yaml's B-VLLM; the weights do not change the cost, so no checkpoint is read):
+   ``VideoLLM.option_scores`` (the prefix once, the options continuing from its KV cache) against
+   ``VideoLLM.option_scores_unshared`` (one full row per option), on the same decoded batches, alternating, the
+   median of ``--passes``; the largest score difference between the two is printed too. On a CPU the ratio is the
+   number to read.
 2. **The needle set's evaluation, end to end** (``lit_bvllm test``'s loop in-process: decoding, tower, reducer,
    scoring, records; one worker-less process): before (one sample per item, one LLM row per option), with the
    shared prefix, and with identical requests scored once too (issue 25, item 2: VNBench's 4 circular tries are
@@ -119,11 +120,12 @@ def time_paths(model, batches, passes: int) -> dict:
                     shared = scores
                 else:
                     diff = max(diff, max(float((a - b)[~a.isinf()].abs().max()) for a, b in zip(shared, scores)))
-    items = sum(len(b["num_options"]) for b in batches)
+    requests = sum(len(b["num_options"]) for b in batches)  # the loader's samples: a question's 4 tries are one
     rows = sum(int(b["num_options"].sum()) for b in batches)
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"items": items, "option_rows": rows, "seconds": med, "items_per_s": {k: items / v for k, v in med.items()},
-            "speedup": med["unshared"] / med["shared"], "max_abs_score_difference": diff}
+    return {"requests": requests, "option_rows": rows, "seconds": med,
+            "requests_per_s": {k: requests / v for k, v in med.items()}, "speedup": med["unshared"] / med["shared"],
+            "max_abs_score_difference": diff}
 
 
 def qwen2_7b_flops(visual: int = 768, prompt: int = 40, option: int = 6, options=(4, 5)) -> dict:
