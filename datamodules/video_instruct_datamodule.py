@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from datamodules.annotations import load_sources
@@ -178,6 +179,9 @@ class VideoInstructDataModule(L.LightningDataModule):
             collate_fn=self.collator,
             pin_memory=h.pin_memory,
             persistent_workers=workers > 0,
+            # the validation loader seeds its workers from a generator of its own: a loader draws its seed from the
+            # global RNG otherwise, and a validation set would change the training run it watches
+            generator=None if shuffle else torch.Generator().manual_seed(h.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -188,3 +188,31 @@ def test_training_logs_a_validation_loss_and_selection_figures_every_n_steps(tin
     figures = [t for t in events.Tags()["images"] if t.startswith("selection/val/")]
     assert sorted(figures) == ["selection/val/0", "selection/val/1"]
     assert all([e.step for e in events.Images(t)] == [2, 4] for t in figures)  # at the global step, every 2 steps
+
+
+def test_a_validation_set_does_not_change_the_training_run(tiny, tmp_path, monkeypatch):
+    """A DataLoader draws its workers' seed from the global RNG when its iterator starts: validating (the sanity
+    check, then every val_check_interval steps) moved the Gumbel noise and dropout of the steps after it, so the
+    demo trained another model once it validated. The validation loader now has a generator of its own."""
+    import pathlib
+
+    from lit_bvllm.cli.commands import lightning_cli
+    from lit_bvllm.weights import read_checkpoint
+    from lit_bvllm.world import make_synthetic
+
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
+    data = tmp_path / "data"
+    make_synthetic(data, seed=0, num_videos=2, num_eval_videos=1, max_duration=8, num_val_videos=2)
+    base = ["fit", "--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml", *tiny["flags"],
+            "--model.init_from", "null", "--data.train", str(data / "finetune.json"), "--data.num_workers", "0",
+            "--data.batch_size", "2", "--trainer.max_steps", "4", "--trainer.enable_progress_bar", "false",
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    states = []
+    for name, extra in [("plain", []), ("validated", ["--data.val", str(data / "finetune_val.json"),
+                                                      "--trainer.val_check_interval", "2"])]:
+        cli = lightning_cli([*base, "--trainer.logger.init_args.version", name, *extra])
+        states.append(read_checkpoint(str(pathlib.Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"),
+                                      "--ckpt_path")["state_dict"])
+    plain, validated = states
+    assert plain.keys() == validated.keys() and len(plain) > 10
+    assert all(torch.equal(plain[k], validated[k]) for k in plain)  # the same training run, bit for bit
