@@ -74,6 +74,17 @@ def mc_batch(model, frames: int, side: int, options: int = 4) -> dict:
             "num_options": torch.tensor([options])}
 
 
+def bvllm_spec(llm: Path) -> dict:
+    """``experiments/reducers/bvllm.yaml``'s reducer, with the question vocabulary ``lit_bvllm`` links from the
+    question tokenizer (the LLM's here: ``mc_batch`` asks in it) when no Q-Former checkpoint is named."""
+    from lit_bvllm.backbones import VIDEO_TOKEN, load_tokenizer
+
+    spec = yaml.safe_load((REPO / "experiments/reducers/bvllm.yaml").read_text())["model"]["reducer"]
+    if not spec["init_args"].get("qformer"):
+        spec["init_args"].setdefault("vocab_size", len(load_tokenizer(str(llm), VIDEO_TOKEN)))
+    return spec
+
+
 def point(frames: int, chunk: int, tower: Path, llm: Path, device: str = "cpu", dtype: str = "float32",
           one_pass: bool = False) -> dict:
     """One evaluation forward at ``frames`` frames, ``chunk`` frames per tower call, in this process; ``one_pass``:
@@ -83,7 +94,7 @@ def point(frames: int, chunk: int, tower: Path, llm: Path, device: str = "cpu", 
 
     from lit_bvllm.model import VideoLLM, reducer_factory
 
-    spec = yaml.safe_load((REPO / "experiments/reducers/bvllm.yaml").read_text())["model"]["reducer"]
+    spec = bvllm_spec(llm)
     torch.manual_seed(0)
     model = VideoLLM(str(llm), str(tower), reducer_factory(spec), vision_chunk=chunk).eval()
     model.two_pass = not one_pass

@@ -140,7 +140,8 @@ class VideoLLM(nn.Module):
         out = r(frames, enc["cls"], enc["frame_mask"], text_ids=batch.get("question_ids"),
                 text_mask=batch.get("question_mask"), cls_attn=enc.get("cls_attn"), **extra)
         tokens = self.projector(out.tokens.to(weight.dtype)) * out.token_mask[..., None]
-        info = {**out.info, "frames_encoded": enc["frame_mask"].sum(1)}
+        info = {**out.info, "frames_encoded": enc["frame_mask"].sum(1),  # through the tower ([CLS] at least)
+                "patches_encoded": (frames.slot >= 0).sum(1) if two_pass else enc["frame_mask"].sum(1)}
         if "frame_indices" in out.info:  # the frames whose content reaches the LLM, as positions in batch["frames"]
             info["kept_frames"] = kept_frames(out.info, enc["frame_index"])
         return tokens, out.token_mask, info

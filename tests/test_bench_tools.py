@@ -8,6 +8,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from bench_length import at_length  # noqa: E402
+from bench_memory import bvllm_spec  # noqa: E402
 from peak_memory import peak_memory  # noqa: E402
 
 MIB = 2**20
@@ -39,3 +40,15 @@ def test_a_batch_at_length_loops_each_videos_own_frames():
     assert out["frames"][0, :, 0, 0, 0].tolist() == [0, 1, 2, 0, 1, 2, 0]
     assert out["frames"][1, :, 0, 0, 0].tolist() == [3, 4, 3, 4, 3, 4, 3]  # the padding slot is never used
     assert out["frame_times"][1].tolist() == list(range(7))
+
+
+def test_the_memory_benchmark_builds_the_papers_bvllm(tiny):
+    """bench_memory built bvllm.yaml's reducer as written, without the question vocabulary the CLI links in since
+    vocab_size defaults to None: every point failed at construction."""
+    from lit_bvllm.backbones import load_tokenizer
+    from lit_bvllm.model import reducer_factory
+
+    spec = bvllm_spec(Path(tiny["llm"]))
+    assert spec["init_args"]["vocab_size"] == len(load_tokenizer(tiny["llm"], "<video>"))
+    reducer = reducer_factory(spec)(64)
+    assert reducer.budget == 768 and reducer.num_frames == 32

@@ -417,5 +417,7 @@ def test_two_pass_evaluation_equals_one_pass_and_encodes_only_the_picked_patches
     assert first["frames"].shape[2] == 0  # [CLS] only
     picked = int(second["frame_mask"].sum())
     assert 0 < picked <= 4 * 3 < int(first["frame_mask"].sum())  # at most L* frames a sample get their patches
+    assert got_info["patches_encoded"].tolist() == second["frame_mask"].sum(1).tolist()
+    assert torch.equal(want_info["patches_encoded"], want_info["frames_encoded"])  # one pass: every frame's
     m.model.train()
     assert not m.model.reducer.selects_from_cls  # training reads every frame (straight-through selection)
