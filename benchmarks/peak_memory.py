@@ -4,7 +4,7 @@
 and those handed to it up front (the model, its optimizer, the inputs). As shipped it installs a gradient hook on
 every parameter of every module it enters, which a frozen parameter refuses (``requires_grad=False``: the vision
 tower, the LLM under LoRA); here no such hooks are installed, so gradients count as the tensors they are (their
-category reads "temp") and the total is unchanged.
+category reads "temp") and the total is unchanged. A top-level module may run twice (``_FrozenSafeTracker``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,16 @@ MIB = 2**20
 class _FrozenSafeTracker(MemTracker):
     def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
         return super()._track_module_params_and_buffers(module, install_grad_hooks=False)
+
+    def _pre_fw_hook(self, module, inputs):
+        """A top-level module called twice in one measured call (the vision tower's two evaluation passes) reads
+        to MemTracker as a second iteration, which it refuses; the per-module stats start afresh instead (the peak
+        over every allocation, which is what is reported, is kept)."""
+        try:
+            super()._pre_fw_hook(module, inputs)
+        except NotImplementedError:
+            self.reset_mod_stats()
+            super()._pre_fw_hook(module, inputs)
 
 
 def peak_memory(fn: Callable[[], object], *external, device: str = "cpu") -> tuple[object, dict[str, float]]:

@@ -32,6 +32,19 @@ def test_the_peak_counts_what_lives_at_once_and_a_frozen_model_is_fine():
     assert abs(peak["param"] - params) < 1e-3
 
 
+def test_the_peak_counts_a_module_run_twice_in_one_call():
+    """B-VLLM's two evaluation passes run the vision tower twice in one forward; MemTracker as shipped refused it."""
+    model = torch.nn.Linear(512, 512)
+
+    def work():
+        a = model(torch.ones(2048, 512))  # 4 MiB out
+        b = model(torch.ones(4096, 512))  # 8 MiB out, a still alive
+        return float(a.sum() + b.sum()) * 0
+
+    out, peak = peak_memory(work, model)
+    assert out == 0.0 and peak["total"] >= 1 + 4 + 8, peak
+
+
 def test_a_batch_at_length_loops_each_videos_own_frames():
     frames = torch.arange(2 * 3, dtype=torch.uint8).view(2, 3, 1, 1, 1).expand(2, 3, 3, 2, 2).clone()
     batch = {"frames": frames, "frame_mask": torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool), "x": 1}
