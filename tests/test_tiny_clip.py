@@ -135,7 +135,8 @@ def test_a_clip_folder_missing_vision_weights_is_refused(tmp_path):
 
 def test_pretraining_frames_are_disjoint_from_make_synthetic_streams():
     """The CLIP draws its frames from numpy stream [seed, 1000, i], the Q-Former from [seed, 1001, i]; make-synthetic's
-    streams are 0-7 and 10 (generate.py), 8, 9 and 11 (the needle sets, needles.py)."""
+    streams are 0-7, 10, 12 and 13 (generate.py; 12-13 the validation set's), 8, 9 and 11 (the needle sets,
+    needles.py)."""
     import lit_bvllm.world.generate as generate
     import lit_bvllm.world.needles as needles
     from lit_bvllm.world.tiny_clip import CLIP_STREAM
@@ -143,5 +144,5 @@ def test_pretraining_frames_are_disjoint_from_make_synthetic_streams():
 
     streams = [v for module in (generate, needles) for k, v in vars(module).items()
                if k.isupper() and isinstance(v, int) and k != "MIN_DURATION"]
-    assert sorted(streams) == list(range(12))
+    assert sorted(streams) == list(range(14))  # each stream once: no two files share a random stream
     assert CLIP_STREAM not in streams and QFORMER_STREAM not in streams and CLIP_STREAM != QFORMER_STREAM
