@@ -78,7 +78,7 @@ study-data: install  ## the study's backbones, training set and needle sets (eac
 		|| $(BIN)/lit_bvllm make-synthetic $(SYNTHETIC_FLAGS) --needle-lengths '[$(subst $(space),$(comma),$(strip $(NEEDLE_LENGTHS)))]' \
 			--needle-videos $(NEEDLE_VIDEOS) --needles-only true
 
-study: study-data  ## the needle study: every strategy at θ = 96, controls, ablation, 3-6 seeds; resumes; runs/sweeps/study
+study: study-data  ## the needle study: every strategy at θ = 96, controls, ablation, 3-9 seeds; resumes; runs/sweeps/study
 	$(BIN)/lit_bvllm study
 
 study-quick: study-data  ## the study with one seed and the 64 s set only (runs/sweeps/study_quick)

@@ -24,7 +24,9 @@ STRATEGIES = ["BVLLM", "Uniform", "LLaMAVID", "MeanPool", "TokenLearner", "Group
 CATEGORIES = ["ret_insert1", "ord_insert1", "cnt_insert1"]
 VIDEOS = 12  # per length: 36 question groups, 144 items
 P_RIGHT = {"BVLLM": 0.75, "Uniform": 0.35}  # a planted effect: B-VLLM answers more groups
-PAIRED = (0, 1, 2, 3, 4, 5)  # the shipped sweep's seeds of B-VLLM and Uniform (extra_seeds); the other strategies 0-2
+_SPEC = yaml.safe_load((REPO / "experiments/sweeps/needle_strategies.yaml").read_text())
+PAIRED = (*_SPEC["seeds"], *_SPEC["extra_seeds"]["reducer=BVLLM"])  # B-VLLM's and Uniform's seeds; the others 0-2
+STRATEGY_POINTS = 8 * 3 + 2 * (len(PAIRED) - 3)  # the strategies sweep's points (fits)
 
 
 def seeds_of(method: str) -> tuple[int, ...]:
@@ -104,7 +106,7 @@ def test_the_report_has_every_strategy_length_and_seed_with_mean_and_std(tmp_pat
     points = read_csv(out / "points.csv")
     strategies = {(r["method"], r["eval"], r["seed"]) for r in points if r["role"] == "strategies"}
     assert strategies == {(m, f"needle_{n}s", str(s)) for m in STRATEGIES for n in (16, 64, 128) for s in seeds_of(m)}
-    assert all(r["status"] == "done" for r in points) and len(points) == (8 * 3 + 2 * 3 + 3 * 3 + 4 * 3) * 3
+    assert all(r["status"] == "done" for r in points) and len(points) == (STRATEGY_POINTS + 3 * 3 + 4 * 3) * 3
     summary = {(r["role"], r["method"], r["eval"]): r for r in read_csv(out / "summary.csv")}
     for method in STRATEGIES:
         for n in (16, 64, 128):
@@ -122,7 +124,8 @@ def test_the_report_has_every_strategy_length_and_seed_with_mean_and_std(tmp_pat
                  "BVLLM w/o temporal merge", "BVLLM w/o spatial sampling", "BVLLM soft selection", *STRATEGIES]:
         assert f"| {name} |" in md, name
     assert f"{np.mean([planted[('strategies', 'BVLLM', 'needle_64s', s)] for s in PAIRED]):.3f} ± " in md
-    assert "seeds [0, 1, 2], reducer=BVLLM also [3, 4, 5], reducer=Uniform also [3, 4, 5])" in md
+    extra = list(PAIRED[3:])
+    assert f"seeds [0, 1, 2], reducer=BVLLM also {extra}, reducer=Uniform also {extra})" in md
     assert "## Not finished\n\nnone" in md
     assert "| method | kind | tokens | 16 s | 64 s | 128 s |" in md  # the lengths are columns
     assert "| LLaMAVID | strategy | 32 / 96 / 96 |" in md and "| Uniform | strategy | 96 |" in md  # per length
@@ -142,7 +145,7 @@ def test_the_bootstrap_interval_brackets_the_difference_and_is_deterministic(tmp
                             for s in PAIRED])  # balanced types: the mean over groups is the mean over types
         assert float(r["diff"]) == pytest.approx(observed)
         assert float(r["low"]) <= observed <= float(r["high"])
-        assert (r["groups"], r["seeds"], r["dropped_groups"]) == (str(3 * VIDEOS), "6", "0")
+        assert (r["groups"], r["seeds"], r["dropped_groups"]) == (str(3 * VIDEOS), str(len(PAIRED)), "0")
         # each needle type alone: its own groups, its own difference (the per-type accuracies the runs wrote)
         per_type = {t["questions"]: t for t in table if t["eval"] == ev and t["questions"] != "all"}
         assert sorted(per_type) == sorted(CATEGORIES)
@@ -191,7 +194,7 @@ def test_a_missing_point_is_reported_not_dropped(tmp_path, capsys):
     assert "(2/3)" in md.split("## Per task type")[0]
     assert "- strategies TokenLearner seed 1 needle_128s: pending (point reducer=TokenLearner_seed=1)" in md
     assert "- controls oracle frames seed 2 needle_16s: pending" in md
-    assert "6 of 153 method x length x seed results missing" in capsys.readouterr().out
+    assert f"6 of {(STRATEGY_POINTS + 9 + 12) * 3} method x length x seed results missing" in capsys.readouterr().out
 
 
 def test_a_method_with_no_finished_seed_reads_missing(tmp_path):
@@ -228,18 +231,20 @@ def test_the_full_wall_time_is_estimated_from_measured_quick_points(tmp_path):
     full = load_sweeps(FILES, str(tmp_path))
     quick = load_sweeps(FILES, str(tmp_path), quick=True)
     t = estimate(full, step_times(full) + step_times(quick))
-    fits, tests = 30 + 12, (30 + 9 + 12) * 3  # strategies: 8 x 3 seeds + B-VLLM's and Uniform's 3 extra
+    fits, tests = STRATEGY_POINTS + 12, (STRATEGY_POINTS + 9 + 12) * 3
     assert (t["measured"], t["scaled"], t["unknown"]) == (fits + tests // 3, 2 * tests // 3, 0)
-    assert t["seconds"] == pytest.approx(fits * 100 + (30 + 9 + 12) * 40 * (16 + 64 + 128) / 64)
+    assert t["seconds"] == pytest.approx(fits * 100 + (STRATEGY_POINTS + 9 + 12) * 40 * (16 + 64 + 128) / 64)
     # a test's length-independent part (a blind test's time) is kept, the rest scales with the length
     with_base = estimate(full, step_times(full) + step_times(quick), test_base=8.0)
-    assert with_base["seconds"] == pytest.approx(fits * 100 + 51 * (40 + 2 * 8 + 32 * (16 + 128) / 64))
+    assert with_base["seconds"] == pytest.approx(fits * 100 + (STRATEGY_POINTS + 9 + 12) * (40 + 2 * 8 + 32 * (16 + 128)
+                                                                                               / 64))
     fewer = load_sweeps(FILES, str(tmp_path), quick=True, quick_steps=150)
     assert fewer["strategies"].fit_flags["trainer.max_steps"] == 150
     half = [("strategies", "reducer=BVLLM", "fit", 50.0, 500, None)]  # half the full recipe's 1,000 steps
-    assert estimate(full, half)["scaled"] == 6 and estimate(full, half)["seconds"] == pytest.approx(6 * 100)
+    n = len(PAIRED)  # B-VLLM's fits
+    assert estimate(full, half)["scaled"] == n and estimate(full, half)["seconds"] == pytest.approx(n * 100)
     timed = [("strategies", "reducer=BVLLM", "fit", 50.0, 500, 0.2)]  # 500 more steps at 0.2 s
-    assert estimate(full, timed)["seconds"] == pytest.approx(6 * 150)
+    assert estimate(full, timed)["seconds"] == pytest.approx(n * 150)
 
 
 def test_seconds_per_step_from_the_fits_logged_losses(tmp_path):
@@ -258,16 +263,16 @@ def test_seconds_per_step_from_the_fits_logged_losses(tmp_path):
 def test_the_study_sweeps_expand_to_the_expected_points(capsys):
     main(["study", "--dry-run", "true", "--root", "/nonexistent/sweeps"])
     out = capsys.readouterr().out
-    assert "study: strategies 30 points, controls 9 points, ablation 12 points" in out
+    assert f"study: strategies {STRATEGY_POINTS} points, controls 9 points, ablation 12 points" in out
     assert not pathlib.Path("/nonexistent").exists()
     for s in (0, 1, 2):
         assert (f"--ckpt_path=/nonexistent/sweeps/needle_strategies/reducer=Uniform_seed={s}/checkpoints/last.ckpt"
                 in out)
-    assert out.count(" fit --config") == 30 + 12 and out.count("--trainer.max_steps=1000") == 30 + 12
-    assert out.count(" test --config") == (30 + 9 + 12) * 3
+    assert out.count(" fit --config") == STRATEGY_POINTS + 12 == out.count("--trainer.max_steps=1000")
+    assert out.count(" test --config") == (STRATEGY_POINTS + 9 + 12) * 3
     assert out.count("--trainer.logger.init_args.version=reducer=BVLLM_seed=5/needle_64s") == 1  # extra_seeds
     for n in (16, 64, 128):
-        assert out.count(f"--config experiments/eval/needle_{n}s.yaml") == 30 + 9 + 12
+        assert out.count(f"--config experiments/eval/needle_{n}s.yaml") == STRATEGY_POINTS + 9 + 12
     assert out.count("--data.blind=true") == 3 * 3 and out.count("--model.reducer.init_args.pick=oracle") == 3 * 3
     for switch in ("frame_selection", "temporal_merge", "spatial_sampling"):
         assert out.count(f"--model.reducer.init_args.{switch}=false") == 4 * 3  # its variant's fit + 3 tests x 3 seeds

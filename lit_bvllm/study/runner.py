@@ -3,7 +3,7 @@ beat uniform sampling and the other strategies on long videos whose evidence is 
 
 Three sweep files make the study, run in order, each resuming where it stopped (finished points are skipped):
 
-- ``experiments/sweeps/needle_strategies.yaml``: every strategy trained with one fixed recipe, three seeds (six
+- ``experiments/sweeps/needle_strategies.yaml``: every strategy trained with one fixed recipe, three seeds (nine
   for B-VLLM and Uniform, the pair the bootstrap compares), each tested on the held-out needle sets of 16, 64 and 128 s;
 - ``experiments/sweeps/needle_controls.yaml``: blind, random frames and oracle frames, on the Uniform checkpoints;
 - ``experiments/sweeps/needle_ablation.yaml``: B-VLLM's Table 3 (one component off at a time; soft selection).
@@ -160,7 +160,7 @@ def study(quick: bool = False, root: str = "runs/sweeps", out: str | None = None
           ablation: str = FILES["ablation"], resamples: int = 10000, example: bool = True, dry_run: bool = False,
           report_only: bool = False) -> None:
     """The needle study: every strategy at θ = 96, the controls and B-VLLM's ablation on the 16, 64 and 128 s needle
-    sets (three seeds; six for B-VLLM and Uniform), then its tables and figures. Run again, it resumes: finished
+    sets (three seeds; nine for B-VLLM and Uniform), then its tables and figures. Run again, it resumes: finished
     points are skipped.
 
     Args:
