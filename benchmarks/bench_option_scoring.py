@@ -21,11 +21,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,8 +39,9 @@ QWEN2_7B = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers"
             "num_key_value_heads": 4, "vocab_size": 152064}  # config.json of Qwen2-7B-Instruct
 
 
-def needle_cli(root: Path, items: int, save_dir: str):
-    """``lit_bvllm test`` on the needle set (the demo's configs, make-tiny's backbones, untrained), not run."""
+def needle_cli(items: int, save_dir: str):
+    """``lit_bvllm test`` on the needle set (the demo's configs, make-tiny's backbones, untrained), not run; in the
+    folder whose ``artifacts/`` the configs name, as make demo runs them."""
     from lit_bvllm.cli.commands import lightning_cli
 
     configs = ["pretrain.yaml", "finetune.yaml", "eval/base.yaml", "eval/needle.yaml"]
@@ -50,7 +53,6 @@ def needle_cli(root: Path, items: int, save_dir: str):
 
 def time_evaluation(root: Path, items: int) -> dict:
     """Items/s of the needle set's test loop: before, shared prefix, shared prefix + identical requests once."""
-    import tempfile
     from unittest import mock
 
     import datamodules.benchmarks.datamodule as dmod
@@ -60,27 +62,19 @@ def time_evaluation(root: Path, items: int) -> dict:
     unshared = mock.patch.object(VideoLLM, "option_scores", VideoLLM.option_scores_unshared)
     variants = {"before (per item, a row per option)": [singles, unshared], "shared prefix": [singles],
                 "shared prefix + requests once": []}
-    out, here = {}, Path.cwd()
-    os.chdir(root)
-    try:
+    out = {}
+    with contextlib.chdir(root):
         for name, patches in variants.items():
-            with tempfile.TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
                 for p in patches:
-                    p.start()
-                try:
-                    cli = needle_cli(root, items, tmp)
-                    t0 = time.perf_counter()
-                    cli.trainer.test(cli.model, datamodule=cli.datamodule)
-                    seconds = time.perf_counter() - t0
-                finally:
-                    for p in patches:
-                        p.stop()
+                    stack.enter_context(p)
+                cli = needle_cli(items, tmp)
+                t0 = time.perf_counter()
+                cli.trainer.test(cli.model, datamodule=cli.datamodule)
+                seconds = time.perf_counter() - t0
                 result = json.loads(next(Path(tmp).rglob("vnbench_results.json")).read_text())
-                out[name] = {"seconds": seconds, "items": result["evaluated"],
-                             "items_per_s": result["evaluated"] / seconds,
-                             "circular_accuracy": result["circular_accuracy"]}
-    finally:
-        os.chdir(here)
+            out[name] = {"seconds": seconds, "items": result["evaluated"], "items_per_s": result["evaluated"] / seconds,
+                         "circular_accuracy": result["circular_accuracy"]}
     base = out["before (per item, a row per option)"]["seconds"]
     for v in out.values():
         v["speedup"] = base / v["seconds"]
@@ -90,20 +84,11 @@ def time_evaluation(root: Path, items: int) -> dict:
 def needle_batches(root: Path, items: int):
     """The demo's model (untrained reducer, make-tiny's backbones) and the needle set's first ``items`` items in
     likelihood mode, decoded once."""
-    from lit_bvllm.cli.commands import lightning_cli
-
-    configs = ["pretrain.yaml", "finetune.yaml", "eval/base.yaml", "eval/needle.yaml"]
-    args = [a for c in configs for a in ("--config", str(REPO / "experiments" / c))]
-    here = Path.cwd()
-    os.chdir(root)  # the configs name artifacts/ relative to the working directory, as make demo runs them
-    try:
-        cli = lightning_cli([*args, "--model.init_from", "null", "--data.limit", str(items), "--data.num_workers", "0",
-                             "--data.batch_size", "4", "--trainer.logger", "false"], run=False)
+    with contextlib.chdir(root), tempfile.TemporaryDirectory() as tmp:
+        cli = needle_cli(items, tmp)
         cli.model.configure_model()
         cli.datamodule.setup("test")
         batches = list(cli.datamodule.test_dataloader())
-    finally:
-        os.chdir(here)
     return cli.model.model.eval(), batches
 
 

@@ -149,8 +149,8 @@ class VideoLLM(nn.Module):
     def _picked_patches(self, batch: dict, enc: dict) -> SelectedFrames:
         """The second pass: the patches of the frames the reducer's selection picks from ``enc``'s [CLS] tokens
         (:meth:`~lit_bvllm.reducers.bvllm.BVLLM.frames_needed`), encoded alone, and where each encoded frame's sit."""
-        need = self.reducer.frames_needed(enc["cls"], enc["frame_mask"], batch["question_ids"],
-                                          batch.get("question_mask"))  # (B, L*) positions among the encoded frames
+        need, selection = self.reducer.frames_needed(enc["cls"], enc["frame_mask"], batch["question_ids"],
+                                                     batch.get("question_mask"))  # need: (B, L*) encoded positions
         index = enc["frame_index"]  # (B, T') their positions in batch["frames"]
         B, T = batch["frame_mask"].shape
         picked = torch.zeros(B, index.shape[1], dtype=torch.long, device=index.device)
@@ -163,7 +163,7 @@ class VideoLLM(nn.Module):
         where.scatter_(1, torch.where(index2 >= 0, index2, T),
                        torch.arange(index2.shape[1], device=index.device).expand_as(index2).contiguous())
         where[:, T] = -1
-        return SelectedFrames(second["frames"], torch.gather(where, 1, torch.where(index >= 0, index, T)))
+        return SelectedFrames(second["frames"], torch.gather(where, 1, torch.where(index >= 0, index, T)), selection)
 
     def splice(self, input_ids: Tensor, attention_mask: Tensor, visual: Tensor, visual_mask: Tensor,
                labels: Tensor | None = None, padding_side: str = "right"):

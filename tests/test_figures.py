@@ -155,7 +155,17 @@ def test_frames_are_shown_as_they_were_whatever_form_they_come_in():
     assert out.shape == (2, 8, 8, 3) and out.min() == 0.0 and out.max() == 1.0
 
 
-def test_training_logs_a_validation_loss_and_selection_figures_every_n_steps(tiny, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def val_data(tmp_path_factory):
+    """A small synthetic set with held-out conversations on their own videos (``finetune_val.json``)."""
+    from lit_bvllm.world import make_synthetic
+
+    data = tmp_path_factory.mktemp("val_data")
+    make_synthetic(data, seed=0, num_videos=2, num_eval_videos=1, max_duration=8, num_val_videos=2)
+    return data
+
+
+def test_training_logs_a_validation_loss_and_selection_figures_every_n_steps(tiny, val_data, tmp_path, monkeypatch):
     """TensorBoard said little about training: no validation loss and no selection figures while it trains. Now
     make-synthetic writes held-out conversations on their own videos (--num-val-videos), finetune.yaml validates
     every val_check_interval steps, and each validation logs val/loss and the selection figures at its step."""
@@ -167,8 +177,7 @@ def test_training_logs_a_validation_loss_and_selection_figures_every_n_steps(tin
     from lit_bvllm.world import make_synthetic
 
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
-    data = tmp_path / "data"
-    make_synthetic(data, seed=0, num_videos=2, num_eval_videos=1, max_duration=8, num_val_videos=2)
+    data = val_data
     val = json.loads((data / "finetune_val.json").read_text())
     train = json.loads((data / "finetune.json").read_text())
     assert {e["video"] for e in val if "video" in e} == {"videos/val_0000.mp4", "videos/val_0001.mp4"}
@@ -190,7 +199,7 @@ def test_training_logs_a_validation_loss_and_selection_figures_every_n_steps(tin
     assert all([e.step for e in events.Images(t)] == [2, 4] for t in figures)  # at the global step, every 2 steps
 
 
-def test_a_validation_set_does_not_change_the_training_run(tiny, tmp_path, monkeypatch):
+def test_a_validation_set_does_not_change_the_training_run(tiny, val_data, tmp_path, monkeypatch):
     """A DataLoader draws its workers' seed from the global RNG when its iterator starts: validating (the sanity
     check, then every val_check_interval steps) moved the Gumbel noise and dropout of the steps after it, so the
     demo trained another model once it validated. The validation loader now has a generator of its own."""
@@ -198,11 +207,9 @@ def test_a_validation_set_does_not_change_the_training_run(tiny, tmp_path, monke
 
     from lit_bvllm.cli.commands import lightning_cli
     from lit_bvllm.weights import read_checkpoint
-    from lit_bvllm.world import make_synthetic
 
     monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
-    data = tmp_path / "data"
-    make_synthetic(data, seed=0, num_videos=2, num_eval_videos=1, max_duration=8, num_val_videos=2)
+    data = val_data
     base = ["fit", "--config", "experiments/pretrain.yaml", "--config", "experiments/finetune.yaml", *tiny["flags"],
             "--model.init_from", "null", "--data.train", str(data / "finetune.json"), "--data.num_workers", "0",
             "--data.batch_size", "2", "--trainer.max_steps", "4", "--trainer.enable_progress_bar", "false",

@@ -393,20 +393,17 @@ class BenchmarkDataModule(L.LightningDataModule):
         log.warning("%s. Their items count as wrong (error_ids in the results)", report.split(". Set")[0])
 
     def test_dataloader(self) -> DataLoader:
-        h = self.hparams
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        workers = worker_count(h.num_workers, processes_on_node(trainer))
-        data = Requests(self.test_set) if h.mode == "likelihood" else self.test_set
-        return DataLoader(data, batch_size=h.batch_size, sampler=ShardSampler(len(data), rank, world),
-                          num_workers=workers, collate_fn=self.collator)
+        return self._loader(Requests(self.test_set) if self.hparams.mode == "likelihood" else self.test_set)
 
     def predict_dataloader(self) -> DataLoader:  # one generated answer per item
+        return self._loader(self.test_set)
+
+    def _loader(self, data: Dataset) -> DataLoader:
+        """``data`` sharded over the trainer's ranks (:class:`ShardSampler`), in batches."""
         h = self.hparams
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return DataLoader(self.test_set, batch_size=h.batch_size,
-                          sampler=ShardSampler(len(self.test_set), rank, world),
+        return DataLoader(data, batch_size=h.batch_size, sampler=ShardSampler(len(data), rank, world),
                           num_workers=worker_count(h.num_workers, processes_on_node(trainer)), collate_fn=self.collator)
 
 

@@ -269,8 +269,6 @@ def remove_failed_start(run: Path) -> bool:
 
 
 EVALUATING = ("validate", "test", "predict")
-VERSIONED = ("lightning.pytorch.loggers.TensorBoardLogger", "lightning.pytorch.loggers.tensorboard.TensorBoardLogger",
-             "lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.csv_logs.CSVLogger")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -298,7 +296,8 @@ def name_after_weights(cfg, ckpt_path: str | None) -> None:
     after the weights it evaluates (:func:`weights_name`), ``_2``, ``_3``, ... appended while that name holds a run:
     ``runs/eval_mvbench/finetune-tiny-last``, not ``version_7``. Only TensorBoard and CSV loggers have versions."""
     logger = cfg.trainer.get("logger")
-    if not hasattr(logger, "get") or logger.get("class_path") not in VERSIONED:
+    cls = _resolve(logger.get("class_path")) if hasattr(logger, "get") else None
+    if not (isinstance(cls, type) and issubclass(cls, (TensorBoardLogger, CSVLogger))):
         return
     init = logger.get("init_args")
     if init is None or init.get("version") is not None or (name := weights_name(ckpt_path, cfg.get("model"))) is None:

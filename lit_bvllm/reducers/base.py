@@ -37,11 +37,13 @@ from lit_bvllm.reducers.sampling import pack, uniform_frame_mask  # noqa: F401  
 @dataclass
 class SelectedFrames:
     """The patches of only the frames a reducer's selection picks, in place of every frame's (evaluation's second
-    pass, for a reducer with ``selects_from_cls``): ``patches (B, T2, N, D)`` and ``slot (B, T)``, where each of the
-    T encoded frames' patches sit (-1: not encoded)."""
+    pass, for a reducer with ``selects_from_cls``): ``patches (B, T2, N, D)``, ``slot (B, T)``, where each of the
+    T encoded frames' patches sit (-1: not encoded), and ``selection``, what the reducer's ``frames_needed``
+    computed, handed back so that its forward does not select again."""
 
     patches: Tensor
     slot: Tensor
+    selection: Tensor
 
 
 @dataclass

@@ -198,11 +198,12 @@ class BVLLM(Reducer):
         return self.frame_selection and self.selection == "hard" and not self.training
 
     def frames_needed(self, cls: Tensor, frame_mask: Tensor, text_ids: Tensor, text_mask: Tensor | None = None
-                      ) -> Tensor:
+                      ) -> tuple[Tensor, Tensor]:
         """``(B, L*)`` the frame (position in ``cls``) each selection row picks, -1 for a row that picks none: every
-        frame whose patches :meth:`forward` reads when :attr:`selects_from_cls`."""
+        frame whose patches :meth:`forward` reads when :attr:`selects_from_cls`; and the selection ``S`` itself,
+        which the forward takes back (``SelectedFrames.selection``) instead of selecting again."""
         s = self.select(cls, frame_mask, text_ids, torch.ones_like(text_ids) if text_mask is None else text_mask)
-        return torch.where(s.sum(-1) > 0, s.argmax(-1), -1)
+        return torch.where(s.sum(-1) > 0, s.argmax(-1), -1), s
 
     # ------------------------------------------------------------------ temporal
 
@@ -244,7 +245,7 @@ class BVLLM(Reducer):
         B, T = cls.shape[:2]
         N, D = frames.patches.shape[2:] if subset else frames.shape[2:]
         L = self.num_frames
-        s = self.select(cls, frame_mask, text_ids, text_mask)  # (B, L*, T)
+        s = frames.selection if subset else self.select(cls, frame_mask, text_ids, text_mask)  # (B, L*, T)
         s, groups, keep = self.order_and_group(s)
         if self.selection == "soft" or (self.training and s.requires_grad):  # soft rows, or straight-through ones
             picked = torch.einsum("blt,btnd->blnd", s.to(frames.dtype), frames)  # V* = S V (Eq. 1)
