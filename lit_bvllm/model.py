@@ -11,7 +11,8 @@ Batch contract (what the data modules' collators produce; ``B`` samples, ``T`` f
 - ``input_ids``, ``attention_mask`` ``(B, L)``: each row holds at most one placeholder (``video_token``), where the
   row's visual tokens are spliced (:func:`lit_bvllm.splice.splice`); ``labels`` ``(B, L)`` for the loss (-100:
   not supervised);
-- optional ``question_ids``, ``question_mask`` ``(B, Q)``: the question, for text-conditioned reducers (B-VLLM §3.2);
+- optional ``question_ids``, ``question_mask`` ``(B, Q)``: the question, for text-conditioned reducers (B-VLLM §3.2)
+  and frame selectors (:mod:`lit_bvllm.selectors`, in their scorer's tokenizer);
 - option scoring only: ``option_ids``, ``option_mask``, ``option_labels`` ``(sum_b K_b, L')``, one row per option
   (prompt + option), and ``num_options`` ``(B,)``.
 
@@ -38,6 +39,7 @@ from datamodules.conversation import IGNORE_INDEX
 from lit_bvllm.backbones import VIDEO_TOKEN, load_llm, load_tokenizer
 from lit_bvllm.projector import Projector
 from lit_bvllm.reducers.base import Reducer, SelectedFrames
+from lit_bvllm.selectors import FrameSelector
 from lit_bvllm.splice import splice
 from lit_bvllm.vision import VisionEncoder
 from lit_bvllm.weights import VISUAL_PREFIXES
@@ -55,15 +57,19 @@ class VideoLLM(nn.Module):
         video_token: the placeholder token the data writes.
         max_new_tokens: default generation length.
         tokenizer: local folder of the tokenizer when it is not ``llm``'s (an export's adapter folder).
+        frame_selector: a training-free frame selector (:mod:`lit_bvllm.selectors`: a class or partial built with
+            ``vision_tower``) that picks the frames the tower encodes and the reducer sees, from the question; None:
+            every frame goes to the reducer (which may pick its own).
     """
 
     def __init__(self, llm: str, vision_tower: str, reducer: Callable[[int], Reducer], feature_layer: int = -2,
                  vision_chunk: int = 64, video_token: str = VIDEO_TOKEN, max_new_tokens: int = 32,
-                 tokenizer: str | None = None):
+                 tokenizer: str | None = None, frame_selector: Callable[[str], FrameSelector] | None = None):
         super().__init__()
         self.config = {"llm": str(llm), "vision_tower": str(vision_tower), "reducer": reducer_spec(reducer),
                        "feature_layer": feature_layer, "vision_chunk": vision_chunk, "video_token": video_token,
-                       "max_new_tokens": max_new_tokens}
+                       "max_new_tokens": max_new_tokens,
+                       "frame_selector": None if frame_selector is None else reducer_spec(frame_selector)}
         self.max_new_tokens = max_new_tokens
         self.touch_visual = True  # the DDP keep-alive term (embed); VideoLLMModule turns it off under other strategies
         self.two_pass = True  # evaluation: [CLS] of every frame, patches of the picked ones (visual_tokens)
@@ -71,6 +77,7 @@ class VideoLLM(nn.Module):
         self.placeholder_id = self.tokenizer.convert_tokens_to_ids(video_token)
         self.vision = VisionEncoder(vision_tower, feature_layer, vision_chunk)
         self.reducer = reducer(self.vision.width)
+        self.selector = None if frame_selector is None else frame_selector(str(vision_tower))
         if not self.reducer.budget >= 1:  # θ: the visual tokens one sample may give the LLM
             raise ValueError(f"--model.reducer: {type(self.reducer).__name__}'s budget θ is {self.reducer.budget}; it "
                              "must be >= 1 (--model.reducer.init_args.budget / num_tokens)")
@@ -115,7 +122,12 @@ class VideoLLM(nn.Module):
 
     def visual_tokens(self, batch: dict) -> tuple[Tensor, Tensor, dict]:
         """Frames -> (visual tokens in LLM space ``(B, M, H)``, mask ``(B, M)``, info)."""
-        r = self.reducer
+        r, extra_info = self.reducer, {}
+        if self.selector is not None:  # before the tower: the frames it keeps are the video the reducer sees
+            chosen, scores = self.selector(batch["frames"], batch["frame_mask"], batch.get("question_ids"),
+                                           batch.get("question_mask"))
+            batch = {**batch, "frame_mask": chosen}
+            extra_info = {"selector_scores": scores, "selector_frames": chosen.sum(1)}
         keep = r.frames_to_encode(batch["frame_mask"])
         # a reducer that picks its frames from [CLS] alone (B-VLLM's hard selection at evaluation) reads the patches
         # of those frames only: [CLS] of every frame first, then the picked frames' patches (one pass keeps every
@@ -140,10 +152,12 @@ class VideoLLM(nn.Module):
         out = r(frames, enc["cls"], enc["frame_mask"], text_ids=batch.get("question_ids"),
                 text_mask=batch.get("question_mask"), cls_attn=enc.get("cls_attn"), **extra)
         tokens = self.projector(out.tokens.to(weight.dtype)) * out.token_mask[..., None]
-        info = {**out.info, "frames_encoded": enc["frame_mask"].sum(1),  # through the tower ([CLS] at least)
+        info = {**out.info, **extra_info, "frames_encoded": enc["frame_mask"].sum(1),  # through the tower
                 "patches_encoded": (frames.slot >= 0).sum(1) if two_pass else enc["frame_mask"].sum(1)}
         if "frame_indices" in out.info:  # the frames whose content reaches the LLM, as positions in batch["frames"]
             info["kept_frames"] = kept_frames(out.info, enc["frame_index"])
+        elif self.selector is not None:  # a reducer that reads every frame it is given: the selector's frames
+            info["kept_frames"] = enc["frame_index"]
         return tokens, out.token_mask, info
 
     def _picked_patches(self, batch: dict, enc: dict) -> SelectedFrames:
@@ -291,8 +305,8 @@ def kept_frames(info: dict, frame_index: Tensor) -> Tensor:
 
 
 def reducer_spec(factory) -> dict:
-    """``{"class_path", "init_args"}`` of a reducer factory (a class, or a partial of one as jsonargparse builds it):
-    what a checkpoint and an export record."""
+    """``{"class_path", "init_args"}`` of a reducer (or frame selector) factory (a class, or a partial of one as
+    jsonargparse builds it): what a checkpoint and an export record."""
     if isinstance(factory, functools.partial):
         cls = factory.func if isinstance(factory.func, type) else next(a for a in factory.args if isinstance(a, type))
         return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(factory.keywords)}

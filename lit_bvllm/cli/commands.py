@@ -330,6 +330,26 @@ def link_visual_tokens(cfg) -> None:
                          f"--model.reducer.init_args): leave --data.visual_tokens unset (it follows θ), or lower θ")
 
 
+def link_selector_tokenizer(cfg) -> None:
+    """With ``--model.frame_selector`` set, the question is tokenized for its scorer: ``--data.question_tokenizer``
+    defaults to the scorer's folder (``scorer``, else ``--model.vision_tower``). A text-conditioned reducer reads the
+    same question ids in its own vocabulary, so the two are refused together unless the tokenizer was set to one
+    folder on purpose and the reducer is not text-conditioned."""
+    selector, data = cfg.model.get("frame_selector"), getattr(cfg.get("data"), "init_args", None)
+    if selector is None or data is None or "question_tokenizer" not in data:
+        return
+    reducer = cfg.model.get("reducer")
+    cls = _resolve(getattr(reducer, "class_path", None))
+    if getattr(cls, "needs_text", False):
+        raise ValueError(f"--model.frame_selector ({selector.class_path.rsplit('.', 1)[-1]}) reads the question in "
+                         f"its scorer's tokenizer, and --model.reducer ({cls.__name__}) reads it in its own: they "
+                         "cannot share --data.question_tokenizer. Compose a selector with a reducer that does not read "
+                         "the question (Uniform, MeanPool, VisionZip, FastVID, ...), or unset --model.frame_selector")
+    scorer = (getattr(selector, "init_args", None) or {}).get("scorer") or cfg.model.get("vision_tower")
+    if data.question_tokenizer is None:
+        data.question_tokenizer = str(scorer)
+
+
 def link_question_tokenizer(cfg) -> None:
     """Default and check the tokenizer of a text-conditioned reducer's question (``--data.question_tokenizer``;
     unset: the LLM's), before any model loads.
@@ -626,6 +646,7 @@ class VideoCLI(LightningCLI):
             bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             cfg.trainer.precision = "bf16-mixed" if bf16 else "32-true"
         link_visual_tokens(cfg)
+        link_selector_tokenizer(cfg)
         link_question_tokenizer(cfg)
         if self.subcommand in EVALUATING or self.weights is not None:
             name_after_weights(cfg, cfg.get("ckpt_path") or self.weights or None)

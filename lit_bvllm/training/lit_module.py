@@ -26,6 +26,7 @@ from transformers import get_scheduler
 from lit_bvllm.backbones import VIDEO_TOKEN
 from lit_bvllm.model import VideoLLM, reducer_spec
 from lit_bvllm.reducers.base import Reducer
+from lit_bvllm.selectors import FrameSelector
 from lit_bvllm.training.wrapping import checkpoint_layers, clean_name, shard
 from lit_bvllm.weights import VISUAL_PREFIXES, check_tensors, load_visual_weights, unused_names
 
@@ -67,6 +68,9 @@ class VideoLLMModule(L.LightningModule):
         max_new_tokens: generation length in ``predict``/``test``.
         max_nonfinite_steps: a training step whose loss is NaN or inf is skipped (no update) and its sample ids are
             logged; this many in a row stop the run (1: stop at the first).
+        frame_selector: a training-free, query-aware frame selector before the tower (:mod:`lit_bvllm.selectors`:
+            ``BOLT``, ``AKS``, ``QFrame``, ``TopK``), composed with any reducer; it has no weights, so it may be set
+            on any checkpoint at evaluation. ``--data.question_tokenizer`` then follows its scorer.
     """
 
     def __init__(
@@ -93,11 +97,13 @@ class VideoLLMModule(L.LightningModule):
         video_token: str = VIDEO_TOKEN,
         max_new_tokens: int = 32,
         max_nonfinite_steps: int = 3,
+        frame_selector: Callable[[str], FrameSelector] | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["reducer"])
+        self.save_hyperparameters(ignore=["reducer", "frame_selector"])
         self.hparams["reducer"] = reducer_spec(reducer)  # class path + init args: what the checkpoint records
-        self.reducer_factory = reducer
+        self.hparams["frame_selector"] = None if frame_selector is None else reducer_spec(frame_selector)
+        self.reducer_factory, self.selector_factory = reducer, frame_selector
         self.model: VideoLLM | None = None  # built in configure_model
         self.nonfinite_in_a_row = 0
         self.strict_loading = False  # checkpoints hold the trainable tensors only (see on_save_checkpoint)
@@ -116,7 +122,7 @@ class VideoLLMModule(L.LightningModule):
         fitting)."""
         h = self.hparams
         model = VideoLLM(h.llm, h.vision_tower, self.reducer_factory, h.feature_layer, h.vision_chunk, h.video_token,
-                         h.max_new_tokens)
+                         h.max_new_tokens, frame_selector=self.selector_factory)
         if h.freeze:
             model.freeze(h.freeze)
         if h.lora_adapter is not None:
