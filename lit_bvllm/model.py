@@ -134,7 +134,7 @@ class VideoLLM(nn.Module):
         # frame's: 7.9 GiB of an hour's 14 with CLIP-L/336)
         two_pass = self.two_pass and getattr(r, "selects_from_cls", False) and batch.get("question_ids") is not None
         enc = self.vision(batch["frames"], batch["frame_mask"], keep, attention=r.needs_cls_attention,
-                          patches=not two_pass)
+                          patches=not two_pass, keys=r.needs_keys)
         weight = next(self.projector.parameters())
         B = batch["frame_mask"].shape[0]
         if enc["frame_mask"].shape[1] == 0:  # no sample of the batch has a frame (text only): nothing to reduce
@@ -148,6 +148,8 @@ class VideoLLM(nn.Module):
             if evidence is not None:
                 evidence = torch.gather(evidence, 1, index.clamp_min(0)) & (index >= 0)
             extra["evidence"] = evidence
+        if r.needs_keys:
+            extra["keys"] = enc["keys"]
         frames = self._picked_patches(batch, enc) if two_pass else enc["frames"]
         out = r(frames, enc["cls"], enc["frame_mask"], text_ids=batch.get("question_ids"),
                 text_mask=batch.get("question_mask"), cls_attn=enc.get("cls_attn"), **extra)

@@ -66,11 +66,12 @@ class VisionEncoder(nn.Module):
         return super().train(False)  # always in eval mode (no dropout), whatever the module around it does
 
     @torch.no_grad()
-    def _encode(self, pixels: Tensor, attention: bool) -> tuple[Tensor, Tensor | None]:
+    def _encode(self, pixels: Tensor, attention: bool, keys: bool = False) -> tuple[Tensor, ...]:
         """One chunk: ``pixels (k, 3, S, S)``, uint8 frames (normalised here) or float tower input (as is).
 
-        Runs the tower's first ``depth`` layers only and keeps that layer's output (and its [CLS] attention), not
-        every layer's hidden states: for CLIP-L at 64 frames that is 151 MB kept instead of 3.8 GB.
+        Runs the tower's first ``depth`` layers only and keeps that layer's output (its [CLS] attention, its keys
+        averaged over heads: None unless asked), not every layer's hidden states: for CLIP-L at 64 frames that is
+        151 MB kept instead of 3.8 GB.
         """
         dtype = next(self.tower.parameters()).dtype
         if pixels.dtype == torch.uint8:  # ((x * scale) - mean) / std = (x - mean / scale) / (std / scale)
@@ -81,6 +82,8 @@ class VisionEncoder(nn.Module):
             lambda m, a, o: got.__setitem__("feats", o[0] if isinstance(o, tuple) else o))]
         if attention:  # eager attention returns its weights; only this layer's are kept
             hooks.append(last.self_attn.register_forward_hook(lambda m, a, o: got.__setitem__("attn", o[1])))
+        if keys:  # this layer's attention keys, averaged over heads (VisionZip's similarity metric)
+            hooks.append(last.self_attn.k_proj.register_forward_hook(lambda m, a, o: got.__setitem__("keys", o)))
         encoder.layers = layers[: self.depth]
         try:
             self.tower(pixel_values=pixels.to(dtype))
@@ -89,10 +92,14 @@ class VisionEncoder(nn.Module):
             for h in hooks:
                 h.remove()
         attn = got["attn"][:, :, 0, 1:].float().mean(1) if attention else None  # (k, heads, 1+N, 1+N) -> (k, N)
-        return got["feats"], attn
+        mean_keys = None
+        if keys:  # (k, 1+N, D) -> (k, 1+N, heads, D / heads) -> mean over heads (k, 1+N, D / heads)
+            k = got["keys"]
+            mean_keys = k.reshape(*k.shape[:2], self.tower.config.num_attention_heads, -1).float().mean(2)
+        return got["feats"], attn, mean_keys
 
     def forward(self, frames: Tensor, frame_mask: Tensor, keep: Tensor, attention: bool = False,
-                patches: bool = True) -> dict[str, Tensor]:
+                patches: bool = True, keys: bool = False) -> dict[str, Tensor]:
         """Encode the ``keep`` frames of ``frames (B, T, 3, H, W)`` (uint8, or normalised float).
 
         Returns ``frames (B, T', N, D)``, ``cls (B, T', D)``, ``frame_mask (B, T')``, ``frame_index (B, T')`` (the
@@ -101,6 +108,7 @@ class VisionEncoder(nn.Module):
         gathered at a time: beside the input frames, the peak is the outputs plus one chunk's activations.
         ``patches=False`` keeps no patch features (``frames`` is then ``(B, T', 0, D)``): the [CLS] pass of a
         reducer that chooses its frames from [CLS] alone (:meth:`lit_bvllm.model.VideoLLM.visual_tokens`).
+        ``keys`` adds ``keys (B, T', N, D / heads)``, that layer's attention keys of the patches averaged over heads.
         """
         if attention and not self.has_cls:
             raise ValueError("[CLS] attention needs a tower with a [CLS] token (CLIP, InstructBLIP); use score=learned "
@@ -115,10 +123,14 @@ class VisionEncoder(nn.Module):
         tokens = torch.zeros(B, T, N if patches else 0, D, dtype=dtype, device=frames.device)
         cls = torch.zeros(B, T, D, dtype=dtype, device=frames.device)
         cls_attn = torch.zeros(B, T, N, device=frames.device) if attention else None
+        patch_keys = (torch.zeros(B, T, N, D // self.tower.config.num_attention_heads, device=frames.device)
+                      if keys else None)
         with eager_attention(self.tower, attention):
             for i in range(0, source.shape[0], self.chunk):  # chunks of frames, not a per-frame loop
                 slot = (rows[0][i : i + self.chunk], rows[1][i : i + self.chunk])
-                f, a = self._encode(frames[slot[0], source[i : i + self.chunk]], attention)
+                f, a, k = self._encode(frames[slot[0], source[i : i + self.chunk]], attention, keys)
+                if keys:
+                    patch_keys[slot] = k[:, 1:] if self.has_cls else k
                 feats = f[:, 1:] if self.has_cls else f
                 if patches:
                     tokens[slot] = feats
@@ -128,4 +140,6 @@ class VisionEncoder(nn.Module):
         out = {"frames": tokens, "cls": cls, "frame_mask": valid, "frame_index": index}
         if attention:
             out["cls_attn"] = cls_attn
+        if keys:
+            out["keys"] = patch_keys
         return out

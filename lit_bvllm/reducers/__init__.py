@@ -3,13 +3,15 @@
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput
 from lit_bvllm.reducers.bvllm import BVLLM
+from lit_bvllm.reducers.fastvid import FastVID
 from lit_bvllm.reducers.identity import Identity
 from lit_bvllm.reducers.llamavid import LLaMAVID
 from lit_bvllm.reducers.meanpool import MeanPool
 from lit_bvllm.reducers.tokenlearner import TokenLearner
 from lit_bvllm.reducers.ttm import GroupedTTM
 from lit_bvllm.reducers.uniform import Uniform
+from lit_bvllm.reducers.visionzip import VisionZip
 from lit_bvllm.reducers.weighted_sampler import WeightedSampler
 
-__all__ = ["BVLLM", "GroupedTTM", "Identity", "LLaMAVID", "MeanPool", "Reducer", "ReducerOutput", "TokenLearner",
-           "Uniform", "WeightedSampler"]
+__all__ = ["BVLLM", "FastVID", "GroupedTTM", "Identity", "LLaMAVID", "MeanPool", "Reducer", "ReducerOutput",
+           "TokenLearner", "Uniform", "VisionZip", "WeightedSampler"]

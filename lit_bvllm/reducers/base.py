@@ -9,6 +9,7 @@ videos to at most ``budget`` (θ) visual tokens per sample::
     text_ids    (B, S) long    the question, tokenized with the reducer's tokenizer (text-conditioned reducers)
     text_mask   (B, S)
     cls_attn    (B, T, N)      [CLS]-to-patch attention of the tower (only reducers with ``needs_cls_attention``)
+    keys        (B, T, N, Dh)  the tower layer's patch keys, mean over heads (only reducers with ``needs_keys``)
     evidence    (B, T) bool    the frames that show what the question asks about (only reducers with
                                ``needs_evidence``, as ``evidence=``; None when the batch has none, as in training)
   ->
@@ -67,6 +68,15 @@ class Reducer(nn.Module):
     """True: ``forward`` takes ``evidence=`` (``(B, T) bool`` or None), the frames a benchmark item's ``needle_times``
     cover (``batch["frame_evidence"]``): the oracle control of :class:`~lit_bvllm.reducers.uniform.Uniform`. Only such
     a reducer is passed it, so no other reducer's signature has it."""
+    needs_keys: bool = False
+    """True: ``forward`` takes ``keys=`` ``(B, T, N, D / heads)``, the tower layer's attention keys of the patches
+    averaged over heads (VisionZip's similarity metric); None where a caller has none (the reducer then falls back
+    to the features)."""
+    stage: str = "after_tower"
+    """Where the strategy acts: ``"before_tower"`` (it picks the frames the tower encodes:
+    :mod:`lit_bvllm.selectors`), ``"after_tower"`` (it reduces the tower's tokens before the LLM: every reducer
+    here) or ``"in_llm"`` (it prunes visual tokens inside the LLM at prefill, so its token count is not comparable to
+    the others': results record prefill FLOPs too)."""
     max_frames: int | None = None
     """Frames read per sample, uniformly spaced; None reads every real frame."""
     inference_args: frozenset[str] = frozenset()
