@@ -132,6 +132,11 @@ def test_evaluation_may_change_the_reducers_forward_knobs_but_not_its_structure(
               "--model.reducer.init_args.num_queries", "32"])
     with pytest.raises(ValueError, match=r"holds another model"):
         main(["fit", *base, "--trainer.max_steps", "2", "--ckpt_path", ckpt, "--model.reducer.init_args.tau", "0.5"])
+    # a training-free reducer may stand in for a checkpoint's at evaluation, but not for one with trained weights
+    with pytest.raises(ValueError, match=r"unexpected \['model.reducer\."):
+        main(["export", *config(tiny, synthetic), "--ckpt_path", ckpt, "--out", str(tmp_path / "e3"),
+              "--model.reducer", "VisionZip", "--model.reducer.init_args.dominant", "4",
+              "--model.reducer.init_args.contextual", "2"])
 
 
 def test_an_unset_linked_reducer_argument_matches_any_checkpoint_value():
@@ -150,3 +155,18 @@ def test_an_unset_linked_reducer_argument_matches_any_checkpoint_value():
     config["reducer"]["init_args"].update(vocab_size=None, budget=64)
     assert structure_differences(saved, config, evaluating=True) == []  # θ is a forward-pass knob
     assert len(structure_differences(saved, config, evaluating=False)) == 1
+
+
+def test_a_training_free_reducer_may_replace_a_checkpoints_at_evaluation_only():
+    """The training-free papers evaluate on the full model: a Uniform checkpoint evaluated with VisionZip, FastVID or
+    MeanPool in its place; training with another reducer than the checkpoint's is still refused, and so is a trained
+    reducer in place of another."""
+    from lit_bvllm.cli.commands import structure_differences
+
+    saved = {"reducer": {"class_path": "lit_bvllm.reducers.uniform.Uniform", "init_args": {"num_frames": 6}}}
+    for name in ("VisionZip", "FastVID", "MeanPool"):
+        config = {"reducer": {"class_path": f"lit_bvllm.reducers.{name}", "init_args": {"budget": 96}}}
+        assert structure_differences(saved, config, evaluating=True) == []
+        assert len(structure_differences(saved, config, evaluating=False)) == 1
+    config = {"reducer": {"class_path": "lit_bvllm.reducers.TokenLearner", "init_args": {"num_tokens": 96}}}
+    assert len(structure_differences(saved, config, evaluating=True)) == 1

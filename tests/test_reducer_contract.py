@@ -39,3 +39,14 @@ def test_every_reducer_states_its_budget_from_its_init_args(cls, monkeypatch):
     reducer = cls.example(D, N)
     monkeypatch.setattr(cls, "__init__", init)
     assert cls.budget_from(seen[0]) == reducer.budget
+
+
+@pytest.mark.parametrize("cls", EXPORTED, ids=lambda c: c.__name__)
+def test_a_reducer_called_training_free_has_nothing_to_train(cls):
+    """``training_free`` lets a reducer replace a checkpoint's at evaluation: it must hold no parameter, and the
+    training-free strategies of issue 26 must say so."""
+    reducer = cls.example(D, N)
+    if cls.training_free:
+        assert not list(reducer.parameters()), cls.__name__
+    assert {c.__name__ for c in EXPORTED if c.training_free} >= {"FastVID", "Identity", "MeanPool", "Uniform",
+                                                                  "VisionZip"}

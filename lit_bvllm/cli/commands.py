@@ -461,7 +461,10 @@ LINKED_INIT_ARGS = ("vocab_size",)
 def structure_differences(saved: dict, model, evaluating: bool) -> list[str]:
     """The :data:`STRUCTURE` settings in which a checkpoint's hyperparameters (``saved``) and the config's ``model``
     differ. Evaluating, the reducer's forward-pass knobs (its ``inference_args``: L*, R, θ, τ, γ, ...) may differ:
-    the sweeps of the B-VLLM paper's Fig. 3 change them on one trained model."""
+    the sweeps of the B-VLLM paper's Fig. 3 change them on one trained model; and a training-free reducer
+    (``training_free``: VisionZip, FastVID, Uniform, ...) may replace the checkpoint's, as the training-free papers
+    evaluate on the full model: the checkpoint's tensors must still fit it (its projector's width; a checkpoint
+    whose reducer has weights is refused when they load)."""
     diffs = []
     for key in STRUCTURE:
         if key not in saved:
@@ -471,7 +474,10 @@ def structure_differences(saved: dict, model, evaluating: bool) -> list[str]:
         theirs = saved[key]
         if key == "reducer":
             args, their_args = (ours or {}).get("init_args") or {}, theirs.get("init_args") or {}
-            free = set(getattr(_resolve(ours.get("class_path")), "inference_args", set())) if evaluating else set()
+            cls = _resolve(ours.get("class_path"))
+            if evaluating and getattr(cls, "training_free", False):
+                continue  # nothing of it was trained: it may stand in for any reducer (the tensors are checked on load)
+            free = set(getattr(cls, "inference_args", set())) if evaluating else set()
             free |= {k for k in LINKED_INIT_ARGS if args.get(k) is None}  # unset: set from the data after this check
             same = _same_class(ours.get("class_path"), theirs.get("class_path")) and all(
                 args[k] == their_args[k] for k in set(args) & set(their_args) - free)

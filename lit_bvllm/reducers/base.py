@@ -72,6 +72,9 @@ class Reducer(nn.Module):
     """True: ``forward`` takes ``keys=`` ``(B, T, N, D / heads)``, the tower layer's attention keys of the patches
     averaged over heads (VisionZip's similarity metric); None where a caller has none (the reducer then falls back
     to the features)."""
+    training_free: bool = False
+    """True: no parameters, nothing learnt; at evaluation it may replace a checkpoint's reducer
+    (:func:`lit_bvllm.cli.commands.structure_differences`), as the training-free papers evaluate on the full model."""
     stage: str = "after_tower"
     """Where the strategy acts: ``"before_tower"`` (it picks the frames the tower encodes:
     :mod:`lit_bvllm.selectors`), ``"after_tower"`` (it reduces the tower's tokens before the LLM: every reducer

@@ -104,6 +104,7 @@ class FastVID(Reducer):
         knn: DPC-KNN's neighbours (itself included).
     """
 
+    training_free = True
     needs_cls_attention = True
     inference_args = frozenset({"budget", "max_frames", "segments", "tau", "context_share", "anchor_stride", "beta",
                                 "knn"})

@@ -28,6 +28,7 @@ class Identity(Reducer):
             ``budget // num_patches`` before the tower runs), checked against the frames when given.
     """
 
+    training_free = True
     inference_args = frozenset({"budget"})  # may change on a trained model (Reducer.inference_args)
 
     @classmethod

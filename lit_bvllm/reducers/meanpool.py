@@ -32,6 +32,7 @@ class MeanPool(Reducer):
         budget: maximum tokens per sample θ; at most ``budget - num_patches`` frames are pooled.
     """
 
+    training_free = True
     inference_args = frozenset({"num_patches", "budget"})  # may change on a trained model (Reducer.inference_args)
 
     @classmethod

@@ -117,6 +117,7 @@ class Uniform(Reducer):
             built), so a study's seeds draw different random frames.
     """
 
+    training_free = True
     # may change on a trained model (Reducer.inference_args): a Uniform checkpoint is evaluated with every pick
     inference_args = frozenset({"num_frames", "pool", "budget", "pick", "seed"})
 

@@ -77,6 +77,7 @@ class VisionZip(Reducer):
         budget: θ; ``max_frames · (dominant + contextual)`` must not exceed it (None: exactly that).
     """
 
+    training_free = True
     needs_cls_attention = True
     needs_keys = True
     inference_args = frozenset({"dominant", "contextual", "max_frames", "budget"})
