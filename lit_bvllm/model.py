@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from datamodules.conversation import IGNORE_INDEX
 from lit_bvllm.backbones import VIDEO_TOKEN, load_llm, load_tokenizer
+from lit_bvllm.flops import with_prefill
 from lit_bvllm.projector import Projector
 from lit_bvllm.reducers.base import Reducer, SelectedFrames
 from lit_bvllm.selectors import FrameSelector
@@ -211,6 +212,7 @@ class VideoLLM(nn.Module):
         """Greedy, batched answers with the KV cache, from prompts ending with the assistant header (left-padded);
         ``(answers, info)`` with ``return_info``."""
         embeds, mask, _, info = self.embed(batch, padding_side="left", with_labels=False)
+        info = with_prefill(info, self.llm, mask.sum(1))
         out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask,
                                 max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False, num_beams=1,
                                 use_cache=True, eos_token_id=self.tokenizer.eos_token_id,
@@ -249,6 +251,7 @@ class VideoLLM(nn.Module):
         pre_mask = (amask[first] & (cols < cut[:, None]))[:, :pre_len]
         embeds, mask, _ = self.splice(ids[first][:, :pre_len], pre_mask, visual, vmask, padding_side="left")
         positions = (mask.cumsum(1) - 1).clamp_min(0)  # as a right-padded row numbers them: the K-row path's
+        info = with_prefill(info, self.llm, mask.sum(1))
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
                        logits_to_keep=1)
         cache = out.cache
@@ -280,6 +283,9 @@ class VideoLLM(nn.Module):
         embeds, mask, labels = self.splice(batch["option_ids"], batch["option_mask"], visual[owner], vmask[owner],
                                            batch["option_labels"])
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+        first = torch.cumsum(k, 0) - k  # each item's first row: its prompt ends before its first scored token
+        scored = labels[first] != IGNORE_INDEX
+        info = with_prefill(info, self.llm, torch.where(scored.any(1), scored.long().argmax(1), mask[first].sum(1)))
         return self._mean_option_logp(logits[:, :-1], labels[:, 1:], k, owner), info
 
     @staticmethod

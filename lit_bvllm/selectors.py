@@ -253,13 +253,15 @@ class QFrame(FrameSelector):
 
     Args:
         tau: the temperature of ``softmax(logits / tau)`` the frames are drawn from (Q-Frame: 0.8).
-        seed: the noise's seed (the same frames in every evaluation with one seed).
+        seed: the noise's seed (the same frames in every evaluation with one seed); None: the run's seed
+            (``--seed_everything``, read when the selector is built), so a study's seeds draw different frames.
     """
 
     def __init__(self, vision_tower: str, num_frames: int = 8, scorer: str | None = None, chunk: int = 64,
-                 tau: float = 0.8, seed: int = 0):
+                 tau: float = 0.8, seed: int | None = None):
         super().__init__(vision_tower, num_frames, scorer, chunk)
-        self.tau, self.seed = tau, seed
+        self.tau = tau
+        self.seed = torch.initial_seed() % 2**31 if seed is None else seed  # the run's seed
 
     def select(self, scores: Tensor, frame_mask: Tensor) -> Tensor:
         return qframe_frames(scores, frame_mask, self.num_frames, self.tau, self.seed)

@@ -14,6 +14,7 @@ import yaml
 
 from lit_bvllm.cli import main
 from lit_bvllm.reducers import BVLLM
+from lit_bvllm.study.records import method_name
 from lit_bvllm.study.runner import FILES, estimate, load_sweeps, seconds_per_step, step_times, study
 from lit_bvllm.sweeps import expand, steps
 from lit_bvllm.sweeps.paired import circular_groups, paired_bootstrap
@@ -23,10 +24,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 STRATEGIES = ["BVLLM", "Uniform", "LLaMAVID", "MeanPool", "TokenLearner", "GroupedTTM", "WeightedSampler", "Identity"]
 CATEGORIES = ["ret_insert1", "ord_insert1", "cnt_insert1"]
 VIDEOS = 12  # per length: 36 question groups, 144 items
-P_RIGHT = {"BVLLM": 0.75, "Uniform": 0.35}  # a planted effect: B-VLLM answers more groups
+P_RIGHT = {"BVLLM": 0.75, "Uniform": 0.35, "QFrame → Uniform": 0.6}  # planted: B-VLLM answers more groups; Q-Frame
+# is the best training-free selector
 _SPEC = yaml.safe_load((REPO / "experiments/sweeps/needle_strategies.yaml").read_text())
 PAIRED = (*_SPEC["seeds"], *_SPEC["extra_seeds"]["reducer=BVLLM"])  # B-VLLM's and Uniform's seeds; the others 0-2
 STRATEGY_POINTS = 8 * 3 + 2 * (len(PAIRED) - 3)  # the strategies sweep's points (fits)
+TESTED = STRATEGY_POINTS + 9 + 12 + 21  # every sweep's points (+ controls 3 x 3, ablation 4 x 3, training-free 7 x 3)
 
 
 def seeds_of(method: str) -> tuple[int, ...]:
@@ -40,8 +43,8 @@ def repo_root(monkeypatch):
 
 def planted_run(run_dir: pathlib.Path, rng: np.random.Generator, p_right: float, picks: bool,
                 tokens: float | None = None) -> float:
-    """Write a VNBench predictions JSONL and results JSON of planted answers (and ``tokens`` visual tokens per item);
-    the circular accuracy."""
+    """Write a VNBench predictions JSONL and results JSON of planted answers (and ``tokens`` visual tokens per item,
+    with a prefill of 1e6 FLOPs per token); the circular accuracy."""
     run_dir.mkdir(parents=True, exist_ok=True)
     per_cat, lines = {}, []
     for c in CATEGORIES:
@@ -58,6 +61,8 @@ def planted_run(run_dir: pathlib.Path, rng: np.random.Generator, p_right: float,
         result["selection"] = {"hit_rate": p_right, "uniform_hit_rate": 0.25, "frames_kept": 6.0}
     if tokens is not None:
         result["visual_tokens"] = {"mean": tokens, "min": int(tokens), "max": int(tokens)}
+        flops = 1e6 * (tokens + 40)
+        result["prefill_flops"] = {"mean": flops, "min": flops, "max": flops}
     (run_dir / "vnbench_results.json").write_text(json.dumps(result))
     return acc
 
@@ -78,7 +83,7 @@ def plant(root: pathlib.Path, skip: tuple[str, ...] = (), quick: bool = False) -
                     (step.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
                     (step.run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
                     continue
-                label = p.labels.get("model.reducer", p.setting)
+                label = method_name(role, p) if role in ("strategies", "training_free") else p.setting
                 length = int(step.name.split("_")[1][:-1])
                 rng = np.random.default_rng([p.seed, i, length, len(role)])
                 picks = label in ("BVLLM", "Uniform", "WeightedSampler") or role != "strategies"
@@ -106,7 +111,7 @@ def test_the_report_has_every_strategy_length_and_seed_with_mean_and_std(tmp_pat
     points = read_csv(out / "points.csv")
     strategies = {(r["method"], r["eval"], r["seed"]) for r in points if r["role"] == "strategies"}
     assert strategies == {(m, f"needle_{n}s", str(s)) for m in STRATEGIES for n in (16, 64, 128) for s in seeds_of(m)}
-    assert all(r["status"] == "done" for r in points) and len(points) == (STRATEGY_POINTS + 3 * 3 + 4 * 3) * 3
+    assert all(r["status"] == "done" for r in points) and len(points) == TESTED * 3
     summary = {(r["role"], r["method"], r["eval"]): r for r in read_csv(out / "summary.csv")}
     for method in STRATEGIES:
         for n in (16, 64, 128):
@@ -127,8 +132,15 @@ def test_the_report_has_every_strategy_length_and_seed_with_mean_and_std(tmp_pat
     extra = list(PAIRED[3:])
     assert f"seeds [0, 1, 2], reducer=BVLLM also {extra}, reducer=Uniform also {extra})" in md
     assert "## Not finished\n\nnone" in md
-    assert "| method | kind | tokens | 16 s | 64 s | 128 s |" in md  # the lengths are columns
-    assert "| LLaMAVID | strategy | 32 / 96 / 96 |" in md and "| Uniform | strategy | 96 |" in md  # per length
+    assert "| method | kind | tokens | prefill GFLOPs | 16 s | 64 s | 128 s |" in md  # the lengths are columns
+    assert "| LLaMAVID | strategy | 32 / 96 / 96 | 0.072 / 0.136 / 0.136 |" in md  # per length
+    assert "| Uniform | strategy | 96 | 0.136 |" in md
+    for name in ["BOLT → Uniform", "AKS → Uniform", "QFrame → Uniform", "TopK → Uniform", "VisionZip", "FastVID",
+                 "BOLT → VisionZip"]:
+        assert f"| {name} | training-free (Uniform ckpt) | 96 |" in md, name
+    # B-VLLM against the best training-free selector (the planted one), on the three seeds they share
+    section = md.split("## BVLLM − QFrame → Uniform: paired bootstrap over question groups")[1].split("##")[0]
+    assert section.count("| all |") == 3 and "| 3 |" in section
     assert "the full study, expected on this machine" in md
     assert "study.md" in capsys.readouterr().out
 
@@ -136,7 +148,7 @@ def test_the_report_has_every_strategy_length_and_seed_with_mean_and_std(tmp_pat
 def test_the_bootstrap_interval_brackets_the_difference_and_is_deterministic(tmp_path):
     planted = plant(tmp_path)
     study(root=str(tmp_path), report_only=True, example=False, resamples=2000)
-    table = read_csv(tmp_path / "study" / "bvllm_vs_uniform.csv")
+    table = [r for r in read_csv(tmp_path / "study" / "bvllm_vs_uniform.csv") if r["b"] == "Uniform"]
     rows = {r["eval"]: r for r in table if r["questions"] == "all"}
     assert set(rows) == {"needle_16s", "needle_64s", "needle_128s"}
     run = tmp_path / "needle_strategies"
@@ -194,7 +206,7 @@ def test_a_missing_point_is_reported_not_dropped(tmp_path, capsys):
     assert "(2/3)" in md.split("## Per task type")[0]
     assert "- strategies TokenLearner seed 1 needle_128s: pending (point reducer=TokenLearner_seed=1)" in md
     assert "- controls oracle frames seed 2 needle_16s: pending" in md
-    assert f"6 of {(STRATEGY_POINTS + 9 + 12) * 3} method x length x seed results missing" in capsys.readouterr().out
+    assert f"6 of {TESTED * 3} method x length x seed results missing" in capsys.readouterr().out
 
 
 def test_a_method_with_no_finished_seed_reads_missing(tmp_path):
@@ -218,7 +230,7 @@ def test_the_quick_variant_reports_on_its_own_folders(tmp_path):
     plant(tmp_path, quick=True)
     study(root=str(tmp_path), quick=True, report_only=True, example=False, resamples=200)
     points = read_csv(tmp_path / "study_quick" / "points.csv")
-    assert {(r["eval"], r["seed"]) for r in points} == {("needle_64s", "0")} and len(points) == 8 + 3 + 4
+    assert {(r["eval"], r["seed"]) for r in points} == {("needle_64s", "0")} and len(points) == 8 + 3 + 4 + 7
     assert all(r["status"] == "done" for r in points)
     assert not (tmp_path / "study").exists()
 
@@ -231,12 +243,12 @@ def test_the_full_wall_time_is_estimated_from_measured_quick_points(tmp_path):
     full = load_sweeps(FILES, str(tmp_path))
     quick = load_sweeps(FILES, str(tmp_path), quick=True)
     t = estimate(full, step_times(full) + step_times(quick))
-    fits, tests = STRATEGY_POINTS + 12, (STRATEGY_POINTS + 9 + 12) * 3
+    fits, tests = STRATEGY_POINTS + 12, TESTED * 3
     assert (t["measured"], t["scaled"], t["unknown"]) == (fits + tests // 3, 2 * tests // 3, 0)
-    assert t["seconds"] == pytest.approx(fits * 100 + (STRATEGY_POINTS + 9 + 12) * 40 * (16 + 64 + 128) / 64)
+    assert t["seconds"] == pytest.approx(fits * 100 + TESTED * 40 * (16 + 64 + 128) / 64)
     # a test's length-independent part (a blind test's time) is kept, the rest scales with the length
     with_base = estimate(full, step_times(full) + step_times(quick), test_base=8.0)
-    assert with_base["seconds"] == pytest.approx(fits * 100 + (STRATEGY_POINTS + 9 + 12) * (40 + 2 * 8 + 32 * (16 + 128)
+    assert with_base["seconds"] == pytest.approx(fits * 100 + TESTED * (40 + 2 * 8 + 32 * (16 + 128)
                                                                                                / 64))
     fewer = load_sweeps(FILES, str(tmp_path), quick=True, quick_steps=150)
     assert fewer["strategies"].fit_flags["trainer.max_steps"] == 150
@@ -263,23 +275,24 @@ def test_seconds_per_step_from_the_fits_logged_losses(tmp_path):
 def test_the_study_sweeps_expand_to_the_expected_points(capsys):
     main(["study", "--dry-run", "true", "--root", "/nonexistent/sweeps"])
     out = capsys.readouterr().out
-    assert f"study: strategies {STRATEGY_POINTS} points, controls 9 points, ablation 12 points" in out
+    assert (f"study: strategies {STRATEGY_POINTS} points, controls 9 points, ablation 12 points, training_free 21 "
+            "points") in out
     assert not pathlib.Path("/nonexistent").exists()
     for s in (0, 1, 2):
         assert (f"--ckpt_path=/nonexistent/sweeps/needle_strategies/reducer=Uniform_seed={s}/checkpoints/last.ckpt"
                 in out)
     assert out.count(" fit --config") == STRATEGY_POINTS + 12 == out.count("--trainer.max_steps=1000")
-    assert out.count(" test --config") == (STRATEGY_POINTS + 9 + 12) * 3
+    assert out.count(" test --config") == TESTED * 3
     assert out.count("--trainer.logger.init_args.version=reducer=BVLLM_seed=5/needle_64s") == 1  # extra_seeds
     for n in (16, 64, 128):
-        assert out.count(f"--config experiments/eval/needle_{n}s.yaml") == STRATEGY_POINTS + 9 + 12
+        assert out.count(f"--config experiments/eval/needle_{n}s.yaml") == TESTED
     assert out.count("--data.blind=true") == 3 * 3 and out.count("--model.reducer.init_args.pick=oracle") == 3 * 3
     for switch in ("frame_selection", "temporal_merge", "spatial_sampling"):
         assert out.count(f"--model.reducer.init_args.{switch}=false") == 4 * 3  # its variant's fit + 3 tests x 3 seeds
 
     main(["study", "--quick", "true", "--dry-run", "true", "--root", "/nonexistent/sweeps"])
     out = capsys.readouterr().out
-    assert "study (quick): strategies 8 points, controls 3 points, ablation 4 points" in out
+    assert "study (quick): strategies 8 points, controls 3 points, ablation 4 points, training_free 7 points" in out
     assert out.count("--trainer.max_steps=500") == 8 + 4 and "--trainer.max_steps=1000" not in out
     assert "needle_16s" not in out and "needle_128s" not in out
     assert "--ckpt_path=/nonexistent/sweeps/needle_strategies_quick/reducer=Uniform_seed=0/checkpoints/last.ckpt" in out

@@ -62,9 +62,11 @@ class Evaluator:
         """Records and metric updates for one batch: ``output`` is the generated texts or the option scores;
         ``info`` the reducer's (its ``kept_frames`` give the selection record of items with needle times)."""
         records, rows = [], []  # rows: each record's position in the batch
-        tokens = (info or {}).get("num_tokens")
+        tokens, flops = ((info or {}).get(k) for k in ("num_tokens", "prefill_flops"))
         if tokens is not None and len(tokens) != len(batch["index"]):
             tokens = None
+        if flops is not None and len(flops) != len(batch["index"]):
+            flops = None
         members = batch.get("members") or [[int(i)] for i in batch["index"]]
         orders = batch.get("orders") or [[None]] * len(members)
         for b, (i, meta) in enumerate(zip(batch["index"], batch["meta"])):
@@ -77,6 +79,8 @@ class Evaluator:
                 record.update(self.benchmark.score(item, answer, self.mode, meta["error"]))
                 if tokens is not None:
                     record["visual_tokens"] = int(tokens[b])  # handed to the LLM for this item, after reduction
+                if flops is not None:
+                    record["prefill_flops"] = float(flops[b])  # the LLM's prefill of its prompt (lit_bvllm.flops)
                 records.append(record)
                 rows.append(b)
         kept = (info or {}).get("kept_frames")
@@ -126,6 +130,8 @@ class Evaluator:
             result["selection"] = selection
         if tokens := [r["visual_tokens"] for r in records if r["error"] is None and "visual_tokens" in r]:
             result["visual_tokens"] = {"mean": sum(tokens) / len(tokens), "min": min(tokens), "max": max(tokens)}
+        if flops := [r["prefill_flops"] for r in records if r["error"] is None and "prefill_flops" in r]:
+            result["prefill_flops"] = {"mean": sum(flops) / len(flops), "min": min(flops), "max": max(flops)}
         return result
 
     def videos(self, records: list[dict]) -> dict:

@@ -37,6 +37,9 @@ def write_figures(cells: list[Cell], out: Path, every_frame: list[str] | tuple =
     return paths
 
 
+STYLE = {"strategies": "-", "controls": "--", "ablation": ":", "training_free": "-."}  # line style of a role
+
+
 def lines(cells: list[Cell], metric: str) -> dict[tuple[str, str], list[tuple[float, float, float]]]:
     """``{(role, method): [(length, mean, std), ...]}`` of the cells that report ``metric``."""
     out: dict[tuple[str, str], list] = {}
@@ -52,11 +55,11 @@ def accuracy_figure(cells: list[Cell], path: Path) -> Path:
     fig = _figure(2)
     left, right = fig.subplots(1, 2, sharey=True)
     for i, ((role, method), pts) in enumerate(data.items()):
-        if role in ("strategies", "controls"):
-            _plot(left, pts, method, "--" if role == "controls" else "-", _color(i))
+        if role in ("strategies", "controls", "training_free"):
+            _plot(left, pts, method, STYLE[role], _color(i))
         if role == "ablation" or (role == "strategies" and method in (CANDIDATE, REFERENCE)):
             _plot(right, pts, method, "--" if method == REFERENCE else "-", _color(i))
-    left.set_title("strategies at θ = 96 (controls dashed)", fontsize="small")
+    left.set_title("strategies at θ = 96 (controls dashed, training-free dash-dot)", fontsize="small")
     right.set_title(f"{CANDIDATE} ablation (Table 3)", fontsize="small")
     for ax in (left, right):
         _axes(ax, [p[0] for pts in data.values() for p in pts])
@@ -72,7 +75,7 @@ def hit_rate_figure(cells: list[Cell], path: Path) -> Path:
     fig = _figure(1)
     ax = fig.subplots()
     for i, ((role, method), pts) in enumerate(data.items()):
-        _plot(ax, pts, method, "--" if role == "controls" else ":" if role == "ablation" else "-", _color(i))
+        _plot(ax, pts, method, STYLE[role], _color(i))
     uniform = lines([c for c in cells if (c.role, c.method) == ("strategies", CANDIDATE)], "selection/uniform_hit_rate")
     for pts in uniform.values():
         _plot(ax, pts, f"uniform, as many frames as {CANDIDATE}", "--", color="grey")
@@ -99,7 +102,7 @@ def every_frame_figure(cells: list[Cell], metric: str, path: Path) -> Path:
                     label=f"{BLIND} + {EVERY_FRAME_BAR} (the bar)")
             top = max(top, max(bar) + 0.02)
         else:
-            _plot(ax, pts, method, "--" if role == "controls" else ":" if role == "ablation" else "-", _color(i))
+            _plot(ax, pts, method, STYLE[role], _color(i))
     _axes(ax, [p[0] for pts in data.values() for p in pts])
     ax.set_title(f"{metric.split('/', 1)[1]}: every frame shows the answer", fontsize="small")
     ax.set_ylabel("circular accuracy")

@@ -17,7 +17,7 @@ from lit_bvllm.sweeps.paired import circular_groups, paired_bootstrap
 from lit_bvllm.sweeps.report import seed_mean, seed_std
 from lit_bvllm.sweeps.run import state
 
-ROLES = ("strategies", "controls", "ablation")
+ROLES = ("strategies", "controls", "ablation", "training_free")
 REFERENCE, CANDIDATE = "Uniform", "BVLLM"  # the bootstrap's pair: CANDIDATE - REFERENCE
 BLIND = "blind (no frames)"  # the control every trained method must beat on a type every frame answers
 NAMES = {  # how the table names a control or an ablation row: (dotted key, value) -> name
@@ -44,6 +44,7 @@ class Record:
     point: str
     metrics: dict[str, float] = field(default_factory=dict)
     tokens: float | None = None  # visual tokens per item handed to the LLM in the evaluation (0 when blind)
+    flops: float | None = None  # the LLM's prefill FLOPs per item (lit_bvllm.flops), mean over the evaluation's items
     predictions: Path | None = None
     every_frame: list[str] = field(default_factory=list)  # task types every frame answers (results' every_frame_types)
 
@@ -55,6 +56,10 @@ class Record:
 def method_name(role: str, point) -> str:
     if role == "strategies":
         return point.labels.get("model.reducer", point.setting)
+    if role == "training_free":  # a frame selector (or none) before a reducer
+        parts = [point.labels[k] for k in ("model.frame_selector", "model.reducer")
+                 if point.knobs.get(k) is not None and k in point.labels]
+        return " → ".join(parts) or point.setting
     names = [n for (k, v), n in NAMES.items() if k in point.knobs and point.knobs[k] == v]
     return " + ".join(names) or point.setting
 
@@ -100,6 +105,7 @@ def collect(sweeps: dict[str, Sweep]) -> list[Record]:
                     result = json.loads(results.read_text())
                     rec.metrics = result_metrics(result)
                     rec.tokens = visual_tokens(result, p.knobs.get("data.blind") is True)
+                    rec.flops = (result.get("prefill_flops") or {}).get("mean")
                     rec.every_frame = list(result.get("every_frame_types") or [])
                     preds = step.run_dir / "vnbench_predictions.jsonl"
                     rec.predictions = preds if preds.is_file() else None
@@ -121,6 +127,7 @@ class Cell:
     seeds: list = field(default_factory=list)
     values: dict[str, list[float]] = field(default_factory=dict)
     tokens: list[float] = field(default_factory=list)
+    flops: list[float] = field(default_factory=list)
 
     def mean(self, metric: str) -> float:
         return seed_mean(self.values.get(metric, []))
@@ -141,6 +148,8 @@ def summarise(records: list[Record]) -> list[Cell]:
                 c.values.setdefault(k, []).append(v)
             if r.tokens is not None:
                 c.tokens.append(r.tokens)
+            if r.flops is not None:
+                c.flops.append(r.flops)
     return list(cells.values())
 
 
@@ -149,11 +158,23 @@ def every_frame_types(records: list[Record]) -> list[str]:
     return list(dict.fromkeys(t for r in records for t in r.every_frame))
 
 
-def bootstrap(records: list[Record], resamples: int = 10000, seed: int = 0) -> list[dict]:
-    """BVLLM against Uniform at each length: the paired bootstrap over question groups (:mod:`lit_bvllm.sweeps.paired`)
-    of the needle types together (``questions`` "all", as ``circular_accuracy``: the groups of a type every frame
-    answers left out), then of each needle type alone (retrieval, ordering, counting: where a strategy's frames
-    matter differs by type)."""
+def best_selector(cells: list[Cell]) -> str | None:
+    """The training-free row with a frame selector (``"<selector> → <reducer>"``) whose circular accuracy, averaged
+    over its lengths' seed means, is highest; None when none finished."""
+    means: dict[str, list[float]] = {}
+    for c in cells:
+        if c.role == "training_free" and " → " in c.method and c.values.get("circular_accuracy"):
+            means.setdefault(c.method, []).append(c.mean("circular_accuracy"))
+    return max(means, key=lambda m: sum(means[m]) / len(means[m])) if means else None
+
+
+def bootstrap(records: list[Record], resamples: int = 10000, seed: int = 0,
+              pairs: list[tuple[tuple[str, str], tuple[str, str]]] | None = None) -> list[dict]:
+    """Each pair's ``(role, method)`` a against b at each length (default: BVLLM against Uniform): the paired bootstrap
+    over question groups (:mod:`lit_bvllm.sweeps.paired`) of the needle types together (``questions`` "all", as
+    ``circular_accuracy``: the groups of a type every frame answers left out), then of each needle type alone
+    (retrieval, ordering, counting: where a strategy's frames matter differs by type). Seeds pair by number."""
+    pairs = pairs or [(("strategies", CANDIDATE), ("strategies", REFERENCE))]
     out = []
     evals = dict.fromkeys(r.eval for r in records if r.role == "strategies")
     every = every_frame_types(records)
@@ -166,14 +187,13 @@ def bootstrap(records: list[Record], resamples: int = 10000, seed: int = 0) -> l
             return {g: ok for g, ok in groups.items() if not g.endswith(tuple(f"_{t}" for t in every))}
         return {g: ok for g, ok in groups.items() if g.endswith(f"_{questions}")}
 
-    for ev in evals:
+    for (a, b), ev in ((pair, ev) for pair in pairs for ev in evals):
         for questions in ["all", *needle_types]:
-            runs = {m: {r.seed: groups_of(r.predictions, questions) for r in records
-                        if r.role == "strategies" and r.method == m and r.eval == ev and r.predictions}
-                    for m in (CANDIDATE, REFERENCE)}
-            row = {"eval": ev, "length": eval_length(ev), "questions": questions, "a": CANDIDATE, "b": REFERENCE}
+            runs = {key: {r.seed: groups_of(r.predictions, questions) for r in records
+                          if (r.role, r.method) == key and r.eval == ev and r.predictions} for key in (a, b)}
+            row = {"eval": ev, "length": eval_length(ev), "questions": questions, "a": a[1], "b": b[1]}
             try:
-                iv = paired_bootstrap(runs[CANDIDATE], runs[REFERENCE], resamples, seed=seed)
+                iv = paired_bootstrap(runs[a], runs[b], resamples, seed=seed)
             except ValueError as e:
                 out.append({**row, "note": str(e)})
                 continue

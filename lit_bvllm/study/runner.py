@@ -1,12 +1,14 @@
 """``lit_bvllm study``: the needle study (issue 13). At one visual-token budget θ, does text-conditioned frame selection
 beat uniform sampling and the other strategies on long videos whose evidence is short?
 
-Three sweep files make the study, run in order, each resuming where it stopped (finished points are skipped):
+Four sweep files make the study, run in order, each resuming where it stopped (finished points are skipped):
 
 - ``experiments/sweeps/needle_strategies.yaml``: every strategy trained with one fixed recipe, three seeds (nine
   for B-VLLM and Uniform, the pair the bootstrap compares), each tested on the held-out needle sets of 16, 64 and 128 s;
 - ``experiments/sweeps/needle_controls.yaml``: blind, random frames and oracle frames, on the Uniform checkpoints;
-- ``experiments/sweeps/needle_ablation.yaml``: B-VLLM's Table 3 (one component off at a time; soft selection).
+- ``experiments/sweeps/needle_ablation.yaml``: B-VLLM's Table 3 (one component off at a time; soft selection);
+- ``experiments/sweeps/needle_training_free.yaml``: the training-free field at θ = 96 on the Uniform checkpoints
+  (frame selectors before the tower, VisionZip and FastVID after it; issue 26).
 
 Then the report, in ``<root>/study`` (``study_quick`` for ``--quick true``): ``study.md`` (every table, the
 every-frame diagnostic against blind, the paired bootstrap of B-VLLM against Uniform, the points not finished, the
@@ -25,7 +27,17 @@ from pathlib import Path
 import yaml
 
 from lit_bvllm.study.figures import selection_example, write_figures
-from lit_bvllm.study.records import ROLES, bootstrap, collect, eval_length, every_frame_types, summarise
+from lit_bvllm.study.records import (
+    CANDIDATE,
+    REFERENCE,
+    ROLES,
+    best_selector,
+    bootstrap,
+    collect,
+    eval_length,
+    every_frame_types,
+    summarise,
+)
 from lit_bvllm.study.tables import write_report
 from lit_bvllm.sweeps import make_report, print_plan
 from lit_bvllm.sweeps.grid import Sweep, expand, steps
@@ -157,8 +169,8 @@ def _rescale(seconds: float, base: float | None, ratio: float) -> float:
 
 def study(quick: bool = False, root: str = "runs/sweeps", out: str | None = None, quick_steps: int = QUICK_STEPS,
           strategies: str = FILES["strategies"], controls: str = FILES["controls"],
-          ablation: str = FILES["ablation"], resamples: int = 10000, example: bool = True, dry_run: bool = False,
-          report_only: bool = False) -> None:
+          ablation: str = FILES["ablation"], training_free: str = FILES["training_free"], resamples: int = 10000,
+          example: bool = True, dry_run: bool = False, report_only: bool = False) -> None:
     """The needle study: every strategy at θ = 96, the controls and B-VLLM's ablation on the 16, 64 and 128 s needle
     sets (three seeds; nine for B-VLLM and Uniform), then its tables and figures. Run again, it resumes: finished
     points are skipped.
@@ -171,12 +183,13 @@ def study(quick: bool = False, root: str = "runs/sweeps", out: str | None = None
         strategies: the sweep file of the strategies.
         controls: the sweep file of the controls (test mode on the strategies' Uniform checkpoints).
         ablation: the sweep file of B-VLLM's ablation.
+        training_free: the sweep file of the training-free strategies (test mode on the Uniform checkpoints).
         resamples: bootstrap resamples of the B-VLLM - Uniform interval.
         example: draw the selection figure of one held-out example (``lit_bvllm show-selection``).
         dry_run: print every point and its commands; run nothing.
         report_only: run nothing; remake the tables and figures from what finished.
     """
-    files = {"strategies": strategies, "controls": controls, "ablation": ablation}
+    files = {"strategies": strategies, "controls": controls, "ablation": ablation, "training_free": training_free}
     sweeps = load_sweeps(files, root, quick, quick_steps)
     if dry_run:
         for role in ROLES:
@@ -191,7 +204,10 @@ def study(quick: bool = False, root: str = "runs/sweeps", out: str | None = None
     folder = Path(out) if out else Path(root) / ("study_quick" if quick else "study")
     records = collect(sweeps)
     cells = summarise(records)
-    boot = bootstrap(records, resamples)
+    pairs = [(("strategies", CANDIDATE), ("strategies", REFERENCE))]
+    if best := best_selector(cells):  # B-VLLM against the best training-free selector, on the seeds they share
+        pairs.append((("strategies", CANDIDATE), ("training_free", best)))
+    boot = bootstrap(records, resamples, pairs=pairs)
     full = load_sweeps(files, root)
     quick_sweeps = load_sweeps(files, root, True, quick_steps)
     c = sweeps["controls"]  # a blind test decodes and encodes no frame: the part of a test that length leaves alone

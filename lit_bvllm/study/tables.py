@@ -13,7 +13,8 @@ from lit_bvllm.analysis.report import EVERY_FRAME_BAR
 from lit_bvllm.study.records import BLIND, CANDIDATE, REFERENCE, Cell, Record, eval_length, every_frame_types
 from lit_bvllm.sweeps.grid import Sweep
 
-KINDS = {"strategies": "strategy", "controls": "control (Uniform ckpt)", "ablation": "ablation"}
+KINDS = {"strategies": "strategy", "controls": "control (Uniform ckpt)", "ablation": "ablation",
+         "training_free": "training-free (Uniform ckpt)"}
 
 
 def pm(cell: Cell, metric: str) -> str:
@@ -38,6 +39,15 @@ def tokens(cells: list[Cell]) -> str:
     if len(known) == len(means) and max(known) - min(known) < 0.5:
         return f"{known[0]:.0f}"
     return " / ".join("?" if t is None else f"{t:.0f}" for t in means)
+
+
+def gflops(cells: list[Cell]) -> str:
+    """The LLM's prefill GFLOPs per item, seed mean per length (``a / b / c`` when they differ); ``?`` unrecorded."""
+    means = [sum(c.flops) / len(c.flops) / 1e9 if c.flops else None for c in cells]
+    if all(m is None for m in means):
+        return "?"
+    shown = ["?" if m is None else f"{m:.3g}" for m in means]
+    return shown[0] if len(set(shown)) == 1 else " / ".join(shown)
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -91,10 +101,10 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
              "the LLM per item in the evaluation, mean over items and seeds "
              "(one per length when they differ).", "",
              "## Answer accuracy", ""]
-    rows = [[m, KINDS[role], tokens(list(by.values())),
+    rows = [[m, KINDS[role], tokens(list(by.values())), gflops(list(by.values())),
              *(pm(by[e], "circular_accuracy") if e in by else "" for e in evals)]
-            for (role, m), by in methods.items() if role in ("strategies", "controls")]
-    lines += md_table(["method", "kind", "tokens", *head], rows)
+            for (role, m), by in methods.items() if role in ("strategies", "controls", "training_free")]
+    lines += md_table(["method", "kind", "tokens", "prefill GFLOPs", *head], rows)
     for k in every:
         lines += every_frame_section(methods, k)
     lines += ["", "## Per task type", ""]
@@ -115,16 +125,20 @@ def write_report(sweeps: dict[str, Sweep], records: list[Record], cells: list[Ce
              *(pm(by[e], "selection/hit_rate") if e in by else "" for e in evals)]
             for (role, m), by in methods.items() if role == "ablation" or (role, m) == ("strategies", CANDIDATE)]
     lines += md_table(["variant", "tokens", *(f"acc {h}" for h in head), *(f"hit {h}" for h in head)], rows)
-    lines += ["", f"## {CANDIDATE} − {REFERENCE}: paired bootstrap over question groups", ""]
-    rows = [[str(b["length"] or b["eval"]), b["questions"], *(f"{b[k]:.3f}" for k in ("acc_a", "acc_b", "diff")),
-             f"[{b['low']:.3f}, {b['high']:.3f}]", str(b["groups"]), str(b["seeds"])] if not b.get("note") else
-            [str(b["length"] or b["eval"]), b["questions"], "", "", "", b["note"], "", ""] for b in boot]
-    lines += md_table(["length (s)", "questions", CANDIDATE, REFERENCE, "difference",
-                       f"{int(100 * (boot[0].get('level') or 0.95)) if boot else 95}% interval",
-                       "groups", "seeds"], rows)
-    lines += ["", "Groups resampled with replacement, the same for both methods and every seed "
+    for a, b in dict.fromkeys((r["a"], r["b"]) for r in boot) or [(CANDIDATE, REFERENCE)]:
+        pair = [r for r in boot if (r["a"], r["b"]) == (a, b)]
+        lines += ["", f"## {a} − {b}: paired bootstrap over question groups", ""]
+        rows = [[str(r["length"] or r["eval"]), r["questions"], *(f"{r[k]:.3f}" for k in ("acc_a", "acc_b", "diff")),
+                 f"[{r['low']:.3f}, {r['high']:.3f}]", str(r["groups"]), str(r["seeds"])] if not r.get("note") else
+                [str(r["length"] or r["eval"]), r["questions"], "", "", "", r["note"], "", ""] for r in pair]
+        lines += md_table(["length (s)", "questions", a, b, "difference",
+                           f"{int(100 * (pair[0].get('level') or 0.95)) if pair else 95}% interval",
+                           "groups", "seeds"], rows)
+    lines += ["", "Groups resampled with replacement, the same for both methods and every seed they share "
               "(`lit_bvllm.sweeps.paired`); the difference is the mean over groups and seeds. Questions: all the "
-              "needle types together (the accuracy above), then each type alone.", ""]
+              "needle types together (the accuracy above), then each type alone. The training-free rows are "
+              "evaluated on Uniform's checkpoints (seeds 0-2), so a pair with one of them pairs those seeds; the "
+              "best training-free selector is the one with the highest accuracy averaged over the lengths.", ""]
     missing = [r for r in records if not r.metrics]
     lines += ["## Not finished", ""]
     lines += ([f"- {r.role} {r.method} seed {r.seed} {r.eval}: {r.status} (point {r.point})" for r in missing]
