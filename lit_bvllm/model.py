@@ -24,6 +24,7 @@ reducer adds itself (:class:`lit_bvllm.reducers.base.ReducerOutput`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import warnings
@@ -211,12 +212,15 @@ class VideoLLM(nn.Module):
     def generate(self, batch: dict, max_new_tokens: int | None = None, return_info: bool = False):
         """Greedy, batched answers with the KV cache, from prompts ending with the assistant header (left-padded);
         ``(answers, info)`` with ``return_info``."""
-        embeds, mask, _, info = self.embed(batch, padding_side="left", with_labels=False)
+        visual, vmask, info = self.visual_tokens(batch)
+        embeds, mask, _ = self.splice(batch["input_ids"], batch["attention_mask"], visual, vmask, padding_side="left")
+        pruning, info = self._in_llm(batch["input_ids"], batch["attention_mask"], vmask, "left", info)
         info = with_prefill(info, self.llm, mask.sum(1))
-        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask,
-                                max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False, num_beams=1,
-                                use_cache=True, eos_token_id=self.tokenizer.eos_token_id,
-                                pad_token_id=self.tokenizer.pad_token_id)
+        with pruning:
+            out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask,
+                                    max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False,
+                                    num_beams=1, use_cache=True, eos_token_id=self.tokenizer.eos_token_id,
+                                    pad_token_id=self.tokenizer.pad_token_id)
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return (texts, info) if return_info else texts
 
@@ -251,9 +255,20 @@ class VideoLLM(nn.Module):
         pre_mask = (amask[first] & (cols < cut[:, None]))[:, :pre_len]
         embeds, mask, _ = self.splice(ids[first][:, :pre_len], pre_mask, visual, vmask, padding_side="left")
         positions = (mask.cumsum(1) - 1).clamp_min(0)  # as a right-padded row numbers them: the K-row path's
+        pruning, info = self._in_llm(ids[first][:, :pre_len], pre_mask, vmask, "left", info)
         info = with_prefill(info, self.llm, mask.sum(1))
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                       logits_to_keep=1)
+        with pruning as pruned:
+            out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                           logits_to_keep=1)
+            if pruned is not None:
+                pruned.rows = owner  # the option rows continue their item's pruned prompt
+            predicted, cont_labels = self._continue(out, mask, ids, amask, labels, cut, owner)
+        return self._mean_option_logp(predicted, cont_labels, k, owner), info
+
+    def _continue(self, out, mask: Tensor, ids: Tensor, amask: Tensor, labels: Tensor, cut: Tensor,
+                  owner: Tensor) -> tuple[Tensor, Tensor]:
+        """The option rows from each item's cut on, continuing its prefix's KV cache: the logits that predict
+        each continuation token and the continuation's labels."""
         cache = out.cache
         cache.reorder_cache(owner)  # every option row of an item continues from its prefix
         # the continuations: each row's tokens from its item's cut on, right-padded
@@ -270,14 +285,35 @@ class VideoLLM(nn.Module):
                           position_ids=length[:, None] + torch.arange(width, device=ids.device),
                           cache=cache, use_cache=True).logits
         # token j of a continuation is predicted by the token before it: the prefix's last one for j = 0
-        predicted = torch.cat([out.logits[:, -1:][owner], logits[:, :-1]], 1)
-        return self._mean_option_logp(predicted, cont_labels, k, owner), info
+        return torch.cat([out.logits[:, -1:][owner], logits[:, :-1]], 1), cont_labels
+
+    def _in_llm(self, ids: Tensor, mask: Tensor, vmask: Tensor, padding_side: str, info: dict):
+        """The context in which the LLM's calls run the reducer's in-LLM stage (FastV's pruning: a
+        :class:`~lit_bvllm.reducers.fastv.PrunedPrefill`) on the prompts ``ids``/``mask`` once spliced, and ``info``
+        with the tokens it keeps from its layer on (``llm_kept``, ``llm_layer``, for the prefill FLOPs); a context
+        that does nothing (yielding None) for any other reducer, or when no sample has a visual token."""
+        r = self.reducer
+        if r.stage != "in_llm" or not bool(vmask.any()):
+            return contextlib.nullcontext(), info
+        from lit_bvllm.reducers.fastv import PrunedPrefill
+
+        marker = vmask.new_ones(vmask.shape, dtype=torch.float32)[..., None]  # (B, M, 1): 1 where a visual token goes
+        where, spliced, _ = splice(torch.zeros(*ids.shape, 1, device=ids.device), ids, mask, marker, vmask,
+                                   self.placeholder_id, padding_side=padding_side)
+        visual = where[..., 0] > 0
+        n = visual.sum(1)
+        info = {**info, "llm_kept": spliced.sum(1) - n + r.kept(n), "llm_layer": torch.tensor(r.layer)}
+        return PrunedPrefill(self.llm, r).active(visual), info
 
     @torch.no_grad()
     def option_scores_unshared(self, batch: dict, visual_tokens: tuple | None = None) -> tuple[Tensor, dict]:
         """:meth:`option_scores` with one full row per option (prompt, visual tokens and option, each row its own
         prefill): the reference the shared-prefix path equals, and its fallback."""
         visual, vmask, info = visual_tokens or self.visual_tokens(batch)
+        if self.reducer.stage == "in_llm" and bool(vmask.any()):
+            raise ValueError(f"{type(self.reducer).__name__} prunes inside the LLM at the prompt's prefill, and this "
+                             "batch's option rows share no prompt with the placeholder (the one-row-per-option path); "
+                             "evaluate a benchmark whose options follow one prompt, or another reducer")
         k = batch["num_options"]
         owner = torch.repeat_interleave(torch.arange(len(k), device=k.device), k)  # (sum K,) item of each option row
         embeds, mask, labels = self.splice(batch["option_ids"], batch["option_mask"], visual[owner], vmask[owner],

@@ -29,7 +29,7 @@ P_RIGHT = {"BVLLM": 0.75, "Uniform": 0.35, "QFrame → Uniform": 0.6}  # planted
 _SPEC = yaml.safe_load((REPO / "experiments/sweeps/needle_strategies.yaml").read_text())
 PAIRED = (*_SPEC["seeds"], *_SPEC["extra_seeds"]["reducer=BVLLM"])  # B-VLLM's and Uniform's seeds; the others 0-2
 STRATEGY_POINTS = 8 * 3 + 2 * (len(PAIRED) - 3)  # the strategies sweep's points (fits)
-TESTED = STRATEGY_POINTS + 9 + 12 + 21  # every sweep's points (+ controls 3 x 3, ablation 4 x 3, training-free 7 x 3)
+TESTED = STRATEGY_POINTS + 9 + 12 + 24  # every sweep's points (+ controls 3 x 3, ablation 4 x 3, training-free 8 x 3)
 
 
 def seeds_of(method: str) -> tuple[int, ...]:
@@ -136,7 +136,7 @@ def test_the_report_has_every_strategy_length_and_seed_with_mean_and_std(tmp_pat
     assert "| LLaMAVID | strategy | 32 / 96 / 96 | 0.072 / 0.136 / 0.136 |" in md  # per length
     assert "| Uniform | strategy | 96 | 0.136 |" in md
     for name in ["BOLT → Uniform", "AKS → Uniform", "QFrame → Uniform", "TopK → Uniform", "VisionZip", "FastVID",
-                 "BOLT → VisionZip"]:
+                 "BOLT → VisionZip", "FastV"]:
         assert f"| {name} | training-free (Uniform ckpt) | 96 |" in md, name
     # B-VLLM against the best training-free selector (the planted one), on the three seeds they share
     section = md.split("## BVLLM − QFrame → Uniform: paired bootstrap over question groups")[1].split("##")[0]
@@ -230,7 +230,7 @@ def test_the_quick_variant_reports_on_its_own_folders(tmp_path):
     plant(tmp_path, quick=True)
     study(root=str(tmp_path), quick=True, report_only=True, example=False, resamples=200)
     points = read_csv(tmp_path / "study_quick" / "points.csv")
-    assert {(r["eval"], r["seed"]) for r in points} == {("needle_64s", "0")} and len(points) == 8 + 3 + 4 + 7
+    assert {(r["eval"], r["seed"]) for r in points} == {("needle_64s", "0")} and len(points) == 8 + 3 + 4 + 8
     assert all(r["status"] == "done" for r in points)
     assert not (tmp_path / "study").exists()
 
@@ -275,7 +275,7 @@ def test_seconds_per_step_from_the_fits_logged_losses(tmp_path):
 def test_the_study_sweeps_expand_to_the_expected_points(capsys):
     main(["study", "--dry-run", "true", "--root", "/nonexistent/sweeps"])
     out = capsys.readouterr().out
-    assert (f"study: strategies {STRATEGY_POINTS} points, controls 9 points, ablation 12 points, training_free 21 "
+    assert (f"study: strategies {STRATEGY_POINTS} points, controls 9 points, ablation 12 points, training_free 24 "
             "points") in out
     assert not pathlib.Path("/nonexistent").exists()
     for s in (0, 1, 2):
@@ -292,7 +292,7 @@ def test_the_study_sweeps_expand_to_the_expected_points(capsys):
 
     main(["study", "--quick", "true", "--dry-run", "true", "--root", "/nonexistent/sweeps"])
     out = capsys.readouterr().out
-    assert "study (quick): strategies 8 points, controls 3 points, ablation 4 points, training_free 7 points" in out
+    assert "study (quick): strategies 8 points, controls 3 points, ablation 4 points, training_free 8 points" in out
     assert out.count("--trainer.max_steps=500") == 8 + 4 and "--trainer.max_steps=1000" not in out
     assert "needle_16s" not in out and "needle_128s" not in out
     assert "--ckpt_path=/nonexistent/sweeps/needle_strategies_quick/reducer=Uniform_seed=0/checkpoints/last.ckpt" in out

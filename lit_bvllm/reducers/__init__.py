@@ -3,6 +3,7 @@
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput
 from lit_bvllm.reducers.bvllm import BVLLM
+from lit_bvllm.reducers.fastv import FastV
 from lit_bvllm.reducers.fastvid import FastVID
 from lit_bvllm.reducers.identity import Identity
 from lit_bvllm.reducers.llamavid import LLaMAVID
@@ -13,5 +14,5 @@ from lit_bvllm.reducers.uniform import Uniform
 from lit_bvllm.reducers.visionzip import VisionZip
 from lit_bvllm.reducers.weighted_sampler import WeightedSampler
 
-__all__ = ["BVLLM", "FastVID", "GroupedTTM", "Identity", "LLaMAVID", "MeanPool", "Reducer", "ReducerOutput",
+__all__ = ["BVLLM", "FastV", "FastVID", "GroupedTTM", "Identity", "LLaMAVID", "MeanPool", "Reducer", "ReducerOutput",
            "TokenLearner", "Uniform", "VisionZip", "WeightedSampler"]
