@@ -17,7 +17,10 @@ $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,lmms]"
+# lmms-eval (the optional extra of lit_bvllm.lmms_eval_model) without its dependencies: pyproject.toml's [lmms] extra
+# lists the ones its evaluator, task loader and model API import (its own list conflicts: see the comment there)
+	$(BIN)/pip install -q --no-deps "lmms-eval==0.7.3"
 # DeepSpeed (the optional extra, for the strategy tests) ships as a source package that imports torch to build:
 # without build isolation it builds against the torch above (no kernels are compiled: DS_BUILD_OPS=0).
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation "deepspeed>=0.15,<1"

@@ -263,6 +263,7 @@ class VideoLLM(nn.Module):
             if pruned is not None:
                 pruned.rows = owner  # the option rows continue their item's pruned prompt
             predicted, cont_labels = self._continue(out, mask, ids, amask, labels, cut, owner)
+        info["option_greedy"] = self._greedy(predicted, cont_labels, k, owner)
         return self._mean_option_logp(predicted, cont_labels, k, owner), info
 
     def _continue(self, out, mask: Tensor, ids: Tensor, amask: Tensor, labels: Tensor, cut: Tensor,
@@ -319,10 +320,22 @@ class VideoLLM(nn.Module):
         embeds, mask, labels = self.splice(batch["option_ids"], batch["option_mask"], visual[owner], vmask[owner],
                                            batch["option_labels"])
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+        info = {**info, "option_greedy": self._greedy(logits[:, :-1], labels[:, 1:], k, owner)}
         first = torch.cumsum(k, 0) - k  # each item's first row: its prompt ends before its first scored token
         scored = labels[first] != IGNORE_INDEX
         info = with_prefill(info, self.llm, torch.where(scored.any(1), scored.long().argmax(1), mask[first].sum(1)))
         return self._mean_option_logp(logits[:, :-1], labels[:, 1:], k, owner), info
+
+    @staticmethod
+    def _greedy(predicted: Tensor, targets: Tensor, k: Tensor, owner: Tensor) -> Tensor:
+        """``(B, K_max)`` whether each option is what greedy decoding writes (every target token the argmax of the
+        logits before it: lmms-eval's ``is_greedy``), False where an item has fewer options."""
+        scored = targets != IGNORE_INDEX
+        hit = ((predicted.argmax(-1) == targets) | ~scored).all(1)  # (sum K,)
+        out = torch.zeros(len(k), int(k.max()), dtype=torch.bool, device=hit.device)
+        slot = torch.arange(len(owner), device=k.device) - torch.repeat_interleave(torch.cumsum(k, 0) - k, k)
+        out[owner, slot] = hit
+        return out
 
     @staticmethod
     def _mean_option_logp(predicted: Tensor, targets: Tensor, k: Tensor, owner: Tensor) -> Tensor:
