@@ -7,9 +7,11 @@ any ``--model.reducer ...`` / ``--model.frame_selector ...`` swap) and ``ckpt_pa
 none, for ``--model.weights`` of an export in ``args``)::
 
     lmms-eval --model lit_bvllm --tasks videomme --batch_size 1 --model_args "ckpt_path=RUN/checkpoints/last.ckpt,\\
-        args=--config experiments/pretrain.yaml --config experiments/finetune.yaml --model.reducer VisionZip"
+        args=--config experiments/pretrain.yaml --config experiments/finetune.yaml \\
+        --config experiments/eval/base.yaml --config experiments/eval/vnbench.yaml --model.reducer VisionZip"
 
-(one line in practice: the model args are ``key=value`` pairs separated by commas.)
+(one line in practice: the model args are ``key=value`` pairs separated by commas.) The evaluation configs give the
+frame rate, frame cap and question tokenizer, as for ``lit_bvllm test``; their benchmark is not read.
 
 Each request is turned into the suite's own evaluation item and goes through the very code ``lit_bvllm test`` runs:
 the data module's frame sampling and transform, its chat prompt with the video placeholder, and the model's option
