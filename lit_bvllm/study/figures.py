@@ -51,17 +51,26 @@ def lines(cells: list[Cell], metric: str) -> dict[tuple[str, str], list[tuple[fl
 
 
 def accuracy_figure(cells: list[Cell], path: Path) -> Path:
+    """The strategies and controls; the training-free rows beside B-VLLM and Uniform (a panel when there are
+    any); B-VLLM's ablation beside B-VLLM and Uniform."""
     data = lines(cells, "circular_accuracy")
-    fig = _figure(2)
-    left, right = fig.subplots(1, 2, sharey=True)
+    free = any(role == "training_free" for role, _ in data)
+    fig = _figure(3 if free else 2)
+    axes = fig.subplots(1, 3 if free else 2, sharey=True)
+    left, right = axes[0], axes[-1]
+    pair = lambda role, method: role == "strategies" and method in (CANDIDATE, REFERENCE)  # noqa: E731
     for i, ((role, method), pts) in enumerate(data.items()):
-        if role in ("strategies", "controls", "training_free"):
+        if role in ("strategies", "controls"):
             _plot(left, pts, method, STYLE[role], _color(i))
-        if role == "ablation" or (role == "strategies" and method in (CANDIDATE, REFERENCE)):
+        if free and (role == "training_free" or pair(role, method)):
+            _plot(axes[1], pts, method, "--" if method == REFERENCE else STYLE[role], _color(i))
+        if role == "ablation" or pair(role, method):
             _plot(right, pts, method, "--" if method == REFERENCE else "-", _color(i))
-    left.set_title("strategies at θ = 96 (controls dashed, training-free dash-dot)", fontsize="small")
+    left.set_title("strategies at θ = 96 (controls dashed)", fontsize="small")
+    if free:
+        axes[1].set_title("training-free on Uniform's checkpoint (dash-dot)", fontsize="small")
     right.set_title(f"{CANDIDATE} ablation (Table 3)", fontsize="small")
-    for ax in (left, right):
+    for ax in axes:
         _axes(ax, [p[0] for pts in data.values() for p in pts])
         ax.axhline(0.25, color="grey", linewidth=0.8, linestyle=":", label="same option every try (0.25)")
         ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
