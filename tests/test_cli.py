@@ -15,7 +15,8 @@ def test_make_commands_accept_dashed_flags(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["videos"] == 2 and (tmp_path / "syn" / "finetune.json").is_file()
     main(["make-tiny", "--out", str(tmp_path / "tiny"), "--lm-steps", "2", "--clip-steps", "2",
-          "--clip-batch-size", "8"])
+          "--clip-batch-size", "8", "--clip-frames", "64", "--copy-steps", "0", "--qformer-steps", "0",
+          "--qformer-frames", "64", "--llm-width", "64", "--num-layers", "2"])
     out = capsys.readouterr().out
     assert "tiny CLIP step     1: contrastive" in out  # the tower's losses are printed as it trains
     paths = json.loads(out[out.index("\n{") + 1:])
