@@ -70,6 +70,8 @@ def _model_yaml(out: Path, cfg: dict) -> str:
         "weights": str(out),
         "lora_adapter": None if cfg["adapter"] is None else str(out / cfg["adapter"]),
     }
+    if cfg.get("frame_selector"):  # a training-free selector the model was exported with (no weights of its own)
+        model["frame_selector"] = cfg["frame_selector"]
     return "# written by lit_bvllm export\n" + yaml.safe_dump({"model": model}, sort_keys=False)
 
 
@@ -81,7 +83,8 @@ def load_exported(path: str | Path) -> VideoLLM:
     llm = path / cfg["llm"] if adapter is None else Path(cfg["llm"])
     model = VideoLLM(str(llm), cfg["vision_tower"], reducer_factory(cfg["reducer"]), cfg["feature_layer"],
                      cfg["vision_chunk"], cfg["video_token"], cfg["max_new_tokens"],
-                     tokenizer=None if adapter is None else str(adapter))  # the tokenizer saved with the adapter
+                     tokenizer=None if adapter is None else str(adapter),  # the tokenizer saved with the adapter
+                     frame_selector=reducer_factory(cfg["frame_selector"]) if cfg.get("frame_selector") else None)
     if adapter is not None:
         model.load_lora(str(adapter))
     load_visual_weights(model, path, flag=f"the export '{path}'")

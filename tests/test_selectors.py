@@ -150,3 +150,22 @@ def test_a_selector_takes_the_scorers_tokenizer_and_refuses_a_text_conditioned_r
         assert c.data.init_args.question_tokenizer == want
     with pytest.raises(ValueError, match=r"--model.frame_selector \(AKS\).*--model.reducer \(BVLLM\)"):
         link_selector_tokenizer(cfg("BVLLM", {}))
+
+
+def test_an_export_keeps_its_frame_selector(tiny, tmp_path):
+    """A model exported with a selector reloads with it, and its model.yaml names it (a selector has no weights:
+    its class and arguments are all there is to keep)."""
+    import yaml
+
+    from lit_bvllm.export import export, load_exported
+    from lit_bvllm.model import VideoLLM
+    from lit_bvllm.reducers import Uniform
+    from lit_bvllm.selectors import QFrame
+
+    model = VideoLLM(tiny["llm"], tiny["vision"], functools.partial(Uniform, num_frames=4, budget=64),
+                     frame_selector=functools.partial(QFrame, num_frames=4, tau=0.5, seed=3))
+    export(model, tmp_path / "export")
+    again = load_exported(tmp_path / "export")
+    assert isinstance(again.selector, QFrame) and (again.selector.num_frames, again.selector.tau) == (4, 0.5)
+    spec = yaml.safe_load((tmp_path / "export" / "model.yaml").read_text())["model"]["frame_selector"]
+    assert spec == {"class_path": "lit_bvllm.selectors.QFrame", "init_args": {"num_frames": 4, "tau": 0.5, "seed": 3}}
