@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lit_bvllm.reducers import FastVID, VisionZip
+from lit_bvllm.reducers import FastV, FastVID, VisionZip
 from lit_bvllm.reducers.fastvid import density_peaks, temporal_segments
 
 
@@ -71,8 +71,10 @@ def test_fastvid_golden_two_frames():
 
 
 @pytest.mark.parametrize("make", [lambda d: VisionZip(d, dominant=4, contextual=2, max_frames=16),
-                                  lambda d: FastVID(d, budget=96, max_frames=32)], ids=["VisionZip", "FastVID"])
+                                  lambda d: FastVID(d, budget=96, max_frames=32),
+                                  lambda d: FastV(d, num_frames=6, budget=96)], ids=["VisionZip", "FastVID", "FastV"])
 def test_a_training_free_reducer_keeps_at_most_theta_on_16_to_256_frames(make):
+    """FastV hands the LLM at most θ tokens too (its pruning inside the LLM only lowers what later layers see)."""
     torch.manual_seed(0)
     reducer = make(8)
     for T in (16, 64, 256):
