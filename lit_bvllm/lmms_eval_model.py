@@ -33,7 +33,7 @@ import torch
 from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
 
-from datamodules.benchmarks.datamodule import BenchmarkCollator, BenchmarkDataset
+from datamodules.benchmarks.datamodule import BenchmarkCollator, BenchmarkDataModule, BenchmarkDataset
 from datamodules.benchmarks.items import EvalItem
 
 
@@ -77,6 +77,11 @@ class LitBVLLM(lmms):
         self.device = torch.device(device)
         self.model = cli.model.model.to(self.device).eval()
         self.data = cli.datamodule
+        if not isinstance(self.data, BenchmarkDataModule):
+            raise ValueError(f"lit_bvllm's lmms-eval model reads videos as `lit_bvllm test` does: its args must "
+                             f"compose an evaluation config (... --config experiments/eval/base.yaml --config "
+                             f"experiments/eval/<benchmark>.yaml; its benchmark is not read), got a "
+                             f"{type(self.data).__name__} from args={args!r}")
         self.batch_size = int(batch_size)
         self.args, self.ckpt_path = args, ckpt_path
 

@@ -151,3 +151,11 @@ def test_lmms_eval_finds_the_model_by_its_entry_point():
     registry = ModelRegistryV2()
     registry.load_entrypoint_manifests()
     assert registry.get_manifest("lit_bvllm").simple_class_path == "lit_bvllm.lmms_eval_model.LitBVLLM"
+
+
+def test_the_model_args_must_compose_an_evaluation_config(tiny):
+    from lit_bvllm.lmms_eval_model import LitBVLLM
+
+    args = f"--config experiments/pretrain.yaml --model.llm {tiny['llm']} --model.vision_tower {tiny['vision']}"
+    with pytest.raises(ValueError, match="must compose an evaluation config"):
+        LitBVLLM(args=args + f" --model.reducer.init_args.qformer {tiny['qformer']}")
