@@ -1,5 +1,5 @@
-"""``lit_bvllm`` as an lmms-eval model (``pip install -e ".[lmms]"``; lmms-eval 0.7.3): any suite checkpoint, with any
-reducer or frame selector, on lmms-eval's tasks.
+"""``lit_bvllm`` as an lmms-eval model: any suite checkpoint, with any reducer or frame selector, on lmms-eval's tasks.
+``make install`` installs it (the ``[lmms]`` extra, then lmms-eval 0.7.3 without its dependencies: see the Makefile).
 
 lmms-eval finds it through the ``lmms_eval.models`` entry point (``pyproject.toml``): ``--model lit_bvllm``. Its
 ``--model_args`` are ``args`` (the flags ``lit_bvllm test`` takes to build the model and read videos: configs, and
