@@ -33,13 +33,13 @@ import torch
 from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
 
-from datamodules.benchmarks.datamodule import BenchmarkCollator, BenchmarkDataModule, BenchmarkDataset
+from datamodules.benchmarks.datamodule import BenchmarkDataModule
 from datamodules.benchmarks.items import EvalItem
 
 
 class AsGiven:
-    """The benchmark :class:`BenchmarkDataset` asks for its prompt: an lmms-eval task's ``doc_to_text``, shown as
-    given (no subtitles, no media roots: lmms-eval hands the paths)."""
+    """The benchmark that :class:`~datamodules.benchmarks.datamodule.BenchmarkDataset` asks for its prompt: an
+    lmms-eval task's ``doc_to_text``, shown as given (no subtitles, no media roots: lmms-eval hands the paths)."""
 
     name = "lmms_eval"
 
@@ -85,29 +85,10 @@ class LitBVLLM(lmms):
         self.batch_size = int(batch_size)
         self.args, self.ckpt_path = args, ckpt_path
 
-    def _dataset(self, items: list[EvalItem], mode: str) -> BenchmarkDataset:
-        """The data module's reading of ``items`` (its frame sampling, transform, chat template, question tokenizer)."""
-        from datamodules.loading import load_tokenizer
-        from datamodules.transforms import FrameTransform
-        from datamodules.video import FrameSampling
-
-        h = self.data.hparams
-        if not hasattr(self, "_parts"):
-            qtok = load_tokenizer(h.question_tokenizer, None) if h.question_tokenizer else None
-            self._parts = (load_tokenizer(h.tokenizer, h.video_token), qtok,
-                           FrameTransform(h.transform, h.vision_tower, normalize=False),
-                           FrameSampling(h.frame_mode, h.fps, h.num_frames, h.max_frames))
-        tok, qtok, transform, sampling = self._parts
-        return BenchmarkDataset(items, AsGiven(), tok, transform, mode, sampling, question_tokenizer=qtok,
-                                max_question_length=h.max_question_length, video_token=h.video_token, blind=h.blind,
-                                allow_outside_root=True)
-
     def _batches(self, items: list[EvalItem], mode: str):
-        """Batches of the suite's collator over ``items`` (``batch_size`` at a time), on the model's device."""
-        data = self._dataset(items, mode)
-        tok, qtok = self._parts[0], self._parts[1]
-        collate = BenchmarkCollator(tok.pad_token_id, self._parts[2].image_size, mode,
-                                    None if qtok is None else qtok.pad_token_id)
+        """Batches of ``items`` as the data module reads them (its frame sampling, transform, chat template, question
+        tokenizer; the task's prompt as given), ``batch_size`` at a time, on the model's device."""
+        data, collate = self.data.reader(items, AsGiven(), mode, allow_outside_root=True), self.data.collate(mode)
         for start in range(0, len(items), self.batch_size):
             batch = collate([data[i] for i in range(start, min(start + self.batch_size, len(items)))])
             yield {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

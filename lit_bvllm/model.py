@@ -330,11 +330,15 @@ class VideoLLM(nn.Module):
     def _greedy(predicted: Tensor, targets: Tensor, k: Tensor, owner: Tensor) -> Tensor:
         """``(B, K_max)`` whether each option is what greedy decoding writes (every target token the argmax of the
         logits before it: lmms-eval's ``is_greedy``), False where an item has fewer options."""
-        scored = targets != IGNORE_INDEX
-        hit = ((predicted.argmax(-1) == targets) | ~scored).all(1)  # (sum K,)
-        out = torch.zeros(len(k), int(k.max()), dtype=torch.bool, device=hit.device)
+        hit = ((predicted.argmax(-1) == targets) | (targets == IGNORE_INDEX)).all(1)  # (sum K,)
+        return VideoLLM._per_item(hit, k, owner, False)
+
+    @staticmethod
+    def _per_item(values: Tensor, k: Tensor, owner: Tensor, fill) -> Tensor:
+        """``(sum K,)`` values of the option rows -> ``(B, K_max)`` by item, ``fill`` where an item has fewer."""
+        out = torch.full((len(k), int(k.max())), fill, dtype=values.dtype, device=values.device)
         slot = torch.arange(len(owner), device=k.device) - torch.repeat_interleave(torch.cumsum(k, 0) - k, k)
-        out[owner, slot] = hit
+        out[owner, slot] = values
         return out
 
     @staticmethod
@@ -344,10 +348,7 @@ class VideoLLM(nn.Module):
         scored = targets != IGNORE_INDEX
         logp = F.log_softmax(predicted.float(), -1).gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
         mean = (logp * scored).sum(1) / scored.sum(1).clamp_min(1)  # (sum K,)
-        out = torch.full((len(k), int(k.max())), float("-inf"), device=mean.device)
-        slot = torch.arange(len(owner), device=k.device) - torch.repeat_interleave(torch.cumsum(k, 0) - k, k)
-        out[owner, slot] = mean
-        return out
+        return VideoLLM._per_item(mean, k, owner, float("-inf"))
 
 
 def kept_frames(info: dict, frame_index: Tensor) -> Tensor:

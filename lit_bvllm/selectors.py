@@ -149,8 +149,8 @@ class FrameSelector(nn.Module):
         super().__init__()
         from transformers import AutoModel
 
-        from datamodules.loading import load_image_processor
         from lit_bvllm.backbones import local_dir
+        from lit_bvllm.vision import pixel_normalization
 
         if num_frames < 1:
             raise ValueError(f"{type(self).__name__}: num_frames must be >= 1, got {num_frames}; set "
@@ -162,10 +162,9 @@ class FrameSelector(nn.Module):
         if not (hasattr(self.model, "get_image_features") and hasattr(self.model, "get_text_features")):
             raise ValueError(f"--model.frame_selector.init_args.scorer '{self.path}' is a {type(self.model).__name__}, "
                              "not an image-text model with both towers (CLIPModel / SiglipModel); point it at one")
-        proc = load_image_processor(folder)
-        scale = float(proc.rescale_factor) if getattr(proc, "do_rescale", True) else 1.0
-        self.register_buffer("pixel_mean", torch.tensor(proc.image_mean).view(1, 3, 1, 1) / scale, False)
-        self.register_buffer("pixel_std", torch.tensor(proc.image_std).view(1, 3, 1, 1) / scale, False)
+        mean, std = pixel_normalization(folder)  # the scorer's own input rule, as the vision tower's
+        self.register_buffer("pixel_mean", mean, False)
+        self.register_buffer("pixel_std", std, False)
         self.image_size = int(self.model.config.vision_config.image_size)
         self.max_text = int(self.model.config.text_config.max_position_embeddings)
 

@@ -16,6 +16,18 @@ from lit_bvllm.backbones import eager_attention, load_vision_tower
 from lit_bvllm.reducers.sampling import pack_frames
 
 
+def pixel_normalization(path: str) -> tuple[Tensor, Tensor]:
+    """``mean, std`` ``(1, 3, 1, 1)`` that map uint8 frames to a tower's input, ``(x - mean) / std``: its own input
+    rule, from its processor in ``path`` (not in the state dict): x * rescale_factor, then (x - mean) / std, folded
+    into one step; a processor that skips a step skips it here too."""
+    proc = load_image_processor(path)
+    scale = float(proc.rescale_factor) if getattr(proc, "do_rescale", True) else 1.0
+    mean, std = ((proc.image_mean, proc.image_std) if getattr(proc, "do_normalize", True)
+                 else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
+    return (torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / scale,
+            torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) / scale)
+
+
 class VisionEncoder(nn.Module):
     """An HF vision tower (CLIP / SigLIP / InstructBLIP's EVA ViT-g) from a local folder, frozen.
 
@@ -47,14 +59,9 @@ class VisionEncoder(nn.Module):
             raise ValueError(f"--model.feature_layer {feature_layer}: the tower '{path}' has {layers} layers; pick a "
                              f"layer's output, 1..{layers} or -{layers}..-1 (-2: the penultimate)")
         self.depth = feature_layer % (layers + 1)
-        # the tower's own input rule, from its processor (not in the state dict): x * rescale_factor, then
-        # (x - mean) / std; a processor that skips a step skips it here too
-        proc = load_image_processor(path)
-        scale = float(proc.rescale_factor) if getattr(proc, "do_rescale", True) else 1.0
-        mean, std = ((proc.image_mean, proc.image_std) if getattr(proc, "do_normalize", True)
-                     else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
-        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / scale, False)
-        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) / scale, False)
+        mean, std = pixel_normalization(path)
+        self.register_buffer("pixel_mean", mean, False)
+        self.register_buffer("pixel_std", std, False)
 
     def _encoder(self) -> nn.Module:
         return getattr(self.tower, "vision_model", self.tower).encoder  # transformers < 5 nests a vision_model

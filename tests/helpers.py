@@ -139,3 +139,14 @@ def data(tiny, synthetic, **kw):
                                 num_frames=6, **kw)
     d.setup("fit")
     return d
+
+
+def needle_data(tiny, synthetic, **kw):
+    """The synthetic needle set (VNBench format) as the benchmark data module reads it for the tiny backbones, set up
+    for testing (no workers; ``kw``: its other arguments, e.g. ``mode``, ``limit``, ``batch_size``)."""
+    from datamodules.benchmarks import BenchmarkDataModule, VNBench
+
+    dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
+                             **{"num_workers": 0, **kw})
+    dm.setup("test")
+    return dm

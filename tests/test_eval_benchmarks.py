@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import lightning as L
 import pytest
 import torch
+from helpers import needle_data
 
 from datamodules.benchmarks import (
     MSRVTTQA,
@@ -128,23 +129,17 @@ def test_each_video_is_decoded_once_for_its_questions(tiny, synthetic, monkeypat
     calls = []
     real = dmod.read_video
     monkeypatch.setattr(dmod, "read_video", lambda path, *a, **k: calls.append(path) or real(path, *a, **k))
-    dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
-                             mode="likelihood", limit=24, num_workers=0)
-    dm.setup("test")
+    dm = needle_data(tiny, synthetic, mode="likelihood", limit=24)
     samples = [dm.test_set[i] for i in range(24)]  # 2 videos x 3 questions x 4 tries
     assert len(calls) == 2 and len(set(calls)) == 2
-    again = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"],
-                                vision_tower=tiny["vision"], mode="likelihood", limit=24, num_workers=0)
-    again.setup("test")
+    again = needle_data(tiny, synthetic, mode="likelihood", limit=24)
     fresh = again.test_set[13]  # decoded alone: the same frames as the cached ones
     assert torch.equal(fresh["frames"], samples[13]["frames"])
     assert torch.equal(fresh["frame_times"], samples[13]["frame_times"])
 
 
 def test_blind_mode_feeds_no_frames(model, tiny, synthetic, tmp_path):
-    dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
-                             blind=True, limit=2, num_workers=0)
-    dm.setup("test")
+    dm = needle_data(tiny, synthetic, blind=True, limit=2)
     assert dm.test_set[0]["frames"].shape[0] == 0 and dm.test_set[0]["meta"]["error"] is None
 
 
@@ -346,9 +341,7 @@ def test_option_scores_equal_one_forward_pass_per_option(model, tiny, synthetic)
     separate, unpadded pass for every option: same mean token log-likelihood."""
     import torch.nn.functional as F
 
-    dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
-                             num_workers=0, batch_size=3, mode="likelihood", limit=3)
-    dm.setup("test")
+    dm = needle_data(tiny, synthetic, batch_size=3, mode="likelihood", limit=3)
     batch = next(iter(dm.test_dataloader()))
     with torch.no_grad():
         got, _ = model.model.option_scores(batch)

@@ -9,6 +9,7 @@ import shutil
 import lightning as L
 import pytest
 import torch
+from helpers import needle_data
 
 from datamodules.benchmarks import MSVDQA, BenchmarkDataModule, EvalItem, Evaluator, MVBench, VNBench
 from datamodules.benchmarks.base import check_fallback_letter
@@ -138,9 +139,7 @@ def test_limit_keeps_whole_groups():
 
 
 def test_the_data_module_limits_whole_groups(tiny, synthetic):
-    dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
-                             num_workers=0, limit=2)
-    dm.setup("test")
+    dm = needle_data(tiny, synthetic, limit=2)
     assert len(dm.items) == 4 and len({it.group for it in dm.items}) == 1
 
 
@@ -170,9 +169,7 @@ def test_fallback_letter_past_an_items_options_counts_wrong_without_crashing():
 
 def test_a_rank_without_items_runs_a_stand_in_that_nobody_scores(tiny, synthetic):
     assert list(ShardSampler(1, 0, 2)) == [0] and list(ShardSampler(1, 1, 2)) == [1]
-    dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
-                             num_workers=0, limit=1)
-    dm.setup("test")
+    dm = needle_data(tiny, synthetic, limit=1)
     ds: BenchmarkDataset = dm.test_set
     stand_in = ds[len(ds)]
     assert stand_in["index"] == PADDING and torch.equal(stand_in["input_ids"], ds[0]["input_ids"])

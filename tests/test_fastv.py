@@ -6,17 +6,15 @@ import functools
 
 import pytest
 import torch
+from helpers import needle_data
 
 from lit_bvllm.reducers import FastV, Uniform
 
 
 @pytest.fixture(scope="module")
 def needle_batch(tiny, synthetic):
-    from datamodules.benchmarks import BenchmarkDataModule, VNBench
 
-    dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
-                             num_workers=0, batch_size=3, mode="likelihood", limit=12)
-    dm.setup("test")
+    dm = needle_data(tiny, synthetic, batch_size=3, mode="likelihood", limit=12)
     return next(iter(dm.test_dataloader()))
 
 

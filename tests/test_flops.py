@@ -3,6 +3,7 @@ them."""
 
 import pytest
 import torch
+from helpers import needle_data
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -31,11 +32,8 @@ def test_prefill_flops_match_torchs_count_of_a_forward_pass():
 
 def test_an_evaluation_records_the_prefill_flops_of_its_items(eval_model, tiny, synthetic):
     """Each item's record holds its prompt's prefill FLOPs (visual tokens included), the results their mean."""
-    from datamodules.benchmarks import BenchmarkDataModule, VNBench
 
-    dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
-                             num_workers=0, batch_size=4, mode="likelihood", limit=8)
-    dm.setup("test")
+    dm = needle_data(tiny, synthetic, batch_size=4, mode="likelihood", limit=8)
     batch = next(iter(dm.test_dataloader()))
     with torch.no_grad():
         scores, info = eval_model.model.option_scores(batch)

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+from helpers import needle_data
 
 lmms_eval = pytest.importorskip("lmms_eval", reason="the [lmms] extra (make install installs it)")
 
@@ -89,7 +90,6 @@ def test_lmms_eval_scores_as_the_suites_evaluation_does(tiny, synthetic, tasks, 
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
-    from datamodules.benchmarks import BenchmarkDataModule, VNBench
     from lit_bvllm.lmms_eval_model import LitBVLLM
 
     folder, items = tasks
@@ -110,10 +110,7 @@ def test_lmms_eval_scores_as_the_suites_evaluation_does(tiny, synthetic, tasks, 
     # the suite's own path over the same items: the data module `lit_bvllm test` builds, the same model
     want_scores, want_texts, want_batches = [], [], []
     for mode in ("likelihood", "generate"):
-        dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"],
-                                 vision_tower=tiny["vision"], num_workers=0, batch_size=3, mode=mode, limit=8,
-                                 frame_mode="fps", fps=1.0, max_frames=128)
-        dm.setup("test")
+        dm = needle_data(tiny, synthetic, batch_size=3, mode=mode, limit=8, frame_mode="fps", fps=1.0, max_frames=128)
         with torch.no_grad():
             for batch in (dm.test_dataloader() if mode == "likelihood" else dm.predict_dataloader()):
                 if mode == "likelihood":

@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from helpers import REDUCERS, cli_args, data, reducer_classes, small_module
+from helpers import REDUCERS, cli_args, data, needle_data, reducer_classes, small_module
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_bvllm.cli.commands import lightning_cli
@@ -385,7 +385,6 @@ def test_two_pass_evaluation_equals_one_pass_and_encodes_only_the_picked_patches
     patches of the picked frames: the same visual tokens, and far fewer frames' patches held."""
     import functools
 
-    from datamodules.benchmarks import BenchmarkDataModule, VNBench
     from lit_bvllm.reducers import BVLLM
     from lit_bvllm.training.lit_module import VideoLLMModule
 
@@ -395,9 +394,7 @@ def test_two_pass_evaluation_equals_one_pass_and_encodes_only_the_picked_patches
                                          num_layers=1, num_heads=2, vocab_size=2048, eval_noise=eval_noise))
     m.configure_model()
     model = m.model.eval()
-    dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
-                             num_workers=0, batch_size=3, mode="likelihood", limit=12)
-    dm.setup("test")
+    dm = needle_data(tiny, synthetic, batch_size=3, mode="likelihood", limit=12)
     batch = next(iter(dm.test_dataloader()))
     batch["frame_mask"][1, 5:] = False  # a shorter video beside longer ones
     held = []

@@ -7,6 +7,7 @@ import functools
 import numpy as np
 import pytest
 import torch
+from helpers import needle_data
 
 from lit_bvllm.selectors import aks_frames, bolt_frames, qframe_frames
 
@@ -96,7 +97,6 @@ def test_a_selector_composes_with_a_reducer_and_the_tower_encodes_only_its_frame
     """BOLT before a Uniform reducer: the tower encodes only the selected frames, the tokens equal the reducer's on a
     batch whose frames are those, the kept frames are among them, and two evaluations agree; a question on a
     needle changes the frames."""
-    from datamodules.benchmarks import BenchmarkDataModule, VNBench
     from lit_bvllm.reducers import Uniform
     from lit_bvllm.selectors import BOLT
     from lit_bvllm.training.lit_module import VideoLLMModule
@@ -106,9 +106,7 @@ def test_a_selector_composes_with_a_reducer_and_the_tower_encodes_only_its_frame
     m.configure_model()
     model = m.model.eval()
     assert model.selector.stage == "before_tower" and m.hparams["frame_selector"]["init_args"] == {"num_frames": 3}
-    dm = BenchmarkDataModule(VNBench(str(synthetic / "eval" / "vnbench")), tiny["llm"], vision_tower=tiny["vision"],
-                             num_workers=0, batch_size=4, mode="likelihood", limit=8, question_tokenizer=tiny["vision"])
-    dm.setup("test")
+    dm = needle_data(tiny, synthetic, batch_size=4, mode="likelihood", limit=8, question_tokenizer=tiny["vision"])
     batch = next(iter(dm.test_dataloader()))
     held = []
     real = model.vision.forward

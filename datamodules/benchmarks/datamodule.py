@@ -341,9 +341,8 @@ class BenchmarkDataModule(L.LightningDataModule):
         self.items: list[EvalItem] = []
 
     def setup(self, stage: str | None = None) -> None:
-        from datamodules.loading import load_tokenizer
-
         h, benchmark = self.hparams, self.benchmark
+        self._loaded = None  # tokenizers, transform and sampling from the settings as they are now
         if h.mode == "likelihood" and not isinstance(benchmark, MultipleChoiceBenchmark):
             raise ValueError(f"{benchmark.name} is open-ended: --data.mode=likelihood needs options; use generate")
         self.items = limit_groups(benchmark.read(), h.limit)
@@ -351,23 +350,47 @@ class BenchmarkDataModule(L.LightningDataModule):
             raise ValueError(f"no items read from {benchmark.root} ({benchmark.name}); check --data.benchmark.root")
         if isinstance(benchmark, MultipleChoiceBenchmark):
             benchmark.check_items(self.items)
-        self.tokenizer = load_tokenizer(h.tokenizer, h.video_token)
-        qtok = load_tokenizer(h.question_tokenizer, None) if h.question_tokenizer else None
-        transform = FrameTransform(h.transform, h.vision_tower, normalize=False)  # uint8 to the device
-        sampling = FrameSampling(h.frame_mode, h.fps, h.num_frames, h.max_frames)
-        self.test_set = BenchmarkDataset(self.items, benchmark, self.tokenizer, transform, h.mode, sampling,
-                                         question_tokenizer=qtok, max_question_length=h.max_question_length,
-                                         video_token=h.video_token, blind=h.blind,
-                                         allow_outside_root=h.allow_outside_root)
+        self.test_set = self.reader(self.items)
         if refused := self.test_set.refusals:
             self._report_refusals(refused)
         if not h.blind:
             self._check_videos_exist()
-        qpad = None if qtok is None else qtok.pad_token_id
-        self.collator = BenchmarkCollator(self.tokenizer.pad_token_id, transform.image_size, h.mode, qpad)
+        self.collator = self.collate()
         self.evaluator = Evaluator(benchmark, self.items, h.mode, h.max_unreadable_fraction)
         if getattr(self, "trainer", None) is not None:  # the trainer starts here: its threads leave the workers cores
             share_cores(h.num_workers, self.trainer)
+
+    def _parts(self) -> tuple:
+        """The tokenizer, question tokenizer, frame transform and frame sampling the settings name, loaded once."""
+        if getattr(self, "_loaded", None) is None:
+            from datamodules.loading import load_tokenizer
+
+            h = self.hparams
+            self.tokenizer = load_tokenizer(h.tokenizer, h.video_token)
+            qtok = load_tokenizer(h.question_tokenizer, None) if h.question_tokenizer else None
+            transform = FrameTransform(h.transform, h.vision_tower, normalize=False)  # uint8 to the device
+            self._loaded = (self.tokenizer, qtok, transform, FrameSampling(h.frame_mode, h.fps, h.num_frames,
+                                                                             h.max_frames))
+        return self._loaded
+
+    def reader(self, items: list[EvalItem], benchmark=None, mode: str | None = None,
+               allow_outside_root: bool | None = None) -> BenchmarkDataset:
+        """``items`` read with this module's settings (frames, prompts, question ids; ``benchmark``'s prompts, by
+        default this module's; ``mode`` and ``allow_outside_root`` by default its settings'): the test set, and what
+        :mod:`lit_bvllm.lmms_eval_model` reads lmms-eval's requests with."""
+        h = self.hparams
+        tok, qtok, transform, sampling = self._parts()
+        return BenchmarkDataset(items, benchmark or self.benchmark, tok, transform, mode or h.mode, sampling,
+                                question_tokenizer=qtok, max_question_length=h.max_question_length,
+                                video_token=h.video_token, blind=h.blind,
+                                allow_outside_root=h.allow_outside_root if allow_outside_root is None
+                                else allow_outside_root)
+
+    def collate(self, mode: str | None = None) -> BenchmarkCollator:
+        """The collator of :meth:`reader`'s samples in ``mode`` (default: the settings')."""
+        tok, qtok, transform, _ = self._parts()
+        return BenchmarkCollator(tok.pad_token_id, transform.image_size, mode or self.hparams.mode,
+                                 None if qtok is None else qtok.pad_token_id)
 
     def _report_refusals(self, refused: dict[int, str]) -> None:
         """One warning for the items whose media lie outside the benchmark's folders (they stay, as error items);

@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lit_bvllm.reducers.sampling import rank_descending
 from lit_bvllm.reducers.uniform import Uniform
 
 
@@ -82,7 +83,7 @@ class PrunedPrefill:
         weights = output[1]  # (B, heads, Q, KV), eager attention's probabilities
         score = weights.float().mean(1)[:, -1, :]  # the last token's row, heads averaged: (B, KV)
         score = score.masked_fill(~self.visual, float("-inf"))
-        rank = torch.argsort(torch.argsort(score, dim=1, descending=True, stable=True), dim=1)
+        rank = rank_descending(score)
         kept = self.reducer.kept(self.visual.sum(1))  # (B,)
         self.keep_cols = ~self.visual | (rank < kept[:, None])
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_bvllm.reducers.base import Reducer, ReducerOutput, pack
-from lit_bvllm.reducers.sampling import select_uniform_frames
+from lit_bvllm.reducers.sampling import rank_descending, select_uniform_frames
 from lit_bvllm.reducers.uniform import gather_frames
 
 
@@ -73,13 +73,6 @@ def density_peaks(x: Tensor, candidate: Tensor, knn: int) -> Tensor:
     farthest = dist.masked_fill(~pair, -1.0).amax(-1)
     delta = torch.where(denser.any(-1), to_denser, farthest)
     return (rho * delta).masked_fill(~candidate, float("-inf"))
-
-
-def _rank_desc(score: Tensor) -> Tensor:
-    """Each entry's rank in its row by descending score (ties: lower index first)."""
-    order = torch.argsort(score, dim=-1, descending=True, stable=True)
-    return torch.empty_like(order).scatter_(-1, order, torch.arange(score.shape[-1], device=score.device)
-                                            .expand_as(order).contiguous())
 
 
 class FastVID(Reducer):
@@ -150,14 +143,14 @@ class FastVID(Reducer):
         ctx_n = torch.where(anchor, torch.div(ctx_per_frame[:, None] * length, anchors_in_seg.clamp_min(1),
                                               rounding_mode="floor"), torch.zeros_like(length))  # (B, n)
 
-        salient = (_rank_desc(attn) < salient_n[:, None, None]) & valid[..., None]  # (B, n, N)
+        salient = (rank_descending(attn) < salient_n[:, None, None]) & valid[..., None]  # (B, n, N)
         scores = density_peaks(x, ~salient & anchor[..., None], self.knn)  # (B, n, N)
-        context = (_rank_desc(scores) < ctx_n[..., None]) & ~salient & anchor[..., None]  # (B, n, N)
+        context = (rank_descending(scores) < ctx_n[..., None]) & ~salient & anchor[..., None]  # (B, n, N)
 
         # DTM: every non-salient patch of an anchor's segment (but the anchor's own context tokens) joins the
         # anchor's most similar context token
         C = max(int(ctx_n.max()), 1)
-        slot = _rank_desc(context.float())  # context tokens take slots 0..ctx_n-1 (in patch order)
+        slot = rank_descending(context.float())  # context tokens take slots 0..ctx_n-1 (in patch order)
         c_pos = torch.argsort(slot, dim=-1)[..., :C]  # (B, n, C) the context tokens' patches
         c_ok = torch.arange(C, device=x.device) < context.sum(-1, keepdim=True)  # (B, n, C)
         c_tok = torch.gather(x, 2, c_pos[..., None].expand(B, n, C, D))  # (B, n, C, D)

@@ -143,6 +143,13 @@ def gumbel_topk(
     return indices, weights * valid, valid
 
 
+def rank_descending(score: Tensor) -> Tensor:
+    """Each entry's rank in its row (last axis) by descending score, 0 the highest; ties: the lower index first."""
+    order = torch.argsort(score, dim=-1, descending=True, stable=True)
+    return torch.empty_like(order).scatter_(-1, order, torch.arange(score.shape[-1], device=score.device)
+                                            .expand_as(order).contiguous())
+
+
 def uniform_indices(num_valid: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """``n`` frame indices at the midpoints of equal segments of each row's ``num_valid`` frames.
 

@@ -29,25 +29,23 @@ def pm(cell: Cell, metric: str) -> str:
     return s if len(v) == cell.expected else f"{s} ({len(v)}/{cell.expected})"
 
 
-def tokens(cells: list[Cell]) -> str:
-    """Visual tokens per item in the evaluations, mean over items and seeds: one number when every length gives the
-    same, else one per length (``32 / 96 / 96``), ``?`` for a length without a measurement."""
-    means = [sum(c.tokens) / len(c.tokens) if c.tokens else None for c in cells]
-    known = [t for t in means if t is not None]
-    if not known:
+def per_length(means: list[float | None], fmt: str) -> str:
+    """One number when every length shows the same, else one per length (``32 / 96 / 96``); ``?`` for a length
+    without a measurement (``?`` alone when none has one)."""
+    if all(m is None for m in means):
         return "?"
-    if len(known) == len(means) and max(known) - min(known) < 0.5:
-        return f"{known[0]:.0f}"
-    return " / ".join("?" if t is None else f"{t:.0f}" for t in means)
+    shown = ["?" if m is None else fmt.format(m) for m in means]
+    return shown[0] if len(set(shown)) == 1 else " / ".join(shown)
+
+
+def tokens(cells: list[Cell]) -> str:
+    """Visual tokens per item in the evaluations, mean over items and seeds, per length (:func:`per_length`)."""
+    return per_length([sum(c.tokens) / len(c.tokens) if c.tokens else None for c in cells], "{:.0f}")
 
 
 def gflops(cells: list[Cell]) -> str:
-    """The LLM's prefill GFLOPs per item, seed mean per length (``a / b / c`` when they differ); ``?`` unrecorded."""
-    means = [sum(c.flops) / len(c.flops) / 1e9 if c.flops else None for c in cells]
-    if all(m is None for m in means):
-        return "?"
-    shown = ["?" if m is None else f"{m:.3g}" for m in means]
-    return shown[0] if len(set(shown)) == 1 else " / ".join(shown)
+    """The LLM's prefill GFLOPs per item, mean over items and seeds, per length (:func:`per_length`)."""
+    return per_length([sum(c.flops) / len(c.flops) / 1e9 if c.flops else None for c in cells], "{:.3g}")
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
