@@ -21,6 +21,12 @@ $(BIN)/.installed: pyproject.toml
 # lmms-eval (the optional extra of lit_bvllm.lmms_eval_model) without its dependencies: pyproject.toml's [lmms] extra
 # lists the ones its evaluator, task loader and model API import (its own list conflicts: see the comment there)
 	$(BIN)/pip install -q --no-deps "lmms-eval==0.7.3"
+# litdata (frame shards) and torchcodec (the second decoder) without their dependencies: pyproject.toml lists what
+# they import. torchcodec decodes with the system's FFmpeg libraries: installed from Debian when they are missing.
+	$(BIN)/pip install -q --no-deps "litdata==0.2.76" "torchcodec==0.13.0"
+	@ldconfig -p | grep -q libavfilter || { command -v apt-get >/dev/null && \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg; }; } \
+		|| { echo "torchcodec needs FFmpeg's libraries (4-7): install ffmpeg (apt-get install ffmpeg, conda install ffmpeg)"; exit 1; }
 # DeepSpeed (the optional extra, for the strategy tests) ships as a source package that imports torch to build:
 # without build isolation it builds against the torch above (no kernels are compiled: DS_BUILD_OPS=0).
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation "deepspeed>=0.15,<1"

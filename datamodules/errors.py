@@ -22,7 +22,8 @@ REASONS = (
                           # (a decompression bomb)
     "bad_container",      # a video header outside datamodules.video's limits (duration, frames, fps, size):
                           # never decoded
-    "crashed",            # scan only: checking the entry raised an unexpected error, or killed or hung its worker
+    "crashed",            # decoding killed or hung its process (training: the decoder process; scan: its worker), or
+                          # a scan check raised an unexpected error
 )
 
 

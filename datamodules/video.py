@@ -1,4 +1,4 @@
-"""Frame sampling and decoding with decord.
+"""Frame sampling and decoding with decord (the default) or torchcodec (``--data.decoder torchcodec``).
 
 Two sampling modes, both inside an optional ``[start, end]`` window (seconds):
 
@@ -9,6 +9,9 @@ Two sampling modes, both inside an optional ``[start, end]`` window (seconds):
   a window holding fewer frames than that gives each of its frames once.
 
 A reader is opened per call with one thread and dropped after it (decord's advice against worker deadlocks).
+Both decoders index the file's frames exactly (decord by its index, torchcodec with ``seek_mode="exact"``) and
+return the same frames for the same times: bit-identical on the synthetic set (``tests/test_video.py``); which is
+faster is measured in ``benchmarks/RESULTS.md`` ("Streaming at scale").
 Before decord sees a file, its header is read with PyAV and checked against the limits below
 (:func:`check_container`): decord sizes its frame index from the declared duration and frame rate, and a hostile
 header (a 2 KB Matroska file whose frames are 1e10 s apart) makes it abort the whole process (``std::bad_alloc``),
@@ -37,6 +40,7 @@ MAX_DURATION_S = 24 * 3600.0  # a day: above any training or benchmark video (lo
 MAX_FPS = 1000.0  # high-speed cameras record up to about 1000 fps; more is a broken time base
 MAX_FRAMES = 10_000_000  # frames decord indexes (a day at 115 fps); its index takes a few bytes per frame
 MAX_SIDE = 8192  # pixels per side: DCI 8K is 8192 x 4320
+DECODERS = ("decord", "torchcodec")
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's own Image.MAX_IMAGE_PIXELS (it warns above, refuses twice that): ``bad_image``
 
 
@@ -161,25 +165,40 @@ def check_container(path: str) -> None:
                                                     "(limits: datamodules.video.MAX_*)")
 
 
-def _open(path: str):
-    """A decord reader with its frame count and fps, or :class:`SampleError` (missing / empty / hostile /
-    undecodable). The header passes :func:`check_container` before decord opens the file."""
-    import decord
-
+def _open(path: str, decoder: str = "decord"):
+    """A reader with its frame count and fps, or :class:`SampleError` (missing / empty / hostile / undecodable).
+    The header passes :func:`check_container` before the decoder opens the file."""
+    if decoder not in DECODERS:
+        raise ValueError(f"--data.decoder must be one of {DECODERS}, got {decoder!r}")
     if not os.path.isfile(path):
         raise SampleError("missing_file", "video", f"'{path}' does not exist")
     if os.path.getsize(path) == 0:
         raise SampleError("empty_video", "video", f"'{path}' is 0 bytes")
     check_container(path)
     try:
-        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-        total, native_fps = len(vr), float(vr.get_avg_fps())
-    except Exception as e:  # decord raises RuntimeError / DECORDError for corrupt and truncated files
+        if decoder == "decord":
+            import decord
+
+            vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+            total, native_fps = len(vr), float(vr.get_avg_fps())
+        else:
+            from torchcodec.decoders import VideoDecoder
+
+            vr = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=1, seek_mode="exact")
+            total, native_fps = vr.metadata.num_frames or 0, float(vr.metadata.average_fps or 0.0)
+    except Exception as e:  # RuntimeError / DECORDError / ValueError for corrupt and truncated files
         raise SampleError("decode_error", "video",
                           f"'{path}' cannot be opened ({type(e).__name__}: {str(e)[:200]})") from None
     if total == 0 or native_fps <= 0:
         raise SampleError("empty_video", "video", f"'{path}' has {total} frames at {native_fps} fps")
     return vr, total, native_fps
+
+
+def _frames(reader, indices: list[int]) -> np.ndarray:
+    """Frames ``indices`` of an open decord or torchcodec reader, ``(T, H, W, 3)`` uint8."""
+    if hasattr(reader, "get_batch"):  # decord
+        return reader.get_batch(indices).asnumpy()
+    return reader.get_frames_at(indices).data.numpy()
 
 
 def read_video(
@@ -188,12 +207,14 @@ def read_video(
     start: float | None = None,
     end: float | None = None,
     frame_fps: float | None = None,
+    decoder: str = "decord",
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Decode the frames ``sampling`` picks of ``path``, a video file or a folder of frames (see
     :func:`read_frame_folder`), within ``[start, end]`` seconds when given.
 
     Args:
         frame_fps: frames per second of a frame folder (3.0 when None, MVBench's TVQA frames); unused for files.
+        decoder: ``decord`` or ``torchcodec`` (:data:`DECODERS`), for video files.
     Returns:
         frames ``(T, H, W, 3)`` uint8 RGB, their timestamps ``(T,)`` in seconds, and the video's duration.
     Raises:
@@ -202,11 +223,11 @@ def read_video(
     """
     if os.path.isdir(path):
         return read_frame_folder(path, sampling, start, end, FRAME_FOLDER_FPS if frame_fps is None else frame_fps)
-    vr, total, native_fps = _open(path)
+    vr, total, native_fps = _open(path, decoder)
     duration = total / native_fps
     idx = times_to_indices(sampling.times(duration, start, end), native_fps, total)
     try:
-        frames = vr.get_batch(idx.tolist()).asnumpy()
+        frames = _frames(vr, idx.tolist())
     except Exception as e:  # a header that opens over a body that does not decode
         raise SampleError("decode_error", "video",
                           f"'{path}' cannot be decoded ({type(e).__name__}: {str(e)[:200]})") from None
@@ -288,7 +309,7 @@ def read_image(path: str, field: str = "image") -> np.ndarray:
                           f"'{path}' cannot be decoded ({type(e).__name__}: {str(e)[:200]})") from None
 
 
-def probe_video(path: str) -> tuple[int, float]:
+def probe_video(path: str, decoder: str = "decord") -> tuple[int, float]:
     """Open the header only: ``(num_frames, fps)``; raises :class:`SampleError` like :func:`read_video`."""
-    _, total, native_fps = _open(path)
+    _, total, native_fps = _open(path, decoder)
     return total, native_fps

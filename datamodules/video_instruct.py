@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from datamodules.annotations import AnnotationFile, Source, mixture_index
 from datamodules.conversation import IGNORE_INDEX, VIDEO_TOKEN, parse_entry, tokenize
 from datamodules.errors import STRICT_HINT, DataError, SampleError, describe, row_id
+from datamodules.isolation import DECODE_TIMEOUT_S, DecoderProcess
 from datamodules.transforms import FrameTransform
 from datamodules.video import IMAGE_SUFFIXES, FrameSampling, no_frames, read_image, read_video
 
@@ -77,6 +78,11 @@ class VideoInstructDataset(Dataset):
     The run stops (:class:`DataError`, with the count, the share and the way to ``lit_bvllm scan``) once more than
     ``max_bad_fraction`` of the entries a process has read are bad, judged over at least
     :data:`SHARE_MIN_ENTRIES` entries (or all of them, if fewer).
+
+    With ``isolate_decoder`` (the default) videos are decoded in a child process
+    (:class:`~datamodules.isolation.DecoderProcess`): a file that aborts or hangs the decoder is a ``crashed``
+    entry, skipped and counted like any other, and every later entry using that file is ``crashed`` without
+    opening it again.
     """
 
     def __init__(
@@ -96,6 +102,9 @@ class VideoInstructDataset(Dataset):
         seed: int = 0,
         video_token: str = VIDEO_TOKEN,
         allow_outside_root: bool = False,
+        decoder: str = "decord",
+        isolate_decoder: bool = True,
+        decode_timeout: float = DECODE_TIMEOUT_S,
     ):
         if visual_tokens >= max_length:
             raise ValueError(f"--data.visual_tokens ({visual_tokens}) must be smaller than "
@@ -109,6 +118,9 @@ class VideoInstructDataset(Dataset):
         self.max_question_length, self.strict, self.max_bad_fraction, self.seed = (
             max_question_length, strict, max_bad_fraction, seed)
         self.video_token, self.allow_outside_root = video_token, allow_outside_root
+        self.decoder = decoder
+        self.decoder_process = DecoderProcess(decode_timeout) if isolate_decoder else None
+        self.crashed_files: dict[str, str] = {}  # media path -> how decoding it crashed, in this process
         self.files = [AnnotationFile(s.path) for s in sources]
         blocked = blocklist or set()
         sizes, weights, keep = [], [], []
@@ -220,7 +232,17 @@ class VideoInstructDataset(Dataset):
         start, end = entry.get("start"), entry.get("end")
         if not all(v is None or isinstance(v, (int, float)) for v in (start, end)):
             raise SampleError("bad_entry", "start/end", f"expected seconds, got {start!r}, {end!r}")
-        return read_video(path, self.sampling, start, end)
+        if self.decoder_process is None:
+            return read_video(path, self.sampling, start, end, decoder=self.decoder)
+        if path in self.crashed_files:
+            raise SampleError("crashed", media, self.crashed_files[path])
+        try:
+            return self.decoder_process(read_video, path, self.sampling, start, end, decoder=self.decoder,
+                                        what=f"'{path}'")
+        except SampleError as err:
+            if err.reason == "crashed":
+                self.crashed_files[path] = f"decoding '{path}' for an earlier entry crashed: {err.detail}"
+            raise
 
     def load(self, j: int) -> dict:
         """Sample ``j`` of the mixture, or :class:`SampleError`."""

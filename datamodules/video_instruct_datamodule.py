@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.annotations import load_sources
 from datamodules.conversation import VIDEO_TOKEN
+from datamodules.isolation import DECODE_TIMEOUT_S
 from datamodules.loading import processes_on_node, share_cores, worker_count
 from datamodules.sampler import ResumableSampler
 from datamodules.transforms import FrameTransform
@@ -66,6 +67,11 @@ class VideoInstructDataModule(L.LightningDataModule):
         media_root: the folder media paths resolve against, for annotations kept apart from their media (LLaVA's
             ``--video_folder``); None: each annotation file's own folder (or its mixture entry's ``root:``).
         pin_memory: pin batches in page-locked memory (for GPU training).
+        decoder: ``decord`` or ``torchcodec``: the video decoder (the same frames; torchcodec measured faster,
+            ``benchmarks/RESULTS.md``).
+        isolate_decoder: decode each video in a child process, so that a file that aborts or hangs the decoder is
+            a skipped ``crashed`` entry instead of the end of the run (:mod:`datamodules.isolation`).
+        decode_timeout: seconds one video's decoding may take in that child before it counts as ``crashed``.
     """
 
     def __init__(
@@ -97,6 +103,9 @@ class VideoInstructDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         allow_outside_root: bool = False,
         media_root: str | None = None,
+        decoder: Literal["decord", "torchcodec"] = "decord",
+        isolate_decoder: bool = True,
+        decode_timeout: float = DECODE_TIMEOUT_S,
     ):
         super().__init__()
         if not 0 < max_bad_fraction <= 1:
@@ -135,7 +144,8 @@ class VideoInstructDataModule(L.LightningDataModule):
             max_length=h.max_length, visual_tokens=h.visual_tokens, question_tokenizer=self.question_tokenizer,
             max_question_length=h.max_question_length, strict=h.strict, max_bad_fraction=h.max_bad_fraction,
             blocklist=load_blocklist(h.blocklist), seed=h.seed, video_token=h.video_token,
-            allow_outside_root=h.allow_outside_root,
+            allow_outside_root=h.allow_outside_root, decoder=h.decoder, isolate_decoder=h.isolate_decoder,
+            decode_timeout=h.decode_timeout,
         )
 
     def setup(self, stage: str | None = None) -> None:

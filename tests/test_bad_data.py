@@ -107,6 +107,30 @@ def test_each_bad_kind_is_skipped_and_counted_once_in_fit(tiny, root, tmp_path, 
         (f"bad_{r}", r, str(path), where[r]) for r in sorted(where, key=where.get)]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_fit_survives_a_file_that_aborts_the_decoder(tiny, root, tmp_path, monkeypatch, workers):
+    """Without the header check decord aborts on the hostile file (SIGABRT), which no ``try`` catches: decoded in
+    the data module's decoder process, it costs its two entries (the second never reopened), not the run."""
+    monkeypatch.setattr(video, "check_container", lambda path: None)  # inherited by the workers and decoders
+    entries = [GOOD(i) for i in range(8)]
+    entries.insert(2, {**GOOD(90, "videos/hostile.mp4"), "id": "hostile1"})
+    entries.insert(6, {**GOOD(91, "videos/hostile.mp4"), "id": "hostile2"})
+    path = write(root, f"abort{workers}.json", entries)
+    data = dm(tiny, path, num_workers=workers, batch_size=5)
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, callbacks=[SkippedSamplesLogger()],
+                        logger=L.pytorch.loggers.CSVLogger(tmp_path), enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=1)
+    trainer.fit(_Consumer(), datamodule=data)
+    assert trainer.global_step == 2  # 10 samples in batches of 5: the epoch ran to its end
+    report = json.loads((tmp_path / "lightning_logs" / "version_0" / "skipped_samples.json").read_text())
+    assert (report["skipped"], report["per_reason"]) == (2, {"crashed": 2})
+    assert {e["id"] for e in report["entries"]} == {"hostile1", "hostile2"}
+    if workers == 0:  # the training process's own dataset: what happened, and that the file was opened once
+        how = data.train_set.crashed_files[str(root / "videos" / "hostile.mp4")]
+        assert "earlier entry" in how and "SIGABRT" in how
+        assert data.train_set.decoder_process.restarts == 1
+
+
 def test_each_bad_kind_is_named_in_the_scan_report(tiny, root, tmp_path):
     path, where = with_bad(root, "scan.json")
     entries = json.loads(path.read_text())

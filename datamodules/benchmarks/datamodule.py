@@ -70,14 +70,16 @@ class BenchmarkDataset(Dataset):
         blind: give the model no frames (the language-prior baseline).
         allow_outside_root: read media that resolve outside the benchmark's ``media_roots()``; False: such an
             item is an error item (``path_escape``), read nothing of. ``refusals`` maps their positions to why.
+        decoder: ``decord`` or ``torchcodec`` (the same frames; :func:`datamodules.video.read_video`).
     """
 
     def __init__(self, items: list[EvalItem], benchmark: Benchmark, tokenizer, transform: FrameTransform,
                  mode: Literal["generate", "likelihood"] = "generate",
                  sampling: FrameSampling = FrameSampling(max_frames=128), question_tokenizer=None,
                  max_question_length: int = 64, video_token: str = VIDEO_TOKEN, blind: bool = False,
-                 allow_outside_root: bool = False):
+                 allow_outside_root: bool = False, decoder: str = "decord"):
         self.items, self.benchmark, self.tokenizer, self.transform = items, benchmark, tokenizer, transform
+        self.decoder = decoder
         self.mode, self.sampling, self.blind = mode, sampling, blind
         self.refusals = {} if allow_outside_root else refusals(items, benchmark.media_roots())
         self.question_tokenizer = question_tokenizer or tokenizer
@@ -99,7 +101,8 @@ class BenchmarkDataset(Dataset):
         if self._last is not None and self._last[0] == key:
             return self._last[1]
         try:
-            frames, times, _ = read_video(item.video, self.sampling, item.start, item.end, frame_fps=item.frame_fps)
+            frames, times, _ = read_video(item.video, self.sampling, item.start, item.end, frame_fps=item.frame_fps,
+                                          decoder=self.decoder)
             out = self.transform(frames), torch.as_tensor(times, dtype=torch.float32), None
         except SampleError as err:  # reported per id in the results; the run goes on
             log.warning("item %s: %s", item.id, err)
@@ -322,6 +325,7 @@ class BenchmarkDataModule(L.LightningDataModule):
             model loads when the files are not there, and before scoring when they fail to decode (the predictions
             are written, the results are not). Under it, the items count as wrong and are listed in ``error_ids``.
             The count is printed at the end of every run. Blind runs read no video and are not checked.
+        decoder: ``decord`` or ``torchcodec``: the video decoder (the same frames, as in training).
     """
 
     def __init__(self, benchmark: Benchmark, tokenizer: str, mode: Literal["generate", "likelihood"] = "generate",
@@ -330,7 +334,8 @@ class BenchmarkDataModule(L.LightningDataModule):
                  max_frames: int | None = 128, batch_size: int = 4, num_workers: int | Literal["auto"] = "auto",
                  limit: int | None = None,
                  question_tokenizer: str | None = None, max_question_length: int = 64, video_token: str = VIDEO_TOKEN,
-                 blind: bool = False, allow_outside_root: bool = False, max_unreadable_fraction: float = 0.02):
+                 blind: bool = False, allow_outside_root: bool = False, max_unreadable_fraction: float = 0.02,
+                 decoder: Literal["decord", "torchcodec"] = "decord"):
         super().__init__()
         if not 0 <= max_unreadable_fraction <= 1:
             raise ValueError(f"--data.max_unreadable_fraction must lie in [0, 1], got {max_unreadable_fraction}")
@@ -384,7 +389,7 @@ class BenchmarkDataModule(L.LightningDataModule):
                                 question_tokenizer=qtok, max_question_length=h.max_question_length,
                                 video_token=h.video_token, blind=h.blind,
                                 allow_outside_root=h.allow_outside_root if allow_outside_root is None
-                                else allow_outside_root)
+                                else allow_outside_root, decoder=h.decoder)
 
     def collate(self, mode: str | None = None) -> BenchmarkCollator:
         """The collator of :meth:`reader`'s samples in ``mode`` (default: the settings')."""
