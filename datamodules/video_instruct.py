@@ -132,6 +132,7 @@ class VideoInstructDataset(Dataset):
             keep.append(np.flatnonzero(ok))
             sizes.append(int(ok.sum()))
             weights.append(s.weight)
+        self.kept = keep  # per source: the entry indices the blocklist leaves
         src, pos = mixture_index(sizes, weights, seed)
         self.source_of = src  # (N,) int32: source of each sample of the pass
         self.entry_of = np.empty_like(pos)  # (N,) int64: entry index inside its source file
@@ -246,7 +247,11 @@ class VideoInstructDataset(Dataset):
 
     def load(self, j: int) -> dict:
         """Sample ``j`` of the mixture, or :class:`SampleError`."""
-        source, index = int(self.source_of[j]), int(self.entry_of[j])
+        return self.load_entry(int(self.source_of[j]), int(self.entry_of[j]))
+
+    def load_entry(self, source: int, index: int) -> dict:
+        """Entry ``index`` of source ``source`` as a sample (the batch contract's fields, one sample), or
+        :class:`SampleError`."""
         entry, conv, ids, labels, truncated, path = self.prepare(source, index)
         q = self.question_tokenizer(conv.question, add_special_tokens=True, truncation=True,
                                     max_length=self.max_question_length)

@@ -72,6 +72,10 @@ class VideoInstructDataModule(L.LightningDataModule):
         isolate_decoder: decode each video in a child process, so that a file that aborts or hangs the decoder is
             a skipped ``crashed`` entry instead of the end of the run (:mod:`datamodules.isolation`).
         decode_timeout: seconds one video's decoding may take in that child before it counts as ``crashed``.
+        streaming: a folder (or object-store URL) of frame shards written by ``lit_bvllm shard`` from this config:
+            the samples are streamed from it through litdata instead of decoded from the media
+            (:mod:`datamodules.shards`); the data settings must be the ones the shards were made with.
+        stream_cache: where litdata keeps the chunks it downloads from an object store (default: its own cache).
     """
 
     def __init__(
@@ -106,6 +110,8 @@ class VideoInstructDataModule(L.LightningDataModule):
         decoder: Literal["decord", "torchcodec"] = "decord",
         isolate_decoder: bool = True,
         decode_timeout: float = DECODE_TIMEOUT_S,
+        streaming: str | None = None,
+        stream_cache: str | None = None,
     ):
         super().__init__()
         if not 0 < max_bad_fraction <= 1:
@@ -163,16 +169,49 @@ class VideoInstructDataModule(L.LightningDataModule):
             q_pad = self.question_tokenizer.pad_token_id if self.question_tokenizer is not None else None
             self.collator = VideoInstructCollator(self.tokenizer.pad_token_id, self.transform.image_size,
                                                   question_pad_id=q_pad)
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self._dataset(h.train)
-        if stage in (None, "fit", "validate") and h.val is not None and self.val_set is None:
-            self.val_set = self._dataset(h.val)
+        if h.streaming:
+            self._setup_streaming(stage)
+        else:
+            if stage in (None, "fit") and self.train_set is None:
+                self.train_set = self._dataset(h.train)
+            if stage in (None, "fit", "validate") and h.val is not None and self.val_set is None:
+                self.val_set = self._dataset(h.val)
         if self.trainer is not None:  # the trainer starts in this process: its threads leave the workers their cores
             share_cores(h.num_workers, self.trainer)
+
+    def _setup_streaming(self, stage: str | None) -> None:
+        """The train (and val) samples from the shard folder ``--data.streaming``, checked against this config."""
+        from datamodules.shards import check_settings, read_manifest, shard_stream
+
+        h = self.hparams
+        manifest = read_manifest(h.streaming)
+        check_settings(manifest, h, h.streaming)
+        for split, spec in (("train", h.train), ("val", h.val)):
+            if spec is None:
+                continue
+            ours = [str(Path(s.path).resolve()) for s in self._sources(spec)]
+            theirs = manifest["sources"].get(split)
+            if ours != theirs:
+                raise ValueError(f"--data.streaming '{h.streaming}' holds the {split} set {theirs}, this config's "
+                                 f"--data.{split} is {ours}: write the shards from this config (`lit_bvllm shard`)")
+        S = self.transform.image_size
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = shard_stream(h.streaming, manifest, "train", S, True, h.seed, h.stream_cache)
+        if stage in (None, "fit", "validate") and h.val is not None and self.val_set is None:
+            self.val_set = shard_stream(h.streaming, manifest, "val", S, False, h.seed, h.stream_cache)
+
+    def _stream_loader(self, dataset, workers: int):
+        from litdata import StreamingDataLoader
+
+        h = self.hparams
+        return StreamingDataLoader(dataset, batch_size=h.batch_size, num_workers=workers, collate_fn=self.collator,
+                                   pin_memory=h.pin_memory)
 
     def _loader(self, dataset: VideoInstructDataset, shuffle: bool) -> DataLoader:
         h = self.hparams
         trainer = self.trainer
+        if h.streaming:  # litdata shards over ranks and workers, and keeps its position (Lightning checkpoints it)
+            return self._stream_loader(dataset, worker_count(h.num_workers, processes_on_node(trainer)))
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         sampler = ResumableSampler(len(dataset), shuffle, h.seed, rank, world)
         if shuffle:

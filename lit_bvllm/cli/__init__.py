@@ -5,6 +5,8 @@ Subcommands::
     lit_bvllm fit --config experiments/pretrain.yaml      train (LightningCLI: also validate, test, predict)
     lit_bvllm export --config CFG --ckpt_path CKPT --out DIR [--merge_lora true]   a folder that loads without Lightning
     lit_bvllm scan --config CFG [--out FILE]      validate a training set before a long run (report = blocklist)
+    lit_bvllm shard --config CFG --out DIR        decode the training set once into litdata frame shards; then
+                                                  lit_bvllm fit --config CFG --data.streaming DIR
     lit_bvllm preview --config CFG                decode and print one training batch
     lit_bvllm show-selection --config CFG --ckpt_path CKPT --video V --question Q   what the reducer keeps, drawn
     lit_bvllm evaluate --tasks mvbench,videomme --ckpt_path CKPT   several benchmarks, one model load, one table
@@ -20,7 +22,7 @@ version is named (an evaluation's unnamed version is named after its weights, ``
 that already holds a run is refused (``--overwrite true`` deletes it first; ``fit --ckpt_path`` from inside it resumes
 there): :func:`lit_bvllm.cli.commands.claim_run_dir`.
 
-export, scan and preview read the configs training reads (``--config experiments/pretrain.yaml [--config
+export, scan, shard and preview read the configs training reads (``--config experiments/pretrain.yaml [--config
 experiments/finetune.yaml]``); ``--data.<arg>`` overrides one value. Flags accept dashes or underscores
 (``--num-videos`` = ``--num_videos``).
 """

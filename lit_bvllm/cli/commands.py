@@ -11,6 +11,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -170,7 +171,8 @@ LINKS = {"model.llm": "tokenizer", "model.vision_tower": "vision_tower", "model.
 LINKED = {target: f"--{source}" for source, target in LINKS.items()}  # a flag that sets a link target is refused
 OPTIMISATION = ("lr", "lr_llm", "weight_decay", "warmup_ratio", "schedule")  # restored with the optimizer on resume
 STRUCTURE = ("reducer", "feature_layer", "video_token", "lora_r", "lora_alpha")  # a checkpoint must agree on these
-CONFIG_COMMANDS = ("export", "scan", "preview", "show-selection")  # read the run config training reads; methods below
+# read the run config training reads; methods below
+CONFIG_COMMANDS = ("export", "scan", "shard", "preview", "show-selection")
 REPORTING = ("probe-tower", "sweep", "study", "evaluate")  # print their own report (a table), not their return value
 SETUP = {"make-tiny": make_tiny, "make-synthetic": make_synthetic, "probe-tower": probe_tower, "evaluate": evaluate,
          "sweep": sweep, "study": study, "consolidate": consolidate}  # no run config
@@ -735,6 +737,29 @@ class VideoCLI(LightningCLI):
             timeout: seconds one entry's check may take before it is reported crashed and the scan goes on.
         """
         scan(datamodule, out, workers, decode, timeout)
+
+    def shard(self, model, datamodule, out: str, workers: int = 2, frames: Literal["jpeg", "raw"] = "jpeg",
+              jpeg_quality: int = 90, chunk_bytes: str = "64MB", timeout: float = 300.0,
+              overwrite: bool = False) -> None:
+        """Decode the training (and validation) set once at its sampling rule and write litdata frame shards, for
+        ``fit --data.streaming OUT`` (:mod:`datamodules.shards`); bad entries are listed in OUT/shard_report.json.
+
+        Args:
+            out: the shard folder (local, or an object-store URL such as s3://bucket/prefix).
+            workers: processes that check and decode entries.
+            frames: jpeg (each resized frame a JPEG image) or raw (its uint8 pixels).
+            jpeg_quality: JPEG quality (1-95; 4:4:4 chroma).
+            chunk_bytes: size of litdata's chunks.
+            timeout: seconds one entry's header check may take before it is reported crashed.
+            overwrite: replace a local OUT that holds shards made with other settings.
+        """
+        from datamodules.shards import write_shards
+
+        m = write_shards(datamodule, out, workers, frames, jpeg_quality, chunk_bytes, timeout, overwrite)
+        sizes = ", ".join(f"{split} {sum(d['samples'] for d in parts)}" for split, parts in m["splits"].items())
+        print(f"wrote {m['written']} samples ({sizes}) to {out} in {m['seconds']} s; {m['bad']} entries left out "
+              f"{m['counts']} (listed in {out}/shard_report.json). Train on them: lit_bvllm fit <the same config> "
+              f"--data.streaming {out}")
 
     def preview(self, model, datamodule, num_samples: int = 4) -> None:
         """Decode one training batch and print it: shapes, frames and times, and the text with supervised spans.
