@@ -14,7 +14,7 @@ settings the shards were made with. A shard item holds::
     frame_bytes   (T,) int64 bytes of each frame in ``frames``
     frame_times   (T,) float32
     input_ids, labels, question_ids   int64, as the loader tokenizes them (the template, budget and truncation)
-    meta          str        the sample's meta (JSON)
+    meta          str        the sample's meta (JSON); empty for an entry that failed to decode (:data:`TOMBSTONE`)
 
 ``VideoInstructDataModule(streaming=DIR)`` (``fit --data.streaming DIR``) reads them through litdata's
 ``StreamingDataset`` / ``StreamingDataLoader`` into the same batches: chunk-wise shuffling, sharding over ranks
@@ -131,9 +131,17 @@ def unpack(item: dict, image_size: int, frames: Literal["jpeg", "raw"] = "jpeg")
 _JOB: tuple | None = None  # (dataset, source, frame format, quality, folder of bad-entry rows): set before forking
 
 
-def _encode(index: int) -> dict | None:
-    """litdata's ``fn``: entry ``index`` of the job's source as a shard item, or None (and its report row) when it
-    cannot be used."""
+TOMBSTONE = {"frames": b"", "frame_bytes": np.zeros(0, np.int64), "frame_times": np.zeros(0, np.float32),
+             "input_ids": np.zeros(0, np.int64), "labels": np.zeros(0, np.int64),
+             "question_ids": np.zeros(0, np.int64), "meta": ""}
+"""What an entry that fails to decode is written as. litdata's writer counts the items it was given, not the inputs
+it read, and resumes an interrupted run from that count: an input that gave no item would make a resumed run
+write the items after it twice. So every input gives one item; the reader passes over these (``meta`` empty)."""
+
+
+def _encode(index: int) -> dict:
+    """litdata's ``fn``: entry ``index`` of the job's source as a shard item, or a :data:`TOMBSTONE` (and its report
+    row) when it cannot be used."""
     dataset, source, frames, quality, bad_dir = _JOB
     try:
         return pack(dataset.load_entry(source, index), frames, quality)
@@ -144,7 +152,7 @@ def _encode(index: int) -> dict | None:
         write_json(Path(bad_dir) / f"{source}-{index}.json",
                    {"file": file, "index": index, "id": row_id(entry_id, file, index), "reason": err.reason,
                     "field": err.field, "detail": err.detail})
-        return None
+        return dict(TOMBSTONE)
 
 
 def _dataset_dir(split: str, source: int, path) -> str:
@@ -185,6 +193,7 @@ def write_shards(data, out: str, workers: int = 2, frames: Literal["jpeg", "raw"
     sets = {"train": data.train_set, **({"val": data.val_set} if data.val_set is not None else {})}
     settings = shard_settings(h)
     started = {"format": FORMAT, "settings": settings, "frames": frames, "jpeg_quality": jpeg_quality,
+               "frame_size": data.transform.image_size,
                "sources": {split: [str(f.path) for f in ds.files] for split, ds in sets.items()}}
     url = is_url(out)
     staging = Path(tempfile.mkdtemp(prefix="shard_")) if url else Path(out)
@@ -221,10 +230,16 @@ def write_shards(data, out: str, workers: int = 2, frames: Literal["jpeg", "raw"
                     optimize(_encode, entries, target, num_workers=max(1, min(workers, len(entries))),
                              chunk_bytes=chunk_bytes, use_checkpoint=True, start_method="fork", verbose=False)
                 _JOB = None
-                state["done"][rel] = len(StreamingDataset(target)) if entries else 0
+                items = len(StreamingDataset(target)) if entries else 0
+                if items != len(entries):  # one item per input, resumed or not
+                    raise RuntimeError(
+                        f"{target} holds {items} items for {len(entries)} entries of {f.path}: an interrupted write "
+                        "resumed wrongly (litdata's checkpoint); write it again with --overwrite true")
+                tombstones = len(list((bad_dir / rel.replace("/", "_")).glob("*.json")))
+                state["done"][rel] = {"items": items, "samples": items - tombstones}
                 write_json(progress, state)
             manifest["splits"][split].append({"dir": rel, "annotation": str(f.path), "weight": ds.sources[s].weight,
-                                              "entries": len(f), "samples": state["done"][rel]})
+                                              "entries": len(f), **state["done"][rel]})
     decode_bad = [json.loads(p.read_text()) for p in sorted(bad_dir.glob("*/*.json"))]
     bad = sorted(report["bad_entries"] + decode_bad, key=lambda b: (b["file"], b["index"]))
     counts = dict(sorted(Counter(b["reason"] for b in bad).items()))
@@ -291,6 +306,16 @@ def check_settings(manifest: dict, hparams, folder: str) -> None:
                          "them")
 
 
+class DropTombstones:
+    """The collator of a shard loader: the data module's, over the samples that are not a :data:`TOMBSTONE`."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, samples: list) -> dict:
+        return self.collate([s for s in samples if s is not None])
+
+
 class FrameShards(StreamingDataset):
     """One litdata dataset of a shard folder, whose items come back as the on-the-fly loader's samples."""
 
@@ -299,11 +324,11 @@ class FrameShards(StreamingDataset):
         self.image_size, self.frames = image_size, frames
 
     def __getitem__(self, index):
-        return unpack(super().__getitem__(index), self.image_size, self.frames)
+        item = super().__getitem__(index)
+        return None if item["meta"] == "" else unpack(item, self.image_size, self.frames)  # a TOMBSTONE: None
 
 
-def shard_stream(folder: str, manifest: dict, split: str, image_size: int, shuffle: bool, seed: int,
-                 cache_dir: str | None = None):
+def shard_stream(folder: str, manifest: dict, split: str, shuffle: bool, seed: int, cache_dir: str | None = None):
     """The split's datasets: one :class:`FrameShards`, or a weighted ``CombinedStreamingDataset`` of several.
 
     In a mixture each sample is drawn from a source with probability proportional to weight x size, and the epoch
@@ -313,8 +338,11 @@ def shard_stream(folder: str, manifest: dict, split: str, image_size: int, shuff
     parts = [d for d in manifest["splits"].get(split, []) if d["samples"] > 0]
     if not parts:
         raise ValueError(f"--data.streaming '{folder}' has no {split} samples")
-    sets = [FrameShards(_join(folder, d["dir"]), image_size, manifest["frames"], cache_dir=cache_dir,
-                        shuffle=shuffle, seed=seed, drop_last=False) for d in parts]
+    # drop_last: litdata's default, on under several ranks: every rank gets as many full batches (uneven counts
+    # would leave one rank waiting in a collective at the epoch's end), so the samples past the last whole batch of
+    # each rank and worker rest that epoch (measured: 6 samples, 2 ranks, batch 2: 4 seen; 8 samples: all 8)
+    sets = [FrameShards(_join(folder, d["dir"]), manifest["frame_size"], manifest["frames"], cache_dir=cache_dir,
+                        shuffle=shuffle, seed=seed) for d in parts]
     if len(sets) == 1 and parts[0]["weight"] == 1:
         return sets[0]
     return CombinedStreamingDataset(sets, seed=seed, weights=[d["weight"] * d["samples"] for d in parts],

@@ -194,18 +194,19 @@ class VideoInstructDataModule(L.LightningDataModule):
             if ours != theirs:
                 raise ValueError(f"--data.streaming '{h.streaming}' holds the {split} set {theirs}, this config's "
                                  f"--data.{split} is {ours}: write the shards from this config (`lit_bvllm shard`)")
-        S = self.transform.image_size
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = shard_stream(h.streaming, manifest, "train", S, True, h.seed, h.stream_cache)
+            self.train_set = shard_stream(h.streaming, manifest, "train", True, h.seed, h.stream_cache)
         if stage in (None, "fit", "validate") and h.val is not None and self.val_set is None:
-            self.val_set = shard_stream(h.streaming, manifest, "val", S, False, h.seed, h.stream_cache)
+            self.val_set = shard_stream(h.streaming, manifest, "val", False, h.seed, h.stream_cache)
 
     def _stream_loader(self, dataset, workers: int):
         from litdata import StreamingDataLoader
 
+        from datamodules.shards import DropTombstones
+
         h = self.hparams
-        return StreamingDataLoader(dataset, batch_size=h.batch_size, num_workers=workers, collate_fn=self.collator,
-                                   pin_memory=h.pin_memory)
+        return StreamingDataLoader(dataset, batch_size=h.batch_size, num_workers=workers,
+                                   collate_fn=DropTombstones(self.collator), pin_memory=h.pin_memory)
 
     def _loader(self, dataset: VideoInstructDataset, shuffle: bool) -> DataLoader:
         h = self.hparams
