@@ -97,7 +97,13 @@ def preview(data: VideoInstructDataModule, num_samples: int = 4) -> None:
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     tok = data.tokenizer
-    print(f"train set: {len(data.train_set)} samples from {len(data.train_set.files)} file(s)")
+    source = (f"streamed from {data.hparams.streaming}" if data.hparams.get("streaming")
+              else f"from {len(data.train_set.files)} file(s)")
+    try:
+        size = f"{len(data.train_set)} samples"
+    except TypeError:  # a weighted mixture of shards: litdata draws until a source runs out
+        size = "a weighted mixture"
+    print(f"train set: {size} {source}")
     for k, v in batch.items():
         if hasattr(v, "shape"):
             print(f"  {k:<14} {tuple(v.shape)} {v.dtype}")
