@@ -3,14 +3,15 @@
 A native crash in a video library (decord's ``std::bad_alloc`` on a hostile header, a segfault in a codec) cannot
 be caught by ``try``: it kills the process it happens in, and a DataLoader worker's death stops training.
 :class:`DecoderProcess` runs each decode in a child forked from the loading process (a DataLoader worker, or the
-training process itself with ``num_workers=0``): the child receives the call, decodes and sends the frames back.
+training process itself with ``num_workers=0``): the child, which holds a copy of the dataset since the fork,
+receives the name of one of its methods and the arguments, decodes and resizes, and sends the resized frames back.
 When it dies (a signal, an exit) or runs over ``timeout`` seconds, the call raises :class:`SampleError`
 ``crashed`` naming the file and the signal, a new child is forked for the next call, and the dataset skips and
 counts the entry like any bad one. The child lives as long as its parent: the kernel kills it when the parent
 dies (``PR_SET_PDEATHSIG``), and the parent kills it when it closes (processes forked later hold copies of the
 pipe, so its closing is no signal to the child).
 
-The cost is one copy of the frames through a socket per video (measured in ``benchmarks/RESULTS.md``, "Streaming
+The cost is one copy of the resized frames through a socket per video (measured in ``benchmarks/RESULTS.md``, "Streaming
 at scale"); ``--data.isolate_decoder false`` decodes in the loading process itself.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import traceback
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
@@ -39,20 +41,22 @@ def _die_with_parent() -> None:
         pass
 
 
-def _serve(conn: Connection, parent: int) -> None:
-    """The child: run ``(fn, args, kwargs)`` calls until the pipe closes; a SampleError travels back as its three
-    fields, any other exception as its traceback."""
+def _serve(conn: Connection, parent: int, target) -> None:
+    """The child: run ``(method, args, kwargs)`` calls on ``target`` until the pipe closes; a SampleError travels
+    back as its three fields, any other exception as its traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
+    if "torch" in sys.modules:  # one thread, as in a DataLoader worker: a forked child that entered the parent's
+        sys.modules["torch"].set_num_threads(1)  # OpenMP pool (the resize's) would wait on it forever
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the request above took effect
         return
     while True:
         try:
-            fn, args, kwargs = conn.recv()
+            method, args, kwargs = conn.recv()
         except (EOFError, OSError):
             return
         try:
-            reply = ("ok", fn(*args, **kwargs))
+            reply = ("ok", getattr(target, method)(*args, **kwargs))
         except SampleError as err:
             reply = ("sample_error", (err.reason, err.field, err.detail))
         except Exception:  # a bug, not a bad file: re-raised in the parent with the child's traceback
@@ -61,26 +65,25 @@ def _serve(conn: Connection, parent: int) -> None:
 
 
 class DecoderProcess:
-    """Calls a decoding function in a forked child; a crash or a hang of the child is the entry's ``crashed``.
+    """Calls methods of ``target`` in a forked child; a crash or a hang of the child is the entry's ``crashed``.
 
     Args:
+        target: the object whose methods run in the child (the dataset: the child has it from the fork, so only a
+            method's name and its arguments cross the pipe).
         timeout: seconds one call may take (:data:`DECODE_TIMEOUT_S`).
 
     One instance belongs to one process: used from another (a DataLoader worker forked after it was made), it
-    starts a child of its own. It is never pickled with its child (a dataset sent to spawned workers gets a fresh
+    starts a child of its own. It is never pickled with its child (a dataset sent to spawned workers makes a new
     one).
     """
 
-    def __init__(self, timeout: float = DECODE_TIMEOUT_S):
+    def __init__(self, target, timeout: float = DECODE_TIMEOUT_S):
         if not timeout > 0:
             raise ValueError(f"--data.decode_timeout must be > 0 seconds, got {timeout}")
-        self.timeout = timeout
+        self.target, self.timeout = target, timeout
         self._owner = self._pid = None
         self._conn: Connection | None = None
         self.restarts = 0  # children lost to a crash or a hang in this process
-
-    def __getstate__(self) -> dict:
-        return {"timeout": self.timeout, "_owner": None, "_pid": None, "_conn": None, "restarts": 0}
 
     def _start(self) -> None:
         parent, child = Pipe()
@@ -90,7 +93,7 @@ class DecoderProcess:
             code = 0
             try:
                 parent.close()
-                _serve(child, me)
+                _serve(child, me, self.target)
             except BaseException:
                 code = 1
             finally:
@@ -123,14 +126,13 @@ class DecoderProcess:
         if self._owner == os.getpid() and self._pid is not None:
             self._stop()
 
-    def __call__(self, fn, *args, what: str = "the media file", **kwargs):
-        """``fn(*args, **kwargs)`` in the child; :class:`SampleError` ``crashed`` when the child dies or hangs.
-
-        ``what`` names the file in that error."""
+    def __call__(self, method: str, *args, what: str = "the media file", **kwargs):
+        """``target.method(*args, **kwargs)`` in the child; :class:`SampleError` ``crashed`` when the child dies or
+        hangs. ``what`` names the file in that error."""
         if self._owner != os.getpid() or self._pid is None:
             self._start()
         try:
-            self._conn.send((fn, args, kwargs))
+            self._conn.send((method, args, kwargs))
             if not self._conn.poll(self.timeout):
                 self.restarts += 1
                 self._stop()

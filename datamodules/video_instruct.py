@@ -118,8 +118,10 @@ class VideoInstructDataset(Dataset):
         self.max_question_length, self.strict, self.max_bad_fraction, self.seed = (
             max_question_length, strict, max_bad_fraction, seed)
         self.video_token, self.allow_outside_root = video_token, allow_outside_root
-        self.decoder = decoder
-        self.decoder_process = DecoderProcess(decode_timeout) if isolate_decoder else None
+        self.decoder, self.isolate_decoder, self.decode_timeout = decoder, isolate_decoder, decode_timeout
+        if not decode_timeout > 0:
+            raise ValueError(f"--data.decode_timeout must be > 0 seconds, got {decode_timeout}")
+        self._decoder_process: DecoderProcess | None = None
         self.crashed_files: dict[str, str] = {}  # media path -> how decoding it crashed, in this process
         self.files = [AnnotationFile(s.path) for s in sources]
         blocked = blocklist or set()
@@ -233,17 +235,39 @@ class VideoInstructDataset(Dataset):
         start, end = entry.get("start"), entry.get("end")
         if not all(v is None or isinstance(v, (int, float)) for v in (start, end)):
             raise SampleError("bad_entry", "start/end", f"expected seconds, got {start!r}, {end!r}")
-        if self.decoder_process is None:
-            return read_video(path, self.sampling, start, end, decoder=self.decoder)
+        return read_video(path, self.sampling, start, end, decoder=self.decoder)
+
+    @property
+    def decoder_process(self) -> DecoderProcess:
+        """The decoder process of this dataset (one child per loading process, started on first use)."""
+        if self._decoder_process is None:
+            self._decoder_process = DecoderProcess(self, self.decode_timeout)
+        return self._decoder_process
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_decoder_process": None}  # a spawned worker starts its own
+
+    def frames(self, entry: dict, media: str | None, path: str | None) -> tuple[torch.Tensor, np.ndarray, float]:
+        """The tower's input ``(T, 3, S, S)`` uint8, the frame times and the duration. With ``isolate_decoder`` a
+        video is decoded and resized in the decoder process (only the resized frames cross back); a crash or hang
+        there is this entry's ``crashed``, and the file's for every later entry."""
+        if not self.isolate_decoder or media is None or media == "image" or path.lower().endswith(IMAGE_SUFFIXES):
+            frames, times, duration = self.decode(entry, media, path)
+            return self.transform(frames), times, duration
         if path in self.crashed_files:
             raise SampleError("crashed", media, self.crashed_files[path])
         try:
-            return self.decoder_process(read_video, path, self.sampling, start, end, decoder=self.decoder,
-                                        what=f"'{path}'")
+            pixels, times, duration = self.decoder_process("resized", entry, media, path, what=f"'{path}'")
         except SampleError as err:
             if err.reason == "crashed":
                 self.crashed_files[path] = f"decoding '{path}' for an earlier entry crashed: {err.detail}"
             raise
+        return torch.from_numpy(pixels), times, duration
+
+    def resized(self, entry: dict, media: str | None, path: str | None) -> tuple[np.ndarray, np.ndarray, float]:
+        """:meth:`decode`, then the transform, as numpy (what the decoder process sends back)."""
+        frames, times, duration = self.decode(entry, media, path)
+        return self.transform(frames).numpy(), times, duration
 
     def load(self, j: int) -> dict:
         """Sample ``j`` of the mixture, or :class:`SampleError`."""
@@ -255,9 +279,9 @@ class VideoInstructDataset(Dataset):
         entry, conv, ids, labels, truncated, path = self.prepare(source, index)
         q = self.question_tokenizer(conv.question, add_special_tokens=True, truncation=True,
                                     max_length=self.max_question_length)
-        frames, times, duration = self.decode(entry, conv.media, path)
+        frames, times, duration = self.frames(entry, conv.media, path)
         return {
-            "frames": self.transform(frames),
+            "frames": frames,
             "frame_times": torch.as_tensor(times, dtype=torch.float32),
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
