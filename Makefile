@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 ART ?= artifacts
 
-.PHONY: help install demo lint test test-slow bench bench-reducers clean study-data study study-quick
+.PHONY: help install demo lint test test-slow bench bench-streaming bench-reducers clean study-data study study-quick
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ test-slow:  install ## only the slow tests
 
 bench: install  ## data-loading benchmark (writes numbers to stdout; see benchmarks/RESULTS.md)
 	$(BIN)/python benchmarks/bench_dataloading.py --out $(ART)/bench
+
+bench-streaming: install  ## shards against decoding on the fly, decord against torchcodec (see benchmarks/RESULTS.md)
+	$(BIN)/python benchmarks/bench_streaming.py --out $(ART)/bench_streaming
 
 bench-reducers: install  ## reducer cost against video length (see benchmarks/RESULTS.md)
 	$(BIN)/python benchmarks/bench_reducers.py --out $(ART)/bench

@@ -50,9 +50,9 @@ FORMAT = 1
 FRAME_FORMATS = ("jpeg", "raw")
 SETTINGS = ("tokenizer", "template", "max_length", "visual_tokens", "video_token", "question_tokenizer",
             "max_question_length", "frame_mode", "fps", "num_frames", "max_frames", "vision_tower", "transform",
-            "image_size", "resize_mode", "media_root", "allow_outside_root")
+            "image_size", "resize_mode", "media_root", "allow_outside_root", "blocklist")
 """The data settings a shard is made with (what it holds depends on them): a streaming run must ask the same."""
-PATHS = ("tokenizer", "question_tokenizer", "vision_tower", "media_root")
+PATHS = ("tokenizer", "question_tokenizer", "vision_tower", "media_root", "blocklist")
 
 
 def is_url(path: str) -> bool:

@@ -132,6 +132,8 @@ def test_shards_made_with_other_settings_or_sources_are_refused(tiny, root, shar
     folder, _ = shards["jpeg"]
     with pytest.raises(ValueError, match=r"--data.fps: shards 1.0, this run 2.0.*lit_bvllm shard"):
         dm(tiny, root / "train.json", streaming=str(folder), fps=2.0)
+    with pytest.raises(ValueError, match=r"--data.blocklist: shards None, this run '"):  # it shaped what was written
+        dm(tiny, root / "train.json", streaming=str(folder), blocklist=str(folder / REPORT))
     other = root / "other.json"
     other.write_text((root / "train.json").read_text())
     with pytest.raises(ValueError, match="holds the train set"):
