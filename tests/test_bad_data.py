@@ -131,6 +131,29 @@ def test_fit_survives_a_file_that_aborts_the_decoder(tiny, root, tmp_path, monke
         assert data.train_set.decoder_process.restarts == 1
 
 
+def test_a_decode_that_hangs_is_stopped_and_counted(tiny, root, monkeypatch):
+    """A decode past --data.decode_timeout: its child is killed, the entry is crashed, the next one decodes."""
+    from datamodules.video_instruct import VideoInstructDataset
+
+    real = VideoInstructDataset.resized
+
+    def resized(self, entry, media, path):  # runs in the decoder process (forked after this patch)
+        if path.endswith("slow.mp4"):
+            time.sleep(3600)
+        return real(self, entry, media, path)
+
+    monkeypatch.setattr(VideoInstructDataset, "resized", resized)
+    path = write(root, "hang_fit.json", [GOOD(0), {**GOOD(1, "videos/slow.mp4"), "id": "slow"}, GOOD(2)])
+    ds = dm(tiny, path, decode_timeout=2).train_set
+    t0 = time.perf_counter()
+    sample = ds[1]
+    assert time.perf_counter() - t0 < 30
+    assert [(s["id"], s["reason"]) for s in sample["skipped"]] == [("slow", "crashed")]
+    assert "ran over 2 s" in ds.crashed_files[str(root / "videos" / "slow.mp4")]
+    assert sample["meta"]["id"] in ("good0", "good2") and len(sample["frames"]) > 0  # a replacement, decoded
+    assert ds.decoder_process.restarts == 1
+
+
 def test_each_bad_kind_is_named_in_the_scan_report(tiny, root, tmp_path):
     path, where = with_bad(root, "scan.json")
     entries = json.loads(path.read_text())
