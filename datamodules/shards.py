@@ -306,14 +306,24 @@ def check_settings(manifest: dict, hparams, folder: str) -> None:
                          "them")
 
 
-class DropTombstones:
-    """The collator of a shard loader: the data module's, over the samples that are not a :data:`TOMBSTONE`."""
+class ReplaceTombstones:
+    """The collator of a shard loader: the data module's, with each :data:`TOMBSTONE` (None from
+    :class:`FrameShards`) replaced by the last real sample this loading process collated, as the on-the-fly loader
+    replaces a bad entry by another: a batch keeps its size (a batch of one that came out empty would stop a
+    training step, and a rank's missing step would hang the others). A tombstone before any real sample is dropped.
+    """
 
     def __init__(self, collate):
-        self.collate = collate
+        self.collate, self.last = collate, None
 
     def __call__(self, samples: list) -> dict:
-        return self.collate([s for s in samples if s is not None])
+        out = []
+        for s in samples:
+            if s is not None:
+                self.last = s
+            if (s or self.last) is not None:
+                out.append(s or self.last)
+        return self.collate(out)
 
 
 class FrameShards(StreamingDataset):

@@ -202,11 +202,11 @@ class VideoInstructDataModule(L.LightningDataModule):
     def _stream_loader(self, dataset, workers: int):
         from litdata import StreamingDataLoader
 
-        from datamodules.shards import DropTombstones
+        from datamodules.shards import ReplaceTombstones
 
         h = self.hparams
         return StreamingDataLoader(dataset, batch_size=h.batch_size, num_workers=workers,
-                                   collate_fn=DropTombstones(self.collator), pin_memory=h.pin_memory)
+                                   collate_fn=ReplaceTombstones(self.collator), pin_memory=h.pin_memory)
 
     def _loader(self, dataset: VideoInstructDataset, shuffle: bool) -> DataLoader:
         h = self.hparams
