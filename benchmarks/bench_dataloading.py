@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from datamodules import VideoInstructDataModule, VideoInstructDataset  # noqa: E402
 from datamodules.annotations import AnnotationFile  # noqa: E402
 from datamodules.transforms import FrameTransform  # noqa: E402
-from datamodules.video import sample_times, times_to_indices  # noqa: E402
+from datamodules.video import frames_at, sample_times, times_to_indices  # noqa: E402
 
 MB = 2**20
 FPS, MAX_FRAMES, BATCH = 1.0, 128, 4
@@ -98,12 +98,13 @@ def prepare_data(root: Path) -> tuple[Path, Path]:
 
 
 def datamodule(train: str, tiny: Path, transform: str, workers: int, frame_mode: str = "fps",
-               num_frames: int = 16) -> VideoInstructDataModule:
-    """The suite's DataModule on the tiny backbones (1 fps in ``fps`` mode, batch 4), set up for fitting."""
-    dm = VideoInstructDataModule(train=train, tokenizer=str(tiny / "llm"), vision_tower=str(tiny / "vision"),
-                                 transform=transform, frame_mode=frame_mode, fps=FPS, num_frames=num_frames,
-                                 max_frames=MAX_FRAMES, max_length=1024, visual_tokens=64, batch_size=BATCH,
-                                 num_workers=workers)
+               num_frames: int = 16, **kw) -> VideoInstructDataModule:
+    """The suite's DataModule on the tiny backbones (1 fps in ``fps`` mode, batch 4), set up for fitting; ``kw``
+    sets or replaces any other of its arguments (``decoder``, ``streaming``, ``vision_tower``...)."""
+    args = dict(tokenizer=str(tiny / "llm"), vision_tower=str(tiny / "vision"), transform=transform,
+                frame_mode=frame_mode, fps=FPS, num_frames=num_frames, max_frames=MAX_FRAMES, max_length=1024,
+                visual_tokens=64, batch_size=BATCH, num_workers=workers)
+    dm = VideoInstructDataModule(train=train, **{**args, **kw})
     dm.setup("fit")
     return dm
 
@@ -118,14 +119,21 @@ def one_pass(loader: DataLoader) -> dict:
     return {"videos": videos, "frames": frames, "skipped": skipped}
 
 
-def decode_entries(jobs: list[tuple[str, float | None, float | None]]) -> dict:
-    """decord alone on the frames the dataset decodes for each ``(path, start, end)``: same sampling, same indices."""
+def decode_entries(jobs: list[tuple[str, float | None, float | None]], decoder: str = "decord") -> dict:
+    """The decoder alone (decord, or torchcodec; one thread, no header check) on the frames the dataset decodes for
+    each ``(path, start, end)``: same sampling, same indices."""
     frames = 0
     for path, start, end in jobs:
-        vr = decord.VideoReader(path, num_threads=1)
-        total, native_fps = len(vr), float(vr.get_avg_fps())
+        if decoder == "decord":
+            vr = decord.VideoReader(path, num_threads=1)
+            total, native_fps = len(vr), float(vr.get_avg_fps())
+        else:
+            from torchcodec.decoders import VideoDecoder
+
+            vr = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=1, seek_mode="exact")
+            total, native_fps = vr.metadata.num_frames, float(vr.metadata.average_fps)
         times = sample_times(total / native_fps, "fps", FPS, max_frames=MAX_FRAMES, start=start, end=end)
-        frames += len(vr.get_batch(times_to_indices(times, native_fps, total).tolist()).asnumpy())
+        frames += len(frames_at(vr, times_to_indices(times, native_fps, total).tolist()))
         del vr
     return {"videos": len(jobs), "frames": frames}
 

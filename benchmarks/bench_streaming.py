@@ -38,34 +38,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_dataloading import cpu_seconds, decode_entries, machine, prepare_data, rounds  # noqa: E402
+from bench_dataloading import MAX_FRAMES, cpu_seconds, decode_entries, machine, prepare_data, rounds  # noqa: E402
+from bench_dataloading import datamodule as loading_datamodule  # noqa: E402
 
 from datamodules import VideoInstructDataModule  # noqa: E402
 from datamodules.shards import write_shards  # noqa: E402
-from datamodules.video import sample_times, times_to_indices  # noqa: E402
-
-FPS, MAX_FRAMES, BATCH = 1.0, 128, 4
 
 
-def datamodule(train: Path, tiny: Path, **kw) -> VideoInstructDataModule:
-    args = dict(tokenizer=str(tiny / "llm"), vision_tower=str(tiny / "vision"), transform="plain", fps=FPS,
-                max_frames=MAX_FRAMES, max_length=1024, visual_tokens=64, batch_size=BATCH, num_workers=0)
-    dm = VideoInstructDataModule(train=str(train), **{**args, **kw})
-    dm.setup("fit")
-    return dm
-
-
-def torchcodec_entries(jobs: list[tuple]) -> dict:
-    """torchcodec alone on the frames the dataset decodes for each ``(path, start, end)``."""
-    from torchcodec.decoders import VideoDecoder
-
-    frames = 0
-    for path, start, end in jobs:
-        dec = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=1, seek_mode="exact")
-        total, native_fps = dec.metadata.num_frames, float(dec.metadata.average_fps)
-        times = sample_times(total / native_fps, "fps", FPS, max_frames=MAX_FRAMES, start=start, end=end)
-        frames += len(dec.get_frames_at(times_to_indices(times, native_fps, total).tolist()).data)
-    return {"videos": len(jobs), "frames": frames}
+def datamodule(train: Path, tiny: Path, transform: str = "plain", **kw) -> VideoInstructDataModule:
+    """bench_dataloading's data module, in this process (``num_workers=0``)."""
+    return loading_datamodule(str(train), tiny, transform, 0, **kw)
 
 
 def one_pass(dm: VideoInstructDataModule) -> dict:
@@ -137,12 +119,13 @@ def main() -> None:
     shards, written = out / "shards", {}
     for fmt in ("jpeg", "raw"):
         t0, c0 = time.perf_counter(), cpu_seconds()
-        m = write_shards(datamodule(train, tiny), str(shards / fmt), workers=2, frames=fmt, overwrite=True)
+        source = datamodule(train, tiny)
+        m = write_shards(source, str(shards / fmt), workers=2, frames=fmt, overwrite=True)
         written[fmt] = {"seconds": time.perf_counter() - t0, "samples": m["written"], "cpu_s_here": cpu_seconds() - c0}
     big, at_336 = out / "shards_336", {"vision_tower": None, "image_size": 336}
     write_shards(datamodule(train, tiny, **at_336), str(big), workers=2, overwrite=True)
     sizes = {"tiny": (frame_bytes(shards / "jpeg"), frame_bytes(shards / "raw")), "336": frame_bytes(big)}
-    S = datamodule(train, tiny).transform.image_size
+    S = source.transform.image_size
     result["bytes_per_video_hour"] = {
         f"jpeg q90 {S} px": sizes["tiny"][0][0] / sizes["tiny"][0][1] * 3600,
         f"raw {S} px": sizes["tiny"][1][0] / sizes["tiny"][1][1] * 3600,
@@ -151,11 +134,11 @@ def main() -> None:
 
     runs = {
         "decord, bare": partial(decode_entries, jobs),
-        "torchcodec, bare": partial(torchcodec_entries, jobs),
+        "torchcodec, bare": partial(decode_entries, jobs, "torchcodec"),
         "on the fly, decord, decoder process": partial(one_pass, datamodule(train, tiny)),
         "on the fly, decord, in process": partial(one_pass, datamodule(train, tiny, isolate_decoder=False)),
         "on the fly, torchcodec, decoder process": partial(one_pass, datamodule(train, tiny, decoder="torchcodec")),
-        "on the fly, decord, processor transform": partial(one_pass, datamodule(train, tiny, transform="processor")),
+        "on the fly, decord, processor transform": partial(one_pass, datamodule(train, tiny, "processor")),
         "shards, jpeg": partial(one_pass, datamodule(train, tiny, streaming=str(shards / "jpeg"))),
         "shards, raw": partial(one_pass, datamodule(train, tiny, streaming=str(shards / "raw"))),
         "on the fly, decord, decoder process, 336 px": partial(one_pass, datamodule(train, tiny, **at_336)),

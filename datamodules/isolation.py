@@ -70,7 +70,8 @@ class DecoderProcess:
     Args:
         target: the object whose methods run in the child (the dataset: the child has it from the fork, so only a
             method's name and its arguments cross the pipe).
-        timeout: seconds one call may take (:data:`DECODE_TIMEOUT_S`).
+        timeout: seconds one call may take (:data:`DECODE_TIMEOUT_S`; > 0, checked by the dataset that reads the
+            flag).
 
     One instance belongs to one process: used from another (a DataLoader worker forked after it was made), it
     starts a child of its own. It is never pickled with its child (a dataset sent to spawned workers makes a new
@@ -78,8 +79,6 @@ class DecoderProcess:
     """
 
     def __init__(self, target, timeout: float = DECODE_TIMEOUT_S):
-        if not timeout > 0:
-            raise ValueError(f"--data.decode_timeout must be > 0 seconds, got {timeout}")
         self.target, self.timeout = target, timeout
         self._owner = self._pid = None
         self._conn: Connection | None = None

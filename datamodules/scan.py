@@ -25,7 +25,7 @@ from pathlib import Path
 
 from datamodules.errors import SampleError, row_id
 from datamodules.io import write_json
-from datamodules.video import IMAGE_SUFFIXES, probe_video, read_image
+from datamodules.video import is_image, probe_video, read_image
 from datamodules.video_instruct import VideoInstructDataset
 
 _DATASETS: list[VideoInstructDataset] = []
@@ -66,7 +66,7 @@ def _check(dataset: VideoInstructDataset, source: int, index: int, decode: bool,
             conn.send(("open", index, path))
         if decode:
             dataset.decode(entry, conv.media, path)
-        elif (bad := _probe(path, conv.media == "image" or path.lower().endswith(IMAGE_SUFFIXES))) is not None:
+        elif (bad := _probe(path, is_image(conv.media, path))) is not None:
             raise SampleError(*bad)
         return None
     except SampleError as err:

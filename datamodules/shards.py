@@ -223,9 +223,10 @@ def write_shards(data, out: str, workers: int = 2, frames: Literal["jpeg", "raw"
             rel = _dataset_dir(split, s, f.path)
             target = _join(out, rel)
             entries = [int(i) for i in ds.kept[s] if (str(f.path), int(i)) not in scanned_bad]
+            bad_part = bad_dir / rel.replace("/", "_")  # this dataset's decode failures, a row each
             if rel not in state["done"]:
-                _JOB = (ds, s, frames, jpeg_quality, bad_dir / rel.replace("/", "_"))
-                (bad_dir / rel.replace("/", "_")).mkdir(exist_ok=True)
+                _JOB = (ds, s, frames, jpeg_quality, bad_part)
+                bad_part.mkdir(exist_ok=True)
                 if entries:
                     optimize(_encode, entries, target, num_workers=max(1, min(workers, len(entries))),
                              chunk_bytes=chunk_bytes, use_checkpoint=True, start_method="fork", verbose=False)
@@ -235,7 +236,7 @@ def write_shards(data, out: str, workers: int = 2, frames: Literal["jpeg", "raw"
                     raise RuntimeError(
                         f"{target} holds {items} items for {len(entries)} entries of {f.path}: an interrupted write "
                         "resumed wrongly (litdata's checkpoint); write it again with --overwrite true")
-                tombstones = len(list((bad_dir / rel.replace("/", "_")).glob("*.json")))
+                tombstones = len(list(bad_part.glob("*.json")))
                 state["done"][rel] = {"items": items, "samples": items - tombstones}
                 write_json(progress, state)
             manifest["splits"][split].append({"dir": rel, "annotation": str(f.path), "weight": ds.sources[s].weight,
@@ -256,11 +257,17 @@ def write_shards(data, out: str, workers: int = 2, frames: Literal["jpeg", "raw"
     return manifest
 
 
-def _put(url: str, name: str, data: bytes) -> None:
-    import obstore
+def _store(url: str):
+    """The obstore store of an object-store URL (the manifest and report travel through it)."""
     from obstore.store import from_url
 
-    obstore.put(from_url(url), name, data)
+    return from_url(url)
+
+
+def _put(url: str, name: str, data: bytes) -> None:
+    import obstore
+
+    obstore.put(_store(url), name, data)
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -271,10 +278,9 @@ def read_manifest(folder: str) -> dict:
     shard set."""
     if is_url(folder):
         import obstore
-        from obstore.store import from_url
 
         try:
-            text = bytes(obstore.get(from_url(folder), MANIFEST).bytes()).decode()
+            text = bytes(obstore.get(_store(folder), MANIFEST).bytes()).decode()
         except Exception as e:
             raise FileNotFoundError(f"--data.streaming '{folder}': no {MANIFEST} there ({type(e).__name__}: {e}); "
                                     "write the shards with `lit_bvllm shard --config <fit config> --out DIR`") from None

@@ -33,6 +33,7 @@ import numpy as np
 from datamodules.errors import SampleError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
+DECODERS = ("decord", "torchcodec")
 FRAME_FOLDER_FPS = 3.0  # MVBench's TVQA frames (tvqa/frames_fps3_hq)
 
 # What a video header may declare (read with PyAV before decord opens the file); beyond it: ``bad_container``.
@@ -40,8 +41,12 @@ MAX_DURATION_S = 24 * 3600.0  # a day: above any training or benchmark video (lo
 MAX_FPS = 1000.0  # high-speed cameras record up to about 1000 fps; more is a broken time base
 MAX_FRAMES = 10_000_000  # frames decord indexes (a day at 115 fps); its index takes a few bytes per frame
 MAX_SIDE = 8192  # pixels per side: DCI 8K is 8192 x 4320
-DECODERS = ("decord", "torchcodec")
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's own Image.MAX_IMAGE_PIXELS (it warns above, refuses twice that): ``bad_image``
+
+
+def is_image(media: str | None, path: str) -> bool:
+    """Whether an entry's media is read as one image: an ``image`` entry, or a ``video`` entry naming an image."""
+    return media == "image" or path.lower().endswith(IMAGE_SUFFIXES)
 
 
 def no_frames() -> np.ndarray:
@@ -194,7 +199,7 @@ def _open(path: str, decoder: str = "decord"):
     return vr, total, native_fps
 
 
-def _frames(reader, indices: list[int]) -> np.ndarray:
+def frames_at(reader, indices: list[int]) -> np.ndarray:
     """Frames ``indices`` of an open decord or torchcodec reader, ``(T, H, W, 3)`` uint8."""
     if hasattr(reader, "get_batch"):  # decord
         return reader.get_batch(indices).asnumpy()
@@ -227,7 +232,7 @@ def read_video(
     duration = total / native_fps
     idx = times_to_indices(sampling.times(duration, start, end), native_fps, total)
     try:
-        frames = _frames(vr, idx.tolist())
+        frames = frames_at(vr, idx.tolist())
     except Exception as e:  # a header that opens over a body that does not decode
         raise SampleError("decode_error", "video",
                           f"'{path}' cannot be decoded ({type(e).__name__}: {str(e)[:200]})") from None

@@ -34,7 +34,7 @@ from datamodules.conversation import IGNORE_INDEX, VIDEO_TOKEN, parse_entry, tok
 from datamodules.errors import STRICT_HINT, DataError, SampleError, describe, row_id
 from datamodules.isolation import DECODE_TIMEOUT_S, DecoderProcess
 from datamodules.transforms import FrameTransform
-from datamodules.video import IMAGE_SUFFIXES, FrameSampling, no_frames, read_image, read_video
+from datamodules.video import FrameSampling, is_image, no_frames, read_image, read_video
 
 log = logging.getLogger("lit_bvllm.data")
 
@@ -230,7 +230,7 @@ class VideoInstructDataset(Dataset):
         """Frames ``(T, H, W, 3)`` uint8, their times and the duration; ``T = 0`` for a text-only entry."""
         if media is None:
             return no_frames(), np.zeros(0), 0.0
-        if media == "image" or path.lower().endswith(IMAGE_SUFFIXES):
+        if is_image(media, path):
             return read_image(path), np.zeros(1), 0.0
         start, end = entry.get("start"), entry.get("end")
         if not all(v is None or isinstance(v, (int, float)) for v in (start, end)):
@@ -251,7 +251,7 @@ class VideoInstructDataset(Dataset):
         """The tower's input ``(T, 3, S, S)`` uint8, the frame times and the duration. With ``isolate_decoder`` a
         video is decoded and resized in the decoder process (only the resized frames cross back); a crash or hang
         there is this entry's ``crashed``, and the file's for every later entry."""
-        if not self.isolate_decoder or media is None or media == "image" or path.lower().endswith(IMAGE_SUFFIXES):
+        if not self.isolate_decoder or media is None or is_image(media, path):
             frames, times, duration = self.decode(entry, media, path)
             return self.transform(frames), times, duration
         if path in self.crashed_files:
